@@ -1,0 +1,21 @@
+"""The public op functions. Each `<op>` dispatches to a backend (see fastenc.backends); `<op>_ref` is its
+pure-PyTorch reference: the CPU path, the test oracle and the benchmark baseline."""
+
+from fastenc.ops.add_layer_norm import add_layer_norm, add_layer_norm_ref
+from fastenc.ops.attention import attention, attention_ref
+from fastenc.ops.bias_gelu import bias_gelu, bias_gelu_ref
+from fastenc.ops.embeddings import embeddings, embeddings_ref
+from fastenc.ops.gelu_layer_norm import gelu_layer_norm, gelu_layer_norm_ref
+
+__all__ = [
+    "add_layer_norm",
+    "add_layer_norm_ref",
+    "attention",
+    "attention_ref",
+    "bias_gelu",
+    "bias_gelu_ref",
+    "embeddings",
+    "embeddings_ref",
+    "gelu_layer_norm",
+    "gelu_layer_norm_ref",
+]

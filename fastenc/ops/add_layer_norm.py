@@ -1,0 +1,100 @@
+"""add_layer_norm: y = LayerNorm(dropout(x + x_bias) + residual), the post-LN step that closes every sub-layer.
+
+The matmul runs without its bias and the bias is folded in here, so the block costs one read of x and residual and
+one write of y. With gradients on, the LayerNorm input h is stored (one tensor of hidden size, in place of the
+separate bias-add, dropout and add outputs eager PyTorch keeps) with fp32 mean / rstd per row; the dropout mask is
+never stored: backward regenerates it from the seed. residual=None gives a plain (bias + dropout +) LayerNorm.
+
+Launcher contract (fastenc.kernels.add_layer_norm and fastenc._cuda), on contiguous 2-D tensors; weight and bias
+may be fp32 while x is fp16/bf16 (mixed precision); y and h have x's dtype:
+    add_layer_norm_fwd(x [N, D], residual [N, D] | None, x_bias [D] | None, weight [D], bias [D], eps: float,
+                       dropout_p: float, seed [1] int64 | None, store_h: bool)
+        -> (y [N, D], h [N, D] | None, mean [N] fp32, rstd [N] fp32)
+    add_layer_norm_bwd(dy [N, D], h [N, D], weight [D], mean [N], rstd [N], dropout_p: float,
+                       seed [1] int64 | None, has_x_bias: bool)
+        -> (dx [N, D], dh [N, D], dx_bias [D] | None, dweight [D], dbias [D])
+   where dh = dL/dh is the residual's gradient and dx = dropout-backward(dh) (it may be dh itself when
+   dropout_p == 0).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fastenc import backends
+from fastenc.ops._common import FLOAT_DTYPES, check_dropout_p, check_last_dim, check_same_dtype, dropout_seed
+
+
+def add_layer_norm_ref(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float = 1e-12,
+    x_bias: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Reference: LayerNorm(dropout(x + x_bias) + residual) in plain PyTorch (torch's own dropout RNG)."""
+    h = x if x_bias is None else x + x_bias
+    if dropout_p > 0:
+        h = F.dropout(h, dropout_p, training=True)
+    if residual is not None:
+        h = h + residual
+    return F.layer_norm(h, (h.shape[-1],), weight, bias, eps)
+
+
+class AddLayerNormFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, residual, weight, bias, eps, x_bias, dropout_p, backend):
+        impl = backends.launchers(backend, "add_layer_norm")
+        d = x.shape[-1]
+        x2 = x.reshape(-1, d).contiguous()
+        r2 = None if residual is None else residual.reshape(-1, d).contiguous()
+        seed = dropout_seed(x.device) if dropout_p > 0 else None
+        store_h = torch.is_grad_enabled() and any(ctx.needs_input_grad[i] for i in (0, 1, 2, 3, 5))
+        y, h, mean, rstd = impl.add_layer_norm_fwd(x2, r2, x_bias, weight, bias, eps, dropout_p, seed, store_h)
+        ctx.save_for_backward(h, weight, mean, rstd, seed)
+        ctx.dropout_p, ctx.backend = dropout_p, backend
+        ctx.has_residual, ctx.has_x_bias = residual is not None, x_bias is not None
+        return y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        h, weight, mean, rstd, seed = ctx.saved_tensors
+        impl = backends.launchers(ctx.backend, "add_layer_norm")
+        dx, dh, dx_bias, dweight, dbias = impl.add_layer_norm_bwd(
+            dy.reshape(h.shape).contiguous(), h, weight, mean, rstd, ctx.dropout_p, seed, ctx.has_x_bias
+        )
+        dresidual = dh.view(dy.shape) if ctx.has_residual else None
+        return dx.view(dy.shape), dresidual, dweight, dbias, None, dx_bias, None, None
+
+
+def add_layer_norm(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float = 1e-12,
+    *,
+    x_bias: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """LayerNorm(dropout(x + x_bias) + residual) over the last dim; pass dropout_p=0 in eval mode."""
+    d = x.shape[-1]
+    if residual is not None and residual.shape != x.shape:
+        raise ValueError(f"residual must have the shape of x {tuple(x.shape)}, got {tuple(residual.shape)}")
+    check_last_dim(weight, d, "weight", "x")
+    check_last_dim(bias, d, "bias", "x")
+    check_last_dim(x_bias, d, "x_bias", "x")
+    check_same_dtype(x, residual=residual, x_bias=x_bias)
+    dropout_p = check_dropout_p(dropout_p)
+
+    def reasons(name: str) -> list[str]:
+        return backends.device_reasons(name, [x, residual, weight, bias, x_bias], FLOAT_DTYPES)
+
+    name = backends.choose("add_layer_norm", [x, residual, weight, bias, x_bias], backend, reasons)
+    if name == "torch":
+        return add_layer_norm_ref(x, residual, weight, bias, eps, x_bias, dropout_p)
+    return AddLayerNormFn.apply(x, residual, weight, bias, eps, x_bias, dropout_p, name)

@@ -1,0 +1,61 @@
+"""bias_gelu: y = gelu(x + bias), the feed-forward activation, in the exact erf form or the tanh form.
+
+"tanh" covers transformers' gelu_new, gelu_pytorch_tanh and gelu_fast (one formula, written three ways).
+Backward recomputes gelu'(x + bias) from the saved pre-activation instead of storing it: one tensor saved, the
+same as PyTorch's own Linear + GELU.
+
+Launcher contract (fastenc.kernels.bias_gelu and fastenc._cuda), on contiguous 2-D tensors:
+    bias_gelu_fwd(x [N, D], bias [D] | None, approximate: str) -> y [N, D]
+    bias_gelu_bwd(dy [N, D], x [N, D], bias [D] | None, approximate: str) -> (dx [N, D], dbias [D] | None)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fastenc import backends
+from fastenc.ops._common import FLOAT_DTYPES, check_last_dim, check_same_dtype
+
+APPROXIMATIONS = ("none", "tanh")
+
+
+def bias_gelu_ref(x: torch.Tensor, bias: torch.Tensor | None = None, approximate: str = "none") -> torch.Tensor:
+    """Reference: gelu(x + bias) in plain PyTorch."""
+    return F.gelu(x if bias is None else x + bias, approximate=approximate)
+
+
+class BiasGeluFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, bias, approximate, backend):
+        impl = backends.launchers(backend, "bias_gelu")
+        x2 = x.reshape(-1, x.shape[-1]).contiguous()
+        y = impl.bias_gelu_fwd(x2, bias, approximate)
+        ctx.save_for_backward(x2, bias)
+        ctx.approximate, ctx.backend = approximate, backend
+        return y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, bias = ctx.saved_tensors
+        impl = backends.launchers(ctx.backend, "bias_gelu")
+        dx, dbias = impl.bias_gelu_bwd(dy.reshape(x2.shape).contiguous(), x2, bias, ctx.approximate)
+        return dx.view(dy.shape), dbias, None, None
+
+
+def bias_gelu(
+    x: torch.Tensor, bias: torch.Tensor | None = None, approximate: str = "none", *, backend: str | None = None
+) -> torch.Tensor:
+    """gelu(x + bias) over the last dim of x (any leading shape). approximate: "none" (erf) or "tanh"."""
+    if approximate not in APPROXIMATIONS:
+        raise ValueError(f"approximate must be one of {APPROXIMATIONS}, got {approximate!r}")
+    check_last_dim(bias, x.shape[-1], "bias", "x")
+    check_same_dtype(x, bias=bias)
+
+    def reasons(name: str) -> list[str]:
+        return backends.device_reasons(name, [x, bias], FLOAT_DTYPES)
+
+    name = backends.choose("bias_gelu", [x, bias], backend, reasons)
+    if name == "torch":
+        return bias_gelu_ref(x, bias, approximate)
+    return BiasGeluFn.apply(x, bias, approximate, name)

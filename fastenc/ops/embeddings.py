@@ -1,0 +1,155 @@
+"""embeddings: y = dropout(LayerNorm(word[input_ids] + token_type[token_type_ids] + position[position_ids])).
+
+One pass: each output row gathers its three table rows, sums, normalises and applies dropout, so the [N, E] sum is
+never written. Backward rebuilds the normalised row from the tables and the saved fp32 mean / rstd (no activation
+of hidden size is stored) and scatters the row gradient into the three tables; rows at a padding_idx get no
+gradient, as with nn.Embedding(padding_idx=...). With inputs_embeds in place of input_ids the word gather does not
+apply and the reference path runs.
+
+Id values are checked here (a clear IndexError instead of a device-side assert) in eager mode; the check reads the
+ids' min/max, a host sync, so it is skipped while torch.compile traces or a CUDA graph captures.
+
+Launcher contract (fastenc.kernels.embeddings and fastenc._cuda); ids are contiguous int64 [N]:
+    embeddings_fwd(input_ids [N], position_ids [N], token_type_ids [N] | None, word [V, E], position [P, E],
+                   token_type [T, E] | None, weight [E], bias [E], eps: float, dropout_p: float,
+                   seed [1] int64 | None)
+        -> (y [N, E] in the tables' dtype, mean [N] fp32, rstd [N] fp32)
+    embeddings_bwd(dy [N, E], input_ids, position_ids, token_type_ids, word, position, token_type, weight,
+                   mean, rstd, dropout_p: float, seed, word_padding_idx: int, position_padding_idx: int)
+        -> (dword [V, E], dposition [P, E], dtoken_type [T, E] | None, dweight [E], dbias [E])
+   with padding_idx -1 meaning none.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fastenc import backends
+from fastenc.ops._common import FLOAT_DTYPES, check_dropout_p, check_last_dim, dropout_seed
+
+
+def embeddings_ref(
+    input_ids: torch.Tensor | None,
+    word_embeddings: torch.Tensor,
+    position_ids: torch.Tensor,
+    position_embeddings: torch.Tensor,
+    token_type_ids: torch.Tensor | None,
+    token_type_embeddings: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float = 1e-12,
+    dropout_p: float = 0.0,
+    inputs_embeds: torch.Tensor | None = None,
+    word_padding_idx: int | None = None,
+    position_padding_idx: int | None = None,
+) -> torch.Tensor:
+    """Reference, summing in transformers' order (word + token type + position)."""
+    h = F.embedding(input_ids, word_embeddings, word_padding_idx) if inputs_embeds is None else inputs_embeds
+    if token_type_embeddings is not None:
+        h = h + F.embedding(token_type_ids, token_type_embeddings)
+    h = h + F.embedding(position_ids, position_embeddings, position_padding_idx)
+    y = F.layer_norm(h, (h.shape[-1],), weight, bias, eps)
+    return F.dropout(y, dropout_p, training=True) if dropout_p > 0 else y
+
+
+def _check_ids(ids: torch.Tensor | None, name: str, num: int, table: str, shape: torch.Size) -> torch.Tensor | None:
+    if ids is None:
+        return None
+    if not isinstance(ids, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of integer ids, got {type(ids).__name__}")
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer ids (torch.long or torch.int), got dtype {ids.dtype}")
+    try:
+        ids = ids.expand(shape)
+    except RuntimeError:
+        raise ValueError(f"{name} of shape {tuple(ids.shape)} does not match the input's shape {tuple(shape)}") from None
+    checking = not (torch.compiler.is_compiling() or (ids.is_cuda and torch.cuda.is_current_stream_capturing()))
+    if checking and ids.numel():
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= num:
+            bad = lo if lo < 0 else hi
+            raise IndexError(f"{name} holds id {bad}, outside [0, {num}) of the {table} table (size {num})")
+    return ids
+
+
+class EmbeddingsFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, ids, pos_ids, tt_ids, word, pos, tt, weight, bias, eps, dropout_p, pads, backend):
+        impl = backends.launchers(backend, "embeddings")
+        shape = ids.shape
+        flat = [None if t is None else t.reshape(-1).contiguous().long() for t in (ids, pos_ids, tt_ids)]
+        seed = dropout_seed(word.device) if dropout_p > 0 else None
+        y, mean, rstd = impl.embeddings_fwd(*flat, word, pos, tt, weight, bias, eps, dropout_p, seed)
+        ctx.save_for_backward(*flat, word, pos, tt, weight, mean, rstd, seed)
+        ctx.dropout_p, ctx.pads, ctx.backend = dropout_p, pads, backend
+        return y.view(*shape, word.shape[-1])
+
+    @staticmethod
+    def backward(ctx, dy):
+        ids, pos_ids, tt_ids, word, pos, tt, weight, mean, rstd, seed = ctx.saved_tensors
+        impl = backends.launchers(ctx.backend, "embeddings")
+        dword, dpos, dtt, dweight, dbias = impl.embeddings_bwd(
+            dy.reshape(-1, dy.shape[-1]).contiguous(), ids, pos_ids, tt_ids, word, pos, tt, weight, mean, rstd,
+            ctx.dropout_p, seed, *ctx.pads,
+        )
+        return None, None, None, dword, dpos, dtt, dweight, dbias, None, None, None, None
+
+
+def embeddings(
+    input_ids: torch.Tensor | None,
+    word_embeddings: torch.Tensor,
+    position_ids: torch.Tensor,
+    position_embeddings: torch.Tensor,
+    token_type_ids: torch.Tensor | None,
+    token_type_embeddings: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float = 1e-12,
+    *,
+    dropout_p: float = 0.0,
+    inputs_embeds: torch.Tensor | None = None,
+    word_padding_idx: int | None = None,
+    position_padding_idx: int | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Sum of word, token-type and position embeddings, LayerNorm and dropout; output shape ids.shape + [E].
+
+    position_ids and token_type_ids broadcast to the input's shape. Exactly one of input_ids / inputs_embeds.
+    """
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("exactly one of input_ids and inputs_embeds must be given")
+    if (token_type_ids is None) != (token_type_embeddings is None):
+        raise ValueError("token_type_ids and token_type_embeddings must be given together")
+    shape = input_ids.shape if inputs_embeds is None else inputs_embeds.shape[:-1]
+    e = word_embeddings.shape[-1]
+    input_ids = _check_ids(input_ids, "input_ids", word_embeddings.shape[0], "word embedding", shape)
+    position_ids = _check_ids(position_ids, "position_ids", position_embeddings.shape[0], "position embedding", shape)
+    if token_type_embeddings is not None:
+        token_type_ids = _check_ids(
+            token_type_ids, "token_type_ids", token_type_embeddings.shape[0], "token type embedding", shape
+        )
+    if inputs_embeds is not None and inputs_embeds.shape[-1] != e:
+        raise ValueError(f"inputs_embeds must have last dim {e} (the embedding size), got {inputs_embeds.shape[-1]}")
+    check_last_dim(weight, e, "weight", "the embedding tables")
+    check_last_dim(bias, e, "bias", "the embedding tables")
+    dropout_p = check_dropout_p(dropout_p)
+    tensors = [word_embeddings, position_embeddings, token_type_embeddings, weight, bias, inputs_embeds]
+
+    def reasons(name: str) -> list[str]:
+        out = backends.device_reasons(name, tensors, FLOAT_DTYPES)
+        if name != "torch" and inputs_embeds is not None:
+            out.append("inputs_embeds given: the fused gather needs input_ids")
+        return out
+
+    name = backends.choose("embeddings", tensors, backend, reasons)
+    if name == "torch":
+        return embeddings_ref(
+            input_ids, word_embeddings, position_ids, position_embeddings, token_type_ids, token_type_embeddings,
+            weight, bias, eps, dropout_p, inputs_embeds, word_padding_idx, position_padding_idx,
+        )
+    pads = (-1 if word_padding_idx is None else word_padding_idx, -1 if position_padding_idx is None else position_padding_idx)
+    return EmbeddingsFn.apply(
+        input_ids, position_ids, token_type_ids, word_embeddings, position_embeddings, token_type_embeddings,
+        weight, bias, eps, dropout_p, pads, name,
+    )

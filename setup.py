@@ -1,0 +1,41 @@
+"""Build script: the Python package always; the CUDA extension fastenc._C only where it can be built.
+
+The extension is built when torch sees CUDA or FASTENC_FORCE_CUDA=1 (e.g. a CPU build box with nvcc), for the
+architectures in FASTENC_CUDA_ARCHS (default "80;90a"). Everywhere else `pip install -e .` installs the pure-Python
+package and the cuda backend reports itself unavailable.
+"""
+
+import glob
+import os
+
+from setuptools import setup
+
+
+def _cuda_extensions():
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
+    except ImportError:
+        return [], {}
+    forced = os.environ.get("FASTENC_FORCE_CUDA", "0") == "1"
+    sources = sorted(glob.glob("csrc/*.cu")) + ["csrc/bindings.cpp"]
+    if not (forced or torch.cuda.is_available()) or CUDA_HOME is None or not os.path.exists("csrc/bindings.cpp"):
+        return [], {}
+    archs = [a.strip() for a in os.environ.get("FASTENC_CUDA_ARCHS", "80;90a").split(";") if a.strip()]
+    gencode = []
+    for arch in archs:
+        gencode += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
+    ext = CUDAExtension(
+        name="fastenc._C",
+        sources=sources,
+        include_dirs=[os.path.abspath("csrc")],
+        extra_compile_args={
+            "cxx": ["-O3", "-std=c++17"],
+            "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr", *gencode],
+        },
+    )
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = _cuda_extensions()
+setup(ext_modules=ext_modules, cmdclass=cmdclass)
