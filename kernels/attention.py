@@ -1,0 +1,550 @@
+"""Triton flash attention (FlashAttention-2 scheme) over padded [B, S, H, D] or packed [T, H, D] batches.
+
+Forward: one program per (query block, sequence, head) streams the key blocks with an online softmax in fp32 and
+base-2 exponentials, and saves the log-sum-exp per query row. Backward recomputes the probabilities from that lse:
+one kernel per key block accumulates dk, dv over the query blocks, a second per query block accumulates dq over the
+key blocks. Trade-off: the two backward kernels recompute q k^T and do v^T twice (7 matmuls instead of FA2's 5), in
+exchange for no atomics: dq, dk and dv are deterministic and need no fp32 scratch buffer.
+
+q, k, v are read in place through their strides (views of a fused QKV output need no copy). Head dims up to 128;
+BLOCK_D is the next power of two and the extra columns are masked. fp32 inputs use tf32 tensor cores only when
+torch.backends.cuda.matmul.allow_tf32 is set (as torch's own matmuls do), else exact fp32 ("ieee"); the CPU
+interpreter always uses "ieee".
+
+Dropout: the keep bit of probability (b, h, i, j) (sequence, head, query, key, in per-sequence coordinates for both
+layouts) is the top 24 bits of Philox(seed; counters j // 4, i, b, h), output j % 4, compared with dropout_p. It
+does not depend on the block sizes, so the backward kernels regenerate the forward mask exactly, and
+`attention_dropout_mask` returns it as a tensor for tests.
+
+Rows with no key to attend to give o = 0 and lse = +inf, so every recomputed probability of that row is 0 and its
+gradients are 0.
+
+Launchers (the contract of fastenc.ops.attention) are torch.library custom ops with fake implementations, so that
+torch.compile traces them as single opaque nodes without graph breaks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from fastenc import backends
+
+MAX_HEAD_DIM = 128
+_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_LOG2E = 1.4426950408889634
+
+
+def _configs(pairs: list[tuple[int, int, int, int]]) -> list[triton.Config]:
+    """Autotune configs from (BLOCK_M, BLOCK_N, num_warps, num_stages); one small fixed config in the interpreter."""
+    if backends.triton_interpreter_on():
+        pairs = [(16, 16, 1, 1)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in pairs]
+
+
+# Sized for Ampere (164 KiB shared memory on A100) and Hopper (228 KiB); configs that do not fit are skipped by the
+# autotuner (out of resources) on the smaller parts.
+_FWD_CONFIGS = _configs([(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 32, 4, 4), (64, 64, 4, 3),
+                         (64, 64, 4, 4), (64, 128, 4, 2)])
+_BWD_CONFIGS = _configs([(64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 8, 2), (128, 64, 8, 2), (32, 64, 4, 3),
+                         (64, 32, 4, 3)])
+_TUNE_KEY = ["seqlen_bucket", "BLOCK_D", "HAS_MASK", "PACKED", "DROPOUT"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shared device helpers
+
+
+@triton.jit
+def _sequence(cu_seqlens_ptr, b, seqlen_padded, PACKED: tl.constexpr):
+    """(first token row, length) of sequence b: packed rows cu[b]:cu[b+1], or padded rows 0:S."""
+    if PACKED:
+        start = tl.load(cu_seqlens_ptr + b).to(tl.int64)
+        seqlen = (tl.load(cu_seqlens_ptr + b + 1) - tl.load(cu_seqlens_ptr + b)).to(tl.int32)
+    else:
+        start = b * 0
+        seqlen = seqlen_padded
+    return start, seqlen
+
+
+@triton.jit
+def _load_rows(ptr, base, rows, seqlen, stride_s, offs_d, HEAD_DIM: tl.constexpr):
+    """Tile [rows, BLOCK_D] of one head; rows past seqlen and columns past HEAD_DIM read as 0."""
+    ptrs = ptr + base + rows[:, None].to(tl.int64) * stride_s + offs_d[None, :]
+    return tl.load(ptrs, mask=(rows[:, None] < seqlen) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+
+
+@triton.jit
+def _key_allowed(mask_ptr, b, mask_stride_b, mask_stride_s, cols, seqlen, HAS_MASK: tl.constexpr):
+    """[BLOCK_N] bool: key column exists and is not padding."""
+    ok = cols < seqlen
+    if HAS_MASK:
+        m = tl.load(mask_ptr + b * mask_stride_b + cols.to(tl.int64) * mask_stride_s, mask=ok, other=0)
+        ok = ok & (m != 0)
+    return ok
+
+
+@triton.jit
+def _dropout_keep(seed, b, h, rows, col_start, dropout_p, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[BLOCK_M, BLOCK_N] bool keep-mask for query rows `rows`, key columns col_start + arange(BLOCK_N).
+
+    One Philox call gives four 32-bit numbers, used for four neighbouring keys (col_start is a multiple of 4)."""
+    groups = col_start // 4 + tl.arange(0, BLOCK_N // 4)
+    c0 = tl.zeros([BLOCK_M, BLOCK_N // 4], dtype=tl.int32) + groups[None, :]
+    c1 = tl.zeros([BLOCK_M, BLOCK_N // 4], dtype=tl.int32) + rows[:, None]
+    c2 = tl.zeros([BLOCK_M, BLOCK_N // 4], dtype=tl.int32) + b.to(tl.int32)
+    c3 = tl.zeros([BLOCK_M, BLOCK_N // 4], dtype=tl.int32) + h.to(tl.int32)
+    r0, r1, r2, r3 = tl.philox(seed, c0, c1, c2, c3)
+    r = tl.reshape(tl.join(tl.join(r0, r1), tl.join(r2, r3)), [BLOCK_M, BLOCK_N])
+    u = (r >> 8).to(tl.float32) * (1.0 / 16777216.0)
+    return u >= dropout_p
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kernels
+
+
+@triton.autotune(configs=_FWD_CONFIGS, key=_TUNE_KEY)
+@triton.jit
+def _attention_fwd_kernel(
+    q_ptr,  # [B, S, H, D] padded or [T, H, D] packed; unit stride on D
+    k_ptr,  # like q
+    v_ptr,  # like q
+    mask_ptr,  # [B, S] key padding mask, nonzero = attend (read only if HAS_MASK)
+    cu_seqlens_ptr,  # [B + 1] int32 (read only if PACKED)
+    seed_ptr,  # [1] int64 dropout seed (read only if DROPOUT)
+    o_ptr,  # like q, contiguous
+    lse_ptr,  # fp32 [B, H, S] padded or [H, T] packed, natural log
+    q_stride_b, q_stride_s, q_stride_h,  # strides of q (stride_b 0 when packed; stride_s is the token stride)
+    k_stride_b, k_stride_s, k_stride_h,  # strides of k
+    v_stride_b, v_stride_s, v_stride_h,  # strides of v
+    o_stride_b, o_stride_s, o_stride_h,  # strides of o
+    mask_stride_b, mask_stride_s,  # strides of the key padding mask
+    lse_stride_b, lse_stride_h, lse_stride_s,  # strides of lse (stride_b 0 when packed)
+    seqlen_padded,  # S of the padded layout (unused when packed)
+    seqlen_bucket,  # next power of two of max_seqlen: autotune key only
+    qk_scale,  # softmax_scale * log2(e)
+    dropout_p,  # probability of dropping an attention probability
+    HEAD_DIM: tl.constexpr,  # D
+    BLOCK_D: tl.constexpr,  # next power of two >= D (at least 16)
+    HAS_MASK: tl.constexpr,
+    PACKED: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,  # "ieee" or "tf32" for fp32 dots
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    h = tl.program_id(2).to(tl.int64)
+    start, seqlen = _sequence(cu_seqlens_ptr, b, seqlen_padded, PACKED)
+    if pid_m * BLOCK_M >= seqlen:
+        return
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q = _load_rows(q_ptr, b * q_stride_b + start * q_stride_s + h * q_stride_h, rows, seqlen, q_stride_s, offs_d,
+                   HEAD_DIM)
+    k_base = b * k_stride_b + start * k_stride_s + h * k_stride_h
+    v_base = b * v_stride_b + start * v_stride_s + h * v_stride_h
+    seed = tl.load(seed_ptr) if DROPOUT else 0
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for col_start in range(0, seqlen, BLOCK_N):
+        cols = col_start + tl.arange(0, BLOCK_N)
+        k = _load_rows(k_ptr, k_base, cols, seqlen, k_stride_s, offs_d, HEAD_DIM)
+        v = _load_rows(v_ptr, v_base, cols, seqlen, v_stride_s, offs_d, HEAD_DIM)
+        allowed = _key_allowed(mask_ptr, b, mask_stride_b, mask_stride_s, cols, seqlen, HAS_MASK)
+        s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
+        s = tl.where(allowed[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet: keep exp2 away from -inf + inf
+        alpha = tl.exp2(m_i - m_use)
+        p = tl.exp2(s - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if DROPOUT:
+            keep = _dropout_keep(seed, b, h, rows, col_start, dropout_p, BLOCK_M, BLOCK_N)
+            p = tl.where(keep, p * (1.0 / (1.0 - dropout_p)), 0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
+        m_i = m_new
+
+    empty = l_i == 0.0
+    o = acc / tl.where(empty, 1.0, l_i)[:, None]
+    o_ptrs = o_ptr + b * o_stride_b + (start + rows[:, None]) * o_stride_s + h * o_stride_h + offs_d[None, :]
+    tl.store(o_ptrs, o.to(o_ptr.dtype.element_ty), mask=(rows[:, None] < seqlen) & (offs_d[None, :] < HEAD_DIM))
+    lse = tl.where(empty, float("inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) / 1.4426950408889634)
+    tl.store(lse_ptr + b * lse_stride_b + h * lse_stride_h + (start + rows) * lse_stride_s, lse, mask=rows < seqlen)
+
+
+@triton.jit
+def _attention_bwd_preprocess_kernel(
+    o_ptr,  # like q, contiguous
+    do_ptr,  # like q, contiguous
+    delta_ptr,  # fp32 like lse: rowsum(do * o)
+    cu_seqlens_ptr,  # [B + 1] int32 (read only if PACKED)
+    o_stride_b, o_stride_s, o_stride_h,  # strides of o and do (both contiguous, same shape)
+    lse_stride_b, lse_stride_h, lse_stride_s,  # strides of delta (like lse)
+    seqlen_padded,  # S of the padded layout (unused when packed)
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PACKED: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    h = tl.program_id(2).to(tl.int64)
+    start, seqlen = _sequence(cu_seqlens_ptr, b, seqlen_padded, PACKED)
+    if pid_m * BLOCK_M >= seqlen:
+        return
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    base = b * o_stride_b + start * o_stride_s + h * o_stride_h
+    o = _load_rows(o_ptr, base, rows, seqlen, o_stride_s, offs_d, HEAD_DIM).to(tl.float32)
+    do = _load_rows(do_ptr, base, rows, seqlen, o_stride_s, offs_d, HEAD_DIM).to(tl.float32)
+    tl.store(delta_ptr + b * lse_stride_b + h * lse_stride_h + (start + rows) * lse_stride_s, tl.sum(o * do, 1),
+             mask=rows < seqlen)
+
+
+@triton.jit
+def _row_stats(lse_ptr, delta_ptr, offs, rows, seqlen):
+    """Per query row: lse in base 2 (+inf past seqlen, so its probabilities are 0) and delta = rowsum(do * o)."""
+    lse2 = tl.load(lse_ptr + offs, mask=rows < seqlen, other=float("inf")) * 1.4426950408889634
+    return lse2, tl.load(delta_ptr + offs, mask=rows < seqlen, other=0.0)
+
+
+@triton.jit
+def _attention_bwd_probs(q, k, lse2, allowed, qk_scale, seed, b, h, rows, col_start, dropout_p,
+                         DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_N: tl.constexpr):
+    """Recomputed probabilities p [BLOCK_M, BLOCK_N] (0 where not allowed) and the dropout keep-mask (or None)."""
+    s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
+    p = tl.where(allowed[None, :], tl.exp2(s - lse2[:, None]), 0.0)
+    keep = None
+    if DROPOUT:
+        keep = _dropout_keep(seed, b, h, rows, col_start, dropout_p, BLOCK_M, BLOCK_N)
+    return p, keep
+
+
+@triton.autotune(configs=_BWD_CONFIGS, key=_TUNE_KEY)
+@triton.jit
+def _attention_bwd_dkdv_kernel(
+    q_ptr, k_ptr, v_ptr,  # like in the forward kernel
+    do_ptr,  # like q, contiguous (strides of o)
+    lse_ptr,  # fp32 [B, H, S] or [H, T], from the forward kernel
+    delta_ptr,  # fp32 like lse, from the preprocess kernel
+    mask_ptr, cu_seqlens_ptr, seed_ptr,  # like in the forward kernel
+    dk_ptr,  # like k, contiguous (strides of o)
+    dv_ptr,  # like v, contiguous (strides of o)
+    q_stride_b, q_stride_s, q_stride_h,  # strides of q
+    k_stride_b, k_stride_s, k_stride_h,  # strides of k
+    v_stride_b, v_stride_s, v_stride_h,  # strides of v
+    o_stride_b, o_stride_s, o_stride_h,  # strides of do, dk, dv (contiguous, q's shape)
+    mask_stride_b, mask_stride_s,  # strides of the key padding mask
+    lse_stride_b, lse_stride_h, lse_stride_s,  # strides of lse and delta
+    seqlen_padded, seqlen_bucket, qk_scale, dropout_p,  # like in the forward kernel
+    softmax_scale,  # scale of q k^T, applied to dk
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_MASK: tl.constexpr, PACKED: tl.constexpr,
+    DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,  # query rows per inner step
+    BLOCK_N: tl.constexpr,  # key rows owned by the program
+):
+    pid_n = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    h = tl.program_id(2).to(tl.int64)
+    start, seqlen = _sequence(cu_seqlens_ptr, b, seqlen_padded, PACKED)
+    col_start = pid_n * BLOCK_N
+    if col_start >= seqlen:
+        return
+    cols = col_start + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    k = _load_rows(k_ptr, b * k_stride_b + start * k_stride_s + h * k_stride_h, cols, seqlen, k_stride_s, offs_d,
+                   HEAD_DIM)
+    v = _load_rows(v_ptr, b * v_stride_b + start * v_stride_s + h * v_stride_h, cols, seqlen, v_stride_s, offs_d,
+                   HEAD_DIM)
+    allowed = _key_allowed(mask_ptr, b, mask_stride_b, mask_stride_s, cols, seqlen, HAS_MASK)
+    q_base = b * q_stride_b + start * q_stride_s + h * q_stride_h
+    do_base = b * o_stride_b + start * o_stride_s + h * o_stride_h
+    lse_base = b * lse_stride_b + h * lse_stride_h + start * lse_stride_s
+    seed = tl.load(seed_ptr) if DROPOUT else 0
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    for row_start in range(0, seqlen, BLOCK_M):
+        rows = row_start + tl.arange(0, BLOCK_M)
+        q = _load_rows(q_ptr, q_base, rows, seqlen, q_stride_s, offs_d, HEAD_DIM)
+        do = _load_rows(do_ptr, do_base, rows, seqlen, o_stride_s, offs_d, HEAD_DIM)
+        lse2, delta = _row_stats(lse_ptr, delta_ptr, lse_base + rows * lse_stride_s, rows, seqlen)
+        p, keep = _attention_bwd_probs(q, k, lse2, allowed, qk_scale, seed, b, h, rows, col_start, dropout_p,
+                                       DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+        dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
+        if DROPOUT:
+            p_kept = tl.where(keep, p * (1.0 / (1.0 - dropout_p)), 0.0)
+            dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
+        else:
+            p_kept = p
+        dv += tl.dot(tl.trans(p_kept.to(do.dtype)), do, input_precision=INPUT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=INPUT_PRECISION)
+
+    out_ptrs = b * o_stride_b + (start + cols[:, None]) * o_stride_s + h * o_stride_h + offs_d[None, :]
+    out_mask = (cols[:, None] < seqlen) & (offs_d[None, :] < HEAD_DIM)
+    tl.store(dk_ptr + out_ptrs, (dk * softmax_scale).to(dk_ptr.dtype.element_ty), mask=out_mask)
+    tl.store(dv_ptr + out_ptrs, dv.to(dv_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.autotune(configs=_BWD_CONFIGS, key=_TUNE_KEY)
+@triton.jit
+def _attention_bwd_dq_kernel(
+    q_ptr, k_ptr, v_ptr,  # like in the forward kernel
+    do_ptr,  # like q, contiguous (strides of o)
+    lse_ptr,  # fp32 [B, H, S] or [H, T], from the forward kernel
+    delta_ptr,  # fp32 like lse, from the preprocess kernel
+    mask_ptr, cu_seqlens_ptr, seed_ptr,  # like in the forward kernel
+    dq_ptr,  # like q, contiguous (strides of o)
+    q_stride_b, q_stride_s, q_stride_h,  # strides of q
+    k_stride_b, k_stride_s, k_stride_h,  # strides of k
+    v_stride_b, v_stride_s, v_stride_h,  # strides of v
+    o_stride_b, o_stride_s, o_stride_h,  # strides of do and dq (contiguous, q's shape)
+    mask_stride_b, mask_stride_s,  # strides of the key padding mask
+    lse_stride_b, lse_stride_h, lse_stride_s,  # strides of lse and delta
+    seqlen_padded, seqlen_bucket, qk_scale, dropout_p,  # like in the forward kernel
+    softmax_scale,  # scale of q k^T, applied to dq
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_MASK: tl.constexpr, PACKED: tl.constexpr,
+    DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,  # query rows owned by the program
+    BLOCK_N: tl.constexpr,  # key rows per inner step
+):
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    h = tl.program_id(2).to(tl.int64)
+    start, seqlen = _sequence(cu_seqlens_ptr, b, seqlen_padded, PACKED)
+    if pid_m * BLOCK_M >= seqlen:
+        return
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q = _load_rows(q_ptr, b * q_stride_b + start * q_stride_s + h * q_stride_h, rows, seqlen, q_stride_s, offs_d,
+                   HEAD_DIM)
+    do_base = b * o_stride_b + start * o_stride_s + h * o_stride_h
+    do = _load_rows(do_ptr, do_base, rows, seqlen, o_stride_s, offs_d, HEAD_DIM)
+    lse_offs = b * lse_stride_b + h * lse_stride_h + (start + rows) * lse_stride_s
+    lse2, delta = _row_stats(lse_ptr, delta_ptr, lse_offs, rows, seqlen)
+    k_base = b * k_stride_b + start * k_stride_s + h * k_stride_h
+    v_base = b * v_stride_b + start * v_stride_s + h * v_stride_h
+    seed = tl.load(seed_ptr) if DROPOUT else 0
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for col_start in range(0, seqlen, BLOCK_N):
+        cols = col_start + tl.arange(0, BLOCK_N)
+        k = _load_rows(k_ptr, k_base, cols, seqlen, k_stride_s, offs_d, HEAD_DIM)
+        v = _load_rows(v_ptr, v_base, cols, seqlen, v_stride_s, offs_d, HEAD_DIM)
+        allowed = _key_allowed(mask_ptr, b, mask_stride_b, mask_stride_s, cols, seqlen, HAS_MASK)
+        p, keep = _attention_bwd_probs(q, k, lse2, allowed, qk_scale, seed, b, h, rows, col_start, dropout_p,
+                                       DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+        dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
+        if DROPOUT:
+            dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=INPUT_PRECISION)
+
+    dq_ptrs = dq_ptr + b * o_stride_b + (start + rows[:, None]) * o_stride_s + h * o_stride_h + offs_d[None, :]
+    tl.store(dq_ptrs, (dq * softmax_scale).to(dq_ptr.dtype.element_ty),
+             mask=(rows[:, None] < seqlen) & (offs_d[None, :] < HEAD_DIM))
+
+
+@triton.jit
+def _attention_dropout_mask_kernel(
+    seed_ptr,  # [1] int64
+    out_ptr,  # [B, H, S, S] uint8 keep-mask, contiguous
+    num_heads,  # H
+    seqlen,  # S
+    dropout_p,  # drop probability
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    bh = tl.program_id(2).to(tl.int64)
+    b = bh // num_heads
+    h = bh % num_heads
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    keep = _dropout_keep(tl.load(seed_ptr), b, h, rows, pid_n * BLOCK_N, dropout_p, BLOCK_M, BLOCK_N)
+    ptrs = out_ptr + (bh * seqlen + rows[:, None]) * seqlen + cols[None, :]
+    tl.store(ptrs, keep.to(tl.uint8), mask=(rows[:, None] < seqlen) & (cols[None, :] < seqlen))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Launchers
+
+
+def _block_d(head_dim: int) -> int:
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def _input_precision(dtype: torch.dtype) -> str:
+    if dtype == torch.float32 and not backends.triton_interpreter_on() and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+def _strides(t: torch.Tensor, packed: bool) -> tuple[int, int, int]:
+    """(batch, token, head) strides of a [B, S, H, D] or [T, H, D] tensor; batch stride 0 when packed."""
+    return (0, t.stride(0), t.stride(1)) if packed else (t.stride(0), t.stride(1), t.stride(2))
+
+
+def _unit_last(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+class _Layout:
+    """Grid and the scalar kernel arguments shared by every attention kernel of one call."""
+
+    def __init__(self, q: torch.Tensor, key_padding_mask: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
+                 max_seqlen: int):
+        self.packed = cu_seqlens is not None
+        if self.packed:
+            self.batch, self.seqlen = cu_seqlens.shape[0] - 1, int(max_seqlen)
+            self.heads, self.head_dim = q.shape[1], q.shape[2]
+        else:
+            self.batch, self.seqlen, self.heads, self.head_dim = q.shape
+        self.cu_seqlens = cu_seqlens if self.packed else q
+        mask = key_padding_mask
+        if mask is not None and mask.dtype == torch.bool:
+            mask = mask.view(torch.uint8)
+        self.mask = mask if mask is not None else q
+        self.mask_strides = (mask.stride(0), mask.stride(1)) if mask is not None else (0, 0)
+        self.lse_shape = (self.heads, q.shape[0]) if self.packed else (self.batch, self.heads, self.seqlen)
+        self.consts = dict(HEAD_DIM=self.head_dim, BLOCK_D=_block_d(self.head_dim), HAS_MASK=mask is not None,
+                           PACKED=self.packed, INPUT_PRECISION=_input_precision(q.dtype))
+
+    def lse_strides(self, lse: torch.Tensor) -> tuple[int, int, int]:
+        return (0, lse.stride(0), lse.stride(1)) if self.packed else (lse.stride(0), lse.stride(1), lse.stride(2))
+
+    def grid(self, block: str):
+        return lambda meta: (triton.cdiv(self.seqlen, meta[block]), self.batch, self.heads)
+
+
+def _check_seed(dropout_p: float, seed: torch.Tensor | None) -> None:
+    if dropout_p > 0 and (seed is None or seed.numel() != 1 or seed.dtype != torch.int64):
+        raise ValueError(f"seed must be an int64 tensor of shape [1] when dropout_p > 0, got {seed!r}")
+
+
+@torch.library.custom_op("fastenc::triton_attention_fwd", mutates_args=())
+def attention_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor | None,
+    cu_seqlens: torch.Tensor | None,
+    max_seqlen: int,
+    softmax_scale: float,
+    dropout_p: float,
+    seed: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward launcher: (o like q contiguous, lse fp32 [B, H, S] padded or [H, T] packed). See the module doc."""
+    _check_seed(dropout_p, seed)
+    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    lay = _Layout(q, key_padding_mask, cu_seqlens, max_seqlen)
+    o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty(lay.lse_shape, dtype=torch.float32, device=q.device)
+    if q.numel() == 0:
+        return o, lse
+    _attention_fwd_kernel[lay.grid("BLOCK_M")](
+        q, k, v, lay.mask, lay.cu_seqlens, seed if dropout_p > 0 else q, o, lse,
+        *_strides(q, lay.packed), *_strides(k, lay.packed), *_strides(v, lay.packed), *_strides(o, lay.packed),
+        *lay.mask_strides, *lay.lse_strides(lse),
+        lay.seqlen, triton.next_power_of_2(lay.seqlen), softmax_scale * _LOG2E, dropout_p,
+        DROPOUT=dropout_p > 0, **lay.consts,
+    )
+    return o, lse
+
+
+@attention_fwd.register_fake
+def _(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, softmax_scale, dropout_p, seed):
+    if cu_seqlens is not None:
+        lse_shape = (q.shape[1], q.shape[0])
+    else:
+        lse_shape = (q.shape[0], q.shape[2], q.shape[1])
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(lse_shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("fastenc::triton_attention_bwd", mutates_args=())
+def attention_bwd(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    key_padding_mask: torch.Tensor | None,
+    cu_seqlens: torch.Tensor | None,
+    max_seqlen: int,
+    softmax_scale: float,
+    dropout_p: float,
+    seed: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward launcher: (dq, dk, dv), contiguous, shaped like q, k, v. Deterministic (no atomics)."""
+    _check_seed(dropout_p, seed)
+    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    do, o = do.contiguous(), o.contiguous()
+    lay = _Layout(q, key_padding_mask, cu_seqlens, max_seqlen)
+    dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
+    if q.numel() == 0:
+        return dq, dk, dv
+    delta = torch.empty_like(lse)
+    o_strides, lse_strides = _strides(o, lay.packed), lay.lse_strides(lse)
+    preprocess_block = 16 if backends.triton_interpreter_on() else 64
+    _attention_bwd_preprocess_kernel[(triton.cdiv(lay.seqlen, preprocess_block), lay.batch, lay.heads)](
+        o, do, delta, lay.cu_seqlens, *o_strides, *lse_strides, lay.seqlen,
+        HEAD_DIM=lay.head_dim, BLOCK_D=lay.consts["BLOCK_D"], PACKED=lay.packed, BLOCK_M=preprocess_block,
+    )
+    common = (
+        *_strides(q, lay.packed), *_strides(k, lay.packed), *_strides(v, lay.packed), *o_strides,
+        *lay.mask_strides, *lse_strides,
+        lay.seqlen, triton.next_power_of_2(lay.seqlen), softmax_scale * _LOG2E, dropout_p, softmax_scale,
+    )
+    seed_arg = seed if dropout_p > 0 else q
+    _attention_bwd_dkdv_kernel[lay.grid("BLOCK_N")](
+        q, k, v, do, lse, delta, lay.mask, lay.cu_seqlens, seed_arg, dk, dv, *common,
+        DROPOUT=dropout_p > 0, **lay.consts,
+    )
+    _attention_bwd_dq_kernel[lay.grid("BLOCK_M")](
+        q, k, v, do, lse, delta, lay.mask, lay.cu_seqlens, seed_arg, dq, *common,
+        DROPOUT=dropout_p > 0, **lay.consts,
+    )
+    return dq, dk, dv
+
+
+@attention_bwd.register_fake
+def _(do, q, k, v, o, lse, key_padding_mask, cu_seqlens, max_seqlen, softmax_scale, dropout_p, seed):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+
+
+def attention_dropout_mask(seed: torch.Tensor, batch: int, heads: int, seqlen: int, dropout_p: float) -> torch.Tensor:
+    """The keep-mask the kernels apply for `seed`: bool [batch, heads, seqlen, seqlen], True = kept.
+
+    Coordinates are per sequence (query i, key j of sequence b) for both layouts; for the packed layout pass
+    seqlen = max_seqlen. Feed it to attention_ref(..., dropout_mask=mask) to replay the kernel's dropout."""
+    _check_seed(max(dropout_p, 1e-9), seed)
+    out = torch.empty(batch, heads, seqlen, seqlen, dtype=torch.uint8, device=seed.device)
+    block = 16 if backends.triton_interpreter_on() else 64
+    grid = (triton.cdiv(seqlen, block), triton.cdiv(seqlen, block), batch * heads)
+    _attention_dropout_mask_kernel[grid](seed, out, heads, seqlen, dropout_p, BLOCK_M=block, BLOCK_N=block)
+    return out.bool()
+
+
+def not_supported_reasons_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> list[str]:
+    """Why these kernels cannot run this call ([] = supported)."""
+    out = []
+    if q.dtype not in _SUPPORTED_DTYPES:
+        out.append(f"dtype {q.dtype} not supported (supports {', '.join(map(str, _SUPPORTED_DTYPES))})")
+    head_dim = q.shape[-1]
+    if head_dim > MAX_HEAD_DIM:
+        out.append(f"head_dim {head_dim} > {MAX_HEAD_DIM}")
+    if math.prod(q.shape[:-1]) and q.shape[-2] > 65535:
+        out.append(f"{q.shape[-2]} heads > 65535 (grid limit)")
+    return out
