@@ -19,6 +19,9 @@ may be fp32 while x is fp16/bf16 (mixed precision); y and h have x's dtype:
 
 from __future__ import annotations
 
+import sys
+from types import ModuleType
+
 import torch
 import torch.nn.functional as F
 
@@ -44,15 +47,26 @@ def add_layer_norm_ref(
     return F.layer_norm(h, (h.shape[-1],), weight, bias, eps)
 
 
+@torch.compiler.assume_constant_result
+def _launchers_name(backend: str) -> str:
+    """Load the launchers module and name it; torch.compile runs this at trace time (it cannot trace importlib)."""
+    return backends.launchers(backend, "add_layer_norm").__name__
+
+
+def _launchers(backend: str) -> ModuleType:
+    return sys.modules[_launchers_name(backend)]
+
+
 class AddLayerNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, residual, weight, bias, eps, x_bias, dropout_p, backend):
-        impl = backends.launchers(backend, "add_layer_norm")
+        impl = _launchers(backend)
         d = x.shape[-1]
         x2 = x.reshape(-1, d).contiguous()
         r2 = None if residual is None else residual.reshape(-1, d).contiguous()
         seed = dropout_seed(x.device) if dropout_p > 0 else None
-        store_h = torch.is_grad_enabled() and any(ctx.needs_input_grad[i] for i in (0, 1, 2, 3, 5))
+        # forward runs with grad mode off; needs_input_grad says whether backward can be called
+        store_h = any(ctx.needs_input_grad[i] for i in (0, 1, 2, 3, 5))
         y, h, mean, rstd = impl.add_layer_norm_fwd(x2, r2, x_bias, weight, bias, eps, dropout_p, seed, store_h)
         ctx.save_for_backward(h, weight, mean, rstd, seed)
         ctx.dropout_p, ctx.backend = dropout_p, backend
@@ -62,7 +76,7 @@ class AddLayerNormFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         h, weight, mean, rstd, seed = ctx.saved_tensors
-        impl = backends.launchers(ctx.backend, "add_layer_norm")
+        impl = _launchers(ctx.backend)
         dx, dh, dx_bias, dweight, dbias = impl.add_layer_norm_bwd(
             dy.reshape(h.shape).contiguous(), h, weight, mean, rstd, ctx.dropout_p, seed, ctx.has_x_bias
         )

@@ -22,6 +22,9 @@ Launcher contract (fastenc.kernels.embeddings and fastenc._cuda); ids are contig
 
 from __future__ import annotations
 
+import sys
+from types import ModuleType
+
 import torch
 import torch.nn.functional as F
 
@@ -63,7 +66,9 @@ def _check_ids(ids: torch.Tensor | None, name: str, num: int, table: str, shape:
     try:
         ids = ids.expand(shape)
     except RuntimeError:
-        raise ValueError(f"{name} of shape {tuple(ids.shape)} does not match the input's shape {tuple(shape)}") from None
+        raise ValueError(
+            f"{name} of shape {tuple(ids.shape)} does not match the input's shape {tuple(shape)}"
+        ) from None
     checking = not (torch.compiler.is_compiling() or (ids.is_cuda and torch.cuda.is_current_stream_capturing()))
     if checking and ids.numel():
         lo, hi = int(ids.min()), int(ids.max())
@@ -73,10 +78,20 @@ def _check_ids(ids: torch.Tensor | None, name: str, num: int, table: str, shape:
     return ids
 
 
+@torch.compiler.assume_constant_result
+def _launchers_name(backend: str) -> str:
+    """Load the launchers module and name it; torch.compile runs this at trace time (it cannot trace importlib)."""
+    return backends.launchers(backend, "embeddings").__name__
+
+
+def _launchers(backend: str) -> ModuleType:
+    return sys.modules[_launchers_name(backend)]
+
+
 class EmbeddingsFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, ids, pos_ids, tt_ids, word, pos, tt, weight, bias, eps, dropout_p, pads, backend):
-        impl = backends.launchers(backend, "embeddings")
+        impl = _launchers(backend)
         shape = ids.shape
         flat = [None if t is None else t.reshape(-1).contiguous().long() for t in (ids, pos_ids, tt_ids)]
         seed = dropout_seed(word.device) if dropout_p > 0 else None
@@ -88,7 +103,7 @@ class EmbeddingsFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         ids, pos_ids, tt_ids, word, pos, tt, weight, mean, rstd, seed = ctx.saved_tensors
-        impl = backends.launchers(ctx.backend, "embeddings")
+        impl = _launchers(ctx.backend)
         dword, dpos, dtt, dweight, dbias = impl.embeddings_bwd(
             dy.reshape(-1, dy.shape[-1]).contiguous(), ids, pos_ids, tt_ids, word, pos, tt, weight, mean, rstd,
             ctx.dropout_p, seed, *ctx.pads,
@@ -148,7 +163,7 @@ def embeddings(
             input_ids, word_embeddings, position_ids, position_embeddings, token_type_ids, token_type_embeddings,
             weight, bias, eps, dropout_p, inputs_embeds, word_padding_idx, position_padding_idx,
         )
-    pads = (-1 if word_padding_idx is None else word_padding_idx, -1 if position_padding_idx is None else position_padding_idx)
+    pads = tuple(-1 if i is None else i for i in (word_padding_idx, position_padding_idx))
     return EmbeddingsFn.apply(
         input_ids, position_ids, token_type_ids, word_embeddings, position_embeddings, token_type_embeddings,
         weight, bias, eps, dropout_p, pads, name,

@@ -1,0 +1,145 @@
+"""Pieces the Triton kernels share: dropout from a seed, the GELU forms, row LayerNorm, launch sizes, registration.
+
+Dropout draws a Philox uniform per element from (seed, element index), so a backward kernel regenerates the
+forward mask from the 8-byte seed instead of reading a stored mask; the cost is recomputing a few integer rounds
+per element, which a memory-bound kernel hides. Row LayerNorm keeps a whole row in registers (BLOCK = next power
+of two of the hidden size, masked), which limits the hidden size to what fits (MAX_BLOCK) but reads every row
+once. Backward kernels that reduce over rows (dweight, dbias, dx_bias) run a fixed number of programs, each
+looping over many rows and keeping fp32 partial sums in registers; torch then sums the small [programs, D]
+partials, so no atomics sit on the hot path and the result is deterministic.
+
+Every launcher is also a torch.library custom op (namespace fastenc_triton) with a fake implementation, so
+torch.compile traces calls to it without graph breaks; in eager mode the launcher runs directly, skipping the
+dispatcher's overhead.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_BLOCK = 16384
+SQRT1_2 = 0.7071067811865476
+INV_SQRT_2PI = 0.3989422804014327
+SQRT_2_OVER_PI = 0.7978845608028654
+GELU_TANH_COEF = 0.044715
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Device helpers (inlined into the kernels).
+
+
+@triton.jit
+def dropout_keep(seed_ptr, offsets, p):
+    """Keep-mask (True = kept) for the elements at `offsets` (int64) of one call: P(keep) = 1 - p."""
+    seed = tl.load(seed_ptr)
+    return tl.rand(seed, offsets) >= p
+
+
+@triton.jit
+def tanh(z):
+    """tanh from exp, saturating cleanly at +-1 for large |z| (exp overflow gives 1 - 0)."""
+    return 1.0 - 2.0 / (tl.exp(2.0 * z) + 1.0)
+
+
+@triton.jit
+def gelu(u, APPROX_TANH: tl.constexpr):
+    """GELU of fp32 `u`: exact erf form, or the tanh form (gelu_new / gelu_pytorch_tanh / gelu_fast)."""
+    if APPROX_TANH:
+        return 0.5 * u * (1.0 + tanh(SQRT_2_OVER_PI * (u + GELU_TANH_COEF * u * u * u)))
+    else:
+        return 0.5 * u * (1.0 + tl.math.erf(u * SQRT1_2))
+
+
+@triton.jit
+def gelu_and_grad(u, APPROX_TANH: tl.constexpr):
+    """(gelu(u), d gelu / du) of fp32 `u`, sharing the transcendental between the two."""
+    if APPROX_TANH:
+        t = tanh(SQRT_2_OVER_PI * (u + GELU_TANH_COEF * u * u * u))
+        g = 0.5 * u * (1.0 + t)
+        dg = 0.5 * (1.0 + t) + 0.5 * u * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_COEF * u * u)
+    else:
+        cdf = 0.5 * (1.0 + tl.math.erf(u * SQRT1_2))
+        g = u * cdf
+        dg = cdf + u * INV_SQRT_2PI * tl.exp(-0.5 * u * u)
+    return g, dg
+
+
+@triton.jit
+def row_stats(h, mask, D, eps):
+    """fp32 mean and 1/sqrt(var + eps) of the row `h` (fp32, masked lanes ignored), two-pass variance."""
+    mean = tl.sum(tl.where(mask, h, 0.0), axis=0) / D
+    diff = tl.where(mask, h - mean, 0.0)
+    var = tl.sum(diff * diff, axis=0) / D
+    return mean, 1.0 / tl.sqrt(var + eps)
+
+
+@triton.jit
+def row_layer_norm_bwd(dy, xhat, w, rstd, mask, D):
+    """dL/dh of y = xhat * w + b, xhat = (h - mean) * rstd, for one fp32 row (masked lanes are zero)."""
+    wdy = tl.where(mask, w * dy, 0.0)
+    c1 = tl.sum(xhat * wdy, axis=0) / D
+    c2 = tl.sum(wdy, axis=0) / D
+    return (wdy - (xhat * c1 + c2)) * rstd
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Host helpers.
+
+
+def row_block(d: int, name: str = "the hidden size") -> int:
+    """BLOCK for a kernel that keeps one row of `d` elements in registers."""
+    block = triton.next_power_of_2(d)
+    if block > MAX_BLOCK:
+        raise ValueError(f"{name} {d} is larger than the Triton row kernels support ({MAX_BLOCK})")
+    return block
+
+
+def row_warps(block: int) -> int:
+    """Warps for a one-row-per-program kernel: about 8 fp32 elements per thread, 1 to 16 warps."""
+    return min(max(block // 256, 1), 16)
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def reduce_programs(device: torch.device, rows: int, warps: int) -> int:
+    """Programs for a row-looping backward kernel: enough to fill every SM (the SM count is cached per device).
+
+    Under the CPU interpreter a few programs, so the looping and the partial-sum reduction are still exercised.
+    """
+    if device.type != "cuda":
+        return max(1, min(rows, 3))
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    per_sm = max(1, 32 // warps)
+    return max(1, min(rows, _sm_count(index) * per_sm))
+
+
+def sum_partials(parts: torch.Tensor, *dtypes: torch.dtype) -> list[torch.Tensor]:
+    """Reduce fp32 partials [k, programs, D] over programs into separate (non-aliasing) tensors, the i-th in
+    dtypes[i]; extra dtypes (for partials a call does not have) are ignored."""
+    return [part.sum(dim=0).to(dtype) for part, dtype in zip(parts, dtypes, strict=False)]
+
+
+def dummy(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """`t`, or an empty tensor on `like`'s device standing for "none" in a custom op's tensor-only outputs."""
+    return t if t is not None else like.new_empty(0)
+
+
+def register(name: str, impl: Callable, fake: Callable) -> Callable:
+    """Make `impl` the custom op fastenc_triton::<name> with `fake` for tracing; return a launcher that calls the
+    op while torch.compile traces and `impl` directly otherwise."""
+    op = torch.library.custom_op(f"fastenc_triton::{name}", impl, mutates_args=())
+    op.register_fake(fake)
+
+    def launch(*args):
+        return op(*args) if torch.compiler.is_compiling() else impl(*args)
+
+    launch.op = op
+    return launch

@@ -1,0 +1,304 @@
+"""Triton embeddings: y = dropout(LayerNorm(word[ids] + token_type[tt_ids] + position[pos_ids])), fwd and bwd.
+
+Forward: one program per token gathers its three table rows, sums them in fp32, normalises and applies dropout to
+the normalised row, so the [N, E] sum is never written. Ids are clamped into their table before the gather, so a
+bad id can never read out of bounds (the op checks ids in eager mode and raises a clear error first).
+
+Backward: a fixed number of programs loop over tokens; each regathers the row, rebuilds xhat from the saved mean /
+rstd, regenerates the dropout mask, and scatters the row gradient into fp32 copies of the three tables with
+atomic adds (repeated ids accumulate; rows at a padding index are skipped). Atomics make the table gradients
+non-deterministic in the last bits (the summation order varies between runs), in exchange for no sort and no
+[N, E] gradient buffer. dweight and dbias are per-program fp32 partial sums reduced by torch, deterministic.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from fastenc.kernels._common import (
+    dropout_keep,
+    dummy,
+    reduce_programs,
+    register,
+    row_block,
+    row_layer_norm_bwd,
+    row_stats,
+    row_warps,
+    sum_partials,
+)
+
+
+@triton.jit
+def _gather_row(ids_ptr, word_ptr, pos_ids_ptr, pos_ptr, tt_ids_ptr, tt_ptr, row, cols, mask,
+                word_stride, pos_stride, tt_stride, V, P, T, HAS_TT: tl.constexpr):
+    """(clamped word id, position id, token type id, fp32 sum of the three table rows) for token `row`."""
+    wid = tl.minimum(tl.maximum(tl.load(ids_ptr + row), 0), V - 1)
+    pid = tl.minimum(tl.maximum(tl.load(pos_ids_ptr + row), 0), P - 1)
+    h = tl.load(word_ptr + wid * word_stride + cols, mask=mask, other=0.0).to(tl.float32)
+    h += tl.load(pos_ptr + pid * pos_stride + cols, mask=mask, other=0.0).to(tl.float32)
+    tid = wid * 0
+    if HAS_TT:
+        tid = tl.minimum(tl.maximum(tl.load(tt_ids_ptr + row), 0), T - 1)
+        h += tl.load(tt_ptr + tid * tt_stride + cols, mask=mask, other=0.0).to(tl.float32)
+    return wid, pid, tid, h
+
+
+@triton.jit
+def _embeddings_fwd_kernel(
+    ids_ptr,  # [N] int64 word ids
+    pos_ids_ptr,  # [N] int64 position ids
+    tt_ids_ptr,  # [N] int64 token type ids, or None
+    word_ptr,  # [V, E] word table, row stride word_stride
+    pos_ptr,  # [P, E] position table, row stride pos_stride
+    tt_ptr,  # [T, E] token type table, row stride tt_stride, or None
+    w_ptr,  # [E] LayerNorm weight
+    b_ptr,  # [E] LayerNorm bias
+    y_ptr,  # [N, E] output, contiguous
+    mean_ptr,  # [N] fp32 row means
+    rstd_ptr,  # [N] fp32 row 1/std
+    seed_ptr,  # [1] int64 dropout seed, or None
+    word_stride,  # row stride of the word table
+    pos_stride,  # row stride of the position table
+    tt_stride,  # row stride of the token type table
+    V,  # word table rows
+    P,  # position table rows
+    T,  # token type table rows
+    E,  # embedding size
+    eps,  # LayerNorm epsilon
+    p,  # dropout probability
+    HAS_TT: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_E)
+    mask = cols < E
+    _, _, _, h = _gather_row(ids_ptr, word_ptr, pos_ids_ptr, pos_ptr, tt_ids_ptr, tt_ptr, row, cols, mask,
+                             word_stride, pos_stride, tt_stride, V, P, T, HAS_TT)
+    mean, rstd = row_stats(h, mask, E, eps)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    y = (h - mean) * rstd * w + b
+    if HAS_DROPOUT:
+        keep = dropout_keep(seed_ptr, row * E + cols, p)
+        y = tl.where(keep, y / (1.0 - p), 0.0)
+    tl.store(y_ptr + row * E + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(mean_ptr + row, mean)
+    tl.store(rstd_ptr + row, rstd)
+
+
+@triton.jit
+def _embeddings_bwd_kernel(
+    dy_ptr,  # [N, E] gradient of y, contiguous
+    ids_ptr,  # [N] int64 word ids
+    pos_ids_ptr,  # [N] int64 position ids
+    tt_ids_ptr,  # [N] int64 token type ids, or None
+    word_ptr,  # [V, E] word table, row stride word_stride
+    pos_ptr,  # [P, E] position table, row stride pos_stride
+    tt_ptr,  # [T, E] token type table, row stride tt_stride, or None
+    w_ptr,  # [E] LayerNorm weight
+    mean_ptr,  # [N] fp32
+    rstd_ptr,  # [N] fp32
+    seed_ptr,  # [1] int64 dropout seed, or None
+    dword_ptr,  # [V, E] fp32 out (zero-filled): word table gradient, accumulated atomically
+    dpos_ptr,  # [P, E] fp32 out (zero-filled): position table gradient
+    dtt_ptr,  # [T, E] fp32 out (zero-filled): token type table gradient, or None
+    dw_part_ptr,  # [programs, E] fp32 out: per-program partial sums of dweight
+    db_part_ptr,  # [programs, E] fp32 out: per-program partial sums of dbias
+    word_stride,  # row stride of the word table
+    pos_stride,  # row stride of the position table
+    tt_stride,  # row stride of the token type table
+    N,  # tokens
+    V,  # word table rows
+    P,  # position table rows
+    T,  # token type table rows
+    E,  # embedding size
+    p,  # dropout probability
+    word_pad,  # word padding index (no gradient), -1 for none
+    pos_pad,  # position padding index (no gradient), -1 for none
+    HAS_TT: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+):
+    prog = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_E)
+    mask = cols < E
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    dw_acc = tl.zeros([BLOCK_E], dtype=tl.float32)
+    db_acc = tl.zeros([BLOCK_E], dtype=tl.float32)
+    for row in range(prog.to(tl.int64), N, tl.num_programs(0)):
+        wid, pid, tid, h = _gather_row(ids_ptr, word_ptr, pos_ids_ptr, pos_ptr, tt_ids_ptr, tt_ptr, row, cols,
+                                       mask, word_stride, pos_stride, tt_stride, V, P, T, HAS_TT)
+        rstd = tl.load(rstd_ptr + row)
+        xhat = tl.where(mask, (h - tl.load(mean_ptr + row)) * rstd, 0.0)
+        dy = tl.load(dy_ptr + row * E + cols, mask=mask, other=0.0).to(tl.float32)
+        if HAS_DROPOUT:
+            keep = dropout_keep(seed_ptr, row * E + cols, p)
+            dy = tl.where(keep, dy / (1.0 - p), 0.0)
+        dh = row_layer_norm_bwd(dy, xhat, w, rstd, mask, E)
+        dw_acc += dy * xhat
+        db_acc += dy
+        tl.atomic_add(dword_ptr + wid * E + cols, dh, mask=mask & (wid != word_pad), sem="relaxed")
+        tl.atomic_add(dpos_ptr + pid * E + cols, dh, mask=mask & (pid != pos_pad), sem="relaxed")
+        if HAS_TT:
+            tl.atomic_add(dtt_ptr + tid * E + cols, dh, mask=mask, sem="relaxed")
+    tl.store(dw_part_ptr + prog * E + cols, dw_acc, mask=mask)
+    tl.store(db_part_ptr + prog * E + cols, db_acc, mask=mask)
+
+
+def _check_inputs(ids, pos_ids, tt_ids, word, pos, tt, weight) -> None:
+    n = ids.shape[0]
+    for name, t in (("input_ids", ids), ("position_ids", pos_ids), ("token_type_ids", tt_ids)):
+        if t is not None and (t.dtype != torch.int64 or t.dim() != 1 or t.shape[0] != n or not t.is_contiguous()):
+            raise ValueError(f"{name} must be a contiguous int64 [{n}] tensor, got {t.dtype} {tuple(t.shape)}")
+    if (tt_ids is None) != (tt is None):
+        raise ValueError("token_type_ids and token_type_embeddings must be given together")
+    e = word.shape[1]
+    for name, t in (("word_embeddings", word), ("position_embeddings", pos), ("token_type_embeddings", tt)):
+        if t is not None and (t.dim() != 2 or t.shape[1] != e or t.stride(1) != 1 or t.shape[0] == 0):
+            raise ValueError(f"{name} must be a non-empty [rows, {e}] table with unit last stride, got "
+                             f"{tuple(t.shape)}")
+        if t is not None and t.dtype != word.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype}, expected {word.dtype} like word_embeddings")
+    if weight.shape != (e,):
+        raise ValueError(f"weight must have shape [{e}], got {tuple(weight.shape)}")
+
+
+def _fwd_impl(
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    token_type_ids: torch.Tensor | None,
+    word: torch.Tensor,
+    position: torch.Tensor,
+    token_type: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+    dropout_p: float,
+    seed: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check_inputs(input_ids, position_ids, token_type_ids, word, position, token_type, weight)
+    has_dropout = dropout_p > 0
+    if has_dropout and seed is None:
+        raise ValueError("seed must be given when dropout_p > 0")
+    n, e = input_ids.shape[0], word.shape[1]
+    block = row_block(e, "the embedding size")
+    y = torch.empty(n, e, device=word.device, dtype=word.dtype)
+    mean = torch.empty(n, device=word.device, dtype=torch.float32)
+    rstd = torch.empty(n, device=word.device, dtype=torch.float32)
+    has_tt = token_type is not None
+    if n:
+        _embeddings_fwd_kernel[(n,)](
+            input_ids, position_ids, token_type_ids, word, position, token_type, weight, bias, y, mean, rstd,
+            seed if has_dropout else None, word.stride(0), position.stride(0), token_type.stride(0) if has_tt else 0,
+            word.shape[0], position.shape[0], token_type.shape[0] if has_tt else 1, e, eps, dropout_p,
+            HAS_TT=has_tt, HAS_DROPOUT=has_dropout, BLOCK_E=block, num_warps=row_warps(block),
+        )
+    return y, mean, rstd
+
+
+def _fwd_fake(input_ids, position_ids, token_type_ids, word, position, token_type, weight, bias, eps, dropout_p,
+              seed):
+    n = input_ids.shape[0]
+    return (word.new_empty(n, word.shape[1]), word.new_empty(n, dtype=torch.float32),
+            word.new_empty(n, dtype=torch.float32))
+
+
+def _bwd_impl(
+    dy: torch.Tensor,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    token_type_ids: torch.Tensor | None,
+    word: torch.Tensor,
+    position: torch.Tensor,
+    token_type: torch.Tensor | None,
+    weight: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    dropout_p: float,
+    seed: torch.Tensor | None,
+    word_padding_idx: int,
+    position_padding_idx: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check_inputs(input_ids, position_ids, token_type_ids, word, position, token_type, weight)
+    n, e = input_ids.shape[0], word.shape[1]
+    if not dy.is_contiguous() or dy.shape != (n, e):
+        raise ValueError(f"dy must be a contiguous [{n}, {e}] tensor, got {tuple(dy.shape)}")
+    has_dropout = dropout_p > 0
+    if has_dropout and seed is None:
+        raise ValueError("seed must be given when dropout_p > 0")
+    has_tt = token_type is not None
+    block = row_block(e, "the embedding size")
+    warps = row_warps(block)
+    progs = reduce_programs(word.device, n, warps)
+    f32 = dict(device=word.device, dtype=torch.float32)
+    dword = torch.zeros(word.shape, **f32)
+    dpos = torch.zeros(position.shape, **f32)
+    dtt = torch.zeros(token_type.shape, **f32) if has_tt else None
+    parts = torch.zeros(2, progs, e, **f32)
+    if n:
+        _embeddings_bwd_kernel[(progs,)](
+            dy, input_ids, position_ids, token_type_ids, word, position, token_type, weight, mean, rstd,
+            seed if has_dropout else None, dword, dpos, dtt, parts[0], parts[1],
+            word.stride(0), position.stride(0), token_type.stride(0) if has_tt else 0,
+            n, word.shape[0], position.shape[0], token_type.shape[0] if has_tt else 1, e, dropout_p,
+            word_padding_idx, position_padding_idx,
+            HAS_TT=has_tt, HAS_DROPOUT=has_dropout, BLOCK_E=block, num_warps=warps,
+        )
+    dweight, dbias = sum_partials(parts, weight.dtype, weight.dtype)
+    dtt = dtt.to(word.dtype) if has_tt else None
+    return dword.to(word.dtype), dpos.to(word.dtype), dummy(dtt, word), dweight, dbias
+
+
+def _bwd_fake(dy, input_ids, position_ids, token_type_ids, word, position, token_type, weight, mean, rstd,
+              dropout_p, seed, word_padding_idx, position_padding_idx):
+    e = word.shape[1]
+    dtt = token_type.new_empty(token_type.shape) if token_type is not None else word.new_empty(0)
+    return word.new_empty(word.shape), position.new_empty(position.shape), dtt, weight.new_empty(e), weight.new_empty(e)
+
+
+_fwd = register("embeddings_fwd", _fwd_impl, _fwd_fake)
+_bwd = register("embeddings_bwd", _bwd_impl, _bwd_fake)
+
+
+def embeddings_fwd(
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    token_type_ids: torch.Tensor | None,
+    word: torch.Tensor,
+    position: torch.Tensor,
+    token_type: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+    dropout_p: float,
+    seed: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, mean, rstd) of the fused embeddings; see fastenc.ops.embeddings."""
+    return _fwd(input_ids, position_ids, token_type_ids, word, position, token_type, weight, bias, float(eps),
+                float(dropout_p), seed)
+
+
+def embeddings_bwd(
+    dy: torch.Tensor,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    token_type_ids: torch.Tensor | None,
+    word: torch.Tensor,
+    position: torch.Tensor,
+    token_type: torch.Tensor | None,
+    weight: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    dropout_p: float,
+    seed: torch.Tensor | None,
+    word_padding_idx: int,
+    position_padding_idx: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """(dword, dposition, dtoken_type or None, dweight, dbias); padding_idx -1 means none."""
+    dword, dpos, dtt, dweight, dbias = _bwd(
+        dy, input_ids, position_ids, token_type_ids, word, position, token_type, weight, mean, rstd,
+        float(dropout_p), seed, int(word_padding_idx), int(position_padding_idx),
+    )
+    return dword, dpos, dtt if token_type is not None else None, dweight, dbias
