@@ -2,7 +2,24 @@
 
 from fastenc import ops
 from fastenc.backends import BackendNotSupportedError, get_backend, set_backend, use_backend
+from fastenc.configuration import AlbertConfig, BertConfig, ElectraConfig, RobertaConfig
+from fastenc.modeling_utils import from_hf
+from fastenc.models import *  # noqa: F403  (the 23 model classes, named as in transformers)
+from fastenc.models import MODEL_CLASSES
 
 __version__ = "0.1.0"
 
-__all__ = ["BackendNotSupportedError", "get_backend", "ops", "set_backend", "use_backend", "__version__"]
+__all__ = [
+    "AlbertConfig",
+    "BackendNotSupportedError",
+    "BertConfig",
+    "ElectraConfig",
+    "RobertaConfig",
+    "from_hf",
+    "get_backend",
+    "ops",
+    "set_backend",
+    "use_backend",
+    "__version__",
+    *MODEL_CLASSES,
+]
