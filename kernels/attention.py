@@ -11,10 +11,10 @@ BLOCK_D is the next power of two and the extra columns are masked. fp32 inputs u
 torch.backends.cuda.matmul.allow_tf32 is set (as torch's own matmuls do), else exact fp32 ("ieee"); the CPU
 interpreter always uses "ieee".
 
-Dropout: the keep bit of probability (b, h, i, j) (sequence, head, query, key, in per-sequence coordinates for both
-layouts) is the top 24 bits of Philox(seed; counters j // 4, i, b, h), output j % 4, compared with dropout_p. It
-does not depend on the block sizes, so the backward kernels regenerate the forward mask exactly, and
-`attention_dropout_mask` returns it as a tensor for tests.
+Dropout: probability (b, h, i, j) (sequence, head, query, key; per-sequence coordinates in both layouts) is kept
+iff (w >> 8) / 2**24 >= dropout_p, where w is word j % 4 of Philox4x32-10 with key (seed & 0xffffffff, seed >> 32)
+and counter (j // 4, i, b, h). It does not depend on the block sizes, so the backward kernels regenerate the
+forward mask exactly, and `attention_dropout_mask` returns it as a tensor for tests.
 
 Rows with no key to attend to give o = 0 and lse = +inf, so every recomputed probability of that row is 0 and its
 gradients are 0.
@@ -25,8 +25,6 @@ torch.compile traces them as single opaque nodes without graph breaks.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
@@ -36,6 +34,7 @@ from fastenc import backends
 MAX_HEAD_DIM = 128
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _LOG2E = 1.4426950408889634
+_MAX_GRID_YZ = 65535  # CUDA limit of grid dims y (sequences) and z (heads)
 
 
 def _configs(pairs: list[tuple[int, int, int, int]]) -> list[triton.Config]:
@@ -98,7 +97,7 @@ def _dropout_keep(seed, b, h, rows, col_start, dropout_p, BLOCK_M: tl.constexpr,
     c2 = tl.zeros([BLOCK_M, BLOCK_N // 4], dtype=tl.int32) + b.to(tl.int32)
     c3 = tl.zeros([BLOCK_M, BLOCK_N // 4], dtype=tl.int32) + h.to(tl.int32)
     r0, r1, r2, r3 = tl.philox(seed, c0, c1, c2, c3)
-    r = tl.reshape(tl.join(tl.join(r0, r1), tl.join(r2, r3)), [BLOCK_M, BLOCK_N])
+    r = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), [BLOCK_M, BLOCK_N])  # key 4g + w gets word w
     u = (r >> 8).to(tl.float32) * (1.0 / 16777216.0)
     return u >= dropout_p
 
@@ -411,6 +410,8 @@ class _Layout:
             self.heads, self.head_dim = q.shape[1], q.shape[2]
         else:
             self.batch, self.seqlen, self.heads, self.head_dim = q.shape
+        if self.batch > _MAX_GRID_YZ:
+            raise ValueError(f"attention kernels take at most {_MAX_GRID_YZ} sequences per call, got {self.batch}")
         self.cu_seqlens = cu_seqlens if self.packed else q
         mask = key_padding_mask
         if mask is not None and mask.dtype == torch.bool:
@@ -545,6 +546,8 @@ def not_supported_reasons_attention(q: torch.Tensor, k: torch.Tensor, v: torch.T
     head_dim = q.shape[-1]
     if head_dim > MAX_HEAD_DIM:
         out.append(f"head_dim {head_dim} > {MAX_HEAD_DIM}")
-    if math.prod(q.shape[:-1]) and q.shape[-2] > 65535:
-        out.append(f"{q.shape[-2]} heads > 65535 (grid limit)")
+    if q.shape[-2] > _MAX_GRID_YZ:
+        out.append(f"{q.shape[-2]} heads > {_MAX_GRID_YZ} (grid limit)")
+    if q.dim() == 4 and q.shape[0] > _MAX_GRID_YZ:
+        out.append(f"batch {q.shape[0]} > {_MAX_GRID_YZ} (grid limit)")
     return out

@@ -1,0 +1,367 @@
+"""attention kernels against attention_ref in float64: padded and packed layouts, masks, head dims, odd lengths,
+gradients, dropout, fully masked rows, strided QKV views, torch.compile registration, errors.
+
+On CPU the Triton kernels run in the interpreter: shapes are tiny. GPU-only cases are marked `gpu`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fastenc import backends
+from fastenc.ops import attention, attention_ref
+from tests.helpers import assert_close_to_ref, backend_params, device_for
+
+BACKENDS = backend_params()
+ATOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def _impl(backend: str):
+    return backends.launchers(backend, "attention")
+
+
+def _fused_qkv(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """q, k, v as strided views of one fused projection output: [*shape[:-2], 3, H, D] unbound on the '3' dim."""
+    qkv = torch.randn(*shape[:-2], 3, *shape[-2:], dtype=dtype, device=device)
+    return qkv.unbind(-3)
+
+
+def _key_mask(kind: str, batch: int, seqlen: int, device: torch.device) -> torch.Tensor | None:
+    """[B, S] key padding masks of several patterns; 'empty_row' has one batch row with no key at all."""
+    if kind == "none":
+        return None
+    if kind == "right":
+        lens = torch.randint(1, seqlen + 1, (batch,))
+        return (torch.arange(seqlen)[None] < lens[:, None]).long().to(device)  # integer mask, like transformers'
+    if kind == "left":
+        lens = torch.randint(1, seqlen + 1, (batch,))
+        return (torch.arange(seqlen)[None] >= seqlen - lens[:, None]).to(device)
+    mask = torch.rand(batch, seqlen) > 0.4
+    mask[:, 0] = True
+    if kind == "empty_row":
+        mask[-1] = False
+    return mask.to(device)
+
+
+def _ref64(q, k, v, do, **kw):
+    """float64 reference output and gradients."""
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    out = attention_ref(*leaves, **kw)
+    out.backward(do.double())
+    return out.detach(), [t.grad for t in leaves]
+
+
+def _torch_at_dtype(q, k, v, do, **kw):
+    """PyTorch's own output and gradients at the inputs' dtype: the error budget of the tolerance rule."""
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out = attention_ref(*leaves, **kw)
+    out.backward(do)
+    return out.detach(), [t.grad for t in leaves]
+
+
+def _run(backend, q, k, v, do, **kw):
+    """attention through the public function (AttentionFn), with gradients w.r.t. the strided views."""
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out = attention(*leaves, backend=backend, **kw)
+    out.backward(do)
+    return out.detach(), [t.grad for t in leaves]
+
+
+def _check_against_ref(backend, q, k, v, **kw):
+    do = torch.randn(q.shape, dtype=q.dtype, device=q.device)
+    out, grads = _run(backend, q, k, v, do, **kw)
+    out64, grads64 = _ref64(q, k, v, do, **kw)
+    out_t, grads_t = _torch_at_dtype(q, k, v, do, **kw)
+    atol = ATOL[q.dtype]
+    assert_close_to_ref(out, out64, out_t, atol=atol, name="o")
+    for name, g, g64, gt in zip(("dq", "dk", "dv"), grads, grads64, grads_t, strict=True):
+        assert g.shape == g64.shape, name
+        assert_close_to_ref(g, g64, gt, atol=atol, name=name)
+    return out, grads
+
+
+PADDED_CASES = [
+    # dtype, head_dim, seqlen, mask kind
+    (torch.float32, 32, 17, "random"),
+    (torch.float32, 64, 1, "none"),
+    (torch.float32, 128, 17, "left"),
+    (torch.float32, 40, 63, "empty_row"),
+    (torch.float16, 64, 17, "right"),
+    (torch.float16, 72, 63, "random"),
+    (torch.float16, 32, 1, "empty_row"),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("dtype", "head_dim", "seqlen", "mask_kind"), PADDED_CASES,
+                         ids=[f"{str(c[0])[6:]}-d{c[1]}-s{c[2]}-{c[3]}" for c in PADDED_CASES])
+def test_padded_matches_ref(backend, dtype, head_dim, seqlen, mask_kind):
+    dev = device_for(backend)
+    q, k, v = _fused_qkv((2, seqlen, 2, head_dim), dtype, dev)
+    mask = _key_mask(mask_kind, 2, seqlen, dev)
+    _check_against_ref(backend, q, k, v, key_padding_mask=mask)
+
+
+PACKED_CASES = [
+    # dtype, head_dim, sequence lengths
+    (torch.float32, 64, [17, 1, 5]),
+    (torch.float32, 128, [3, 9]),
+    (torch.float16, 40, [63, 2]),
+    (torch.float16, 32, [1]),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("dtype", "head_dim", "lens"), PACKED_CASES,
+                         ids=[f"{str(c[0])[6:]}-d{c[1]}-{'_'.join(map(str, c[2]))}" for c in PACKED_CASES])
+def test_packed_matches_ref(backend, dtype, head_dim, lens):
+    dev = device_for(backend)
+    cu = torch.tensor([0, *np.cumsum(lens)], dtype=torch.int32, device=dev)
+    q, k, v = _fused_qkv((sum(lens), 2, head_dim), dtype, dev)
+    _check_against_ref(backend, q, k, v, cu_seqlens=cu, max_seqlen=max(lens), softmax_scale=0.3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lse_is_natural_log_sum_exp_in_both_layouts(backend):
+    dev = device_for(backend)
+    lens = [5, 11]
+    cu = torch.tensor([0, 5, 16], dtype=torch.int32, device=dev)
+    q, k, v = _fused_qkv((16, 2, 32), torch.float32, dev)
+    scale = 0.2
+    _, lse = _impl(backend).attention_fwd(q, k, v, None, cu, 11, scale, 0.0, None)
+    assert lse.shape == (2, 16) and lse.dtype == torch.float32
+    for s0, n in zip([0, 5], lens, strict=True):
+        scores = torch.einsum("ihd,jhd->hij", q[s0:s0 + n].double(), k[s0:s0 + n].double()) * scale
+        torch.testing.assert_close(lse[:, s0:s0 + n].double(), scores.logsumexp(-1), atol=1e-5, rtol=1e-5)
+
+    qp, kp, vp = _fused_qkv((2, 7, 2, 32), torch.float32, dev)
+    mask = torch.tensor([[1, 1, 0, 1, 0, 0, 1], [0] * 7], device=dev).bool()
+    _, lse = _impl(backend).attention_fwd(qp, kp, vp, mask, None, 7, scale, 0.0, None)
+    assert lse.shape == (2, 2, 7)
+    scores = torch.einsum("bihd,bjhd->bhij", qp.double(), kp.double()) * scale
+    scores = scores.masked_fill(~mask[:, None, None, :], -math.inf)
+    torch.testing.assert_close(lse[0].double(), scores[0].logsumexp(-1), atol=1e-5, rtol=1e-5)
+    assert (lse[1] == math.inf).all()  # no key: +inf, so every recomputed probability of the row is 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fully_masked_rows_give_zero_output_and_zero_grads(backend):
+    dev = device_for(backend)
+    q, k, v = _fused_qkv((3, 9, 2, 32), torch.float16, dev)
+    mask = torch.ones(3, 9, dtype=torch.bool, device=dev)
+    mask[0] = False
+    mask[2, 4:] = False
+    do = torch.randn(q.shape, dtype=q.dtype, device=dev)
+    out, (dq, dk, dv) = _run(backend, q, k, v, do, key_padding_mask=mask)
+    for name, t in (("o", out), ("dq", dq), ("dk", dk), ("dv", dv)):
+        assert torch.isfinite(t).all(), name
+        assert t[0].abs().max() == 0, f"{name} of the batch row with no key"
+        assert t[1].abs().max() > 0, f"{name} of a normal row"
+    assert dk[2, 4:].abs().max() == 0 and dv[2, 4:].abs().max() == 0  # masked keys get no gradient
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_qkv_views_equal_contiguous_inputs_and_backward_is_deterministic(backend):
+    dev = device_for(backend)
+    qkv = torch.randn(2, 13, 3, 2, 64, device=dev)
+    q, k, v = qkv.unbind(2)
+    assert not q.is_contiguous()
+    mask = _key_mask("random", 2, 13, dev)
+    do = torch.randn(q.shape, device=dev)
+    out, grads = _run(backend, q, k, v, do, key_padding_mask=mask)
+    out_c, grads_c = _run(backend, q.contiguous(), k.contiguous(), v.contiguous(), do, key_padding_mask=mask)
+    out_again, grads_again = _run(backend, q, k, v, do, key_padding_mask=mask)
+    assert torch.equal(out, out_c)
+    for g, gc, ga in zip(grads, grads_c, grads_again, strict=True):
+        assert torch.equal(g, gc)
+        assert torch.equal(g, ga)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Dropout
+
+
+def _dropout_mask_fn(backend: str):
+    fn = getattr(_impl(backend), "attention_dropout_mask", None)
+    if fn is None:
+        pytest.skip(f"backend {backend!r} exposes no attention_dropout_mask to replay its dropout")
+    return fn
+
+
+def _run_with_seed(monkeypatch, backend, seed, q, k, v, do, **kw):
+    """AttentionFn with the seed pinned, so the test knows which mask the kernels drew."""
+    monkeypatch.setattr(importlib.import_module("fastenc.ops.attention"), "dropout_seed", lambda device: seed)
+    return _run(backend, q, k, v, do, **kw)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_dropout_matches_ref_with_the_kernel_mask(monkeypatch, backend, packed):
+    dev = device_for(backend)
+    p = 0.25
+    seed = torch.tensor([987654321], dtype=torch.int64, device=dev)
+    if packed:
+        lens = [7, 18, 3]
+        cu = torch.tensor([0, *np.cumsum(lens)], dtype=torch.int32, device=dev)
+        q, k, v = _fused_qkv((sum(lens), 2, 32), torch.float32, dev)
+        kw = dict(cu_seqlens=cu, max_seqlen=18)
+        batch, seqlen = 3, 18
+    else:
+        q, k, v = _fused_qkv((2, 18, 2, 32), torch.float32, dev)
+        kw = dict(key_padding_mask=_key_mask("random", 2, 18, dev))
+        batch, seqlen = 2, 18
+    keep = _dropout_mask_fn(backend)(seed, batch, 2, seqlen, p)
+    assert keep.shape == (batch, 2, seqlen, seqlen) and keep.dtype == torch.bool
+    do = torch.randn(q.shape, device=dev)
+    out, grads = _run_with_seed(monkeypatch, backend, seed, q, k, v, do, dropout_p=p, **kw)
+    out64, grads64 = _ref64(q, k, v, do, dropout_p=p, dropout_mask=keep, **kw)
+    assert_close_to_ref(out, out64, atol=1e-5, rtol=1e-4, name="o")
+    for name, g, g64 in zip(("dq", "dk", "dv"), grads, grads64, strict=True):
+        assert_close_to_ref(g, g64, atol=1e-5, rtol=1e-4, name=name)
+    out_no_drop = attention_ref(q.double(), k.double(), v.double(), **kw)
+    assert (out.double() - out_no_drop).abs().max() > 1e-2  # dropout did something
+
+    other = torch.tensor([12345], dtype=torch.int64, device=dev)
+    out_other, _ = _run_with_seed(monkeypatch, backend, other, q, k, v, do, dropout_p=p, **kw)
+    out_same, _ = _run_with_seed(monkeypatch, backend, seed, q, k, v, do, dropout_p=p, **kw)
+    assert torch.equal(out, out_same)
+    assert not torch.equal(out, out_other)
+
+
+def _philox4x32_10(seed: int, counters: np.ndarray) -> np.ndarray:
+    """Philox4x32-10 (Salmon et al. 2011) on uint32 counters [..., 4]; the key is (seed low, seed high)."""
+    mask32 = np.uint64(0xFFFFFFFF)
+    c = [counters[..., i].astype(np.uint64) for i in range(4)]
+    k0, k1 = np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32)
+    for _ in range(10):
+        p0 = np.uint64(0xD2511F53) * c[0]
+        p2 = np.uint64(0xCD9E8D57) * c[2]
+        c = [((p2 >> np.uint64(32)) ^ c[1] ^ k0) & mask32, p2 & mask32,
+             ((p0 >> np.uint64(32)) ^ c[3] ^ k1) & mask32, p0 & mask32]
+        k0, k1 = (k0 + np.uint64(0x9E3779B9)) & mask32, (k1 + np.uint64(0xBB67AE85)) & mask32
+    return np.stack(c, -1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dropout_mask_follows_the_documented_philox_scheme(backend):
+    """keep(b, h, i, j) = (word j % 4 of Philox(seed; j // 4, i, b, h)) >> 8 >= p * 2**24, in every sequence's own
+    coordinates: independent of the batch's padded length (and so of the layout and the kernels' block sizes)."""
+    dev = device_for(backend)
+    seed_value, p = 2**33 + 77, 0.4
+    seed = torch.tensor([seed_value], dtype=torch.int64, device=dev)
+    keep = _dropout_mask_fn(backend)(seed, 2, 3, 21, p).cpu()
+    b, h, i, j = np.meshgrid(*(np.arange(n) for n in keep.shape), indexing="ij")
+    words = _philox4x32_10(seed_value, np.stack([j // 4, i, b, h], -1).astype(np.uint32))
+    word = np.take_along_axis(words, (j % 4)[..., None], -1)[..., 0]
+    expected = (word >> np.uint64(8)).astype(np.float64) / 2**24 >= p
+    assert torch.equal(keep, torch.from_numpy(expected))
+    shorter = _dropout_mask_fn(backend)(seed, 2, 3, 6, p).cpu()
+    assert torch.equal(shorter, keep[:, :, :6, :6])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_keep_rate_and_independence(backend, p):
+    """Statistically like torch's dropout: keep rate 1 - p, and bits of different heads / rows / keys independent."""
+    keep = _dropout_mask_fn(backend)(torch.tensor([31337], device=device_for(backend)), 2, 2, 96, p).double()
+    n = keep.numel()
+    sigma = math.sqrt(p * (1 - p) / n)
+    assert abs(keep.mean().item() - (1 - p)) < 5 * sigma
+    # agreement of two independent Bernoulli(1 - p) fields is p^2 + (1 - p)^2
+    agree = p * p + (1 - p) ** 2
+    for a, b in ((keep[:, 0], keep[:, 1]), (keep[0], keep[1]), (keep[..., :-1, :], keep[..., 1:, :]),
+                 (keep[..., :-1], keep[..., 1:])):
+        rate = (a == b).double().mean().item()
+        assert abs(rate - agree) < 5 * math.sqrt(agree * (1 - agree) / a.numel())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# torch.compile, dispatch, errors
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_compile_fullgraph_matches_eager(backend):
+    dev = device_for(backend)
+    qkv = torch.randn(2, 9, 3, 2, 32, device=dev, requires_grad=True)
+    mask = _key_mask("left", 2, 9, dev)
+
+    def f(qkv, mask):
+        q, k, v = qkv.unbind(2)
+        return attention(q, k, v, key_padding_mask=mask, backend=backend).square().sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    (grad,) = torch.autograd.grad(compiled(qkv, mask), qkv)
+    (grad_eager,) = torch.autograd.grad(f(qkv, mask), qkv)
+    torch.testing.assert_close(grad, grad_eager, atol=0, rtol=0)
+
+
+def test_custom_ops_fake_registration():
+    """The launchers are torch.library custom ops whose fake kernels give the real output metadata."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    impl = _impl("triton")
+    dev = device_for("triton")
+    lens = [4, 9]
+    cu = torch.tensor([0, 4, 13], dtype=torch.int32, device=dev)
+    q, k, v = _fused_qkv((13, 2, 24), torch.float16, dev)
+    seed = torch.tensor([5], device=dev)
+    args = (q, k, v, None, cu, max(lens), 0.2, 0.1, seed)
+    real_o, real_lse = impl.attention_fwd(*args)
+    do = torch.randn_like(real_o)
+    real_grads = impl.attention_bwd(do, q, k, v, real_o, real_lse, None, cu, max(lens), 0.2, 0.1, seed)
+    with FakeTensorMode() as mode:
+        fake = [mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in args]
+        fake_o, fake_lse = impl.attention_fwd(*fake)
+        fake_grads = impl.attention_bwd(mode.from_tensor(do), *fake[:3], fake_o, fake_lse, *fake[3:])
+    for r, f in zip((real_o, real_lse, *real_grads), (fake_o, fake_lse, *fake_grads), strict=True):
+        assert (r.shape, r.stride(), r.dtype) == (f.shape, f.stride(), f.dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unsupported_calls_say_why(backend):
+    dev = device_for(backend)
+    q, k, v = _fused_qkv((1, 4, 2, 160), torch.float32, dev)
+    with pytest.raises(backends.BackendNotSupportedError, match="head_dim 160"):
+        attention(q, k, v, backend=backend)
+    q, k, v = _fused_qkv((1, 4, 2, 16), torch.float64, dev)
+    with pytest.raises(backends.BackendNotSupportedError, match="float64"):
+        attention(q, k, v, backend=backend)
+    assert _impl(backend).not_supported_reasons_attention(q.float(), k.float(), v.float(), 0.1) == []
+    q, k, v = _fused_qkv((1, 4, 2, 16), torch.float32, dev)
+    with pytest.raises(ValueError, match="seed"):
+        _impl(backend).attention_fwd(q, k, v, None, None, 4, 0.25, 0.1, None)
+    with pytest.raises(ValueError, match="key_padding_mask"):
+        attention(q, k, v, key_padding_mask=torch.ones(1, 5, device=dev), backend=backend)
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        attention(q[0], k[0], v[0], cu_seqlens=torch.tensor([0, 4], device=dev), max_seqlen=4, backend=backend)
+    with pytest.raises(ValueError, match="dropout_p"):
+        attention(q, k, v, dropout_p=1.0, backend=backend)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GPU only
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("seqlen", [512, 2048])
+def test_gpu_long_sequences(backend, dtype, seqlen):
+    q, k, v = _fused_qkv((2, seqlen, 4, 64), dtype, torch.device("cuda"))
+    mask = _key_mask("right", 2, seqlen, torch.device("cuda"))
+    _check_against_ref(backend, q, k, v, key_padding_mask=mask)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gpu_packed_bf16_head_dims(backend):
+    lens = [300, 1, 77, 512]
+    cu = torch.tensor([0, *np.cumsum(lens)], dtype=torch.int32, device="cuda")
+    for head_dim in (32, 64, 80, 128):
+        q, k, v = _fused_qkv((sum(lens), 3, head_dim), torch.bfloat16, torch.device("cuda"))
+        _check_against_ref(backend, q, k, v, cu_seqlens=cu, max_seqlen=max(lens))
