@@ -68,17 +68,18 @@ def markdown(doc: Doc) -> str:
         f"copy {_fmt(roofs['copy_gbps'])} GB/s",
         "- latency: median over many runs (CUDA events after warm-up on the GPU); tokens/s counts real tokens only; "
         "TFLOP/s counts matmul FLOPs of the useful work (no padding); MFU = TFLOP/s / matmul roof; "
-        "speedup = baseline latency / this latency",
+        "speedup = baseline latency / this latency; max diff = largest |fastenc - transformers| of the last hidden "
+        "state over real tokens",
     ]
     if m["device_type"] != "cuda":
         parts += ["", f"> **CPU demo**: this run checks the pipeline, not speed. The {CPU_NOTE}."]
     models = _ok(doc, "model")
     if models:
         header = ["model", "dtype", "shape", "mode", "variant", "ms", "tokens/s", "TFLOP/s", "MFU", "peak MiB",
-                  *(f"vs {b}" for b in MODEL_BASELINES)]
+                  *(f"vs {b}" for b in MODEL_BASELINES), "max diff"]
         rows = [[r["name"], r["dtype"], r["shape"], r["mode"], r["variant"], _fmt(r["ms"]), _fmt(r["tokens_per_s"]),
                  _fmt(r.get("tflops")), _pct(r.get("mfu")), _fmt(r.get("peak_mem_mib")),
-                 *(_speedup(r, b) for b in MODEL_BASELINES)] for r in models]
+                 *(_speedup(r, b) for b in MODEL_BASELINES), _fmt(r.get("max_abs_diff"), 2)] for r in models]
         parts += ["", "## Models", "", _table(header, rows)]
     ops = _ok(doc, "op")
     if ops:

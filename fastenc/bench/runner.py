@@ -146,7 +146,7 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
 
-def _base_record(kind: str, name: str, dtype: str, shape: C.Shape, mode: str, variant: str) -> dict[str, Any]:
+def new_record(kind: str, name: str, dtype: str, shape: C.Shape, mode: str, variant: str) -> dict[str, Any]:
     return {"kind": kind, "name": name, "dtype": dtype, "shape": shape.name, "batch": shape.batch, "seq": shape.seq,
             "tokens": shape.tokens, "mode": mode, "variant": variant, "status": "ok"}
 
@@ -208,6 +208,10 @@ def kernel_backend_reason(name: str, device: torch.device) -> str | None:
 
 
 def _compiled(fn: Callable) -> Callable:
+    """torch.compile with static shapes, as a fresh start: every case of the run gets its own specialised graph
+    instead of hitting dynamo's recompile limit (past which it would silently run eager)."""
+    torch.compiler.reset()
+    torch._dynamo.config.fail_on_recompile_limit_hit = True  # a recompile storm is recorded, never timed as eager
     return torch.compile(fn, dynamic=False)
 
 
@@ -245,22 +249,40 @@ def op_variants(settings: Settings) -> list[str]:
     return out + [b for b in settings.backends if b != "torch"]
 
 
+def prepare_op(op: str, shape: C.Shape, dtype: str, mode: str, variant: str, settings: Settings
+               ) -> tuple[list[Callable[[], object]], int, int]:
+    """The calls (one per input copy) of one op variant, its matmul FLOPs and its ideal bytes (fwd only); Skip."""
+    if variant not in OP_BASELINES:
+        reason = kernel_backend_reason(variant, settings.device)
+        if reason:
+            raise Skip(reason)
+    case = C.op_case(op, shape, **settings.op_dims)
+    dt = C.DTYPES[dtype]
+    fn = _op_fn(op, variant)
+    n_copies = timing.copies_for(case.bytes(dt), settings.device)
+    calls = [_op_call(fn, *case.make(dt, settings.device, mode != "fwd"), mode) for _ in range(n_copies)]
+    flops = case.flops * 7 // 2 if mode == "fwd+bwd" else case.flops
+    return calls, flops, case.bytes(dt) if mode == "fwd" else 0
+
+
+def measure_variant(record: dict[str, Any], calls: list[Callable[[], object]], settings: Settings,
+                    roofs: dict[str, float], flops: int = 0, nbytes: int = 0) -> dict[str, Any]:
+    """`measure`, where a failure of a torch.compile baseline is recorded as that baseline's limit (Skip)."""
+    try:
+        return measure(record, calls, settings, roofs, flops=flops, nbytes=nbytes)
+    except Exception as e:
+        if record["variant"] in ("compile", "hf-compile"):
+            raise Skip(f"torch.compile failed: {_first_line(e)}") from e
+        raise
+
+
 def run_op_case(op: str, shape: C.Shape, dtype: str, mode: str, variant: str, settings: Settings,
                 roofs: dict[str, float]) -> dict[str, Any]:
-    record = _base_record("op", op, dtype, shape, mode, variant)
+    record = new_record("op", op, dtype, shape, mode, variant)
 
     def body() -> dict[str, Any]:
-        if variant not in OP_BASELINES:
-            reason = kernel_backend_reason(variant, settings.device)
-            if reason:
-                raise Skip(reason)
-        case = C.op_case(op, shape, **settings.op_dims)
-        dt = C.DTYPES[dtype]
-        fn = _op_fn(op, variant)
-        n_copies = timing.copies_for(case.bytes(dt), settings.device)
-        calls = [_op_call(fn, *case.make(dt, settings.device, mode != "fwd"), mode) for _ in range(n_copies)]
-        flops = case.flops * 7 // 2 if mode == "fwd+bwd" else case.flops
-        return measure(record, calls, settings, roofs, flops=flops, nbytes=case.bytes(dt) if mode == "fwd" else 0)
+        calls, flops, nbytes = prepare_op(op, shape, dtype, mode, variant, settings)
+        return measure_variant(record, calls, settings, roofs, flops=flops, nbytes=nbytes)
 
     return _run_variant(record, body)
 
@@ -310,7 +332,7 @@ def build_models(name: str, dtype: str, train: bool, settings: Settings) -> Mode
     hf.train(train)
     out = ModelSet(hf)
     if settings.compile:
-        out.compiled = torch.compile(hf, dynamic=False)
+        out.compiled = _compiled(hf)
     for b in settings.backends:
         reason = kernel_backend_reason(b, dev)
         if reason is None:
@@ -378,24 +400,42 @@ def _use_backend(name: str) -> Iterator[None]:
         yield
 
 
+def prepare_model(ms: ModelSet, name: str, shape: C.Shape, dtype: str, train: bool, variant: str,
+                  settings: Settings) -> tuple[list[Callable[[], object]], int]:
+    """The calls (one per input copy) of one model variant and the case's matmul FLOPs; Skip when it cannot run."""
+    config = C.model_config(name)
+    inputs = [C.model_inputs(config, shape, settings.device, mlm_labels=train) for _ in range(2)]
+    calls = [_model_call(ms, variant, x, train, C.DTYPES[dtype], settings.device) for x in inputs]
+    return calls, encoder_flops(config, shape.lengths, pooler=C.has_pooler(config, train), mlm_head=train,
+                                training=train)
+
+
+def agreement(ms: ModelSet, backend: str, name: str, shape: C.Shape, device: torch.device) -> float:
+    """Largest |fastenc - transformers (sdpa)| of last_hidden_state over the real tokens: a check that the timed
+    fast path computes the same thing."""
+    x = C.model_inputs(C.model_config(name), shape, device)
+    ms.hf.set_attn_implementation("sdpa")
+    with torch.inference_mode():
+        ref = ms.hf(**x).last_hidden_state
+        with _use_backend(backend):
+            out = ms.twins[backend](**x).last_hidden_state
+    keep = x["attention_mask"].bool()
+    return (out[keep].float() - ref[keep].float()).abs().max().item()
+
+
 def run_model_case(ms: ModelSet, name: str, shape: C.Shape, dtype: str, train: bool, variant: str,
                    settings: Settings, roofs: dict[str, float]) -> dict[str, Any]:
-    mode = "train" if train else "infer"
-    record = _base_record("model", name, dtype, shape, mode, variant)
+    record = new_record("model", name, dtype, shape, "train" if train else "infer", variant)
 
     def body() -> dict[str, Any]:
-        config = C.model_config(name)
-        inputs = [C.model_inputs(config, shape, settings.device, mlm_labels=train) for _ in range(2)]
-        dt = C.DTYPES[dtype]
-        calls = [_model_call(ms, variant, x, train, dt, settings.device) for x in inputs]
-        flops = encoder_flops(config, shape.lengths, pooler=C.has_pooler(config, train), mlm_head=train,
-                              training=train)
+        calls, flops = prepare_model(ms, name, shape, dtype, train, variant, settings)
+        if variant.startswith("fastenc-") and not train:
+            record["max_abs_diff"] = agreement(ms, variant.removeprefix("fastenc-"), name, shape, settings.device)
         try:
-            return measure(record, calls, settings, roofs, flops=flops)
-        except Exception as e:
-            if variant == "hf-compile":  # compile failures are a fact about the baseline, not a harness error
-                ms.compiled, ms.compile_reason = None, f"torch.compile failed: {_first_line(e)}"
-                raise Skip(ms.compile_reason) from e
+            return measure_variant(record, calls, settings, roofs, flops=flops)
+        except Skip as e:
+            if variant == "hf-compile":  # later shapes of this model skip at once instead of failing again
+                ms.compiled, ms.compile_reason = None, str(e)
             raise
 
     return _run_variant(record, body)
