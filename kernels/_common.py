@@ -42,8 +42,10 @@ def dropout_keep(seed_ptr, offsets, p):
 
 @triton.jit
 def tanh(z):
-    """tanh from exp, saturating cleanly at +-1 for large |z| (exp overflow gives 1 - 0)."""
-    return 1.0 - 2.0 / (tl.exp(2.0 * z) + 1.0)
+    """tanh from exp(-2|z|), which never overflows: saturates cleanly at +-1 for large |z|."""
+    e = tl.exp(-2.0 * tl.abs(z))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(z >= 0, t, -t)
 
 
 @triton.jit

@@ -139,8 +139,11 @@ def _embeddings_bwd_kernel(
         dh = row_layer_norm_bwd(dy, xhat, w, rstd, mask, E)
         dw_acc += dy * xhat
         db_acc += dy
-        tl.atomic_add(dword_ptr + wid * E + cols, dh, mask=mask & (wid != word_pad), sem="relaxed")
-        tl.atomic_add(dpos_ptr + pid * E + cols, dh, mask=mask & (pid != pos_pad), sem="relaxed")
+        # the ids are broadcast to the row before comparing: the interpreter rejects a scalar-derived atomic mask
+        word_ok = (tl.zeros_like(cols) + wid) != word_pad
+        pos_ok = (tl.zeros_like(cols) + pid) != pos_pad
+        tl.atomic_add(dword_ptr + wid * E + cols, dh, mask=mask & word_ok, sem="relaxed")
+        tl.atomic_add(dpos_ptr + pid * E + cols, dh, mask=mask & pos_ok, sem="relaxed")
         if HAS_TT:
             tl.atomic_add(dtt_ptr + tid * E + cols, dh, mask=mask, sem="relaxed")
     tl.store(dw_part_ptr + prog * E + cols, dw_acc, mask=mask)
