@@ -1,0 +1,204 @@
+"""Build checks of the CUDA backend that run without a GPU.
+
+- every csrc/*.cu compiles with nvcc alone (no torch headers) for sm_80 and sm_90a (skipped only without nvcc);
+- csrc/bindings.cpp parses against torch's headers (skipped without the CUDA runtime headers);
+- the op schemas of bindings.cpp, the fake implementations and the launcher wrappers of fastenc/_cuda.py agree
+  with the launcher contracts (checked on meta tensors against a stand-in for fastenc._C);
+- without the extension, `import fastenc` works and backend "cuda" reports itself unavailable.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import types
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CSRC = ROOT / "csrc"
+NVCC = shutil.which("nvcc")
+GENCODE = ["-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90a,code=sm_90a"]
+
+
+def _cuda_include() -> Path | None:
+    roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    if NVCC:
+        roots.append(str(Path(NVCC).resolve().parents[1]))
+    for r in roots:
+        if r and (Path(r) / "include" / "cuda_runtime.h").exists():
+            return Path(r) / "include"
+    return None
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not found")
+def test_every_cu_file_compiles_with_nvcc_alone(tmp_path):
+    sources = sorted(CSRC.glob("*.cu"))
+    assert sources, "no csrc/*.cu found"
+
+    def compile_one(src: Path) -> tuple[Path, subprocess.CompletedProcess]:
+        cmd = [NVCC, "-c", "-std=c++17", *GENCODE, "-Werror", "all-warnings", "-o", str(tmp_path / (src.stem + ".o")),
+               str(src)]
+        return src, subprocess.run(cmd, capture_output=True, text=True, cwd=CSRC)
+
+    with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+        results = list(pool.map(compile_one, sources))
+    failed = [f"{src.name}:\n{res.stdout}{res.stderr}" for src, res in results if res.returncode != 0]
+    assert not failed, "nvcc failed:\n" + "\n".join(failed)
+    for src, _ in results:
+        assert (tmp_path / (src.stem + ".o")).stat().st_size > 0
+
+
+def test_bindings_parse_against_torch_headers():
+    from torch.utils.cpp_extension import include_paths
+
+    cuda_inc = _cuda_include()
+    if cuda_inc is None:
+        pytest.skip("CUDA runtime headers (cuda_runtime.h) not found")
+    gxx = shutil.which("g++") or shutil.which("c++")
+    if gxx is None:
+        pytest.skip("no C++ compiler")
+    # CPU builds of torch ship c10/cuda headers without their generated config header; this define skips it.
+    cmd = [gxx, "-fsyntax-only", "-std=c++20", "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE",
+           *[f"-I{p}" for p in include_paths()], f"-I{sysconfig.get_paths()['include']}", f"-I{cuda_inc}",
+           f"-I{CSRC}", str(CSRC / "bindings.cpp")]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-5000:]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Schemas, fakes and wrappers on meta tensors, with a stand-in for the compiled module.
+
+
+def _schemas() -> dict[str, str]:
+    text = (CSRC / "bindings.cpp").read_text()
+    block = text[text.index("TORCH_LIBRARY(fastenc, m)"):text.index("TORCH_LIBRARY_IMPL")]
+    schemas = {}
+    for call in re.findall(r"m\.def\(((?:\s*\"[^\"]*\")+)\)", block):
+        schema = "".join(re.findall(r"\"([^\"]*)\"", call))
+        schemas[schema.split("(")[0]] = schema
+    return schemas
+
+
+@pytest.fixture(scope="module")
+def cuda_module():
+    """fastenc._cuda imported over a stand-in fastenc._C: the schemas of bindings.cpp defined from Python."""
+    if hasattr(torch.ops.fastenc, "attention_fwd") and "fastenc._C" in sys.modules:
+        pytest.skip("the real extension is loaded; its schemas are already checked by the GPU tests")
+    lib = torch.library.Library("fastenc", "DEF")
+    for schema in _schemas().values():
+        lib.define(schema)
+    sys.modules["fastenc._C"] = types.ModuleType("fastenc._C")
+    sys.modules.pop("fastenc._cuda", None)
+    try:
+        yield importlib.import_module("fastenc._cuda")
+    finally:
+        sys.modules.pop("fastenc._cuda", None)
+        sys.modules.pop("fastenc._C", None)
+        lib._destroy()
+
+
+def test_schemas_cover_every_op():
+    ops = ("embeddings", "add_layer_norm", "bias_gelu", "gelu_layer_norm", "attention")
+    assert set(_schemas()) == {f"{op}_{d}" for op in ops for d in ("fwd", "bwd")}
+
+
+def _meta(*shape, dtype=torch.float16):
+    return torch.empty(shape, device="meta", dtype=dtype)
+
+
+def test_row_ops_wrappers_follow_the_contract(cuda_module):
+    m = cuda_module
+    n, d = 6, 40
+    x, w32, seed = _meta(n, d), _meta(d, dtype=torch.float32), _meta(1, dtype=torch.int64)
+    y, h, mean, rstd = m.add_layer_norm_fwd(x, x, _meta(d), w32, w32, 1e-5, 0.1, seed, True)
+    assert y.shape == h.shape == (n, d) and y.dtype == torch.float16 and mean.shape == rstd.shape == (n,)
+    assert mean.dtype == torch.float32
+    assert m.add_layer_norm_fwd(x, None, None, w32, w32, 1e-5, 0.0, None, False)[1] is None
+    dx, dh, dxb, dw, db = m.add_layer_norm_bwd(x, x, w32, mean, rstd, 0.1, seed, True)
+    assert dx.shape == dh.shape == (n, d) and dxb.shape == (d,) and dw.dtype == db.dtype == torch.float32
+    dx, dh, dxb, _, _ = m.add_layer_norm_bwd(x, x, w32, mean, rstd, 0.0, None, False)
+    assert dx is dh and dxb is None
+
+    assert m.bias_gelu_fwd(x, _meta(d), "tanh").shape == (n, d)
+    dx, dbias = m.bias_gelu_bwd(x, x, None, "none")
+    assert dx.shape == (n, d) and dbias is None
+    assert m.bias_gelu_bwd(x, x, _meta(d), "none")[1].shape == (d,)
+    with pytest.raises(ValueError, match="approximate"):
+        m.bias_gelu_fwd(x, None, "sigmoid")
+
+    y, mean, rstd = m.gelu_layer_norm_fwd(x, None, _meta(d), _meta(d), 1e-12, "none")
+    assert y.shape == (n, d) and mean.shape == (n,)
+    dx, dxb, dw, db = m.gelu_layer_norm_bwd(x, x, _meta(d), _meta(d), mean, rstd, "tanh")
+    assert dx.shape == (n, d) and dxb.shape == dw.shape == db.shape == (d,)
+    assert m.gelu_layer_norm_bwd(x, x, None, _meta(d), mean, rstd, "tanh")[1] is None
+
+
+def test_embeddings_wrappers_follow_the_contract(cuda_module):
+    m = cuda_module
+    n, e = 5, 16
+    ids = _meta(n, dtype=torch.int64)
+    word, pos, tt = _meta(30, e), _meta(12, e), _meta(2, e)
+    w = _meta(e, dtype=torch.float32)
+    y, mean, rstd = m.embeddings_fwd(ids, ids, ids, word, pos, tt, w, w, 1e-12, 0.1, _meta(1, dtype=torch.int64))
+    assert y.shape == (n, e) and y.dtype == torch.float16 and mean.shape == (n,)
+    dword, dpos, dtt, dw, db = m.embeddings_bwd(y, ids, ids, None, word, pos, None, w, mean, rstd, 0.0, None, 1, -1)
+    assert dword.shape == word.shape and dpos.shape == pos.shape and dtt is None and dw.dtype == torch.float32
+
+
+def test_attention_wrappers_follow_the_contract(cuda_module):
+    m = cuda_module
+    b, s, h, d = 2, 10, 3, 64
+    q = _meta(b, s, h, d, dtype=torch.bfloat16)
+    o, lse = m.attention_fwd(q, q, q, _meta(b, s, dtype=torch.bool), None, s, 0.125, 0.0, None)
+    assert o.shape == q.shape and o.dtype == q.dtype and lse.shape == (b, h, s) and lse.dtype == torch.float32
+    dq, dk, dv = m.attention_bwd(o, q, q, q, o, lse, None, None, s, 0.125, 0.0, None)
+    assert dq.shape == dk.shape == dv.shape == q.shape
+    packed = _meta(17, h, d)
+    o, lse = m.attention_fwd(packed, packed, packed, None, _meta(3, dtype=torch.int32), 9, 0.125, 0.1,
+                             _meta(1, dtype=torch.int64))
+    assert o.shape == packed.shape and lse.shape == (h, 17)
+
+
+def test_attention_support_reasons(cuda_module):
+    m = cuda_module
+    ok = torch.randn(1, 4, 2, 64, dtype=torch.float16)
+    assert m.not_supported_reasons_attention(ok, ok, ok, 0.0) == []
+    odd = torch.randn(1, 4, 2, 48, dtype=torch.float32)
+    reasons = " ".join(m.not_supported_reasons_attention(odd, odd, odd, 0.0))
+    assert "head_dim 48" in reasons and "float16 or bfloat16" in reasons
+    strided = torch.randn(1, 4, 2, 65, dtype=torch.float16)[..., :64]
+    assert any("aligned" in r for r in m.not_supported_reasons_attention(strided, ok, ok, 0.0))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_missing_extension_reports_cuda_unavailable():
+    code = (
+        "import sys, warnings\n"
+        "sys.modules['fastenc._C'] = None\n"  # makes `import fastenc._C` raise ImportError
+        "import fastenc\n"
+        "from fastenc import backends\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    r1 = backends.unavailable_reason('cuda'); r2 = backends.unavailable_reason('cuda')\n"
+        "assert r1 and 'fastenc._C' in r1 and r1 == r2, r1\n"
+        "assert sum('fastenc._C' in str(x.message) for x in w) == 1, [str(x.message) for x in w]\n"
+        "try:\n"
+        "    fastenc.set_backend('cuda')\n"
+        "except fastenc.BackendNotSupportedError as e:\n"
+        "    assert 'unavailable' in str(e)\n"
+        "else:\n"
+        "    raise AssertionError('set_backend(cuda) should fail without the extension')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
