@@ -176,6 +176,7 @@ def test_cli_cpu_demo_writes_results(tmp_path, capsys):
     assert ref
     if hasattr(fastenc, "from_hf"):
         assert all(r["status"] == "ok" and "hf-sdpa" in r["speedup"] for r in ref), ref
+        assert all(r["max_abs_diff"] < 1e-4 for r in ref if r["mode"] == "infer")  # fp32: the same numbers
     else:
         assert all(r["status"] == "skipped" and "from_hf" in r["reason"] for r in ref)
     md = (out / "results.md").read_text()
@@ -201,6 +202,28 @@ def test_cli_speedups_and_plots_with_a_stand_in_twin(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     png = out / "speedup_bert-tiny.png"
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.gpu
+def test_cli_on_gpu_tiny_model(tmp_path):
+    """The GPU path end to end on a tiny model: CUDA-event timing, roofs, every available backend, compile baseline,
+    peak memory, and fastenc's output agreeing with transformers."""
+    out = tmp_path / "res"
+    assert bench_main(["--models", "bert-tiny", "--shapes", "2x64", "--train-shapes", "2x64", "--dtypes", "fp16",
+                       "--ops", "add_layer_norm,attention", "--op-shapes", "2x64", "--rep-ms", "10",
+                       "--out", str(out), "--no-progress"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    _check_records(doc)
+    assert doc["meta"]["device_type"] == "cuda" and doc["roofs"]["copy_gbps"] > 50
+    for r in doc["records"]:
+        if r["status"] == "ok":
+            assert r["peak_mem_mib"] > 0
+        if r["variant"].startswith("fastenc-") and r["status"] == "ok" and r["mode"] == "infer":
+            assert r["max_abs_diff"] < 0.05, r
+    measured = {r["variant"] for r in doc["records"] if r["status"] == "ok"}
+    for b in ("triton", "cuda"):
+        if fastenc.backends.unavailable_reason(b) is None:
+            assert f"fastenc-{b}" in measured and b in measured
 
 
 def test_cli_rejects_bad_options(tmp_path):

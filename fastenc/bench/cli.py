@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -94,6 +95,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return settings
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.render:
@@ -105,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "their timings mean nothing")
         elif settings.device.type != "cuda":
             print("fastenc bench: no CUDA device, running the CPU demo of the pipeline; speed needs a GPU.")
+        signal.signal(signal.SIGTERM, _interrupt)  # `timeout` stops the run: the results so far are still written
         doc = run(settings, progress=not args.no_progress and sys.stderr.isatty())
     paths = report.write_all(doc, args.out)
     print(report.summary(doc))

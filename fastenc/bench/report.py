@@ -102,6 +102,8 @@ def markdown(doc: Doc) -> str:
                  f"{len(where)} ({where[0]}{', ...' if len(where) > 1 else ''})"]
                 for (v, s, reason), where in seen.items()]
         parts += ["", "## Not measured", "", _table(["variant", "status", "reason", "cases"], rows)]
+    if doc["summary"].get("interrupted"):
+        parts += ["", "The run was interrupted: the tables hold the cases measured before."]
     if doc["summary"].get("over_budget"):
         parts += ["", f"Time budget spent: {len(doc['summary']['over_budget'])} cases not run."]
     return "\n".join(parts) + "\n"

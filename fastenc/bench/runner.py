@@ -452,16 +452,9 @@ class Task:
 
 
 def plan(settings: Settings, roofs: dict[str, float]) -> list[Task]:
-    """The run as a list of tasks (one per case, all its variants), in an order that builds each model once."""
+    """The run as a list of tasks (one per case, all its variants): models first (they matter most when a time budget
+    cuts the run short), in an order that builds each model once, then ops."""
     tasks: list[Task] = []
-    for op in settings.ops:
-        for sname in settings.op_shapes:
-            shape = settings.shape(sname)
-            for dtype in settings.dtypes:
-                for mode in settings.op_modes:
-                    def run_ops(op=op, shape=shape, dtype=dtype, mode=mode) -> list[dict[str, Any]]:
-                        return [run_op_case(op, shape, dtype, mode, v, settings, roofs) for v in op_variants(settings)]
-                    tasks.append(Task(f"{op} {dtype} {sname} {mode}", run_ops))
     cache: dict[tuple, ModelSet] = {}
 
     def models_for(key: tuple) -> ModelSet:
@@ -480,10 +473,24 @@ def plan(settings: Settings, roofs: dict[str, float]) -> list[Task]:
                     shape = settings.shape(sname)
 
                     def run_models(name=name, dtype=dtype, train=train, shape=shape) -> list[dict[str, Any]]:
-                        ms = models_for((name, dtype, train))
+                        try:
+                            ms = models_for((name, dtype, train))
+                        except Exception as e:  # e.g. out of memory: every variant of the case records it
+                            return [{**new_record("model", name, dtype, shape, "train" if train else "infer", v),
+                                     "status": "error", "reason": f"building the models failed: {_first_line(e)}"}
+                                    for v in model_variants(settings)]
                         return [run_model_case(ms, name, shape, dtype, train, v, settings, roofs)
                                 for v in model_variants(settings)]
                     tasks.append(Task(f"{name} {dtype} {sname} {'train' if train else 'infer'}", run_models))
+    for op in settings.ops:
+        for sname in settings.op_shapes:
+            shape = settings.shape(sname)
+            for dtype in settings.dtypes:
+                for mode in settings.op_modes:
+                    def run_ops(op=op, shape=shape, dtype=dtype, mode=mode) -> list[dict[str, Any]]:
+                        cache.clear()  # the last model set is no longer needed
+                        return [run_op_case(op, shape, dtype, mode, v, settings, roofs) for v in op_variants(settings)]
+                    tasks.append(Task(f"{op} {dtype} {sname} {mode}", run_ops))
     return tasks
 
 
@@ -520,14 +527,19 @@ def run(settings: Settings, progress: bool = True, log: Callable[[str], None] = 
     deadline = start + settings.budget_s if settings.budget_s else math.inf
     records: list[dict[str, Any]] = []
     over_budget: list[str] = []
+    interrupted = False
     bar = _progress(len(tasks), progress)
-    for task in tasks:
-        bar.set_description(task.label[:40])
-        if time.monotonic() > deadline:
-            over_budget.append(task.label)
-        else:
-            records += task.run()
-        bar.update(1)
+    try:
+        for task in tasks:
+            bar.set_description(task.label[:40])
+            if time.monotonic() > deadline:
+                over_budget.append(task.label)
+            else:
+                records += task.run()
+            bar.update(1)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (see cli): keep and report what was measured
+        interrupted = True
+        log("fastenc bench: interrupted, writing the cases measured so far")
     bar.close()
     del tasks  # frees the models held by the plan
     if over_budget:
@@ -536,7 +548,8 @@ def run(settings: Settings, progress: bool = True, log: Callable[[str], None] = 
     missing = sum(r["status"] != "ok" for r in records)
     meta["elapsed_s"] = time.monotonic() - start
     return {"meta": meta, "roofs": roofs, "settings": _settings_json(settings), "records": records,
-            "summary": {"measured": len(records) - missing, "not_measured": missing, "over_budget": over_budget}}
+            "summary": {"measured": len(records) - missing, "not_measured": missing, "over_budget": over_budget,
+                        "interrupted": interrupted}}
 
 
 def _settings_json(settings: Settings) -> dict[str, Any]:
