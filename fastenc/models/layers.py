@@ -174,7 +174,11 @@ class Embeddings(nn.Module):
         super().__init__()
         size = getattr(config, "embedding_size", config.hidden_size)
         self.roberta_positions = roberta_positions
+        self.padding_idx = config.pad_token_id if roberta_positions else None
         self.word_embeddings = nn.Embedding(config.vocab_size, size, padding_idx=config.pad_token_id)
+        positions = nn.Embedding(config.max_position_embeddings, size, padding_idx=self.padding_idx)
+        if not roberta_positions:  # registration order = transformers' state_dict order
+            self.position_embeddings = positions
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, size)
         self.LayerNorm = nn.LayerNorm(size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
@@ -182,8 +186,7 @@ class Embeddings(nn.Module):
                              persistent=False)
         self.register_buffer("token_type_ids", torch.zeros(self.position_ids.size(), dtype=torch.long),
                              persistent=False)
-        self.padding_idx = config.pad_token_id if roberta_positions else None
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, size, padding_idx=self.padding_idx)
+        self.position_embeddings = positions
 
     def max_length(self) -> int:
         n = self.position_embeddings.num_embeddings
