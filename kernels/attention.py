@@ -102,6 +102,12 @@ def _dropout_keep(seed, b, h, rows, col_start, dropout_p, BLOCK_M: tl.constexpr,
     return u >= dropout_p
 
 
+@triton.jit
+def _dropped(x, keep, dropout_p):
+    """Dropout applied to x with a given keep-mask: kept entries scaled by 1 / (1 - p), the others 0."""
+    return tl.where(keep, x * (1.0 / (1.0 - dropout_p)), 0.0)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Kernels
 
@@ -166,8 +172,7 @@ def _attention_fwd_kernel(
         p = tl.exp2(s - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         if DROPOUT:
-            keep = _dropout_keep(seed, b, h, rows, col_start, dropout_p, BLOCK_M, BLOCK_N)
-            p = tl.where(keep, p * (1.0 / (1.0 - dropout_p)), 0.0)
+            p = _dropped(p, _dropout_keep(seed, b, h, rows, col_start, dropout_p, BLOCK_M, BLOCK_N), dropout_p)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
         m_i = m_new
 
@@ -216,16 +221,10 @@ def _row_stats(lse_ptr, delta_ptr, offs, rows, seqlen):
 
 
 @triton.jit
-def _attention_bwd_probs(q, k, lse2, allowed, qk_scale, seed, b, h, rows, col_start, dropout_p,
-                         DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
-                         BLOCK_N: tl.constexpr):
-    """Recomputed probabilities p [BLOCK_M, BLOCK_N] (0 where not allowed) and the dropout keep-mask (or None)."""
+def _attention_bwd_probs(q, k, lse2, allowed, qk_scale, INPUT_PRECISION: tl.constexpr):
+    """Recomputed probabilities p [BLOCK_M, BLOCK_N] of query rows q and key rows k, 0 where not allowed."""
     s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
-    p = tl.where(allowed[None, :], tl.exp2(s - lse2[:, None]), 0.0)
-    keep = None
-    if DROPOUT:
-        keep = _dropout_keep(seed, b, h, rows, col_start, dropout_p, BLOCK_M, BLOCK_N)
-    return p, keep
+    return tl.where(allowed[None, :], tl.exp2(s - lse2[:, None]), 0.0)
 
 
 @triton.autotune(configs=_BWD_CONFIGS, key=_TUNE_KEY)
@@ -277,14 +276,13 @@ def _attention_bwd_dkdv_kernel(
         q = _load_rows(q_ptr, q_base, rows, seqlen, q_stride_s, offs_d, HEAD_DIM)
         do = _load_rows(do_ptr, do_base, rows, seqlen, o_stride_s, offs_d, HEAD_DIM)
         lse2, delta = _row_stats(lse_ptr, delta_ptr, lse_base + rows * lse_stride_s, rows, seqlen)
-        p, keep = _attention_bwd_probs(q, k, lse2, allowed, qk_scale, seed, b, h, rows, col_start, dropout_p,
-                                       DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+        p = _attention_bwd_probs(q, k, lse2, allowed, qk_scale, INPUT_PRECISION)
         dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
+        p_kept = p
         if DROPOUT:
-            p_kept = tl.where(keep, p * (1.0 / (1.0 - dropout_p)), 0.0)
-            dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
-        else:
-            p_kept = p
+            keep = _dropout_keep(seed, b, h, rows, col_start, dropout_p, BLOCK_M, BLOCK_N)
+            p_kept = _dropped(p, keep, dropout_p)
+            dp = _dropped(dp, keep, dropout_p)
         dv += tl.dot(tl.trans(p_kept.to(do.dtype)), do, input_precision=INPUT_PRECISION)
         ds = p * (dp - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=INPUT_PRECISION)
@@ -341,11 +339,10 @@ def _attention_bwd_dq_kernel(
         k = _load_rows(k_ptr, k_base, cols, seqlen, k_stride_s, offs_d, HEAD_DIM)
         v = _load_rows(v_ptr, v_base, cols, seqlen, v_stride_s, offs_d, HEAD_DIM)
         allowed = _key_allowed(mask_ptr, b, mask_stride_b, mask_stride_s, cols, seqlen, HAS_MASK)
-        p, keep = _attention_bwd_probs(q, k, lse2, allowed, qk_scale, seed, b, h, rows, col_start, dropout_p,
-                                       DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+        p = _attention_bwd_probs(q, k, lse2, allowed, qk_scale, INPUT_PRECISION)
         dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
         if DROPOUT:
-            dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
+            dp = _dropped(dp, _dropout_keep(seed, b, h, rows, col_start, dropout_p, BLOCK_M, BLOCK_N), dropout_p)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=INPUT_PRECISION)
 
