@@ -1,0 +1,100 @@
+"""Bad input gets a clear error naming the argument, at the model level."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastenc
+from tests.models.harness import build_hf, inputs
+
+
+@pytest.fixture(scope="module")
+def bert():
+    return fastenc.from_hf(build_hf("BertModel"))
+
+
+@pytest.fixture(scope="module")
+def roberta():
+    return fastenc.from_hf(build_hf("RobertaModel"))
+
+
+def test_sequence_longer_than_positions(bert, roberta):
+    with pytest.raises(ValueError, match="input_ids has sequence length 65.*64"):
+        bert(torch.randint(1, 99, (1, 65)))
+    bert(torch.randint(1, 99, (1, 64)))
+    # RoBERTa positions start at padding_idx + 1 = 2: 62 tokens fit in 64 positions
+    with pytest.raises(ValueError, match="input_ids has sequence length 63.*62"):
+        roberta(torch.randint(3, 99, (1, 63)))
+    roberta(torch.randint(3, 99, (1, 62)))
+    with pytest.raises(ValueError, match="inputs_embeds has sequence length"):
+        bert(inputs_embeds=torch.randn(1, 65, 32))
+
+
+def test_ids_out_of_vocabulary_or_negative(bert):
+    with pytest.raises(IndexError, match="input_ids"):
+        bert(torch.tensor([[1, 2, 99]]))
+    with pytest.raises(IndexError, match="input_ids"):
+        bert(torch.tensor([[1, -1, 3]]))
+
+
+def test_token_type_ids_out_of_range(bert):
+    with pytest.raises(IndexError, match="token_type_ids"):
+        bert(torch.tensor([[1, 2, 3]]), token_type_ids=torch.tensor([[0, 1, 2]]))
+
+
+def test_position_ids_out_of_range(bert):
+    with pytest.raises(IndexError, match="position_ids"):
+        bert(torch.tensor([[1, 2, 3]]), position_ids=torch.tensor([[0, 1, 64]]))
+
+
+def test_float_ids(bert, roberta):
+    for model in (bert, roberta):
+        with pytest.raises(TypeError, match="input_ids"):
+            model(torch.tensor([[1.0, 2.0, 3.0]]))
+    with pytest.raises(TypeError, match="token_type_ids"):
+        bert(torch.tensor([[1, 2, 3]]), token_type_ids=torch.zeros(1, 3))
+
+
+def test_mask_shape_must_match_input_ids(bert):
+    inp = inputs("bert", batch=2, seq=6)
+    with pytest.raises(ValueError, match="attention_mask must have the shape of input_ids"):
+        bert(inp["input_ids"], attention_mask=torch.ones(2, 5))
+    with pytest.raises(ValueError, match="attention_mask must have the shape of input_ids"):
+        bert(inp["input_ids"], attention_mask=torch.ones(3, 6))
+    with pytest.raises(ValueError, match="4-D attention_mask must broadcast"):
+        bert(inp["input_ids"], attention_mask=torch.zeros(2, 1, 6, 5))
+    with pytest.raises(ValueError, match="attention_mask must be 2-D"):
+        bert(inp["input_ids"], attention_mask=torch.ones(6))
+    with pytest.raises(TypeError, match="attention_mask"):
+        bert(inp["input_ids"], attention_mask=[[1] * 6] * 2)
+
+
+def test_input_ids_and_inputs_embeds_both_or_neither(bert):
+    ids = torch.randint(1, 99, (2, 5))
+    with pytest.raises(ValueError, match="exactly one of input_ids and inputs_embeds"):
+        bert(ids, inputs_embeds=torch.randn(2, 5, 32))
+    with pytest.raises(ValueError, match="exactly one of input_ids and inputs_embeds"):
+        bert()
+    with pytest.raises(ValueError, match="input_ids must be 2-D"):
+        bert(torch.randint(1, 99, (5,)))
+    with pytest.raises(ValueError, match="inputs_embeds must have last dim 32"):
+        bert(inputs_embeds=torch.randn(2, 5, 31))
+
+
+def test_unknown_argument_is_a_type_error(bert):
+    with pytest.raises(TypeError, match="encoder_hidden_states"):
+        bert(torch.randint(1, 99, (2, 5)), encoder_hidden_states=torch.randn(2, 5, 32))
+
+
+def test_fully_masked_rows_never_make_nan():
+    """Every head in train mode, all rows fully padded: finite outputs and finite gradients."""
+    for name in ("BertForMaskedLM", "ElectraForPreTraining", "AlbertForSequenceClassification"):
+        model = fastenc.from_hf(build_hf(name)).train()
+        inp = inputs(name.split("For")[0].lower(), batch=2, seq=6)
+        inp["attention_mask"].zero_()
+        out = model(**inp, output_hidden_states=True)
+        logits = out.logits if hasattr(out, "logits") and out.logits is not None else out.prediction_logits
+        assert torch.isfinite(logits).all()
+        logits.sum().backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
