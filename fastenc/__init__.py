@@ -23,3 +23,8 @@ __all__ = [
     "__version__",
     *MODEL_CLASSES,
 ]
+
+from fastenc.cuda_graphs import cuda_graphs  # noqa: E402
+from fastenc.optimize import is_optimized, optimize, restore  # noqa: E402
+
+__all__ += ["cuda_graphs", "is_optimized", "optimize", "restore"]
