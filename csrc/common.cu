@@ -1,7 +1,5 @@
 // Host helpers shared by the row-wise ops: grid sizes, dropout parameters, and the fixed-order column sum that
 // turns per-block partial parameter gradients into deterministic final gradients.
-#include <cmath>
-
 #include "common.cuh"
 
 namespace fastenc {
@@ -55,13 +53,6 @@ cudaError_t colsum_partials(const float* partial, void* out, DType out_dtype, in
   FASTENC_DISPATCH_DTYPE(out_dtype, T,
                          colsum_partials_kernel<T><<<grid, block, 0, stream>>>(partial, static_cast<T*>(out), g, d));
   return cudaGetLastError();
-}
-
-DropoutParams make_dropout(const int64_t* seed_ptr, float p) {
-  if (!(p > 0.f)) return DropoutParams{nullptr, 0u, 1.f};
-  const double t = std::ldexp(static_cast<double>(p), 32);
-  const uint32_t threshold = t >= 4294967295.0 ? 4294967295u : static_cast<uint32_t>(std::llround(t));
-  return DropoutParams{seed_ptr, threshold, 1.f / (1.f - p)};
 }
 
 }  // namespace fastenc

@@ -220,8 +220,12 @@ inline int row_threads(int64_t chunks) {
 cudaError_t colsum_partials(const float* partial, void* out, DType out_dtype, int64_t g, int64_t d,
                             cudaStream_t stream);
 
-// Threshold and scale of dropout probability p.
-DropoutParams make_dropout(const int64_t* seed_ptr, float p);
+// Threshold and scale of dropout probability p (host or device).
+__host__ __device__ inline DropoutParams make_dropout(const int64_t* seed_ptr, float p) {
+  if (!(p > 0.f)) return DropoutParams{nullptr, 0u, 1.f};
+  const double t = static_cast<double>(p) * 4294967296.0 + 0.5;
+  return DropoutParams{seed_ptr, t >= 4294967295.0 ? 4294967295u : static_cast<uint32_t>(t), 1.f / (1.f - p)};
+}
 
 }  // namespace fastenc
 

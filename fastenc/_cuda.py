@@ -81,8 +81,22 @@ def _embeddings_fwd_fake(ids, pos_ids, tt_ids, word, position, token_type, weigh
 
 
 @torch.library.register_fake("fastenc::embeddings_bwd")
-def _embeddings_bwd_fake(dy, ids, pos_ids, tt_ids, word, position, token_type, weight, mean, rstd, dropout_p, seed,
-                         word_padding_idx, position_padding_idx):
+def _embeddings_bwd_fake(
+    dy,
+    ids,
+    pos_ids,
+    tt_ids,
+    word,
+    position,
+    token_type,
+    weight,
+    mean,
+    rstd,
+    dropout_p,
+    seed,
+    word_padding_idx,
+    position_padding_idx,
+):
     dtt = torch.empty_like(token_type) if token_type is not None else word.new_empty((0,))
     return torch.empty_like(word), torch.empty_like(position), dtt, torch.empty_like(weight), torch.empty_like(weight)
 
@@ -99,8 +113,9 @@ def _attention_fwd_fake(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, softm
 
 
 @torch.library.register_fake("fastenc::attention_bwd")
-def _attention_bwd_fake(dout, q, k, v, o, lse, key_padding_mask, cu_seqlens, max_seqlen, softmax_scale, dropout_p,
-                        seed):
+def _attention_bwd_fake(
+    dout, q, k, v, o, lse, key_padding_mask, cu_seqlens, max_seqlen, softmax_scale, dropout_p, seed
+):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
@@ -108,18 +123,36 @@ def _attention_bwd_fake(dout, q, k, v, o, lse, key_padding_mask, cu_seqlens, max
 # The launcher contracts (see each fastenc/ops/<op>.py docstring).
 
 
-def add_layer_norm_fwd(x: torch.Tensor, residual: torch.Tensor | None, x_bias: torch.Tensor | None,
-                       weight: torch.Tensor, bias: torch.Tensor, eps: float, dropout_p: float,
-                       seed: torch.Tensor | None, store_h: bool):
-    y, h, mean, rstd = _ops.add_layer_norm_fwd(x, residual, x_bias, weight.contiguous(), bias.contiguous(),
-                                               float(eps), float(dropout_p), seed, bool(store_h))
+def add_layer_norm_fwd(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    x_bias: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+    dropout_p: float,
+    seed: torch.Tensor | None,
+    store_h: bool,
+):
+    y, h, mean, rstd = _ops.add_layer_norm_fwd(
+        x, residual, x_bias, weight.contiguous(), bias.contiguous(), float(eps), float(dropout_p), seed, bool(store_h)
+    )
     return y, _none_if_empty(h, store_h), mean, rstd
 
 
-def add_layer_norm_bwd(dy: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
-                       rstd: torch.Tensor, dropout_p: float, seed: torch.Tensor | None, has_x_bias: bool):
-    dx, dh, dx_bias, dweight, dbias = _ops.add_layer_norm_bwd(dy, h, weight.contiguous(), mean, rstd,
-                                                              float(dropout_p), seed, bool(has_x_bias))
+def add_layer_norm_bwd(
+    dy: torch.Tensor,
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    dropout_p: float,
+    seed: torch.Tensor | None,
+    has_x_bias: bool,
+):
+    dx, dh, dx_bias, dweight, dbias = _ops.add_layer_norm_bwd(
+        dy, h, weight.contiguous(), mean, rstd, float(dropout_p), seed, bool(has_x_bias)
+    )
     return (dx if dropout_p > 0 else dh), dh, _none_if_empty(dx_bias, has_x_bias), dweight, dbias
 
 
@@ -132,35 +165,86 @@ def bias_gelu_bwd(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, 
     return dx, _none_if_empty(dbias, bias is not None)
 
 
-def gelu_layer_norm_fwd(x: torch.Tensor, x_bias: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor,
-                        eps: float, approximate: str):
-    return _ops.gelu_layer_norm_fwd(x, x_bias, weight.contiguous(), bias.contiguous(), float(eps),
-                                    _tanh(approximate))
+def gelu_layer_norm_fwd(
+    x: torch.Tensor, x_bias: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor, eps: float, approximate: str
+):
+    return _ops.gelu_layer_norm_fwd(x, x_bias, weight.contiguous(), bias.contiguous(), float(eps), _tanh(approximate))
 
 
-def gelu_layer_norm_bwd(dy: torch.Tensor, x: torch.Tensor, x_bias: torch.Tensor | None, weight: torch.Tensor,
-                        mean: torch.Tensor, rstd: torch.Tensor, approximate: str):
-    dx, dx_bias, dweight, dbias = _ops.gelu_layer_norm_bwd(dy, x, x_bias, weight.contiguous(), mean, rstd,
-                                                           _tanh(approximate))
+def gelu_layer_norm_bwd(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    x_bias: torch.Tensor | None,
+    weight: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    approximate: str,
+):
+    dx, dx_bias, dweight, dbias = _ops.gelu_layer_norm_bwd(
+        dy, x, x_bias, weight.contiguous(), mean, rstd, _tanh(approximate)
+    )
     return dx, _none_if_empty(dx_bias, x_bias is not None), dweight, dbias
 
 
-def embeddings_fwd(input_ids: torch.Tensor, position_ids: torch.Tensor, token_type_ids: torch.Tensor | None,
-                   word: torch.Tensor, position: torch.Tensor, token_type: torch.Tensor | None, weight: torch.Tensor,
-                   bias: torch.Tensor, eps: float, dropout_p: float, seed: torch.Tensor | None):
-    return _ops.embeddings_fwd(input_ids, position_ids, token_type_ids, word.contiguous(), position.contiguous(),
-                               None if token_type is None else token_type.contiguous(), weight.contiguous(),
-                               bias.contiguous(), float(eps), float(dropout_p), seed)
+def embeddings_fwd(
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    token_type_ids: torch.Tensor | None,
+    word: torch.Tensor,
+    position: torch.Tensor,
+    token_type: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+    dropout_p: float,
+    seed: torch.Tensor | None,
+):
+    return _ops.embeddings_fwd(
+        input_ids,
+        position_ids,
+        token_type_ids,
+        word.contiguous(),
+        position.contiguous(),
+        None if token_type is None else token_type.contiguous(),
+        weight.contiguous(),
+        bias.contiguous(),
+        float(eps),
+        float(dropout_p),
+        seed,
+    )
 
 
-def embeddings_bwd(dy: torch.Tensor, input_ids: torch.Tensor, position_ids: torch.Tensor,
-                   token_type_ids: torch.Tensor | None, word: torch.Tensor, position: torch.Tensor,
-                   token_type: torch.Tensor | None, weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
-                   dropout_p: float, seed: torch.Tensor | None, word_padding_idx: int, position_padding_idx: int):
+def embeddings_bwd(
+    dy: torch.Tensor,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    token_type_ids: torch.Tensor | None,
+    word: torch.Tensor,
+    position: torch.Tensor,
+    token_type: torch.Tensor | None,
+    weight: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    dropout_p: float,
+    seed: torch.Tensor | None,
+    word_padding_idx: int,
+    position_padding_idx: int,
+):
     dword, dpos, dtt, dweight, dbias = _ops.embeddings_bwd(
-        dy, input_ids, position_ids, token_type_ids, word.contiguous(), position.contiguous(),
-        None if token_type is None else token_type.contiguous(), weight.contiguous(), mean, rstd, float(dropout_p),
-        seed, int(word_padding_idx), int(position_padding_idx),
+        dy,
+        input_ids,
+        position_ids,
+        token_type_ids,
+        word.contiguous(),
+        position.contiguous(),
+        None if token_type is None else token_type.contiguous(),
+        weight.contiguous(),
+        mean,
+        rstd,
+        float(dropout_p),
+        seed,
+        int(word_padding_idx),
+        int(position_padding_idx),
     )
     return dword, dpos, _none_if_empty(dtt, token_type is not None), dweight, dbias
 
@@ -174,18 +258,58 @@ def _mask_bytes(key_padding_mask: torch.Tensor | None) -> torch.Tensor | None:
     return key_padding_mask.contiguous()
 
 
-def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None,
-                  cu_seqlens: torch.Tensor | None, max_seqlen: int, softmax_scale: float, dropout_p: float,
-                  seed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    return _ops.attention_fwd(q, k, v, _mask_bytes(key_padding_mask), cu_seqlens, int(max_seqlen),
-                              float(softmax_scale), float(dropout_p), seed)
+def attention_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor | None,
+    cu_seqlens: torch.Tensor | None,
+    max_seqlen: int,
+    softmax_scale: float,
+    dropout_p: float,
+    seed: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _ops.attention_fwd(
+        q,
+        k,
+        v,
+        _mask_bytes(key_padding_mask),
+        cu_seqlens,
+        int(max_seqlen),
+        float(softmax_scale),
+        float(dropout_p),
+        seed,
+    )
 
 
-def attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
-                  lse: torch.Tensor, key_padding_mask: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
-                  max_seqlen: int, softmax_scale: float, dropout_p: float, seed: torch.Tensor | None):
-    return _ops.attention_bwd(do, q, k, v, o, lse, _mask_bytes(key_padding_mask), cu_seqlens, int(max_seqlen),
-                              float(softmax_scale), float(dropout_p), seed)
+def attention_bwd(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    key_padding_mask: torch.Tensor | None,
+    cu_seqlens: torch.Tensor | None,
+    max_seqlen: int,
+    softmax_scale: float,
+    dropout_p: float,
+    seed: torch.Tensor | None,
+):
+    return _ops.attention_bwd(
+        do,
+        q,
+        k,
+        v,
+        o,
+        lse,
+        _mask_bytes(key_padding_mask),
+        cu_seqlens,
+        int(max_seqlen),
+        float(softmax_scale),
+        float(dropout_p),
+        seed,
+    )
 
 
 def not_supported_reasons_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> list[str]:

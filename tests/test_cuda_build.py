@@ -45,8 +45,17 @@ def test_every_cu_file_compiles_with_nvcc_alone(tmp_path):
     assert sources, "no csrc/*.cu found"
 
     def compile_one(src: Path) -> tuple[Path, subprocess.CompletedProcess]:
-        cmd = [NVCC, "-c", "-std=c++17", *GENCODE, "-Werror", "all-warnings", "-o", str(tmp_path / (src.stem + ".o")),
-               str(src)]
+        cmd = [
+            NVCC,
+            "-c",
+            "-std=c++17",
+            *GENCODE,
+            "-Werror",
+            "all-warnings",
+            "-o",
+            str(tmp_path / (src.stem + ".o")),
+            str(src),
+        ]
         return src, subprocess.run(cmd, capture_output=True, text=True, cwd=CSRC)
 
     with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
@@ -67,9 +76,17 @@ def test_bindings_parse_against_torch_headers():
     if gxx is None:
         pytest.skip("no C++ compiler")
     # CPU builds of torch ship c10/cuda headers without their generated config header; this define skips it.
-    cmd = [gxx, "-fsyntax-only", "-std=c++20", "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE",
-           *[f"-I{p}" for p in include_paths()], f"-I{sysconfig.get_paths()['include']}", f"-I{cuda_inc}",
-           f"-I{CSRC}", str(CSRC / "bindings.cpp")]
+    cmd = [
+        gxx,
+        "-fsyntax-only",
+        "-std=c++20",
+        "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE",
+        *[f"-I{p}" for p in include_paths()],
+        f"-I{sysconfig.get_paths()['include']}",
+        f"-I{cuda_inc}",
+        f"-I{CSRC}",
+        str(CSRC / "bindings.cpp"),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-5000:]
 
@@ -80,7 +97,7 @@ def test_bindings_parse_against_torch_headers():
 
 def _schemas() -> dict[str, str]:
     text = (CSRC / "bindings.cpp").read_text()
-    block = text[text.index("TORCH_LIBRARY(fastenc, m)"):text.index("TORCH_LIBRARY_IMPL")]
+    block = text[text.index("TORCH_LIBRARY(fastenc, m)") : text.index("TORCH_LIBRARY_IMPL")]
     schemas = {}
     for call in re.findall(r"m\.def\(((?:\s*\"[^\"]*\")+)\)", block):
         schema = "".join(re.findall(r"\"([^\"]*)\"", call))
@@ -163,8 +180,9 @@ def test_attention_wrappers_follow_the_contract(cuda_module):
     dq, dk, dv = m.attention_bwd(o, q, q, q, o, lse, None, None, s, 0.125, 0.0, None)
     assert dq.shape == dk.shape == dv.shape == q.shape
     packed = _meta(17, h, d)
-    o, lse = m.attention_fwd(packed, packed, packed, None, _meta(3, dtype=torch.int32), 9, 0.125, 0.1,
-                             _meta(1, dtype=torch.int64))
+    o, lse = m.attention_fwd(
+        packed, packed, packed, None, _meta(3, dtype=torch.int32), 9, 0.125, 0.1, _meta(1, dtype=torch.int64)
+    )
     assert o.shape == packed.shape and lse.shape == (h, 17)
 
 
