@@ -21,8 +21,10 @@ attentions are being recorded (output_hidden_states / output_attentions), and un
 position 0). A 4-D mask given by the caller runs as an additive bias on the reference attention.
 
 Trade-off: swapping classes instead of building fastenc models keeps every reference the caller holds valid and is
-undone by one assignment per module, at the price of living with transformers' module layout (separate Q/K/V
-weights are concatenated on every call to fuse them: one weight copy per layer, small next to the matmul).
+undone by one assignment per module, at the price of living with transformers' module layout: the separate Q/K/V
+weights are concatenated to fuse them (cached while gradients are off, one weight copy per layer and training step
+otherwise, small next to the matmul). The math is fastenc.models.layers' own (linear_add_norm, linear_act,
+linear_act_norm, QKVAttention's fused weights, Packing), run on the transformers modules' attributes.
 Decoder configurations (is_decoder, cross-attention) are refused: their causal and cross masks are not handled.
 """
 
@@ -135,9 +137,8 @@ def _attention(q, k, v, mask, dropout_p, scale, cu_seqlens=None, max_seqlen=None
 
 def _hf_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """transformers attention interface: q, k, v [B, H, S, D] -> ([B, S, H, D], None)."""
-    out, probs = _attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attention_mask,
-                            dropout, scaling)
-    return out, probs
+    return _attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attention_mask, dropout,
+                      scaling)
 
 
 def _register() -> None:

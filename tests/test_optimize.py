@@ -254,3 +254,19 @@ def test_errors():
     with pytest.raises(ValueError, match="decoder"):
         optimize(decoder)
     assert not is_optimized(decoder)
+
+
+@pytest.mark.parametrize("mask_kind", ["left-padded", "4-d"])
+def test_left_padding_and_4d_masks_keep_transformers_outputs(mask_kind):
+    """Left padding (position 0 padded: the pooler reads it) keeps the padded layout; a caller's 4-D mask runs as an
+    additive bias. Either way every position matches transformers."""
+    model = tf.BertModel(CONFIGS["bert"]()).eval()
+    inputs = _inputs()
+    mask = inputs["attention_mask"] = inputs["attention_mask"].flip(1)
+    if mask_kind == "4-d":
+        inputs["attention_mask"] = mask.bool()[:, None, None, :] & torch.ones(1, 1, 9, 1, dtype=torch.bool)
+    with torch.no_grad():
+        ref = model(**inputs)
+        optimize(model)
+        out = model(**inputs)
+    _assert_outputs_equal(out, ref, mask, whole=True)
