@@ -270,3 +270,28 @@ def test_left_padding_and_4d_masks_keep_transformers_outputs(mask_kind):
         optimize(model)
         out = model(**inputs)
     _assert_outputs_equal(out, ref, mask, whole=True)
+
+
+def test_hf_trainer_step_after_optimize(tmp_path):
+    """transformers' Trainer runs an optimized model unchanged: one SGD step lands on the same parameters."""
+    pytest.importorskip("accelerate")
+    inputs = _inputs()
+    rows = [{k: v[i] for k, v in inputs.items()} | {"labels": torch.tensor(i % 2)} for i in range(3)]
+    trained = []
+    for fast in (False, True):
+        torch.manual_seed(0)
+        model = tf.BertForSequenceClassification(CONFIGS["bert"]())
+        if fast:
+            optimize(model)
+        args = tf.TrainingArguments(output_dir=str(tmp_path / str(fast)), per_device_train_batch_size=3, max_steps=1,
+                                    optim="sgd", learning_rate=0.5, report_to=[], use_cpu=True, save_strategy="no",
+                                    logging_strategy="no", dataloader_num_workers=0, seed=0)
+        tf.Trainer(model=model, args=args, train_dataset=rows).train()
+        assert is_optimized(model) == fast
+        trained.append(model.state_dict())
+    torch.manual_seed(0)
+    initial = tf.BertForSequenceClassification(CONFIGS["bert"]()).state_dict()
+    ref, got = trained
+    assert not torch.equal(ref["classifier.weight"], initial["classifier.weight"])  # the step did happen
+    for k, v in ref.items():
+        torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
