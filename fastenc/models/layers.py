@@ -238,7 +238,8 @@ class QKVAttention(nn.Module):
     def _qkv_params(self) -> tuple[torch.Tensor, torch.Tensor]:
         params = (self.query.weight, self.key.weight, self.value.weight,
                   self.query.bias, self.key.bias, self.value.bias)
-        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+        tracing = torch.compiler.is_compiling()  # no data pointers while tracing; the compiler folds the cat
+        if tracing or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
             return torch.cat(params[:3]), torch.cat(params[3:])
         key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
         if self._qkv_cache is None or self._qkv_cache[0] != key:
