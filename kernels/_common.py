@@ -23,10 +23,10 @@ import triton
 import triton.language as tl
 
 MAX_BLOCK = 16384
-SQRT1_2 = 0.7071067811865476
-INV_SQRT_2PI = 0.3989422804014327
-SQRT_2_OVER_PI = 0.7978845608028654
-GELU_TANH_COEF = 0.044715
+SQRT1_2 = tl.constexpr(0.7071067811865476)
+INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
+SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
+GELU_TANH_COEF = tl.constexpr(0.044715)
 
 
 # ---------------------------------------------------------------------------------------------------------------
