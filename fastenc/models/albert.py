@@ -18,6 +18,7 @@ from fastenc.models.layers import (
     EncoderModel,
     HeadModel,
     MaskedLMHead,
+    OptTensor,
     QKVAttention,
     QuestionAnsweringHead,
     SequenceClassificationHead,
@@ -149,9 +150,20 @@ class AlbertForPreTraining(AlbertPreTrainedModel):
         self.sop_classifier = AlbertSOPHead(self.config)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-                labels=None, sentence_order_label=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None, unpad=None):
+    def forward(
+        self,
+        input_ids: OptTensor = None,
+        attention_mask: OptTensor = None,
+        token_type_ids: OptTensor = None,
+        position_ids: OptTensor = None,
+        inputs_embeds: OptTensor = None,
+        labels: OptTensor = None,
+        sentence_order_label: OptTensor = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        unpad: bool | None = None,
+    ) -> ModelOutput | tuple:
         """MLM + sentence-order prediction; the loss needs both labels and sentence_order_label."""
         enc = self.encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_attentions,
                           output_hidden_states, unpad)

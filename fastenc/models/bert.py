@@ -19,6 +19,7 @@ from fastenc.models.layers import (
     EncoderModel,
     HeadModel,
     MaskedLMHead,
+    OptTensor,
     Pooler,
     QuestionAnsweringHead,
     SequenceClassificationHead,
@@ -115,9 +116,20 @@ class BertForPreTraining(BertPreTrainedModel):
         self.cls = BertPreTrainingHeads(self.config)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-                labels=None, next_sentence_label=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None, unpad=None):
+    def forward(
+        self,
+        input_ids: OptTensor = None,
+        attention_mask: OptTensor = None,
+        token_type_ids: OptTensor = None,
+        position_ids: OptTensor = None,
+        inputs_embeds: OptTensor = None,
+        labels: OptTensor = None,
+        next_sentence_label: OptTensor = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        unpad: bool | None = None,
+    ) -> ModelOutput | tuple:
         """MLM + next-sentence prediction; the loss needs both labels and next_sentence_label."""
         enc = self.encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_attentions,
                           output_hidden_states, unpad)

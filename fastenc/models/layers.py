@@ -34,6 +34,8 @@ from fastenc.modeling_utils import (
     TokenClassifierOutput,
 )
 
+OptTensor = torch.Tensor | None
+
 # ---------------------------------------------------------------------------------------------------------------
 # Activations: the gelu family goes through the fused bias_gelu op; the rest are plain functions by name.
 
@@ -479,8 +481,19 @@ class HeadModel(PreTrainedEncoder):
 
 
 class SequenceClassificationHead(HeadModel):
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, unpad=None):
+    def forward(
+        self,
+        input_ids: OptTensor = None,
+        attention_mask: OptTensor = None,
+        token_type_ids: OptTensor = None,
+        position_ids: OptTensor = None,
+        inputs_embeds: OptTensor = None,
+        labels: OptTensor = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        unpad: bool | None = None,
+    ) -> ModelOutput | tuple:
         enc = self.encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_attentions,
                           output_hidden_states, unpad)
         logits = self.head_logits(enc)
@@ -492,8 +505,19 @@ class TokenClassificationHead(HeadModel):
     def head_logits(self, enc: ModelOutput) -> torch.Tensor:
         return self.classifier(self.dropout(enc.last_hidden_state))
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, unpad=None):
+    def forward(
+        self,
+        input_ids: OptTensor = None,
+        attention_mask: OptTensor = None,
+        token_type_ids: OptTensor = None,
+        position_ids: OptTensor = None,
+        inputs_embeds: OptTensor = None,
+        labels: OptTensor = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        unpad: bool | None = None,
+    ) -> ModelOutput | tuple:
         enc = self.encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_attentions,
                           output_hidden_states, unpad)
         logits = self.head_logits(enc)
@@ -502,8 +526,19 @@ class TokenClassificationHead(HeadModel):
 
 
 class MaskedLMHead(HeadModel):
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, unpad=None):
+    def forward(
+        self,
+        input_ids: OptTensor = None,
+        attention_mask: OptTensor = None,
+        token_type_ids: OptTensor = None,
+        position_ids: OptTensor = None,
+        inputs_embeds: OptTensor = None,
+        labels: OptTensor = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        unpad: bool | None = None,
+    ) -> ModelOutput | tuple:
         enc = self.encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_attentions,
                           output_hidden_states, unpad)
         logits = self.head_logits(enc)
@@ -515,9 +550,20 @@ class QuestionAnsweringHead(HeadModel):
     def head_logits(self, enc: ModelOutput) -> torch.Tensor:
         return self.qa_outputs(enc.last_hidden_state)
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-                start_positions=None, end_positions=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None, unpad=None):
+    def forward(
+        self,
+        input_ids: OptTensor = None,
+        attention_mask: OptTensor = None,
+        token_type_ids: OptTensor = None,
+        position_ids: OptTensor = None,
+        inputs_embeds: OptTensor = None,
+        start_positions: OptTensor = None,
+        end_positions: OptTensor = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        unpad: bool | None = None,
+    ) -> ModelOutput | tuple:
         enc = self.encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_attentions,
                           output_hidden_states, unpad)
         start_logits, end_logits = (t.squeeze(-1).contiguous() for t in self.head_logits(enc).split(1, dim=-1))

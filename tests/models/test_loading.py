@@ -189,3 +189,13 @@ def test_config_file_round_trip(tmp_path):
     assert again == cfg and again.some_future_field == [1, 2]
     assert os.path.isfile(tmp_path / "config.json")
     assert_close(torch.tensor(again.layer_norm_eps), torch.tensor(1e-7), 0.0, "eps")
+
+
+def test_from_pretrained_config_overrides_and_auto_dtype(tmp_path):
+    base = build_hf("BertModel").to(torch.bfloat16)
+    base.save_pretrained(tmp_path)
+    with pytest.warns(UserWarning, match="newly initialised"):
+        ours = fastenc.BertForSequenceClassification.from_pretrained(tmp_path, num_labels=5, torch_dtype="auto")
+    assert ours.classifier.out_features == 5 and ours.config.num_labels == 5
+    assert ours.dtype == torch.bfloat16
+    assert fastenc.BertModel.from_pretrained(tmp_path).dtype == torch.float32  # transformers' default: float32
