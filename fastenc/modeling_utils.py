@@ -23,6 +23,8 @@ from fastenc.configuration import EncoderConfig
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 TORCH_WEIGHTS = "pytorch_model.bin"
+_LEGACY_SUFFIX = {"gamma": "weight", "beta": "bias"}
+_BUFFER_KEYS = ("embeddings.position_ids", "embeddings.token_type_ids")
 
 
 class ModelOutput:
@@ -108,6 +110,11 @@ def load_checkpoint(path: str) -> dict[str, torch.Tensor]:
     raise FileNotFoundError(f"no {SAFE_WEIGHTS}, {SAFE_INDEX} or {TORCH_WEIGHTS} in {path!r}")
 
 
+def _legacy_name(key: str) -> str:
+    owner, _, leaf = key.rpartition(".")
+    return f"{owner}.{_LEGACY_SUFFIX[leaf]}" if leaf in _LEGACY_SUFFIX and "LayerNorm" in owner else key
+
+
 class PreTrainedEncoder(nn.Module):
     """Base of every fastenc model. Subclasses set `config_class`, `base_model_prefix` and, for tied decoders,
     `_tied_weights_keys` = {tied parameter: its source}, as transformers does."""
@@ -186,7 +193,10 @@ class PreTrainedEncoder(nn.Module):
     # -- loading ------------------------------------------------------------------------------------------------
 
     def _adapt_prefix(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Match a base checkpoint to a head model (add the prefix) or a head checkpoint to a base model (drop it)."""
+        """Match a base checkpoint to a head model (add the prefix) or a head checkpoint to a base model (drop it).
+        Old checkpoints' LayerNorm.gamma / .beta become .weight / .bias, and the position_ids / token_type_ids
+        buffers they stored (persistent in old transformers versions) are dropped, as transformers does."""
+        state = {_legacy_name(k): v for k, v in state.items() if not k.endswith(_BUFFER_KEYS)}
         prefix = self.base_model_prefix + "."
         own = set(self.state_dict())
         is_head = any(k.startswith(prefix) for k in own)

@@ -199,3 +199,21 @@ def test_from_pretrained_config_overrides_and_auto_dtype(tmp_path):
     assert ours.classifier.out_features == 5 and ours.config.num_labels == 5
     assert ours.dtype == torch.bfloat16
     assert fastenc.BertModel.from_pretrained(tmp_path).dtype == torch.float32  # transformers' default: float32
+
+
+def test_legacy_checkpoint_names(tmp_path):
+    """Old checkpoints: LayerNorm.gamma / .beta and stored position_ids buffers, in a pytorch_model.bin."""
+    hf = build_hf("BertForPreTraining")
+    state = {}
+    for key, value in hf.state_dict().items():
+        if "LayerNorm" in key:
+            key = key.replace(".weight", ".gamma").replace(".bias", ".beta")
+        state[key] = value.clone()
+    state["bert.embeddings.position_ids"] = torch.arange(64)[None]
+    hf.config.save_pretrained(tmp_path)
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    ours, info = fastenc.BertForPreTraining.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    inp = inputs("bert", batch=3)
+    with torch.no_grad():
+        assert_outputs_close(ours(**inp), hf(**inp), 1e-5)
