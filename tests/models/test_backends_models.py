@@ -65,3 +65,39 @@ def test_packed_path_on_backend(backend):
     with torch.no_grad():
         ref = hf(**inp)
     assert_close(out.last_hidden_state, ref.last_hidden_state, 1e-4, "last_hidden_state", mask=real)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("name", SUBSET)
+def test_model_on_cuda_auto_backend(name, dtype):
+    """CUDA tensors, backend "auto" (cuda > triton > torch): eval outputs and training gradients against the float64
+    reference run of the same model, within twice transformers' own error at that dtype plus a small atol."""
+    import copy
+
+    from tests.helpers import assert_close_to_ref
+
+    hf = build_hf(name)
+    inp = inputs(variant_of(name), batch=4, seq=16)
+    lab = labels_for(name, inp)
+    ref64 = fastenc.from_hf(copy.deepcopy(hf).double()).train()
+    ours = fastenc.from_hf(copy.deepcopy(hf).to("cuda", dtype)).train()
+    hf_low = copy.deepcopy(hf).to("cuda", dtype).train()
+    cuda_inp = {k: v.cuda() for k, v in inp.items()}
+    cuda_lab = {k: v.cuda() for k, v in lab.items()}
+    atol = 1e-3 if dtype == torch.float32 else 5e-3
+    outs = [ref64(**inp, **lab), ours(**cuda_inp, **cuda_lab), hf_low(**cuda_inp, **cuda_lab)]
+    for key in outs[0].keys():
+        if isinstance(outs[0][key], torch.Tensor):
+            assert_close_to_ref(outs[1][key].cpu(), outs[0][key].double(), outs[2][key].cpu(), atol=atol, name=key)
+    g = torch.Generator().manual_seed(3)
+    first = outs[0][0]
+    w = torch.randn(first.shape, generator=g, dtype=torch.float64)
+    for out in outs:
+        (out[0] * w.to(out[0].device, out[0].dtype)).sum().backward()
+    mine, theirs = dict(ours.named_parameters()), dict(hf_low.named_parameters())
+    for key, p in ref64.named_parameters():
+        if p.grad is None:
+            continue
+        scale = max(p.grad.abs().max().item(), 1e-3)
+        assert_close_to_ref(mine[key].grad.cpu(), p.grad, theirs[key].grad.cpu(), atol=atol * scale, name=key)
