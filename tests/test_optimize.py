@@ -295,3 +295,13 @@ def test_hf_trainer_step_after_optimize(tmp_path):
     assert not torch.equal(ref["classifier.weight"], initial["classifier.weight"])  # the step did happen
     for k, v in ref.items():
         torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def test_torch_compile_fullgraph_after_optimize():
+    """An optimized model traces as one graph (padded path under tracing: no host sync, no graph break)."""
+    model = optimize(tf.BertForSequenceClassification(CONFIGS["bert"]()).eval())
+    inputs = _inputs()
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        out = torch.compile(model, backend="eager", fullgraph=True)(**inputs).logits
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
