@@ -23,10 +23,6 @@ import triton
 import triton.language as tl
 
 MAX_BLOCK = 16384
-SQRT1_2 = tl.constexpr(0.7071067811865476)
-INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
-SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
-GELU_TANH_COEF = tl.constexpr(0.044715)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -51,23 +47,25 @@ def tanh(z):
 @triton.jit
 def gelu(u, APPROX_TANH: tl.constexpr):
     """GELU of fp32 `u`: exact erf form, or the tanh form (gelu_new / gelu_pytorch_tanh / gelu_fast)."""
+    # literals, not module constants: compiled Triton needs constexpr globals, which the interpreter mishandles;
+    # 0.79788... = sqrt(2 / pi), 0.70710... = 1 / sqrt(2), 0.39894... = 1 / sqrt(2 pi)
     if APPROX_TANH:
-        return 0.5 * u * (1.0 + tanh(SQRT_2_OVER_PI * (u + GELU_TANH_COEF * u * u * u)))
+        return 0.5 * u * (1.0 + tanh(0.7978845608028654 * (u + 0.044715 * u * u * u)))
     else:
-        return 0.5 * u * (1.0 + tl.math.erf(u * SQRT1_2))
+        return 0.5 * u * (1.0 + tl.math.erf(u * 0.7071067811865476))
 
 
 @triton.jit
 def gelu_and_grad(u, APPROX_TANH: tl.constexpr):
     """(gelu(u), d gelu / du) of fp32 `u`, sharing the transcendental between the two."""
     if APPROX_TANH:
-        t = tanh(SQRT_2_OVER_PI * (u + GELU_TANH_COEF * u * u * u))
+        t = tanh(0.7978845608028654 * (u + 0.044715 * u * u * u))
         g = 0.5 * u * (1.0 + t)
-        dg = 0.5 * (1.0 + t) + 0.5 * u * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_COEF * u * u)
+        dg = 0.5 * (1.0 + t) + 0.5 * u * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * u * u)
     else:
-        cdf = 0.5 * (1.0 + tl.math.erf(u * SQRT1_2))
+        cdf = 0.5 * (1.0 + tl.math.erf(u * 0.7071067811865476))
         g = u * cdf
-        dg = cdf + u * INV_SQRT_2PI * tl.exp(-0.5 * u * u)
+        dg = cdf + u * 0.3989422804014327 * tl.exp(-0.5 * u * u)
     return g, dg
 
 
