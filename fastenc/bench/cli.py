@@ -34,8 +34,11 @@ def _csv(text: str) -> list[str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fastenc bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="fastenc bench",
+        description="Time fastenc against eager PyTorch, transformers and torch.compile; write JSON, Markdown and "
+                    "PNG results.",
+        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", type=_csv, help=f"comma list of {', '.join(C.MODELS)}; 'none' for no models")
     p.add_argument("--shapes", type=_csv, help=f"inference shapes BxS or 'var' (default {','.join(C.INFER_SHAPES)})")
     p.add_argument("--train-shapes", type=_csv, help=f"training shapes (default {','.join(C.TRAIN_SHAPES)})")
@@ -51,7 +54,7 @@ def parser() -> argparse.ArgumentParser:
                    help="measure torch.compile baselines (default on for GPU, off for the CPU demo)")
     p.add_argument("--quick", action="store_true", help="a short run: BERT-base fp16, three shapes, fewer repeats")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--out", type=Path, default=Path("bench-results"), help="results folder")
+    p.add_argument("--out", type=Path, default=Path("bench-results"), help="results folder (default bench-results)")
     p.add_argument("--budget-s", type=float, help="stop starting new cases after this many seconds")
     p.add_argument("--rep-ms", type=float, help="timed milliseconds per variant")
     p.add_argument("--warmup-ms", type=float, help="warm-up milliseconds per variant")

@@ -187,7 +187,7 @@ def measure(record: dict[str, Any], calls: list[Callable[[], object]], settings:
 def _run_variant(record: dict[str, Any], body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     try:
         return body()
-    except Skip as e:
+    except (Skip, backends.BackendNotSupportedError) as e:
         record.update(status="skipped", reason=str(e))
     except Exception as e:  # one broken variant must not end the run: record it and go on
         record.update(status="error", reason=_first_line(e))
