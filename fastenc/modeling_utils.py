@@ -56,6 +56,9 @@ class ModelOutput:
     def items(self) -> list[tuple[str, Any]]:
         return [(k, getattr(self, k)) for k in self.keys()]
 
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in self.keys() else default
+
 
 def _output(name: str, *fields: str) -> type:
     return dataclasses.make_dataclass(name, [(f, Any, None) for f in fields], bases=(ModelOutput,))
@@ -169,6 +172,13 @@ class PreTrainedEncoder(nn.Module):
     def get_input_embeddings(self) -> nn.Embedding:
         base = getattr(self, self.base_model_prefix, self)
         return base.embeddings.word_embeddings
+
+    def get_output_embeddings(self) -> nn.Linear | None:
+        """The MLM decoder (the Linear whose weight is tied to the input embeddings), None without an MLM head."""
+        for target in self._tied_weights_keys:
+            if target.endswith(".weight"):
+                return self.get_submodule(target.rpartition(".")[0])
+        return None
 
     # -- gradient checkpointing (transformers' method names, so Trainer's switch works) ----------------------------
 

@@ -45,3 +45,17 @@ def test_torch_compile_padded_path_has_no_graph_break():
     compiled = torch.compile(ours, fullgraph=True, backend="eager")
     with torch.no_grad():
         assert_outputs_close(compiled(**inp), hf(**inp), 1e-5)
+
+
+def test_output_container_and_embedding_accessors():
+    hf = build_hf("ElectraForMaskedLM")
+    ours = fastenc.from_hf(hf)
+    inp = inputs("electra", batch=2)
+    with torch.no_grad():
+        out = ours(**inp, output_hidden_states=True)
+    assert out.keys() == ["logits", "hidden_states"] and "loss" not in out
+    assert out.get("loss") is None and out.get("logits") is out.logits is out[0] is out["logits"]
+    assert len(out) == 2 and out.to_tuple()[1] is out.hidden_states
+    assert ours.get_output_embeddings() is ours.generator_lm_head
+    assert ours.get_input_embeddings().weight is ours.get_output_embeddings().weight
+    assert fastenc.from_hf(build_hf("BertModel")).get_output_embeddings() is None
