@@ -34,6 +34,8 @@ SETTINGS = _settings()
 
 @pytest.fixture(scope="session")
 def settings() -> runner.Settings:
+    if SETTINGS.cpu_demo:  # as `fastenc bench` does: one thread for the tiny CPU cases
+        torch.set_num_threads(1)
     return SETTINGS
 
 

@@ -233,12 +233,17 @@ def test_cli_rejects_bad_options(tmp_path):
             bench_main([*argv, "--out", str(tmp_path)])
 
 
-def test_python_m_fastenc_bench(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "fastenc", "bench", "--models", "bert-tiny", "--shapes", "1x16", "--no-train",
-         "--ops", "none", "--device", "cpu", "--rep-ms", "20", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
-    )
+def test_fastenc_main_dispatches(tmp_path, capsys):
+    from fastenc.__main__ import main
+
+    assert main(["bench", "--models", "bert-tiny", "--shapes", "1x16", "--no-train", "--ops", "none", "--device", "cpu",
+                 "--rep-ms", "10", "--out", str(tmp_path)]) == 0
+    assert "bert-tiny" in capsys.readouterr().out and (tmp_path / "results.json").exists()
+    assert main(["frobnicate"]) == 2 and main([]) == 2 and main(["--help"]) == 0
+
+
+def test_python_m_fastenc_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "fastenc", "bench", "--help"], capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "bert-tiny" in proc.stdout and (tmp_path / "results.json").exists()
-    assert subprocess.run([sys.executable, "-m", "fastenc", "frobnicate"], capture_output=True).returncode == 2
+    assert "--models" in proc.stdout and "--no-train" in proc.stdout

@@ -518,7 +518,18 @@ def run(settings: Settings, progress: bool = True, log: Callable[[str], None] = 
         reason = kernel_backend_reason(b, settings.device)
         if reason:
             log(f"fastenc bench: backend {b!r} is not measured: {reason}")
+    threads = torch.get_num_threads()
+    if settings.cpu_demo:  # tiny ops: one thread is faster, and far steadier on a shared machine
+        torch.set_num_threads(1)
+    try:
+        return _run(settings, progress, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(settings: Settings, progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
     meta = environment(settings.device)
+    meta["cpu_threads"] = torch.get_num_threads() if settings.device.type == "cpu" else None
     log(f"fastenc bench on {meta['device']}: measuring the matmul peak and the copy bandwidth")
     roofs = measure_roofs(settings.device)
     tasks = plan(settings, roofs)
