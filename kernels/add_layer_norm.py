@@ -16,6 +16,7 @@ from fastenc.kernels._common import (
     dropout_keep,
     dummy,
     reduce_programs,
+    reduce_warps,
     register,
     row_block,
     row_layer_norm_bwd,
@@ -187,7 +188,7 @@ def _bwd_impl(
     if has_dropout and seed is None:
         raise ValueError("seed must be given when dropout_p > 0")
     block = row_block(d)
-    warps = row_warps(block)
+    warps = reduce_warps(block)
     progs = reduce_programs(h.device, n, warps)
     dh = torch.empty_like(h)
     dx = torch.empty_like(h) if has_dropout else None

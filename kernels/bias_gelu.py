@@ -17,6 +17,9 @@ _BLOCK_M = 16
 _BLOCK_N = 256
 _BWD_BLOCK_M = 64
 _BWD_BLOCK_N = 64
+# 16 elements per thread (8 in the forward): ptxas (sm_90) uses about 100 registers in the backward here, 183 with
+# 4 warps; neither spills
+_WARPS = 8
 
 
 @triton.jit
@@ -90,7 +93,7 @@ def _fwd_impl(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> t
         grid = (triton.cdiv(n, _BLOCK_M), triton.cdiv(d, _BLOCK_N))
         _bias_gelu_fwd_kernel[grid](
             x, bias, y, n, d, x.stride(0), HAS_BIAS=bias is not None, APPROX_TANH=approximate == "tanh",
-            BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, num_warps=4,
+            BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, num_warps=_WARPS,
         )
     return y
 
@@ -112,7 +115,7 @@ def _bwd_impl(
     if dx.numel():
         _bias_gelu_bwd_kernel[(m_blocks, triton.cdiv(d, _BWD_BLOCK_N))](
             dy, x, bias, dx, parts, n, d, HAS_BIAS=bias is not None, APPROX_TANH=approximate == "tanh",
-            BLOCK_M=_BWD_BLOCK_M, BLOCK_N=_BWD_BLOCK_N, num_warps=4,
+            BLOCK_M=_BWD_BLOCK_M, BLOCK_N=_BWD_BLOCK_N, num_warps=_WARPS,
         )
     dbias = parts.sum(dim=0).to(bias.dtype) if bias is not None else None
     return dx, dummy(dbias, x)

@@ -20,6 +20,7 @@ from fastenc.kernels._common import (
     dropout_keep,
     dummy,
     reduce_programs,
+    reduce_warps,
     register,
     row_block,
     row_layer_norm_bwd,
@@ -233,7 +234,7 @@ def _bwd_impl(
         raise ValueError("seed must be given when dropout_p > 0")
     has_tt = token_type is not None
     block = row_block(e, "the embedding size")
-    warps = row_warps(block)
+    warps = reduce_warps(block)
     progs = reduce_programs(word.device, n, warps)
     f32 = dict(device=word.device, dtype=torch.float32)
     dword = torch.zeros(word.shape, **f32)

@@ -15,6 +15,7 @@ from fastenc.kernels._common import (
     gelu,
     gelu_and_grad,
     reduce_programs,
+    reduce_warps,
     register,
     row_block,
     row_layer_norm_bwd,
@@ -150,7 +151,7 @@ def _bwd_impl(
         raise ValueError(f"dy and x must be contiguous and of one shape, got {tuple(dy.shape)} and {tuple(x.shape)}")
     n, d = x.shape
     block = row_block(d)
-    warps = row_warps(block)
+    warps = reduce_warps(block)
     progs = reduce_programs(x.device, n, warps)
     has_xb = x_bias is not None
     dx = torch.empty_like(x)
