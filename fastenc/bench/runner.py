@@ -304,13 +304,13 @@ def fastenc_twin(hf_model: torch.nn.Module) -> torch.nn.Module:
 
 @dataclass
 class ModelSet:
-    """The built models of one (model, dtype, mode): transformers' model and fastenc's twins, with optimizers."""
+    """The built models of one (model, dtype, mode): transformers' model, its compiled form and fastenc's twins
+    (sharing transformers' parameters), or for each the reason it is missing."""
 
     hf: torch.nn.Module
     compiled: torch.nn.Module | None = None
     compile_reason: str | None = None
     twins: dict[str, torch.nn.Module | str] = field(default_factory=dict)
-    optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
@@ -351,44 +351,44 @@ def model_variants(settings: Settings) -> list[str]:
     return out + [f"fastenc-{b}" for b in settings.backends]
 
 
-def _model_call(ms: ModelSet, variant: str, inputs: dict[str, torch.Tensor], train: bool, dtype: torch.dtype,
-                device: torch.device) -> Callable[[], object]:
-    """One inference forward, or one training step, of `variant` on `inputs`."""
-    backend_ctx: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+def _variant_model(ms: ModelSet, variant: str) -> tuple[torch.nn.Module, Callable[[], Any]]:
+    """The module a model variant runs and the context it runs in; Skip when the variant cannot run."""
     if variant.startswith("fastenc-"):
         b = variant.removeprefix("fastenc-")
         twin = ms.twins[b]
         if isinstance(twin, str):
             raise Skip(twin)
-        model = twin
-        backend_ctx = functools.partial(_use_backend, b)
-    elif variant == "hf-compile":
+        return twin, functools.partial(_use_backend, b)
+    if variant == "hf-compile":
         if ms.compiled is None:
             raise Skip(ms.compile_reason or "torch.compile is off (--no-compile)")
         ms.hf.set_attn_implementation("sdpa")
-        model = ms.compiled
-    else:
-        ms.hf.set_attn_implementation(variant.removeprefix("hf-"))
-        model = ms.hf
-    if not train:
-        def forward() -> object:
-            with backend_ctx(), torch.inference_mode():
-                return model(**inputs)
-        return forward
-    key = "fastenc" + variant if variant.startswith("fastenc-") else "hf"
-    if key not in ms.optimizers:
-        ms.optimizers[key] = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
-    opt = ms.optimizers[key]
+        return ms.compiled, contextlib.nullcontext
+    ms.hf.set_attn_implementation(variant.removeprefix("hf-"))
+    return ms.hf, contextlib.nullcontext
 
-    def step() -> object:
-        with backend_ctx():
+
+def _model_calls(ms: ModelSet, variant: str, inputs: list[dict[str, torch.Tensor]], train: bool, dtype: torch.dtype,
+                 device: torch.device) -> list[Callable[[], object]]:
+    """One inference forward, or one training step, of `variant` per input copy. Training gets a fresh AdamW per
+    case, so every variant's peak memory counts its optimizer state alike (allocated at its first step)."""
+    model, ctx = _variant_model(ms, variant)
+    if not train:
+        def forward(x: dict[str, torch.Tensor]) -> object:
+            with ctx(), torch.inference_mode():
+                return model(**x)
+        return [functools.partial(forward, x) for x in inputs]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
+
+    def step(x: dict[str, torch.Tensor]) -> object:
+        with ctx():
             with _autocast(device, dtype):
-                loss = model(**inputs).loss
+                loss = model(**x).loss
             loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss
-    return step
+    return [functools.partial(step, x) for x in inputs]
 
 
 @contextlib.contextmanager
@@ -404,7 +404,7 @@ def prepare_model(ms: ModelSet, name: str, shape: C.Shape, dtype: str, train: bo
     """The calls (one per input copy) of one model variant and the case's matmul FLOPs; Skip when it cannot run."""
     config = C.model_config(name)
     inputs = [C.model_inputs(config, shape, settings.device, mlm_labels=train) for _ in range(2)]
-    calls = [_model_call(ms, variant, x, train, C.DTYPES[dtype], settings.device) for x in inputs]
+    calls = _model_calls(ms, variant, inputs, train, C.DTYPES[dtype], settings.device)
     return calls, encoder_flops(config, shape.lengths, pooler=C.has_pooler(config, train), mlm_head=train,
                                 training=train)
 
