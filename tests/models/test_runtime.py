@@ -59,3 +59,17 @@ def test_output_container_and_embedding_accessors():
     assert ours.get_output_embeddings() is ours.generator_lm_head
     assert ours.get_input_embeddings().weight is ours.get_output_embeddings().weight
     assert fastenc.from_hf(build_hf("BertModel")).get_output_embeddings() is None
+
+
+def test_dropout_only_in_train_mode():
+    hf = build_hf("BertForMaskedLM", hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.2)
+    ours = fastenc.from_hf(hf)
+    inp = inputs("bert", batch=3)
+    with torch.no_grad():
+        a, b = ours(**inp).logits, ours(**inp).logits
+        assert torch.equal(a, b)
+        assert_outputs_close(ours(**inp), hf(**inp), 1e-5)
+    ours.train()
+    for unpad in (False, True):
+        c, d = ours(**inp, unpad=unpad).logits, ours(**inp, unpad=unpad).logits
+        assert torch.isfinite(c).all() and (c - d).abs().max() > 1e-3
