@@ -22,7 +22,7 @@ INFER_SHAPES = ("1x16", "8x128", "32x128", "32x512", "128x128", "var")
 TRAIN_SHAPES = ("32x128", "16x512")
 VAR_BATCH, VAR_MIN, VAR_MAX, VAR_SEED = 32, 16, 512, 0
 OPS = ("embeddings", "add_layer_norm", "bias_gelu", "gelu_layer_norm", "attention")
-OP_SHAPES = ("8x128", "32x128", "32x512")
+OP_SHAPES = ("8x128", "32x128", "32x512", "var")
 BASE_DIMS = {"hidden": 768, "heads": 12, "inter": 3072, "vocab": 30522}
 TINY_DIMS = {"hidden": 64, "heads": 4, "inter": 128, "vocab": 1000}
 
