@@ -60,10 +60,10 @@ struct AddLayerNormFwdOp {
 
 template <typename T, int VEC>
 struct AddLayerNormBwdOp {
-  const T* dy_ptr;  // [n, d]
-  const T* h_ptr;   // [n, d]
-  T* dh_ptr;        // [n, d]
-  T* dx_ptr;        // [n, d] or nullptr (dropout off: dx is dh)
+  const T* dy_ptr;   // [n, d]
+  const T* h_ptr;    // [n, d]
+  T* dh_ptr;         // [n, d]
+  T* dx_ptr;         // [n, d] or nullptr (dropout off: dx is dh)
   bool x_bias_grad;  // accumulate dx into the block's x_bias partial sums
   int64_t d;
   DropoutParams drop;
@@ -104,37 +104,48 @@ cudaError_t add_layer_norm_fwd(const void* x, const void* residual, const void* 
   if (dropout_p > 0.f && seed == nullptr) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
   const DropoutParams drop = make_dropout(seed, dropout_p);
-  FASTENC_DISPATCH_DTYPE(dtype, T, FASTENC_DISPATCH_PARAM(dtype, param_dtype, T, P, {
-    const bool vec = d % vec_width<T>() == 0 && aligned16(x) && aligned16(y) && (!residual || aligned16(residual)) &&
-                     (!x_bias || aligned16(x_bias)) && (!h || aligned16(h)) && aligned16(weight) && aligned16(bias);
-    FASTENC_DISPATCH_VEC(vec, T, VEC, {
-      const AddLayerNormFwdOp<T, VEC> op{static_cast<const T*>(x), static_cast<const T*>(residual),
-                                         static_cast<const T*>(x_bias), static_cast<T*>(y), static_cast<T*>(h), d,
-                                         drop};
-      layer_norm_fwd_rows_kernel<T, P, VEC><<<fwd_rows_grid(n), row_threads((d + VEC - 1) / VEC), 0, stream>>>(
-          op, static_cast<const P*>(weight), static_cast<const P*>(bias), mean, rstd, n, d, eps);
-    })
-  }))
+  FASTENC_DISPATCH_DTYPE(
+      dtype, T, FASTENC_DISPATCH_PARAM(dtype, param_dtype, T, P, {
+        const bool vec = d % vec_width<T>() == 0 && aligned16(x) && aligned16(y) &&
+                         (!residual || aligned16(residual)) && (!x_bias || aligned16(x_bias)) && (!h || aligned16(h)) &&
+                         aligned16(weight) && aligned16(bias);
+        FASTENC_DISPATCH_VEC(vec, T, VEC, {
+          const AddLayerNormFwdOp<T, VEC> op{static_cast<const T*>(x),
+                                             static_cast<const T*>(residual),
+                                             static_cast<const T*>(x_bias),
+                                             static_cast<T*>(y),
+                                             static_cast<T*>(h),
+                                             d,
+                                             drop};
+          layer_norm_fwd_rows_kernel<T, P, VEC><<<fwd_rows_grid(n), row_threads((d + VEC - 1) / VEC), 0, stream>>>(
+              op, static_cast<const P*>(weight), static_cast<const P*>(bias), mean, rstd, n, d, eps);
+        })
+      }))
   return cudaGetLastError();
 }
 
-cudaError_t add_layer_norm_bwd(const void* dy, const void* h, const void* weight, const float* mean,
-                               const float* rstd, void* dx, void* dh, void* dx_bias, void* dweight, void* dbias,
-                               float* partial, int64_t n, int64_t d, float dropout_p, const int64_t* seed,
-                               DType dtype, DType param_dtype, cudaStream_t stream) {
+cudaError_t add_layer_norm_bwd(const void* dy, const void* h, const void* weight, const float* mean, const float* rstd,
+                               void* dx, void* dh, void* dx_bias, void* dweight, void* dbias, float* partial, int64_t n,
+                               int64_t d, float dropout_p, const int64_t* seed, DType dtype, DType param_dtype,
+                               cudaStream_t stream) {
   if (d < 1 || n < 0 || (dropout_p > 0.f && (seed == nullptr || dx == nullptr))) return cudaErrorInvalidValue;
   const DropoutParams drop = make_dropout(seed, dropout_p);
   FASTENC_DISPATCH_DTYPE(dtype, T, FASTENC_DISPATCH_PARAM(dtype, param_dtype, T, P, {
-    const bool vec = d % vec_width<T>() == 0 && aligned16(dy) && aligned16(h) && aligned16(dh) &&
-                     (!dx || aligned16(dx)) && aligned16(weight);
-    FASTENC_DISPATCH_VEC(vec, T, VEC, {
-      const AddLayerNormBwdOp<T, VEC> op{static_cast<const T*>(dy), static_cast<const T*>(h), static_cast<T*>(dh),
-                                         drop.seed_ptr ? static_cast<T*>(dx) : nullptr, dx_bias != nullptr, d,
-                                         drop};
-      return launch_layer_norm_bwd<T, P, VEC, 3>(op, static_cast<const P*>(weight), mean, rstd, partial, dweight,
-                                                 dbias, dx_bias, n, d, dtype, param_dtype, stream);
-    })
-  }))
+                           const bool vec = d % vec_width<T>() == 0 && aligned16(dy) && aligned16(h) && aligned16(dh) &&
+                                            (!dx || aligned16(dx)) && aligned16(weight);
+                           FASTENC_DISPATCH_VEC(vec, T, VEC, {
+                             const AddLayerNormBwdOp<T, VEC> op{static_cast<const T*>(dy),
+                                                                static_cast<const T*>(h),
+                                                                static_cast<T*>(dh),
+                                                                drop.seed_ptr ? static_cast<T*>(dx) : nullptr,
+                                                                dx_bias != nullptr,
+                                                                d,
+                                                                drop};
+                             return launch_layer_norm_bwd<T, P, VEC, 3>(op, static_cast<const P*>(weight), mean, rstd,
+                                                                        partial, dweight, dbias, dx_bias, n, d, dtype,
+                                                                        param_dtype, stream);
+                           })
+                         }))
   return cudaErrorInvalidValue;
 }
 

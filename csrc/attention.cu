@@ -9,9 +9,9 @@
 // key tile accumulates dK and dV over all query tiles (it computes S^T = K Q^T, so its warps own key rows); a
 // separate kernel per query tile recomputes P and dP and accumulates dQ. The dQ pass re-does two of the five
 // matmuls: the price of determinism.
-// Dropout keeps element (i, j) of head bh when its Philox word is >= threshold; the word comes from the 2 x 2
-// block (i >> 1, j >> 1), so both orientations (query rows in forward and dQ, key rows in dK / dV) draw one
-// Philox call per pair of elements and backward regenerates forward's mask exactly.
+// Dropout follows the Philox scheme of fastenc.kernels.attention (counter {j / 4, i, b, h}, word j % 4), so the
+// mask depends on the element only: backward regenerates forward's mask exactly, and attention_dropout_mask
+// returns it for tests. Forward and dQ draw one Philox call per two elements, dK / dV one per element.
 // Not done: wgmma / TMA for sm_90a (the sm_90a build runs these mma.sync kernels), split-KV, causal masks.
 #include <type_traits>
 
@@ -63,8 +63,7 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
 
 // 16-byte global -> shared copy; zero-fills the destination when !valid (nothing is read then).
 __device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
-               "r"(valid ? 16 : 0));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(valid ? 16 : 0));
 }
 
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
@@ -171,8 +170,8 @@ __device__ __forceinline__ T* row_ptr(const AttnTensor& t, int b, const Seq& seq
 
 // ROWS x D tile of rows row0 .. row0+ROWS-1 into shared memory (row stride LD); rows past the sequence are zeros.
 template <typename T, int ROWS, int D, int LD>
-__device__ __forceinline__ void load_tile_async(T* s_dst, const AttnTensor& t, int b, const Seq& seq, int h,
-                                                int row0, int tid) {
+__device__ __forceinline__ void load_tile_async(T* s_dst, const AttnTensor& t, int b, const Seq& seq, int h, int row0,
+                                                int tid) {
   constexpr int kChunks = D / 8;
   const T* base = row_ptr<T>(t, b, seq, h, 0);
 #pragma unroll
@@ -187,64 +186,73 @@ __device__ __forceinline__ bool key_allowed(const AttnParams& p, int b, const Se
   return j < seq.len && (p.key_mask == nullptr || p.key_mask[b * p.mask_batch_stride + j] != 0);
 }
 
-// Philox words of the 2 x 2 block holding element (i, j) of head bh: element (i, j) uses word (i & 1) * 2 + (j & 1).
-__device__ __forceinline__ U32x4 dropout_words(uint32_t key0, uint32_t key1, uint32_t bh, int i, int j) {
-  return philox4x32_10(U32x4{static_cast<uint32_t>(j >> 1), static_cast<uint32_t>(i >> 1), bh, kAttentionStream},
+// Dropout keeps element (i, j) of sequence b, head h iff (w >> 8) >= threshold (threshold = ceil(p * 2^24)), where
+// w is word j % 4 of Philox4x32-10(key = seed, counter = {j / 4, i, b, h}): the scheme fastenc.kernels.attention
+// documents, so both backends draw the same mask, in each sequence's own coordinates.
+__device__ __forceinline__ U32x4 dropout_words(uint32_t key0, uint32_t key1, int b, int h, int i, int j) {
+  return philox4x32_10(U32x4{static_cast<uint32_t>(j >> 2), static_cast<uint32_t>(i), static_cast<uint32_t>(b),
+                             static_cast<uint32_t>(h)},
                        key0, key1);
 }
 
 struct DropoutState {
   bool on;
-  uint32_t key0, key1, threshold;
+  uint32_t key0, key1, threshold;  // threshold on the top 24 bits of a Philox word
   float scale;
 };
 
+__host__ __device__ __forceinline__ uint32_t dropout_threshold24(float p) {
+  const double t = static_cast<double>(p) * 16777216.0;
+  const uint32_t c = static_cast<uint32_t>(t);
+  return static_cast<double>(c) < t ? c + 1 : c;
+}
+
 __device__ __forceinline__ DropoutState dropout_state(const AttnParams& p) {
-  const DropoutParams d = make_dropout(p.seed, p.dropout_p);
-  DropoutState s{d.seed_ptr != nullptr, 0u, 0u, d.threshold, d.scale};
-  if (s.on) read_seed(d.seed_ptr, s.key0, s.key1);
+  DropoutState s{p.dropout_p > 0.f && p.seed != nullptr, 0u, 0u, dropout_threshold24(p.dropout_p),
+                 1.f / (1.f - p.dropout_p)};
+  if (s.on) read_seed(p.seed, s.key0, s.key1);
   return s;
 }
 
+__device__ __forceinline__ bool kept(const DropoutState& d, uint32_t word) { return (word >> 8) >= d.threshold; }
+
 // Zeroes the dropped elements of an accumulator tile whose rows are queries (i) and columns keys (j): element
-// acc[nt][e] is (i0 + 8 * (e >> 1), j0 + nt * 8 + (e & 1)) for this lane's i0 (even or odd) and even j0.
+// acc[nt][e] is (i0 + 8 * (e >> 1), j0 + nt * 8 + (e & 1)) for this lane's i0 and even j0 (one Philox call for
+// both columns: they share j / 4).
 template <int NT>
-__device__ __forceinline__ void drop_query_rows(float (&acc)[NT][4], const DropoutState& d, uint32_t bh, int i0,
+__device__ __forceinline__ void drop_query_rows(float (&acc)[NT][4], const DropoutState& d, int b, int h, int i0,
                                                 int j0) {
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int i = i0 + 8 * r, j = j0 + nt * 8;
-      const U32x4 w = dropout_words(d.key0, d.key1, bh, i, j);
-      const int base = (i & 1) * 2;
-      if (pick(w, base) < d.threshold) acc[nt][2 * r] = 0.f;
-      if (pick(w, base + 1) < d.threshold) acc[nt][2 * r + 1] = 0.f;
+      const U32x4 w = dropout_words(d.key0, d.key1, b, h, i, j);
+      if (!kept(d, pick(w, j & 3))) acc[nt][2 * r] = 0.f;
+      if (!kept(d, pick(w, (j & 3) + 1))) acc[nt][2 * r + 1] = 0.f;
     }
   }
 }
 
 // The same for a transposed tile: rows are keys (j), columns queries (i): acc[nt][e] is
-// (j = j0 + 8 * (e >> 1), i = i0 + nt * 8 + (e & 1)) with even i0.
+// (j = j0 + 8 * (e >> 1), i = i0 + nt * 8 + (e & 1)); each element needs its own Philox call.
 template <int NT>
-__device__ __forceinline__ void drop_key_rows(float (&acc)[NT][4], const DropoutState& d, uint32_t bh, int j0,
+__device__ __forceinline__ void drop_key_rows(float (&acc)[NT][4], const DropoutState& d, int b, int h, int j0,
                                               int i0) {
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int j = j0 + 8 * r, i = i0 + nt * 8;
-      const U32x4 w = dropout_words(d.key0, d.key1, bh, i, j);
-      if (pick(w, j & 1) < d.threshold) acc[nt][2 * r] = 0.f;
-      if (pick(w, 2 + (j & 1)) < d.threshold) acc[nt][2 * r + 1] = 0.f;
+    for (int e = 0; e < 4; ++e) {
+      const int j = j0 + 8 * (e >> 1), i = i0 + nt * 8 + (e & 1);
+      if (!kept(d, pick(dropout_words(d.key0, d.key1, b, h, i, j), j & 3))) acc[nt][e] = 0.f;
     }
   }
 }
 
 // Writes a warp's 16 x D accumulator tile, scaled per row, to rows row0 + g (+ 8) that lie in the sequence.
 template <typename T, int DT>
-__device__ __forceinline__ void store_rows(const float (&acc)[DT][4], const float (&row_scale)[2],
-                                           const AttnTensor& t, int b, const Seq& seq, int h, int row0, int lane) {
+__device__ __forceinline__ void store_rows(const float (&acc)[DT][4], const float (&row_scale)[2], const AttnTensor& t,
+                                           int b, const Seq& seq, int h, int row0, int lane) {
   const int g = lane >> 2, tq = lane & 3;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -277,15 +285,14 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const AttnParam
   constexpr int kM = Tile::kM, kN = Tile::kN, kLd = Tile::kLd, kNT = kN / 8, kDT = D / 8;
   extern __shared__ __align__(16) unsigned char attn_smem[];
   T* s_q = reinterpret_cast<T*>(attn_smem);  // [kM, kLd]
-  T* s_k = s_q + kM * kLd;                    // [kN, kLd]
-  T* s_v = s_k + kN * kLd;                    // [kN, kLd]
+  T* s_k = s_q + kM * kLd;                   // [kN, kLd]
+  T* s_v = s_k + kN * kLd;                   // [kN, kLd]
   __shared__ bool s_key_ok[kN];
 
   const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kM;
   const Seq seq = seq_of(p, b);
   if (m0 >= seq.len) return;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
-  const uint32_t bh = static_cast<uint32_t>(b * p.heads + h);
   const DropoutState drop = dropout_state(p);
   const float scale_log2 = p.softmax_scale * kLog2e;
 
@@ -346,7 +353,7 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const AttnParam
         }
       }
     }
-    if (drop.on) drop_query_rows(s, drop, bh, m0 + warp * 16 + g, n0 + 2 * tq);
+    if (drop.on) drop_query_rows(s, drop, b, h, m0 + warp * 16 + g, n0 + 2 * tq);
 
     uint32_t pa[kNT / 2][4];
     acc_to_a<T, kNT>(s, pa);
@@ -405,16 +412,15 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const Attn
   constexpr int kM = Tile::kM, kN = Tile::kN, kLd = Tile::kLd, kMT = kM / 8, kDT = D / 8;
   extern __shared__ __align__(16) unsigned char attn_smem[];
   T* s_k = reinterpret_cast<T*>(attn_smem);  // [kN, kLd]
-  T* s_v = s_k + kN * kLd;                    // [kN, kLd]
-  T* s_q = s_v + kN * kLd;                    // [kM, kLd]
-  T* s_do = s_q + kM * kLd;                   // [kM, kLd]
+  T* s_v = s_k + kN * kLd;                   // [kN, kLd]
+  T* s_q = s_v + kN * kLd;                   // [kM, kLd]
+  T* s_do = s_q + kM * kLd;                  // [kM, kLd]
   __shared__ float s_lse2[kM], s_delta[kM];
 
   const int b = blockIdx.z, h = blockIdx.y, n0 = blockIdx.x * kN;
   const Seq seq = seq_of(p, b);
   if (n0 >= seq.len) return;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
-  const uint32_t bh = static_cast<uint32_t>(b * p.heads + h);
   const DropoutState drop = dropout_state(p);
   const float scale_log2 = p.softmax_scale * kLog2e;
   const float* lse = lse_ptr(p, p.lse, b, seq, h);
@@ -470,14 +476,14 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const Attn
 #pragma unroll
         for (int e = 0; e < 4; ++e) pdrop[nt][e] = pt[nt][e] * drop.scale;
       }
-      drop_key_rows(pdrop, drop, bh, j_row, m0 + 2 * tq);
+      drop_key_rows(pdrop, drop, b, h, j_row, m0 + 2 * tq);
       acc_to_a<T, kMT>(pdrop, a);
 #pragma unroll
       for (int nt = 0; nt < kMT; ++nt) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) dpt[nt][e] *= drop.scale;
       }
-      drop_key_rows(dpt, drop, bh, j_row, m0 + 2 * tq);
+      drop_key_rows(dpt, drop, b, h, j_row, m0 + 2 * tq);
     } else {
       acc_to_a<T, kMT>(pt, a);
     }
@@ -504,16 +510,15 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const AttnPa
   constexpr int kM = Tile::kN, kN = Tile::kM, kLd = Tile::kLd, kNT = kN / 8, kDT = D / 8;
   extern __shared__ __align__(16) unsigned char attn_smem[];
   T* s_q = reinterpret_cast<T*>(attn_smem);  // [kM, kLd]
-  T* s_do = s_q + kM * kLd;                   // [kM, kLd]
-  T* s_k = s_do + kM * kLd;                   // [kN, kLd]
-  T* s_v = s_k + kN * kLd;                    // [kN, kLd]
+  T* s_do = s_q + kM * kLd;                  // [kM, kLd]
+  T* s_k = s_do + kM * kLd;                  // [kN, kLd]
+  T* s_v = s_k + kN * kLd;                   // [kN, kLd]
   __shared__ bool s_key_ok[kN];
 
   const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kM;
   const Seq seq = seq_of(p, b);
   if (m0 >= seq.len) return;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
-  const uint32_t bh = static_cast<uint32_t>(b * p.heads + h);
   const DropoutState drop = dropout_state(p);
   const float scale_log2 = p.softmax_scale * kLog2e;
 
@@ -563,7 +568,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const AttnPa
 #pragma unroll
         for (int e = 0; e < 4; ++e) dp[nt][e] *= drop.scale;
       }
-      drop_query_rows(dp, drop, bh, i_row, n0 + 2 * tq);
+      drop_query_rows(dp, drop, b, h, i_row, n0 + 2 * tq);
     }
 #pragma unroll
     for (int nt = 0; nt < kNT; ++nt) {
@@ -578,13 +583,31 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const AttnPa
   store_rows<T, kDT>(dq, dq_scale, p.dq, b, seq, h, m0 + warp * 16, lane);
 }
 
+// ---- The dropout mask as a tensor (tests replay the kernels' dropout with it) -------------------------------------
+
+__global__ void attention_dropout_mask_kernel(const int64_t* __restrict__ seed_ptr,  // [1] int64
+                                              uint8_t* __restrict__ out_ptr,         // [B, H, S, S] keep flags
+                                              int heads, int seqlen, uint32_t threshold, int64_t quads) {
+  const int64_t quads_per_row = (seqlen + 3) / 4;
+  DropoutState d{true, 0u, 0u, threshold, 1.f};
+  read_seed(seed_ptr, d.key0, d.key1);
+  for (int64_t q = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; q < quads;
+       q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t row = q / quads_per_row;  // (b * heads + h) * seqlen + i
+    const int j0 = static_cast<int>(q % quads_per_row) * 4, i = static_cast<int>(row % seqlen);
+    const int64_t bh = row / seqlen;
+    const U32x4 w = dropout_words(d.key0, d.key1, static_cast<int>(bh / heads), static_cast<int>(bh % heads), i, j0);
+    for (int k = 0; k < 4 && j0 + k < seqlen; ++k) out_ptr[row * seqlen + j0 + k] = kept(d, pick(w, k)) ? 1 : 0;
+  }
+}
+
 // ---- Launch ------------------------------------------------------------------------------------------------------
 
 template <typename Kernel>
 cudaError_t launch(Kernel kernel, dim3 grid, size_t smem, cudaStream_t stream, const AttnParams& p) {
   if (smem > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                 static_cast<int>(smem));
+    const cudaError_t err =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (err != cudaSuccess) return err;
   }
   kernel<<<grid, kThreads, smem, stream>>>(p);
@@ -597,8 +620,8 @@ dim3 grid_of(const AttnParams& p, int rows_per_block) {
 }
 
 bool valid_params(const AttnParams& p, DType dtype) {
-  return (dtype == DType::kFloat16 || dtype == DType::kBFloat16) && p.batch > 0 && p.heads > 0 &&
-         p.max_seqlen > 0 && (p.dropout_p == 0.f || p.seed != nullptr) && p.dropout_p >= 0.f && p.dropout_p < 1.f;
+  return (dtype == DType::kFloat16 || dtype == DType::kBFloat16) && p.batch > 0 && p.heads > 0 && p.max_seqlen > 0 &&
+         (p.dropout_p == 0.f || p.seed != nullptr) && p.dropout_p >= 0.f && p.dropout_p < 1.f;
 }
 
 template <typename T, int D>
@@ -616,23 +639,43 @@ cudaError_t bwd(const AttnParams& p, cudaStream_t stream) {
   return launch(attention_bwd_dq_kernel<T, D>, grid_of(p, Tile::kN), Tile::kSmem, stream, p);
 }
 
-#define FASTENC_DISPATCH_ATTENTION(dtype, head_dim, FN, ...)                  \
-  if ((dtype) == DType::kFloat16) {                                          \
-    switch (head_dim) {                                                      \
-      case 32: return FN<__half, 32>(__VA_ARGS__);                           \
-      case 64: return FN<__half, 64>(__VA_ARGS__);                           \
-      case 128: return FN<__half, 128>(__VA_ARGS__);                         \
-      default: return cudaErrorInvalidValue;                                 \
-    }                                                                        \
-  }                                                                          \
-  switch (head_dim) {                                                        \
-    case 32: return FN<__nv_bfloat16, 32>(__VA_ARGS__);                      \
-    case 64: return FN<__nv_bfloat16, 64>(__VA_ARGS__);                      \
-    case 128: return FN<__nv_bfloat16, 128>(__VA_ARGS__);                    \
-    default: return cudaErrorInvalidValue;                                   \
+#define FASTENC_DISPATCH_ATTENTION(dtype, head_dim, FN, ...) \
+  if ((dtype) == DType::kFloat16) {                          \
+    switch (head_dim) {                                      \
+      case 32:                                               \
+        return FN<__half, 32>(__VA_ARGS__);                  \
+      case 64:                                               \
+        return FN<__half, 64>(__VA_ARGS__);                  \
+      case 128:                                              \
+        return FN<__half, 128>(__VA_ARGS__);                 \
+      default:                                               \
+        return cudaErrorInvalidValue;                        \
+    }                                                        \
+  }                                                          \
+  switch (head_dim) {                                        \
+    case 32:                                                 \
+      return FN<__nv_bfloat16, 32>(__VA_ARGS__);             \
+    case 64:                                                 \
+      return FN<__nv_bfloat16, 64>(__VA_ARGS__);             \
+    case 128:                                                \
+      return FN<__nv_bfloat16, 128>(__VA_ARGS__);            \
+    default:                                                 \
+      return cudaErrorInvalidValue;                          \
   }
 
 }  // namespace
+
+cudaError_t attention_dropout_mask(const int64_t* seed, uint8_t* out, int batch, int heads, int seqlen, float dropout_p,
+                                   cudaStream_t stream) {
+  if (seed == nullptr || batch < 0 || heads < 0 || seqlen < 0 || dropout_p < 0.f || dropout_p >= 1.f)
+    return cudaErrorInvalidValue;
+  const int64_t quads = static_cast<int64_t>(batch) * heads * seqlen * ((seqlen + 3) / 4);
+  if (quads == 0) return cudaSuccess;
+  const int64_t blocks = (quads + 255) / 256;
+  attention_dropout_mask_kernel<<<static_cast<unsigned>(blocks < 65536 ? blocks : 65536), 256, 0, stream>>>(
+      seed, out, heads, seqlen, dropout_threshold24(dropout_p), quads);
+  return cudaGetLastError();
+}
 
 cudaError_t attention_fwd(const AttnParams& params, DType dtype, cudaStream_t stream) {
   if (!valid_params(params, dtype)) return cudaErrorInvalidValue;

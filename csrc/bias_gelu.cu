@@ -34,10 +34,10 @@ __global__ void bias_gelu_fwd_kernel(const T* __restrict__ x_ptr,     // [n, d]
 }
 
 template <typename T, int VEC>
-__global__ void bias_gelu_bwd_kernel(const T* __restrict__ dy_ptr,    // [n, d]
-                                     const T* __restrict__ x_ptr,     // [n, d]
-                                     const T* __restrict__ bias_ptr,  // [d] or nullptr (then no dbias)
-                                     T* __restrict__ dx_ptr,          // [n, d]
+__global__ void bias_gelu_bwd_kernel(const T* __restrict__ dy_ptr,     // [n, d]
+                                     const T* __restrict__ x_ptr,      // [n, d]
+                                     const T* __restrict__ bias_ptr,   // [d] or nullptr (then no dbias)
+                                     T* __restrict__ dx_ptr,           // [n, d]
                                      float* __restrict__ partial_ptr,  // [gridDim.x, d] fp32, with bias only
                                      int64_t n, int64_t d, bool tanh_approx, bool acc_in_smem) {
   extern __shared__ float smem_acc[];  // [d] when acc_in_smem
@@ -79,8 +79,8 @@ __global__ void bias_gelu_bwd_kernel(const T* __restrict__ dy_ptr,    // [n, d]
 
 }  // namespace
 
-cudaError_t bias_gelu_fwd(const void* x, const void* bias, void* y, int64_t n, int64_t d, bool tanh_approx,
-                          DType dtype, cudaStream_t stream) {
+cudaError_t bias_gelu_fwd(const void* x, const void* bias, void* y, int64_t n, int64_t d, bool tanh_approx, DType dtype,
+                          cudaStream_t stream) {
   if (d < 1 || n < 0) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
   FASTENC_DISPATCH_DTYPE(dtype, T, {
@@ -102,8 +102,8 @@ cudaError_t bias_gelu_bwd(const void* dy, const void* x, const void* bias, void*
   const unsigned grid = with_bias ? static_cast<unsigned>(row_partials_blocks(n)) : fwd_rows_grid(n);
   const size_t smem = with_bias ? bwd_acc_smem_bytes(1, d) : 0;
   FASTENC_DISPATCH_DTYPE(dtype, T, {
-    const bool vec = d % vec_width<T>() == 0 && aligned16(dy) && aligned16(x) && aligned16(dx) &&
-                     (!bias || aligned16(bias));
+    const bool vec =
+        d % vec_width<T>() == 0 && aligned16(dy) && aligned16(x) && aligned16(dx) && (!bias || aligned16(bias));
     FASTENC_DISPATCH_VEC(vec, T, VEC, {
       bias_gelu_bwd_kernel<T, VEC><<<grid, row_threads((d + VEC - 1) / VEC), smem, stream>>>(
           static_cast<const T*>(dy), static_cast<const T*>(x), static_cast<const T*>(bias), static_cast<T*>(dx),

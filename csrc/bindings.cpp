@@ -32,35 +32,36 @@ DType dtype_of(const Tensor& t, const char* op, const char* name) {
     case at::kBFloat16:
       return DType::kBFloat16;
     default:
-      TORCH_CHECK(false, "fastenc.", op, ": ", name, " must be float32, float16 or bfloat16, got ", t.scalar_type());
+      TORCH_CHECK_TYPE(false, "fastenc.", op, ": ", name, " must be float32, float16 or bfloat16, got ",
+                       t.scalar_type());
   }
   return DType::kFloat32;
 }
 
 void check_cuda(const Tensor& t, const Tensor& ref, const char* op, const char* name) {
-  TORCH_CHECK(t.is_cuda(), "fastenc.", op, ": ", name, " must be a CUDA tensor, got device ", t.device());
-  TORCH_CHECK(t.device() == ref.device(), "fastenc.", op, ": ", name, " is on ", t.device(),
-              " but the input is on ", ref.device());
+  TORCH_CHECK_VALUE(t.is_cuda(), "fastenc.", op, ": ", name, " must be a CUDA tensor, got device ", t.device());
+  TORCH_CHECK_VALUE(t.device() == ref.device(), "fastenc.", op, ": ", name, " is on ", t.device(),
+                    " but the input is on ", ref.device());
 }
 
 // A CUDA tensor on ref's device, contiguous, of the given dtype (when given) and shape.
 void check_tensor(const Tensor& t, const Tensor& ref, const char* op, const char* name, at::IntArrayRef shape,
                   std::optional<at::ScalarType> dtype = std::nullopt) {
   check_cuda(t, ref, op, name);
-  TORCH_CHECK(t.sizes() == shape, "fastenc.", op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
-  TORCH_CHECK(t.is_contiguous(), "fastenc.", op, ": ", name, " must be contiguous");
+  TORCH_CHECK_VALUE(t.sizes() == shape, "fastenc.", op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
+  TORCH_CHECK_VALUE(t.is_contiguous(), "fastenc.", op, ": ", name, " must be contiguous");
   if (dtype) {
-    TORCH_CHECK(t.scalar_type() == *dtype, "fastenc.", op, ": ", name, " must have dtype ", *dtype, ", got ",
-                t.scalar_type());
+    TORCH_CHECK_TYPE(t.scalar_type() == *dtype, "fastenc.", op, ": ", name, " must have dtype ", *dtype, ", got ",
+                     t.scalar_type());
   }
 }
 
 // The [n, d] input of a row-wise op.
 void check_rows(const Tensor& x, const char* op, const char* name) {
-  TORCH_CHECK(x.is_cuda(), "fastenc.", op, ": ", name, " must be a CUDA tensor, got device ", x.device());
-  TORCH_CHECK(x.dim() == 2, "fastenc.", op, ": ", name, " must be 2-D [rows, hidden], got shape ", x.sizes());
-  TORCH_CHECK(x.size(1) > 0, "fastenc.", op, ": ", name, " must have a non-empty last dim");
-  TORCH_CHECK(x.is_contiguous(), "fastenc.", op, ": ", name, " must be contiguous");
+  TORCH_CHECK_VALUE(x.is_cuda(), "fastenc.", op, ": ", name, " must be a CUDA tensor, got device ", x.device());
+  TORCH_CHECK_VALUE(x.dim() == 2, "fastenc.", op, ": ", name, " must be 2-D [rows, hidden], got shape ", x.sizes());
+  TORCH_CHECK_VALUE(x.size(1) > 0, "fastenc.", op, ": ", name, " must have a non-empty last dim");
+  TORCH_CHECK_VALUE(x.is_contiguous(), "fastenc.", op, ": ", name, " must be contiguous");
   dtype_of(x, op, name);
 }
 
@@ -68,8 +69,9 @@ void check_rows(const Tensor& x, const char* op, const char* name) {
 DType check_params(const Tensor& weight, const Tensor& bias, const Tensor& ref, int64_t d, const char* op) {
   check_tensor(weight, ref, op, "weight", {d});
   check_tensor(bias, ref, op, "bias", {d}, weight.scalar_type());
-  TORCH_CHECK(weight.scalar_type() == ref.scalar_type() || weight.scalar_type() == at::kFloat, "fastenc.", op,
-              ": weight must have the input's dtype ", ref.scalar_type(), " or float32, got ", weight.scalar_type());
+  TORCH_CHECK_TYPE(weight.scalar_type() == ref.scalar_type() || weight.scalar_type() == at::kFloat, "fastenc.", op,
+                   ": weight must have the input's dtype ", ref.scalar_type(), " or float32, got ",
+                   weight.scalar_type());
   return dtype_of(weight, op, "weight");
 }
 
@@ -79,9 +81,10 @@ void check_stats(const Tensor& mean, const Tensor& rstd, const Tensor& ref, int6
 }
 
 const int64_t* seed_ptr(const OptTensor& seed, double dropout_p, const Tensor& ref, const char* op) {
-  TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, "fastenc.", op, ": dropout_p must be in [0, 1), got ", dropout_p);
+  TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, "fastenc.", op, ": dropout_p must be in [0, 1), got ",
+                    dropout_p);
   if (dropout_p == 0.0) return nullptr;
-  TORCH_CHECK(seed.has_value(), "fastenc.", op, ": seed is required when dropout_p > 0");
+  TORCH_CHECK_VALUE(seed.has_value(), "fastenc.", op, ": seed is required when dropout_p > 0");
   check_tensor(*seed, ref, op, "seed", {1}, at::kLong);
   return seed->data_ptr<int64_t>();
 }
@@ -116,11 +119,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> add_layer_norm_fwd(const Tensor& x, c
   const c10::cuda::CUDAGuard guard(x.device());
   Tensor y = at::empty_like(x), h = store_h ? at::empty_like(x) : empty0(x);
   Tensor mean = at::empty({n}, x.options().dtype(at::kFloat)), rstd = at::empty_like(mean);
-  check_launch(fastenc::add_layer_norm_fwd(x.data_ptr(), opt_ptr(residual), opt_ptr(x_bias), weight.data_ptr(),
-                                           bias.data_ptr(), y.data_ptr(), store_h ? h.data_ptr() : nullptr,
-                                           mean.data_ptr<float>(), rstd.data_ptr<float>(), n, d,
-                                           static_cast<float>(eps), static_cast<float>(dropout_p), sp,
-                                           dtype_of(x, op, "x"), pdt, stream_of(x)),
+  check_launch(fastenc::add_layer_norm_fwd(
+                   x.data_ptr(), opt_ptr(residual), opt_ptr(x_bias), weight.data_ptr(), bias.data_ptr(), y.data_ptr(),
+                   store_h ? h.data_ptr() : nullptr, mean.data_ptr<float>(), rstd.data_ptr<float>(), n, d,
+                   static_cast<float>(eps), static_cast<float>(dropout_p), sp, dtype_of(x, op, "x"), pdt, stream_of(x)),
                op);
   return {y, h, mean, rstd};
 }
@@ -146,8 +148,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> add_layer_norm_bwd(const Tens
                                            rstd.data_ptr<float>(), sp ? dx.data_ptr() : nullptr, dh.data_ptr(),
                                            has_x_bias ? dx_bias.data_ptr() : nullptr, dweight.data_ptr(),
                                            dbias.data_ptr(), partial.data_ptr<float>(), n, d,
-                                           static_cast<float>(dropout_p), sp, dtype_of(h, op, "h"), pdt,
-                                           stream_of(h)),
+                                           static_cast<float>(dropout_p), sp, dtype_of(h, op, "h"), pdt, stream_of(h)),
                op);
   return {dx, dh, dx_bias, dweight, dbias};
 }
@@ -167,8 +168,7 @@ Tensor bias_gelu_fwd(const Tensor& x, const OptTensor& bias, bool tanh_approx) {
   return y;
 }
 
-std::tuple<Tensor, Tensor> bias_gelu_bwd(const Tensor& dy, const Tensor& x, const OptTensor& bias,
-                                         bool tanh_approx) {
+std::tuple<Tensor, Tensor> bias_gelu_bwd(const Tensor& dy, const Tensor& x, const OptTensor& bias, bool tanh_approx) {
   const char* op = "bias_gelu_bwd";
   check_rows(x, op, "x");
   const int64_t n = x.size(0), d = x.size(1);
@@ -178,18 +178,16 @@ std::tuple<Tensor, Tensor> bias_gelu_bwd(const Tensor& dy, const Tensor& x, cons
   Tensor dx = at::empty_like(x), dbias = bias ? at::empty({d}, x.options()) : empty0(x);
   Tensor partial = bias ? partial_workspace(x, 1, n, d) : empty0(x);
   check_launch(fastenc::bias_gelu_bwd(dy.data_ptr(), x.data_ptr(), opt_ptr(bias), dx.data_ptr(),
-                                      bias ? dbias.data_ptr() : nullptr,
-                                      bias ? partial.data_ptr<float>() : nullptr, n, d, tanh_approx,
-                                      dtype_of(x, op, "x"), stream_of(x)),
+                                      bias ? dbias.data_ptr() : nullptr, bias ? partial.data_ptr<float>() : nullptr, n,
+                                      d, tanh_approx, dtype_of(x, op, "x"), stream_of(x)),
                op);
   return {dx, dbias};
 }
 
 // ---- gelu_layer_norm -----------------------------------------------------------------------------------------
 
-std::tuple<Tensor, Tensor, Tensor> gelu_layer_norm_fwd(const Tensor& x, const OptTensor& x_bias,
-                                                       const Tensor& weight, const Tensor& bias, double eps,
-                                                       bool tanh_approx) {
+std::tuple<Tensor, Tensor, Tensor> gelu_layer_norm_fwd(const Tensor& x, const OptTensor& x_bias, const Tensor& weight,
+                                                       const Tensor& bias, double eps, bool tanh_approx) {
   const char* op = "gelu_layer_norm_fwd";
   check_rows(x, op, "x");
   const int64_t n = x.size(0), d = x.size(1);
@@ -198,11 +196,11 @@ std::tuple<Tensor, Tensor, Tensor> gelu_layer_norm_fwd(const Tensor& x, const Op
   const c10::cuda::CUDAGuard guard(x.device());
   Tensor y = at::empty_like(x);
   Tensor mean = at::empty({n}, x.options().dtype(at::kFloat)), rstd = at::empty_like(mean);
-  check_launch(fastenc::gelu_layer_norm_fwd(x.data_ptr(), opt_ptr(x_bias), weight.data_ptr(), bias.data_ptr(),
-                                            y.data_ptr(), mean.data_ptr<float>(), rstd.data_ptr<float>(), n, d,
-                                            static_cast<float>(eps), tanh_approx, dtype_of(x, op, "x"), pdt,
-                                            stream_of(x)),
-               op);
+  check_launch(
+      fastenc::gelu_layer_norm_fwd(x.data_ptr(), opt_ptr(x_bias), weight.data_ptr(), bias.data_ptr(), y.data_ptr(),
+                                   mean.data_ptr<float>(), rstd.data_ptr<float>(), n, d, static_cast<float>(eps),
+                                   tanh_approx, dtype_of(x, op, "x"), pdt, stream_of(x)),
+      op);
   return {y, mean, rstd};
 }
 
@@ -223,9 +221,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gelu_layer_norm_bwd(const Tensor& dy,
   Tensor partial = partial_workspace(x, 3, n, d);
   check_launch(fastenc::gelu_layer_norm_bwd(dy.data_ptr(), x.data_ptr(), opt_ptr(x_bias), weight.data_ptr(),
                                             mean.data_ptr<float>(), rstd.data_ptr<float>(), dx.data_ptr(),
-                                            x_bias ? dx_bias.data_ptr() : nullptr, dweight.data_ptr(),
-                                            dbias.data_ptr(), partial.data_ptr<float>(), n, d, tanh_approx,
-                                            dtype_of(x, op, "x"), pdt, stream_of(x)),
+                                            x_bias ? dx_bias.data_ptr() : nullptr, dweight.data_ptr(), dbias.data_ptr(),
+                                            partial.data_ptr<float>(), n, d, tanh_approx, dtype_of(x, op, "x"), pdt,
+                                            stream_of(x)),
                op);
   return {dx, dx_bias, dweight, dbias};
 }
@@ -239,19 +237,19 @@ void check_ids(const Tensor& ids, const Tensor& ref, int64_t n, const char* op, 
 // Tables: 2-D contiguous [rows, e] in the word table's dtype.
 void check_table(const Tensor& t, const Tensor& word, const char* op, const char* name) {
   check_cuda(t, word, op, name);
-  TORCH_CHECK(t.dim() == 2 && t.size(1) == word.size(1), "fastenc.", op, ": ", name, " must be [rows, ",
-              word.size(1), "], got ", t.sizes());
-  TORCH_CHECK(t.is_contiguous(), "fastenc.", op, ": ", name, " must be contiguous");
-  TORCH_CHECK(t.scalar_type() == word.scalar_type(), "fastenc.", op, ": ", name, " must have the word table's dtype ",
-              word.scalar_type(), ", got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 2 && t.size(1) == word.size(1), "fastenc.", op, ": ", name, " must be [rows, ",
+                    word.size(1), "], got ", t.sizes());
+  TORCH_CHECK_VALUE(t.is_contiguous(), "fastenc.", op, ": ", name, " must be contiguous");
+  TORCH_CHECK_TYPE(t.scalar_type() == word.scalar_type(), "fastenc.", op, ": ", name,
+                   " must have the word table's dtype ", word.scalar_type(), ", got ", t.scalar_type());
 }
 
 void check_embedding_inputs(const Tensor& ids, const Tensor& pos_ids, const OptTensor& tt_ids, const Tensor& word,
                             const Tensor& position, const OptTensor& token_type, const char* op) {
   check_rows(word, op, "word");
   check_table(position, word, op, "position");
-  TORCH_CHECK(tt_ids.has_value() == token_type.has_value(), "fastenc.", op,
-              ": token_type_ids and token_type must be given together");
+  TORCH_CHECK_VALUE(tt_ids.has_value() == token_type.has_value(), "fastenc.", op,
+                    ": token_type_ids and token_type must be given together");
   if (token_type) check_table(*token_type, word, op, "token_type");
   const int64_t n = ids.numel();
   check_ids(ids, word, n, op, "input_ids");
@@ -261,9 +259,8 @@ void check_embedding_inputs(const Tensor& ids, const Tensor& pos_ids, const OptT
 
 std::tuple<Tensor, Tensor, Tensor> embeddings_fwd(const Tensor& ids, const Tensor& pos_ids, const OptTensor& tt_ids,
                                                   const Tensor& word, const Tensor& position,
-                                                  const OptTensor& token_type, const Tensor& weight,
-                                                  const Tensor& bias, double eps, double dropout_p,
-                                                  const OptTensor& seed) {
+                                                  const OptTensor& token_type, const Tensor& weight, const Tensor& bias,
+                                                  double eps, double dropout_p, const OptTensor& seed) {
   const char* op = "embeddings_fwd";
   check_embedding_inputs(ids, pos_ids, tt_ids, word, position, token_type, op);
   const int64_t n = ids.numel(), e = word.size(1);
@@ -272,12 +269,12 @@ std::tuple<Tensor, Tensor, Tensor> embeddings_fwd(const Tensor& ids, const Tenso
   const c10::cuda::CUDAGuard guard(word.device());
   Tensor y = at::empty({n, e}, word.options());
   Tensor mean = at::empty({n}, word.options().dtype(at::kFloat)), rstd = at::empty_like(mean);
-  check_launch(fastenc::embeddings_fwd(ids.data_ptr<int64_t>(), pos_ids.data_ptr<int64_t>(),
-                                       tt_ids ? tt_ids->data_ptr<int64_t>() : nullptr, word.data_ptr(),
-                                       position.data_ptr(), opt_ptr(token_type), weight.data_ptr(), bias.data_ptr(),
-                                       y.data_ptr(), mean.data_ptr<float>(), rstd.data_ptr<float>(), n, e,
-                                       static_cast<float>(eps), static_cast<float>(dropout_p), sp,
-                                       dtype_of(word, op, "word"), pdt, stream_of(word)),
+  check_launch(fastenc::embeddings_fwd(
+                   ids.data_ptr<int64_t>(), pos_ids.data_ptr<int64_t>(), tt_ids ? tt_ids->data_ptr<int64_t>() : nullptr,
+                   word.data_ptr(), position.data_ptr(), opt_ptr(token_type), weight.data_ptr(), bias.data_ptr(),
+                   y.data_ptr(), mean.data_ptr<float>(), rstd.data_ptr<float>(), n, e, word.size(0), position.size(0),
+                   token_type ? token_type->size(0) : 0, static_cast<float>(eps), static_cast<float>(dropout_p), sp,
+                   dtype_of(word, op, "word"), pdt, stream_of(word)),
                op);
   return {y, mean, rstd};
 }
@@ -285,9 +282,8 @@ std::tuple<Tensor, Tensor, Tensor> embeddings_fwd(const Tensor& ids, const Tenso
 // dtoken_type is empty without a token-type table. Table gradients are summed in fp32 (atomics), then cast.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> embeddings_bwd(
     const Tensor& dy, const Tensor& ids, const Tensor& pos_ids, const OptTensor& tt_ids, const Tensor& word,
-    const Tensor& position, const OptTensor& token_type, const Tensor& weight, const Tensor& mean,
-    const Tensor& rstd, double dropout_p, const OptTensor& seed, int64_t word_padding_idx,
-    int64_t position_padding_idx) {
+    const Tensor& position, const OptTensor& token_type, const Tensor& weight, const Tensor& mean, const Tensor& rstd,
+    double dropout_p, const OptTensor& seed, int64_t word_padding_idx, int64_t position_padding_idx) {
   const char* op = "embeddings_bwd";
   check_embedding_inputs(ids, pos_ids, tt_ids, word, position, token_type, op);
   const int64_t n = ids.numel(), e = word.size(1);
@@ -301,16 +297,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> embeddings_bwd(
   Tensor dtoken_type = token_type ? at::zeros(token_type->sizes(), f32) : empty0(word);
   Tensor dweight = at::empty_like(weight), dbias = at::empty_like(weight);
   Tensor partial = partial_workspace(word, 2, n, e);
-  check_launch(fastenc::embeddings_bwd(dy.data_ptr(), ids.data_ptr<int64_t>(), pos_ids.data_ptr<int64_t>(),
-                                       tt_ids ? tt_ids->data_ptr<int64_t>() : nullptr, word.data_ptr(),
-                                       position.data_ptr(), opt_ptr(token_type), weight.data_ptr(),
-                                       mean.data_ptr<float>(), rstd.data_ptr<float>(), dword.data_ptr<float>(),
-                                       dposition.data_ptr<float>(),
-                                       token_type ? dtoken_type.data_ptr<float>() : nullptr, dweight.data_ptr(),
-                                       dbias.data_ptr(), partial.data_ptr<float>(), n, e,
-                                       static_cast<float>(dropout_p), sp, word_padding_idx, position_padding_idx,
-                                       dtype_of(word, op, "word"), pdt, stream_of(word)),
-               op);
+  check_launch(
+      fastenc::embeddings_bwd(dy.data_ptr(), ids.data_ptr<int64_t>(), pos_ids.data_ptr<int64_t>(),
+                              tt_ids ? tt_ids->data_ptr<int64_t>() : nullptr, word.data_ptr(), position.data_ptr(),
+                              opt_ptr(token_type), weight.data_ptr(), mean.data_ptr<float>(), rstd.data_ptr<float>(),
+                              dword.data_ptr<float>(), dposition.data_ptr<float>(),
+                              token_type ? dtoken_type.data_ptr<float>() : nullptr, dweight.data_ptr(),
+                              dbias.data_ptr(), partial.data_ptr<float>(), n, e, word.size(0), position.size(0),
+                              token_type ? token_type->size(0) : 0, static_cast<float>(dropout_p), sp, word_padding_idx,
+                              position_padding_idx, dtype_of(word, op, "word"), pdt, stream_of(word)),
+      op);
   const auto dt = word.scalar_type();
   return {dword.to(dt), dposition.to(dt), token_type ? dtoken_type.to(dt) : empty0(word), dweight, dbias};
 }
@@ -331,34 +327,35 @@ fastenc::AttnTensor attn_tensor(const Tensor& t, bool packed) {
 AttnLayout check_attention_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const OptTensor& key_mask,
                                   const OptTensor& cu_seqlens, int64_t max_seqlen, const char* op) {
   AttnLayout lay{cu_seqlens.has_value(), 0, 0, 0, 0, 0};
-  TORCH_CHECK(q.is_cuda(), "fastenc.", op, ": q must be a CUDA tensor, got device ", q.device());
-  TORCH_CHECK(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16, "fastenc.", op,
-              ": q must be float16 or bfloat16, got ", q.scalar_type());
-  TORCH_CHECK(q.dim() == (lay.packed ? 3 : 4), "fastenc.", op, ": q must be ",
-              lay.packed ? "[tokens, heads, head_dim] with cu_seqlens" : "[batch, seq, heads, head_dim]",
-              ", got shape ", q.sizes());
+  TORCH_CHECK_VALUE(q.is_cuda(), "fastenc.", op, ": q must be a CUDA tensor, got device ", q.device());
+  TORCH_CHECK_TYPE(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16, "fastenc.", op,
+                   ": q must be float16 or bfloat16, got ", q.scalar_type());
+  TORCH_CHECK_VALUE(q.dim() == (lay.packed ? 3 : 4), "fastenc.", op, ": q must be ",
+                    lay.packed ? "[tokens, heads, head_dim] with cu_seqlens" : "[batch, seq, heads, head_dim]",
+                    ", got shape ", q.sizes());
   const std::pair<const Tensor*, const char*> qkv[] = {{&q, "q"}, {&k, "k"}, {&v, "v"}};
   for (const auto& [t, name] : qkv) {
     check_cuda(*t, q, op, name);
-    TORCH_CHECK(t->sizes() == q.sizes(), "fastenc.", op, ": ", name, " must have q's shape ", q.sizes(), ", got ",
-                t->sizes());
-    TORCH_CHECK(t->scalar_type() == q.scalar_type(), "fastenc.", op, ": ", name, " must have q's dtype");
-    TORCH_CHECK(t->stride(-1) == 1, "fastenc.", op, ": ", name, " must have a unit-stride last dim");
+    TORCH_CHECK_VALUE(t->sizes() == q.sizes(), "fastenc.", op, ": ", name, " must have q's shape ", q.sizes(), ", got ",
+                      t->sizes());
+    TORCH_CHECK_TYPE(t->scalar_type() == q.scalar_type(), "fastenc.", op, ": ", name, " must have q's dtype");
+    TORCH_CHECK_VALUE(t->stride(-1) == 1, "fastenc.", op, ": ", name, " must have a unit-stride last dim");
     bool aligned = reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0;
     for (int64_t i = 0; i + 1 < t->dim(); ++i) aligned = aligned && t->stride(i) % 8 == 0;
-    TORCH_CHECK(aligned, "fastenc.", op, ": ", name, " must have 16-byte aligned rows (data pointer and strides)");
+    TORCH_CHECK_VALUE(aligned, "fastenc.", op, ": ", name,
+                      " must have 16-byte aligned rows (data pointer and strides)");
   }
   lay.head_dim = q.size(-1);
   lay.heads = q.size(-2);
-  TORCH_CHECK(lay.head_dim == 32 || lay.head_dim == 64 || lay.head_dim == 128, "fastenc.", op,
-              ": head_dim must be 32, 64 or 128, got ", lay.head_dim);
+  TORCH_CHECK_VALUE(lay.head_dim == 32 || lay.head_dim == 64 || lay.head_dim == 128, "fastenc.", op,
+                    ": head_dim must be 32, 64 or 128, got ", lay.head_dim);
   if (lay.packed) {
     const Tensor& cu = *cu_seqlens;
     check_cuda(cu, q, op, "cu_seqlens");
-    TORCH_CHECK(cu.dim() == 1 && cu.numel() >= 2 && cu.scalar_type() == at::kInt && cu.is_contiguous(), "fastenc.",
-                op, ": cu_seqlens must be a contiguous int32 [batch + 1] tensor");
-    TORCH_CHECK(!key_mask.has_value(), "fastenc.", op, ": key_padding_mask and cu_seqlens are exclusive");
-    TORCH_CHECK(max_seqlen > 0, "fastenc.", op, ": max_seqlen must be positive, got ", max_seqlen);
+    TORCH_CHECK_VALUE(cu.dim() == 1 && cu.numel() >= 2 && cu.scalar_type() == at::kInt && cu.is_contiguous(),
+                      "fastenc.", op, ": cu_seqlens must be a contiguous int32 [batch + 1] tensor");
+    TORCH_CHECK_VALUE(!key_mask.has_value(), "fastenc.", op, ": key_padding_mask and cu_seqlens are exclusive");
+    TORCH_CHECK_VALUE(max_seqlen > 0, "fastenc.", op, ": max_seqlen must be positive, got ", max_seqlen);
     lay.batch = cu.numel() - 1;
     lay.seqlen = max_seqlen;
     lay.tokens = q.size(0);
@@ -367,12 +364,12 @@ AttnLayout check_attention_inputs(const Tensor& q, const Tensor& k, const Tensor
     lay.seqlen = q.size(1);
     if (key_mask) {
       check_tensor(*key_mask, q, op, "key_padding_mask", {lay.batch, lay.seqlen});
-      TORCH_CHECK(key_mask->scalar_type() == at::kBool || key_mask->scalar_type() == at::kByte, "fastenc.", op,
-                  ": key_padding_mask must be bool or uint8, got ", key_mask->scalar_type());
+      TORCH_CHECK_TYPE(key_mask->scalar_type() == at::kBool || key_mask->scalar_type() == at::kByte, "fastenc.", op,
+                       ": key_padding_mask must be bool or uint8, got ", key_mask->scalar_type());
     }
   }
-  TORCH_CHECK(lay.seqlen < (int64_t{1} << 31) && lay.batch < 65536 && lay.heads < 65536, "fastenc.", op,
-              ": batch, heads or sequence length too large");
+  TORCH_CHECK_VALUE(lay.seqlen < (int64_t{1} << 31) && lay.batch < 65536 && lay.heads < 65536, "fastenc.", op,
+                    ": batch, heads or sequence length too large");
   return lay;
 }
 
@@ -421,11 +418,10 @@ std::tuple<Tensor, Tensor> attention_fwd(const Tensor& q, const Tensor& k, const
   return {o, lse};
 }
 
-std::tuple<Tensor, Tensor, Tensor> attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k,
-                                                 const Tensor& v, const Tensor& o, const Tensor& lse,
-                                                 const OptTensor& key_padding_mask, const OptTensor& cu_seqlens,
-                                                 int64_t max_seqlen, double softmax_scale, double dropout_p,
-                                                 const OptTensor& seed) {
+std::tuple<Tensor, Tensor, Tensor> attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                                                 const Tensor& o, const Tensor& lse, const OptTensor& key_padding_mask,
+                                                 const OptTensor& cu_seqlens, int64_t max_seqlen, double softmax_scale,
+                                                 double dropout_p, const OptTensor& seed) {
   const char* op = "attention_bwd";
   const AttnLayout lay = check_attention_inputs(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, op);
   check_tensor(dout, q, op, "dout", q.sizes(), q.scalar_type());
@@ -448,30 +444,55 @@ std::tuple<Tensor, Tensor, Tensor> attention_bwd(const Tensor& dout, const Tenso
   return {dq, dk, dv};
 }
 
+Tensor attention_dropout_mask(const Tensor& seed, int64_t batch, int64_t heads, int64_t seqlen, double dropout_p) {
+  const char* op = "attention_dropout_mask";
+  check_tensor(seed, seed, op, "seed", {1}, at::kLong);
+  TORCH_CHECK_VALUE(batch >= 0 && heads >= 0 && seqlen >= 0 && batch < 65536 && heads < 65536 && seqlen < 65536,
+                    "fastenc.", op, ": batch, heads and seqlen must be in [0, 65536)");
+  TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, "fastenc.", op, ": dropout_p must be in [0, 1), got ",
+                    dropout_p);
+  const c10::cuda::CUDAGuard guard(seed.device());
+  Tensor out = at::empty({batch, heads, seqlen, seqlen}, seed.options().dtype(at::kByte));
+  check_launch(fastenc::attention_dropout_mask(
+                   seed.data_ptr<int64_t>(), out.data_ptr<uint8_t>(), static_cast<int>(batch), static_cast<int>(heads),
+                   static_cast<int>(seqlen), static_cast<float>(dropout_p), stream_of(seed)),
+               op);
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(fastenc, m) {
-  m.def("add_layer_norm_fwd(Tensor x, Tensor? residual, Tensor? x_bias, Tensor weight, Tensor bias, float eps, "
-        "float dropout_p, Tensor? seed, bool store_h) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("add_layer_norm_bwd(Tensor dy, Tensor h, Tensor weight, Tensor mean, Tensor rstd, float dropout_p, "
-        "Tensor? seed, bool has_x_bias) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "add_layer_norm_fwd(Tensor x, Tensor? residual, Tensor? x_bias, Tensor weight, Tensor bias, float eps, "
+      "float dropout_p, Tensor? seed, bool store_h) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "add_layer_norm_bwd(Tensor dy, Tensor h, Tensor weight, Tensor mean, Tensor rstd, float dropout_p, "
+      "Tensor? seed, bool has_x_bias) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("bias_gelu_fwd(Tensor x, Tensor? bias, bool tanh_approx) -> Tensor");
   m.def("bias_gelu_bwd(Tensor dy, Tensor x, Tensor? bias, bool tanh_approx) -> (Tensor, Tensor)");
-  m.def("gelu_layer_norm_fwd(Tensor x, Tensor? x_bias, Tensor weight, Tensor bias, float eps, bool tanh_approx) "
-        "-> (Tensor, Tensor, Tensor)");
-  m.def("gelu_layer_norm_bwd(Tensor dy, Tensor x, Tensor? x_bias, Tensor weight, Tensor mean, Tensor rstd, "
-        "bool tanh_approx) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("embeddings_fwd(Tensor input_ids, Tensor position_ids, Tensor? token_type_ids, Tensor word, "
-        "Tensor position, Tensor? token_type, Tensor weight, Tensor bias, float eps, float dropout_p, Tensor? seed) "
-        "-> (Tensor, Tensor, Tensor)");
-  m.def("embeddings_bwd(Tensor dy, Tensor input_ids, Tensor position_ids, Tensor? token_type_ids, Tensor word, "
-        "Tensor position, Tensor? token_type, Tensor weight, Tensor mean, Tensor rstd, float dropout_p, "
-        "Tensor? seed, int word_padding_idx, int position_padding_idx) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, Tensor? cu_seqlens, "
-        "int max_seqlen, float softmax_scale, float dropout_p, Tensor? seed) -> (Tensor, Tensor)");
-  m.def("attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor? key_padding_mask, "
-        "Tensor? cu_seqlens, int max_seqlen, float softmax_scale, float dropout_p, Tensor? seed) "
-        "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "gelu_layer_norm_fwd(Tensor x, Tensor? x_bias, Tensor weight, Tensor bias, float eps, bool tanh_approx) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "gelu_layer_norm_bwd(Tensor dy, Tensor x, Tensor? x_bias, Tensor weight, Tensor mean, Tensor rstd, "
+      "bool tanh_approx) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "embeddings_fwd(Tensor input_ids, Tensor position_ids, Tensor? token_type_ids, Tensor word, "
+      "Tensor position, Tensor? token_type, Tensor weight, Tensor bias, float eps, float dropout_p, Tensor? seed) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "embeddings_bwd(Tensor dy, Tensor input_ids, Tensor position_ids, Tensor? token_type_ids, Tensor word, "
+      "Tensor position, Tensor? token_type, Tensor weight, Tensor mean, Tensor rstd, float dropout_p, "
+      "Tensor? seed, int word_padding_idx, int position_padding_idx) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, Tensor? cu_seqlens, "
+      "int max_seqlen, float softmax_scale, float dropout_p, Tensor? seed) -> (Tensor, Tensor)");
+  m.def(
+      "attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor? key_padding_mask, "
+      "Tensor? cu_seqlens, int max_seqlen, float softmax_scale, float dropout_p, Tensor? seed) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def("attention_dropout_mask(Tensor seed, int batch, int heads, int seqlen, float dropout_p) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastenc, CUDA, m) {
@@ -485,6 +506,7 @@ TORCH_LIBRARY_IMPL(fastenc, CUDA, m) {
   m.impl("embeddings_bwd", &embeddings_bwd);
   m.impl("attention_fwd", &attention_fwd);
   m.impl("attention_bwd", &attention_bwd);
+  m.impl("attention_dropout_mask", &attention_dropout_mask);
 }
 
 // `import fastenc._C` loads this library, which runs the registrations above; the module itself is empty.

@@ -26,11 +26,17 @@ __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162f
 template <typename T>
 __device__ __forceinline__ T from_float(float x);
 template <>
-__device__ __forceinline__ float from_float<float>(float x) { return x; }
+__device__ __forceinline__ float from_float<float>(float x) {
+  return x;
+}
 template <>
-__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+__device__ __forceinline__ __half from_float<__half>(float x) {
+  return __float2half_rn(x);
+}
 template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Vector loads / stores of N consecutive elements starting at p (p must be aligned to N * sizeof(T) when that is
@@ -113,8 +119,8 @@ constexpr uint32_t kAttentionStream = 0xa77u;
 // Keep flags of the N consecutive elements (row, c0 .. c0 + N - 1) of a row-wise op. Element (row, c) uses word
 // (c & 3) of Philox(counter = {c >> 2, row lo, row hi, stream}), whatever the vector width of the caller.
 template <int N>
-__device__ __forceinline__ void rowwise_keep(uint32_t key0, uint32_t key1, uint32_t threshold, int64_t row,
-                                             int64_t c0, bool (&keep)[N]) {
+__device__ __forceinline__ void rowwise_keep(uint32_t key0, uint32_t key1, uint32_t threshold, int64_t row, int64_t c0,
+                                             bool (&keep)[N]) {
   U32x4 r{};
   int64_t quad = -1;
 #pragma unroll
@@ -197,7 +203,10 @@ __device__ __forceinline__ Welford block_welford(Welford w, float* scratch) {
   }
   __syncthreads();
   w = lane < nwarps ? Welford{scratch[lane], scratch[32 + lane], scratch[64 + lane]} : Welford{0.f, 0.f, 0.f};
-  return warp_welford(w);
+  w = warp_welford(w);
+  // Merging is not commutative bit for bit: every thread takes lane 0's result, so all use one mean and rstd.
+  return Welford{__shfl_sync(0xffffffffu, w.n, 0), __shfl_sync(0xffffffffu, w.mean, 0),
+                 __shfl_sync(0xffffffffu, w.m2, 0)};
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -230,20 +239,20 @@ __host__ __device__ inline DropoutParams make_dropout(const int64_t* seed_ptr, f
 }  // namespace fastenc
 
 // Dispatch a runtime DType onto a type alias T (float, __half, __nv_bfloat16).
-#define FASTENC_DISPATCH_DTYPE(dtype, T, ...)                    \
-  switch (dtype) {                                               \
-    case ::fastenc::DType::kFloat32: {                           \
-      using T = float;                                           \
-      __VA_ARGS__;                                               \
-    } break;                                                     \
-    case ::fastenc::DType::kFloat16: {                           \
-      using T = __half;                                          \
-      __VA_ARGS__;                                               \
-    } break;                                                     \
-    case ::fastenc::DType::kBFloat16: {                          \
-      using T = __nv_bfloat16;                                   \
-      __VA_ARGS__;                                               \
-    } break;                                                     \
-    default:                                                     \
-      return cudaErrorInvalidValue;                              \
+#define FASTENC_DISPATCH_DTYPE(dtype, T, ...) \
+  switch (dtype) {                            \
+    case ::fastenc::DType::kFloat32: {        \
+      using T = float;                        \
+      __VA_ARGS__;                            \
+    } break;                                  \
+    case ::fastenc::DType::kFloat16: {        \
+      using T = __half;                       \
+      __VA_ARGS__;                            \
+    } break;                                  \
+    case ::fastenc::DType::kBFloat16: {       \
+      using T = __nv_bfloat16;                \
+      __VA_ARGS__;                            \
+    } break;                                  \
+    default:                                  \
+      return cudaErrorInvalidValue;           \
   }

@@ -20,13 +20,20 @@ struct EmbeddingsFwdOp {
   const T* token_type_ptr;     // [T, e] or nullptr
   T* y_ptr;                    // [n, e]
   int64_t e;
+  int64_t word_rows, position_rows, token_type_rows;  // table sizes: ids are clamped into them
   DropoutParams drop;
-  int64_t word_off, pos_off, tt_off;
+  int64_t word_id, pos_id, word_off, pos_off, tt_off;
+
+  // The op checks ids on the host (eagerly); a bad id that slips through (compiled / captured) reads a clamped
+  // row instead of out-of-bounds memory.
+  static __device__ int64_t clamp_id(int64_t id, int64_t rows) { return id < 0 ? 0 : (id >= rows ? rows - 1 : id); }
 
   __device__ void row_begin(int64_t row) {
-    word_off = ids_ptr[row] * e;
-    pos_off = pos_ids_ptr[row] * e;
-    tt_off = tt_ids_ptr != nullptr ? tt_ids_ptr[row] * e : 0;
+    word_id = clamp_id(ids_ptr[row], word_rows);
+    pos_id = clamp_id(pos_ids_ptr[row], position_rows);
+    word_off = word_id * e;
+    pos_off = pos_id * e;
+    tt_off = tt_ids_ptr != nullptr ? clamp_id(tt_ids_ptr[row], token_type_rows) * e : 0;
   }
 
   __device__ void load_h(int64_t, int64_t c0, float (&h)[VEC], bool) {
@@ -60,18 +67,18 @@ struct EmbeddingsFwdOp {
 
 template <typename T, int VEC>
 struct EmbeddingsBwdOp {
-  EmbeddingsFwdOp<T, VEC> fwd;  // gathers h again (its y_ptr is unused)
-  const T* dy_ptr;              // [n, e]
-  float* dword_ptr;             // [V, e] fp32, zero-filled
-  float* dposition_ptr;         // [P, e] fp32, zero-filled
-  float* dtoken_type_ptr;       // [T, e] fp32, zero-filled, or nullptr
+  EmbeddingsFwdOp<T, VEC> fwd;                     // gathers h again (its y_ptr is unused)
+  const T* dy_ptr;                                 // [n, e]
+  float* dword_ptr;                                // [V, e] fp32, zero-filled
+  float* dposition_ptr;                            // [P, e] fp32, zero-filled
+  float* dtoken_type_ptr;                          // [T, e] fp32, zero-filled, or nullptr
   int64_t word_padding_idx, position_padding_idx;  // -1: none
   bool word_grad, pos_grad;
 
   __device__ void row_begin(int64_t row) {
     fwd.row_begin(row);
-    word_grad = fwd.ids_ptr[row] != word_padding_idx;
-    pos_grad = fwd.pos_ids_ptr[row] != position_padding_idx;
+    word_grad = fwd.word_id != word_padding_idx;
+    pos_grad = fwd.pos_id != position_padding_idx;
   }
   __device__ void load_h(int64_t row, int64_t c0, float (&h)[VEC]) { fwd.load_h(row, c0, h, false); }
   __device__ void load_dy(int64_t row, int64_t c0, float (&dy)[VEC]) {
@@ -95,57 +102,86 @@ struct EmbeddingsBwdOp {
 };
 
 template <typename T, int VEC>
-EmbeddingsFwdOp<T, VEC> make_fwd_op(const int64_t* ids, const int64_t* pos_ids, const int64_t* tt_ids,
-                                    const void* word, const void* position, const void* token_type, void* y,
-                                    int64_t e, DropoutParams drop) {
-  return EmbeddingsFwdOp<T, VEC>{ids, pos_ids, tt_ids, static_cast<const T*>(word), static_cast<const T*>(position),
-                                 static_cast<const T*>(token_type), static_cast<T*>(y), e, drop, 0, 0, 0};
+EmbeddingsFwdOp<T, VEC> make_fwd_op(const int64_t* ids, const int64_t* pos_ids, const int64_t* tt_ids, const void* word,
+                                    const void* position, const void* token_type, void* y, int64_t e,
+                                    const int64_t (&rows)[3], DropoutParams drop) {
+  return EmbeddingsFwdOp<T, VEC>{ids,
+                                 pos_ids,
+                                 tt_ids,
+                                 static_cast<const T*>(word),
+                                 static_cast<const T*>(position),
+                                 static_cast<const T*>(token_type),
+                                 static_cast<T*>(y),
+                                 e,
+                                 rows[0],
+                                 rows[1],
+                                 rows[2],
+                                 drop,
+                                 0,
+                                 0,
+                                 0,
+                                 0,
+                                 0};
 }
 
 }  // namespace
 
 cudaError_t embeddings_fwd(const int64_t* ids, const int64_t* pos_ids, const int64_t* tt_ids, const void* word,
-                           const void* position, const void* token_type, const void* weight, const void* bias,
-                           void* y, float* mean, float* rstd, int64_t n, int64_t e, float eps, float dropout_p,
-                           const int64_t* seed, DType dtype, DType param_dtype, cudaStream_t stream) {
-  if (e < 1 || n < 0 || (tt_ids == nullptr) != (token_type == nullptr) || (dropout_p > 0.f && seed == nullptr))
+                           const void* position, const void* token_type, const void* weight, const void* bias, void* y,
+                           float* mean, float* rstd, int64_t n, int64_t e, int64_t word_rows, int64_t position_rows,
+                           int64_t token_type_rows, float eps, float dropout_p, const int64_t* seed, DType dtype,
+                           DType param_dtype, cudaStream_t stream) {
+  const int64_t rows[3] = {word_rows, position_rows, token_type_rows};
+  if (e < 1 || n < 0 || word_rows < 1 || position_rows < 1 || (token_type != nullptr && token_type_rows < 1) ||
+      (tt_ids == nullptr) != (token_type == nullptr) || (dropout_p > 0.f && seed == nullptr))
     return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
   const DropoutParams drop = make_dropout(seed, dropout_p);
-  FASTENC_DISPATCH_DTYPE(dtype, T, FASTENC_DISPATCH_PARAM(dtype, param_dtype, T, P, {
-    const bool vec = e % vec_width<T>() == 0 && aligned16(word) && aligned16(position) &&
-                     (!token_type || aligned16(token_type)) && aligned16(y) && aligned16(weight) && aligned16(bias);
-    FASTENC_DISPATCH_VEC(vec, T, VEC, {
-      const auto op = make_fwd_op<T, VEC>(ids, pos_ids, tt_ids, word, position, token_type, y, e, drop);
-      layer_norm_fwd_rows_kernel<T, P, VEC><<<fwd_rows_grid(n), row_threads((e + VEC - 1) / VEC), 0, stream>>>(
-          op, static_cast<const P*>(weight), static_cast<const P*>(bias), mean, rstd, n, e, eps);
-    })
-  }))
+  FASTENC_DISPATCH_DTYPE(
+      dtype, T, FASTENC_DISPATCH_PARAM(dtype, param_dtype, T, P, {
+        const bool vec = e % vec_width<T>() == 0 && aligned16(word) && aligned16(position) &&
+                         (!token_type || aligned16(token_type)) && aligned16(y) && aligned16(weight) && aligned16(bias);
+        FASTENC_DISPATCH_VEC(vec, T, VEC, {
+          const auto op = make_fwd_op<T, VEC>(ids, pos_ids, tt_ids, word, position, token_type, y, e, rows, drop);
+          layer_norm_fwd_rows_kernel<T, P, VEC><<<fwd_rows_grid(n), row_threads((e + VEC - 1) / VEC), 0, stream>>>(
+              op, static_cast<const P*>(weight), static_cast<const P*>(bias), mean, rstd, n, e, eps);
+        })
+      }))
   return cudaGetLastError();
 }
 
 cudaError_t embeddings_bwd(const void* dy, const int64_t* ids, const int64_t* pos_ids, const int64_t* tt_ids,
                            const void* word, const void* position, const void* token_type, const void* weight,
                            const float* mean, const float* rstd, float* dword, float* dposition, float* dtoken_type,
-                           void* dweight, void* dbias, float* partial, int64_t n, int64_t e, float dropout_p,
-                           const int64_t* seed, int64_t word_padding_idx, int64_t position_padding_idx, DType dtype,
-                           DType param_dtype, cudaStream_t stream) {
-  if (e < 1 || n < 0 || (tt_ids == nullptr) != (token_type == nullptr) ||
-      (token_type == nullptr) != (dtoken_type == nullptr) || (dropout_p > 0.f && seed == nullptr))
+                           void* dweight, void* dbias, float* partial, int64_t n, int64_t e, int64_t word_rows,
+                           int64_t position_rows, int64_t token_type_rows, float dropout_p, const int64_t* seed,
+                           int64_t word_padding_idx, int64_t position_padding_idx, DType dtype, DType param_dtype,
+                           cudaStream_t stream) {
+  const int64_t rows[3] = {word_rows, position_rows, token_type_rows};
+  if (e < 1 || n < 0 || word_rows < 1 || position_rows < 1 || (token_type != nullptr && token_type_rows < 1) ||
+      (tt_ids == nullptr) != (token_type == nullptr) || (token_type == nullptr) != (dtoken_type == nullptr) ||
+      (dropout_p > 0.f && seed == nullptr))
     return cudaErrorInvalidValue;
   const DropoutParams drop = make_dropout(seed, dropout_p);
-  FASTENC_DISPATCH_DTYPE(dtype, T, FASTENC_DISPATCH_PARAM(dtype, param_dtype, T, P, {
-    const bool vec = e % vec_width<T>() == 0 && aligned16(dy) && aligned16(word) && aligned16(position) &&
-                     (!token_type || aligned16(token_type)) && aligned16(weight);
-    FASTENC_DISPATCH_VEC(vec, T, VEC, {
-      const EmbeddingsBwdOp<T, VEC> op{
-          make_fwd_op<T, VEC>(ids, pos_ids, tt_ids, word, position, token_type, nullptr, e, drop),
-          static_cast<const T*>(dy), dword, dposition, dtoken_type, word_padding_idx, position_padding_idx,
-          false, false};
-      return launch_layer_norm_bwd<T, P, VEC, 2>(op, static_cast<const P*>(weight), mean, rstd, partial, dweight,
-                                                 dbias, nullptr, n, e, dtype, param_dtype, stream);
-    })
-  }))
+  FASTENC_DISPATCH_DTYPE(
+      dtype, T, FASTENC_DISPATCH_PARAM(dtype, param_dtype, T, P, {
+        const bool vec = e % vec_width<T>() == 0 && aligned16(dy) && aligned16(word) && aligned16(position) &&
+                         (!token_type || aligned16(token_type)) && aligned16(weight);
+        FASTENC_DISPATCH_VEC(vec, T, VEC, {
+          const EmbeddingsBwdOp<T, VEC> op{
+              make_fwd_op<T, VEC>(ids, pos_ids, tt_ids, word, position, token_type, nullptr, e, rows, drop),
+              static_cast<const T*>(dy),
+              dword,
+              dposition,
+              dtoken_type,
+              word_padding_idx,
+              position_padding_idx,
+              false,
+              false};
+          return launch_layer_norm_bwd<T, P, VEC, 2>(op, static_cast<const P*>(weight), mean, rstd, partial, dweight,
+                                                     dbias, nullptr, n, e, dtype, param_dtype, stream);
+        })
+      }))
   return cudaErrorInvalidValue;
 }
 

@@ -75,16 +75,17 @@ cudaError_t gelu_layer_norm_fwd(const void* x, const void* x_bias, const void* w
                                 DType dtype, DType param_dtype, cudaStream_t stream) {
   if (d < 1 || n < 0) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
-  FASTENC_DISPATCH_DTYPE(dtype, T, FASTENC_DISPATCH_PARAM(dtype, param_dtype, T, P, {
-    const bool vec = d % vec_width<T>() == 0 && aligned16(x) && aligned16(y) && (!x_bias || aligned16(x_bias)) &&
-                     aligned16(weight) && aligned16(bias);
-    FASTENC_DISPATCH_VEC(vec, T, VEC, {
-      const GeluLayerNormFwdOp<T, VEC> op{static_cast<const T*>(x), static_cast<const T*>(x_bias),
-                                          static_cast<T*>(y), d, tanh_approx};
-      layer_norm_fwd_rows_kernel<T, P, VEC><<<fwd_rows_grid(n), row_threads((d + VEC - 1) / VEC), 0, stream>>>(
-          op, static_cast<const P*>(weight), static_cast<const P*>(bias), mean, rstd, n, d, eps);
-    })
-  }))
+  FASTENC_DISPATCH_DTYPE(
+      dtype, T, FASTENC_DISPATCH_PARAM(dtype, param_dtype, T, P, {
+        const bool vec = d % vec_width<T>() == 0 && aligned16(x) && aligned16(y) && (!x_bias || aligned16(x_bias)) &&
+                         aligned16(weight) && aligned16(bias);
+        FASTENC_DISPATCH_VEC(vec, T, VEC, {
+          const GeluLayerNormFwdOp<T, VEC> op{static_cast<const T*>(x), static_cast<const T*>(x_bias),
+                                              static_cast<T*>(y), d, tanh_approx};
+          layer_norm_fwd_rows_kernel<T, P, VEC><<<fwd_rows_grid(n), row_threads((d + VEC - 1) / VEC), 0, stream>>>(
+              op, static_cast<const P*>(weight), static_cast<const P*>(bias), mean, rstd, n, d, eps);
+        })
+      }))
   return cudaGetLastError();
 }
 
@@ -94,15 +95,20 @@ cudaError_t gelu_layer_norm_bwd(const void* dy, const void* x, const void* x_bia
                                 DType param_dtype, cudaStream_t stream) {
   if (d < 1 || n < 0 || (x_bias == nullptr) != (dx_bias == nullptr)) return cudaErrorInvalidValue;
   FASTENC_DISPATCH_DTYPE(dtype, T, FASTENC_DISPATCH_PARAM(dtype, param_dtype, T, P, {
-    const bool vec = d % vec_width<T>() == 0 && aligned16(dy) && aligned16(x) && aligned16(dx) &&
-                     (!x_bias || aligned16(x_bias)) && aligned16(weight);
-    FASTENC_DISPATCH_VEC(vec, T, VEC, {
-      const GeluLayerNormBwdOp<T, VEC> op{static_cast<const T*>(dy), static_cast<const T*>(x),
-                                          static_cast<const T*>(x_bias), static_cast<T*>(dx), d, tanh_approx};
-      return launch_layer_norm_bwd<T, P, VEC, 3>(op, static_cast<const P*>(weight), mean, rstd, partial, dweight,
-                                                 dbias, dx_bias, n, d, dtype, param_dtype, stream);
-    })
-  }))
+                           const bool vec = d % vec_width<T>() == 0 && aligned16(dy) && aligned16(x) && aligned16(dx) &&
+                                            (!x_bias || aligned16(x_bias)) && aligned16(weight);
+                           FASTENC_DISPATCH_VEC(vec, T, VEC, {
+                             const GeluLayerNormBwdOp<T, VEC> op{static_cast<const T*>(dy),
+                                                                 static_cast<const T*>(x),
+                                                                 static_cast<const T*>(x_bias),
+                                                                 static_cast<T*>(dx),
+                                                                 d,
+                                                                 tanh_approx};
+                             return launch_layer_norm_bwd<T, P, VEC, 3>(op, static_cast<const P*>(weight), mean, rstd,
+                                                                        partial, dweight, dbias, dx_bias, n, d, dtype,
+                                                                        param_dtype, stream);
+                           })
+                         }))
   return cudaErrorInvalidValue;
 }
 

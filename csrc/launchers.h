@@ -30,22 +30,22 @@ cudaError_t add_layer_norm_fwd(const void* x, const void* residual /*nullable*/,
                                const int64_t* seed /*nullable iff dropout_p == 0*/, DType dtype, DType param_dtype,
                                cudaStream_t stream);
 // dx may be nullptr when dropout_p == 0 (dx is then dh); dx_bias nullable; partial [3, G, d] fp32.
-cudaError_t add_layer_norm_bwd(const void* dy, const void* h, const void* weight, const float* mean,
-                               const float* rstd, void* dx, void* dh, void* dx_bias, void* dweight, void* dbias,
-                               float* partial, int64_t n, int64_t d, float dropout_p, const int64_t* seed,
-                               DType dtype, DType param_dtype, cudaStream_t stream);
+cudaError_t add_layer_norm_bwd(const void* dy, const void* h, const void* weight, const float* mean, const float* rstd,
+                               void* dx, void* dh, void* dx_bias, void* dweight, void* dbias, float* partial, int64_t n,
+                               int64_t d, float dropout_p, const int64_t* seed, DType dtype, DType param_dtype,
+                               cudaStream_t stream);
 
 // ---- bias_gelu: y = gelu(x + bias) ---------------------------------------------------------------------------
-cudaError_t bias_gelu_fwd(const void* x, const void* bias /*nullable*/, void* y, int64_t n, int64_t d,
-                          bool tanh_approx, DType dtype, cudaStream_t stream);
+cudaError_t bias_gelu_fwd(const void* x, const void* bias /*nullable*/, void* y, int64_t n, int64_t d, bool tanh_approx,
+                          DType dtype, cudaStream_t stream);
 // dbias nullable (iff bias is); partial [1, G, d] fp32 when dbias is given.
 cudaError_t bias_gelu_bwd(const void* dy, const void* x, const void* bias, void* dx, void* dbias, float* partial,
                           int64_t n, int64_t d, bool tanh_approx, DType dtype, cudaStream_t stream);
 
 // ---- gelu_layer_norm: y = LayerNorm(gelu(x + x_bias)) --------------------------------------------------------
-cudaError_t gelu_layer_norm_fwd(const void* x, const void* x_bias /*nullable*/, const void* weight,
-                                const void* bias, void* y, float* mean, float* rstd, int64_t n, int64_t d,
-                                float eps, bool tanh_approx, DType dtype, DType param_dtype, cudaStream_t stream);
+cudaError_t gelu_layer_norm_fwd(const void* x, const void* x_bias /*nullable*/, const void* weight, const void* bias,
+                                void* y, float* mean, float* rstd, int64_t n, int64_t d, float eps, bool tanh_approx,
+                                DType dtype, DType param_dtype, cudaStream_t stream);
 // dx_bias nullable (iff x_bias is); partial [3, G, d] fp32.
 cudaError_t gelu_layer_norm_bwd(const void* dy, const void* x, const void* x_bias, const void* weight,
                                 const float* mean, const float* rstd, void* dx, void* dx_bias, void* dweight,
@@ -53,20 +53,23 @@ cudaError_t gelu_layer_norm_bwd(const void* dy, const void* x, const void* x_bia
                                 DType param_dtype, cudaStream_t stream);
 
 // ---- embeddings: y = dropout(LayerNorm(word[ids] + token_type[tt_ids] + position[pos_ids])) --------------------
-// ids int64 [n]; tables [V, e], [P, e], [T, e] in `dtype`; tt_ids and token_type nullable together.
+// ids int64 [n]; tables [word_rows, e], [position_rows, e], [token_type_rows, e] in `dtype`; tt_ids and
+// token_type nullable together. Ids outside a table are clamped into it (never read out of bounds).
 cudaError_t embeddings_fwd(const int64_t* ids, const int64_t* pos_ids, const int64_t* tt_ids, const void* word,
-                           const void* position, const void* token_type, const void* weight, const void* bias,
-                           void* y, float* mean, float* rstd, int64_t n, int64_t e, float eps, float dropout_p,
-                           const int64_t* seed, DType dtype, DType param_dtype, cudaStream_t stream);
+                           const void* position, const void* token_type, const void* weight, const void* bias, void* y,
+                           float* mean, float* rstd, int64_t n, int64_t e, int64_t word_rows, int64_t position_rows,
+                           int64_t token_type_rows, float eps, float dropout_p, const int64_t* seed, DType dtype,
+                           DType param_dtype, cudaStream_t stream);
 // Table gradients accumulate with fp32 atomicAdd into the zero-filled dword / dposition / dtoken_type buffers
 // (fp32, table shapes; dtoken_type nullable); rows whose id equals a padding index (-1: none) add nothing.
 // partial [2, G, e] fp32.
 cudaError_t embeddings_bwd(const void* dy, const int64_t* ids, const int64_t* pos_ids, const int64_t* tt_ids,
                            const void* word, const void* position, const void* token_type, const void* weight,
                            const float* mean, const float* rstd, float* dword, float* dposition, float* dtoken_type,
-                           void* dweight, void* dbias, float* partial, int64_t n, int64_t e, float dropout_p,
-                           const int64_t* seed, int64_t word_padding_idx, int64_t position_padding_idx, DType dtype,
-                           DType param_dtype, cudaStream_t stream);
+                           void* dweight, void* dbias, float* partial, int64_t n, int64_t e, int64_t word_rows,
+                           int64_t position_rows, int64_t token_type_rows, float dropout_p, const int64_t* seed,
+                           int64_t word_padding_idx, int64_t position_padding_idx, DType dtype, DType param_dtype,
+                           cudaStream_t stream);
 
 // ---- attention ----------------------------------------------------------------------------------------------
 // One tensor of the padded [B, S, H, D] or packed [T, H, D] layout: element (b, row, h, d) of a sequence starting
@@ -78,21 +81,24 @@ struct AttnTensor {
 };
 
 struct AttnParams {
-  AttnTensor q, k, v, o;       // o contiguous, written by forward
+  AttnTensor q, k, v, o;        // o contiguous, written by forward
   AttnTensor dout, dq, dk, dv;  // backward only
-  float* lse;                  // fp32: [B, H, S] padded, [H, T] packed; natural-log log-sum-exp, +inf for empty rows
-  float* delta;                // backward workspace of lse's shape: rowsum(dout * o)
+  float* lse;                   // fp32: [B, H, S] padded, [H, T] packed; natural-log log-sum-exp, +inf for empty rows
+  float* delta;                 // backward workspace of lse's shape: rowsum(dout * o)
   int64_t lse_batch_stride, lse_head_stride;
-  const uint8_t* key_mask;     // [B, S] (nonzero = attend) or nullptr; padded layout only
+  const uint8_t* key_mask;  // [B, S] (nonzero = attend) or nullptr; padded layout only
   int64_t mask_batch_stride;
-  const int32_t* cu_seqlens;   // [B + 1] or nullptr (padded)
+  const int32_t* cu_seqlens;               // [B + 1] or nullptr (padded)
   int batch, heads, head_dim, max_seqlen;  // max_seqlen = S for the padded layout
   float softmax_scale, dropout_p;
-  const int64_t* seed;         // [1] int64, nullable iff dropout_p == 0
+  const int64_t* seed;  // [1] int64, nullable iff dropout_p == 0
 };
 
 // Head dims 32, 64, 128; dtype fp16 or bf16; every row 16-byte aligned (see attention_supported).
 cudaError_t attention_fwd(const AttnParams& params, DType dtype, cudaStream_t stream);
 cudaError_t attention_bwd(const AttnParams& params, DType dtype, cudaStream_t stream);
+// The dropout keep-mask the attention kernels apply for `seed`: out uint8 [batch, heads, seqlen, seqlen], 1 = kept.
+cudaError_t attention_dropout_mask(const int64_t* seed, uint8_t* out, int batch, int heads, int seqlen, float dropout_p,
+                                   cudaStream_t stream);
 
 }  // namespace fastenc

@@ -70,7 +70,7 @@ __global__ void layer_norm_fwd_rows_kernel(Op op,
 // NACC accumulator rows per block: dweight, dbias, then the op's extra gradient when NACC == 3.
 template <typename T, typename P, int VEC, int NACC, class Op>
 __global__ void layer_norm_bwd_rows_kernel(Op op,
-                                           const P* __restrict__ weight_ptr,  // [d]
+                                           const P* __restrict__ weight_ptr,    // [d]
                                            const float* __restrict__ mean_ptr,  // [n]
                                            const float* __restrict__ rstd_ptr,  // [n]
                                            float* __restrict__ partial_ptr,     // [NACC, gridDim.x, d] fp32
@@ -147,9 +147,9 @@ inline unsigned fwd_rows_grid(int64_t n) {
 // Launches the backward skeleton and the fixed-order sums of its partials into dweight, dbias (param_dtype) and,
 // when `extra_out` is given, the op's extra gradient (dtype).
 template <typename T, typename P, int VEC, int NACC, class Op>
-cudaError_t launch_layer_norm_bwd(const Op& op, const P* weight, const float* mean, const float* rstd,
-                                  float* partial, void* dweight, void* dbias, void* extra_out, int64_t n,
-                                  int64_t d, DType dtype, DType param_dtype, cudaStream_t stream) {
+cudaError_t launch_layer_norm_bwd(const Op& op, const P* weight, const float* mean, const float* rstd, float* partial,
+                                  void* dweight, void* dbias, void* extra_out, int64_t n, int64_t d, DType dtype,
+                                  DType param_dtype, cudaStream_t stream) {
   const int g = row_partials_blocks(n);
   const size_t smem = bwd_acc_smem_bytes(NACC, d);
   layer_norm_bwd_rows_kernel<T, P, VEC, NACC, Op>
@@ -157,8 +157,7 @@ cudaError_t launch_layer_norm_bwd(const Op& op, const P* weight, const float* me
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   if ((err = colsum_partials(partial, dweight, param_dtype, g, d, stream)) != cudaSuccess) return err;
-  if ((err = colsum_partials(partial + static_cast<int64_t>(g) * d, dbias, param_dtype, g, d, stream)) !=
-      cudaSuccess)
+  if ((err = colsum_partials(partial + static_cast<int64_t>(g) * d, dbias, param_dtype, g, d, stream)) != cudaSuccess)
     return err;
   if (NACC == 3 && extra_out != nullptr)
     return colsum_partials(partial + 2 * static_cast<int64_t>(g) * d, extra_out, dtype, g, d, stream);
@@ -180,11 +179,11 @@ cudaError_t launch_layer_norm_bwd(const Op& op, const P* weight, const float* me
   }
 
 // Dispatch the vector width: 16-byte vectors when `ok`, else scalars.
-#define FASTENC_DISPATCH_VEC(ok, T, VEC, ...)   \
-  if (ok) {                                     \
+#define FASTENC_DISPATCH_VEC(ok, T, VEC, ...)      \
+  if (ok) {                                        \
     constexpr int VEC = ::fastenc::vec_width<T>(); \
-    __VA_ARGS__;                                \
-  } else {                                      \
-    constexpr int VEC = 1;                      \
-    __VA_ARGS__;                                \
+    __VA_ARGS__;                                   \
+  } else {                                         \
+    constexpr int VEC = 1;                         \
+    __VA_ARGS__;                                   \
   }

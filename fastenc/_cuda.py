@@ -26,6 +26,11 @@ def _none_if_empty(t: torch.Tensor, present: bool) -> torch.Tensor | None:
     return t if present else None
 
 
+def _c(t: torch.Tensor | None) -> torch.Tensor | None:
+    """The kernels take contiguous tensors; parameters and biases usually are already (then this is free)."""
+    return None if t is None else t.contiguous()
+
+
 def _tanh(approximate: str) -> bool:
     if approximate not in ("none", "tanh"):
         raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
@@ -119,6 +124,11 @@ def _attention_bwd_fake(
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
+@torch.library.register_fake("fastenc::attention_dropout_mask")
+def _attention_dropout_mask_fake(seed, batch, heads, seqlen, dropout_p):
+    return seed.new_empty((batch, heads, seqlen, seqlen), dtype=torch.uint8)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The launcher contracts (see each fastenc/ops/<op>.py docstring).
 
@@ -135,7 +145,7 @@ def add_layer_norm_fwd(
     store_h: bool,
 ):
     y, h, mean, rstd = _ops.add_layer_norm_fwd(
-        x, residual, x_bias, weight.contiguous(), bias.contiguous(), float(eps), float(dropout_p), seed, bool(store_h)
+        x, residual, _c(x_bias), _c(weight), _c(bias), float(eps), float(dropout_p), seed, bool(store_h)
     )
     return y, _none_if_empty(h, store_h), mean, rstd
 
@@ -151,24 +161,24 @@ def add_layer_norm_bwd(
     has_x_bias: bool,
 ):
     dx, dh, dx_bias, dweight, dbias = _ops.add_layer_norm_bwd(
-        dy, h, weight.contiguous(), mean, rstd, float(dropout_p), seed, bool(has_x_bias)
+        dy, h, _c(weight), mean, rstd, float(dropout_p), seed, bool(has_x_bias)
     )
     return (dx if dropout_p > 0 else dh), dh, _none_if_empty(dx_bias, has_x_bias), dweight, dbias
 
 
 def bias_gelu_fwd(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> torch.Tensor:
-    return _ops.bias_gelu_fwd(x, bias, _tanh(approximate))
+    return _ops.bias_gelu_fwd(x, _c(bias), _tanh(approximate))
 
 
 def bias_gelu_bwd(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, approximate: str):
-    dx, dbias = _ops.bias_gelu_bwd(dy, x, bias, _tanh(approximate))
+    dx, dbias = _ops.bias_gelu_bwd(dy, x, _c(bias), _tanh(approximate))
     return dx, _none_if_empty(dbias, bias is not None)
 
 
 def gelu_layer_norm_fwd(
     x: torch.Tensor, x_bias: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor, eps: float, approximate: str
 ):
-    return _ops.gelu_layer_norm_fwd(x, x_bias, weight.contiguous(), bias.contiguous(), float(eps), _tanh(approximate))
+    return _ops.gelu_layer_norm_fwd(x, _c(x_bias), _c(weight), _c(bias), float(eps), _tanh(approximate))
 
 
 def gelu_layer_norm_bwd(
@@ -181,7 +191,7 @@ def gelu_layer_norm_bwd(
     approximate: str,
 ):
     dx, dx_bias, dweight, dbias = _ops.gelu_layer_norm_bwd(
-        dy, x, x_bias, weight.contiguous(), mean, rstd, _tanh(approximate)
+        dy, x, _c(x_bias), _c(weight), mean, rstd, _tanh(approximate)
     )
     return dx, _none_if_empty(dx_bias, x_bias is not None), dweight, dbias
 
@@ -203,11 +213,11 @@ def embeddings_fwd(
         input_ids,
         position_ids,
         token_type_ids,
-        word.contiguous(),
-        position.contiguous(),
-        None if token_type is None else token_type.contiguous(),
-        weight.contiguous(),
-        bias.contiguous(),
+        _c(word),
+        _c(position),
+        _c(token_type),
+        _c(weight),
+        _c(bias),
         float(eps),
         float(dropout_p),
         seed,
@@ -235,10 +245,10 @@ def embeddings_bwd(
         input_ids,
         position_ids,
         token_type_ids,
-        word.contiguous(),
-        position.contiguous(),
-        None if token_type is None else token_type.contiguous(),
-        weight.contiguous(),
+        _c(word),
+        _c(position),
+        _c(token_type),
+        _c(weight),
         mean,
         rstd,
         float(dropout_p),
@@ -312,6 +322,12 @@ def attention_bwd(
     )
 
 
+def attention_dropout_mask(seed: torch.Tensor, batch: int, heads: int, seqlen: int, dropout_p: float) -> torch.Tensor:
+    """The keep-mask the attention kernels apply for `seed` (the Philox scheme of fastenc.kernels.attention): bool
+    [batch, heads, seqlen, seqlen], True = kept, in each sequence's own coordinates. For tests that replay dropout."""
+    return _ops.attention_dropout_mask(seed, int(batch), int(heads), int(seqlen), float(dropout_p)).bool()
+
+
 def not_supported_reasons_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> list[str]:
     """Why the CUDA attention kernels cannot take these tensors ([] = they can)."""
     out = []
@@ -320,7 +336,10 @@ def not_supported_reasons_attention(q: torch.Tensor, k: torch.Tensor, v: torch.T
     if q.shape[-1] not in ATTENTION_HEAD_DIMS:
         out.append(f"head_dim {q.shape[-1]} not supported (supports {ATTENTION_HEAD_DIMS})")
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(s % 8 for s in t.stride()[:-1]):
+        # storage offsets, not data pointers, so that this also runs on fake tensors while torch.compile traces
+        # (the allocator aligns storages; bindings.cpp checks the real pointers)
+        elems = 16 // t.element_size() if t.element_size() <= 16 else 1
+        if t.stride(-1) != 1 or t.storage_offset() % elems or any(s % elems for s in t.stride()[:-1]):
             out.append(f"{name} needs a unit last stride and 16-byte aligned rows")
     if q.is_cuda and torch.cuda.get_device_capability(q.device) < (8, 0):
         out.append("attention needs compute capability 8.0 or newer (mma.sync bf16/fp16)")

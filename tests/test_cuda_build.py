@@ -125,7 +125,7 @@ def cuda_module():
 
 def test_schemas_cover_every_op():
     ops = ("embeddings", "add_layer_norm", "bias_gelu", "gelu_layer_norm", "attention")
-    assert set(_schemas()) == {f"{op}_{d}" for op in ops for d in ("fwd", "bwd")}
+    assert set(_schemas()) == {f"{op}_{d}" for op in ops for d in ("fwd", "bwd")} | {"attention_dropout_mask"}
 
 
 def _meta(*shape, dtype=torch.float16):
@@ -184,6 +184,8 @@ def test_attention_wrappers_follow_the_contract(cuda_module):
         packed, packed, packed, None, _meta(3, dtype=torch.int32), 9, 0.125, 0.1, _meta(1, dtype=torch.int64)
     )
     assert o.shape == packed.shape and lse.shape == (h, 17)
+    keep = m.attention_dropout_mask(_meta(1, dtype=torch.int64), b, h, s, 0.1)
+    assert keep.shape == (b, h, s, s) and keep.dtype == torch.bool
 
 
 def test_attention_support_reasons(cuda_module):
@@ -220,3 +222,100 @@ def test_missing_extension_reports_cuda_unavailable():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GPU: what the shared op tests do not reach for this backend (its attention takes fp16 / bf16 and head dims
+# 32 / 64 / 128 only, and the shared dropout-replay test runs in fp32).
+
+
+def _cuda_backend_reason() -> str | None:
+    if not torch.cuda.is_available():
+        return "needs a CUDA device"
+    from fastenc import backends
+
+    return backends.unavailable_reason("cuda")
+
+
+needs_cuda_backend = pytest.mark.skipif(bool(_cuda_backend_reason()), reason=str(_cuda_backend_reason()))
+
+
+def _attention_run(q, k, v, do, **kw):
+    from fastenc.ops import attention
+
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out = attention(*leaves, backend="cuda", **kw)
+    out.backward(do)
+    return [out.detach(), *(t.grad for t in leaves)]
+
+
+def _attention_ref_grads(q, k, v, do, dtype, **kw):
+    from fastenc.ops import attention_ref
+
+    leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
+    out = attention_ref(*leaves, **kw)
+    out.backward(do.to(dtype))
+    return [out.detach(), *(t.grad for t in leaves)]
+
+
+@pytest.mark.gpu
+@needs_cuda_backend
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [32, 64, 128])
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+@pytest.mark.parametrize("dropout_p", [0.0, 0.3])
+def test_gpu_attention_matches_ref(dtype, head_dim, layout, dropout_p, monkeypatch):
+    import fastenc.ops.attention as attention_mod
+    from fastenc import _cuda
+    from tests.helpers import assert_close_to_ref
+
+    dev = torch.device("cuda")
+    heads = 3
+    if layout == "packed":
+        lens = [130, 1, 67, 64]
+        cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32, device=dev)
+        qkv = torch.randn(sum(lens), 3, heads, head_dim, dtype=dtype, device=dev)
+        kw = dict(cu_seqlens=cu, max_seqlen=max(lens))
+        batch, seqlen = len(lens), max(lens)
+    else:
+        batch, seqlen = 3, 150
+        qkv = torch.randn(batch, seqlen, 3, heads, head_dim, dtype=dtype, device=dev)
+        mask = torch.rand(batch, seqlen, device=dev) > 0.3
+        mask[:, 0] = True
+        mask[-1] = False  # a batch row with no key at all
+        kw = dict(key_padding_mask=mask)
+    q, k, v = qkv.unbind(-3)
+    do = torch.randn(q.shape, dtype=dtype, device=dev)
+    if dropout_p > 0:
+        seed = torch.tensor([2024], dtype=torch.int64, device=dev)
+        monkeypatch.setattr(attention_mod, "dropout_seed", lambda device: seed)
+        keep = _cuda.attention_dropout_mask(seed, batch, heads, seqlen, dropout_p)
+        kw_ref = dict(kw, dropout_p=dropout_p, dropout_mask=keep)
+    else:
+        kw_ref = dict(kw)
+    got = _attention_run(q, k, v, do, dropout_p=dropout_p, **kw)
+    ref64 = _attention_ref_grads(q, k, v, do, torch.float64, **kw_ref)
+    at_dtype = _attention_ref_grads(q, k, v, do, dtype, **kw_ref)
+    atol = 2e-3 if dtype == torch.float16 else 1e-2
+    for name, g, r, t in zip(("o", "dq", "dk", "dv"), got, ref64, at_dtype, strict=True):
+        assert_close_to_ref(g, r, t, atol=atol, name=name)
+    if layout == "padded":
+        for t in got:
+            assert t[-1].abs().max() == 0  # the batch row with no key: zero output and zero gradients
+    again = _attention_run(q, k, v, do, dropout_p=dropout_p, **kw)
+    for g, a in zip(got, again, strict=True):
+        assert torch.equal(g, a)  # deterministic backward, same mask from the same seed
+
+
+@pytest.mark.gpu
+@needs_cuda_backend
+def test_gpu_attention_dropout_mask_is_the_documented_scheme():
+    """The CUDA mask equals the Triton backend's (one documented Philox scheme for both)."""
+    from fastenc.kernels import attention as triton_attention
+
+    from fastenc import _cuda
+
+    seed = torch.tensor([2**33 + 5], dtype=torch.int64, device="cuda")
+    ours = _cuda.attention_dropout_mask(seed, 2, 3, 37, 0.35)
+    assert torch.equal(ours, triton_attention.attention_dropout_mask(seed, 2, 3, 37, 0.35))
+    assert abs(ours.float().mean().item() - 0.65) < 0.03
