@@ -5,10 +5,12 @@ the normalised row, so the [N, E] sum is never written. Ids are clamped into the
 bad id can never read out of bounds (the op checks ids in eager mode and raises a clear error first).
 
 Backward: a fixed number of programs loop over tokens; each regathers the row, rebuilds xhat from the saved mean /
-rstd, regenerates the dropout mask, and scatters the row gradient into fp32 copies of the three tables with
-atomic adds (repeated ids accumulate; rows at a padding index are skipped). Atomics make the table gradients
-non-deterministic in the last bits (the summation order varies between runs), in exchange for no sort and no
-[N, E] gradient buffer. dweight and dbias are per-program fp32 partial sums reduced by torch, deterministic.
+rstd, regenerates the dropout mask, and scatters the row gradient into fp32 copies of the word and position tables
+with atomic adds (repeated ids accumulate; rows at a padding index are skipped). A token type table of at most 4
+rows, which every token hits, is summed per program in registers instead (larger ones use atomics too). Atomics
+make those table gradients non-deterministic in the last bits (the summation order varies between runs), in
+exchange for no sort and no [N, E] gradient buffer. dweight, dbias and the small token type gradient are
+per-program fp32 partial sums reduced by torch: deterministic.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from fastenc.kernels._common import (
     row_warps,
     sum_partials,
 )
+
+_MAX_TT_REGS = 4
 
 
 @triton.jit
@@ -104,7 +108,8 @@ def _embeddings_bwd_kernel(
     seed_ptr,  # [1] int64 dropout seed, or None
     dword_ptr,  # [V, E] fp32 out (zero-filled): word table gradient, accumulated atomically
     dpos_ptr,  # [P, E] fp32 out (zero-filled): position table gradient
-    dtt_ptr,  # [T, E] fp32 out (zero-filled): token type table gradient, or None
+    dtt_ptr,  # fp32 out (zero-filled), token type table gradient: [programs, TT_REGS, E] per-program partial sums
+    #           if TT_REGS, else [T, E] accumulated atomically; None without token types
     dw_part_ptr,  # [programs, E] fp32 out: per-program partial sums of dweight
     db_part_ptr,  # [programs, E] fp32 out: per-program partial sums of dbias
     word_stride,  # row stride of the word table
@@ -119,6 +124,7 @@ def _embeddings_bwd_kernel(
     word_pad,  # word padding index (no gradient), -1 for none
     pos_pad,  # position padding index (no gradient), -1 for none
     HAS_TT: tl.constexpr,
+    TT_REGS: tl.constexpr,  # rows of a small token type table (a power of two >= T) summed in registers, or 0
     HAS_DROPOUT: tl.constexpr,
     BLOCK_E: tl.constexpr,
 ):
@@ -128,6 +134,9 @@ def _embeddings_bwd_kernel(
     w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     dw_acc = tl.zeros([BLOCK_E], dtype=tl.float32)
     db_acc = tl.zeros([BLOCK_E], dtype=tl.float32)
+    if TT_REGS:
+        tt_rows = tl.arange(0, TT_REGS)
+        tt_acc = tl.zeros([TT_REGS, BLOCK_E], dtype=tl.float32)
     for row in range(prog.to(tl.int64), N, tl.num_programs(0)):
         wid, pid, tid, h = _gather_row(ids_ptr, word_ptr, pos_ids_ptr, pos_ptr, tt_ids_ptr, tt_ptr, row, cols,
                                        mask, word_stride, pos_stride, tt_stride, V, P, T, HAS_TT)
@@ -145,10 +154,14 @@ def _embeddings_bwd_kernel(
         pos_ok = (tl.zeros_like(cols) + pid) != pos_pad
         tl.atomic_add(dword_ptr + wid * E + cols, dh, mask=mask & word_ok, sem="relaxed")
         tl.atomic_add(dpos_ptr + pid * E + cols, dh, mask=mask & pos_ok, sem="relaxed")
-        if HAS_TT:
+        if TT_REGS:
+            tt_acc += tl.where(tt_rows[:, None] == tid, dh[None, :], 0.0)
+        elif HAS_TT:
             tl.atomic_add(dtt_ptr + tid * E + cols, dh, mask=mask, sem="relaxed")
     tl.store(dw_part_ptr + prog * E + cols, dw_acc, mask=mask)
     tl.store(db_part_ptr + prog * E + cols, db_acc, mask=mask)
+    if TT_REGS:
+        tl.store(dtt_ptr + (prog * TT_REGS + tt_rows[:, None]) * E + cols[None, :], tt_acc, mask=mask[None, :])
 
 
 def _check_inputs(ids, pos_ids, tt_ids, word, pos, tt, weight) -> None:
@@ -239,7 +252,13 @@ def _bwd_impl(
     f32 = dict(device=word.device, dtype=torch.float32)
     dword = torch.zeros(word.shape, **f32)
     dpos = torch.zeros(position.shape, **f32)
-    dtt = torch.zeros(token_type.shape, **f32) if has_tt else None
+    # a small token type table (BERT's has 2 rows) is hit by every token: summing it per program in registers
+    # avoids N-way atomic contention on its few rows
+    tt_regs = triton.next_power_of_2(token_type.shape[0]) if has_tt and token_type.shape[0] <= _MAX_TT_REGS else 0
+    if tt_regs:
+        dtt = torch.zeros(progs, tt_regs, e, **f32)
+    else:
+        dtt = torch.zeros(token_type.shape, **f32) if has_tt else None
     parts = torch.zeros(2, progs, e, **f32)
     if n:
         _embeddings_bwd_kernel[(progs,)](
@@ -248,9 +267,11 @@ def _bwd_impl(
             word.stride(0), position.stride(0), token_type.stride(0) if has_tt else 0,
             n, word.shape[0], position.shape[0], token_type.shape[0] if has_tt else 1, e, dropout_p,
             word_padding_idx, position_padding_idx,
-            HAS_TT=has_tt, HAS_DROPOUT=has_dropout, BLOCK_E=block, num_warps=warps,
+            HAS_TT=has_tt, TT_REGS=tt_regs, HAS_DROPOUT=has_dropout, BLOCK_E=block, num_warps=warps,
         )
     dweight, dbias = sum_partials(parts, weight.dtype, weight.dtype)
+    if tt_regs:
+        dtt = dtt.sum(dim=0)[: token_type.shape[0]]
     dtt = dtt.to(word.dtype) if has_tt else None
     return dword.to(word.dtype), dpos.to(word.dtype), dummy(dtt, word), dweight, dbias
 

@@ -98,6 +98,16 @@ def test_all_ids_equal_accumulate(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("num_types", [1, 3, 7])
+def test_token_type_table_sizes(backend, num_types):
+    """Up to 4 rows the token type gradient is summed in registers (3: a padded power of two), above with atomics."""
+    device = device_for(backend)
+    tables = _tables(6, 5, num_types, 40, torch.float32, device)
+    ids = torch.randint(0, 6, (3, 5), device=device)
+    _check(backend, tables, ids, torch.arange(5, device=device), torch.randint(0, num_types, (3, 5), device=device))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_padding_rows_get_no_gradient(backend):
     """RoBERTa: word padding_idx 1, positions counted from padding_idx + 1 with padded tokens at padding_idx."""
     device = device_for(backend)
