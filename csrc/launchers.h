@@ -88,8 +88,10 @@ struct AttnParams {
   int64_t lse_batch_stride, lse_head_stride;
   const uint8_t* key_mask;  // [B, S] (nonzero = attend) or nullptr; padded layout only
   int64_t mask_batch_stride;
-  const int32_t* cu_seqlens;               // [B + 1] or nullptr (padded)
-  int batch, heads, head_dim, max_seqlen;  // max_seqlen = S for the padded layout
+  const int32_t* cu_seqlens;  // [B + 1] or nullptr (padded)
+  // max_seqlen = S for the padded layout; packed: at least every sequence's length (longer ones are cut to it,
+  // and their extra rows are not written), as the launcher cannot read cu_seqlens without a host sync.
+  int batch, heads, head_dim, max_seqlen;
   float softmax_scale, dropout_p;
   const int64_t* seed;  // [1] int64, nullable iff dropout_p == 0
 };
