@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -123,13 +124,24 @@ def triton_interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def launchers(name: str, op: str) -> ModuleType:
-    """The module holding `<op>_fwd` / `<op>_bwd` (and `not_supported_reasons_<op>`) for backend `name`."""
+def _import_launchers(name: str, op: str) -> ModuleType:
     if name == "triton":
         return importlib.import_module(f"fastenc.kernels.{op}")
     if name == "cuda":
         return importlib.import_module("fastenc._cuda")
     raise ValueError(f"backend {name!r} has no launchers")
+
+
+@torch.compiler.assume_constant_result
+def _launchers_module_name(name: str, op: str) -> str:
+    # torch.compile cannot trace importlib; it runs this at trace time and keeps the (constant) module name
+    return _import_launchers(name, op).__name__
+
+
+def launchers(name: str, op: str) -> ModuleType:
+    """The module holding `<op>_fwd` / `<op>_bwd` (and `not_supported_reasons_<op>`) for backend `name`.
+    Traceable by torch.compile (fullgraph): the import happens once, outside the graph."""
+    return sys.modules[_launchers_module_name(name, op)]
 
 
 def device_reasons(name: str, tensors: list[torch.Tensor | None], dtypes: tuple[torch.dtype, ...]) -> list[str]:

@@ -19,9 +19,6 @@ may be fp32 while x is fp16/bf16 (mixed precision); y and h have x's dtype:
 
 from __future__ import annotations
 
-import sys
-from types import ModuleType
-
 import torch
 import torch.nn.functional as F
 
@@ -47,20 +44,10 @@ def add_layer_norm_ref(
     return F.layer_norm(h, (h.shape[-1],), weight, bias, eps)
 
 
-@torch.compiler.assume_constant_result
-def _launchers_name(backend: str) -> str:
-    """Load the launchers module and name it; torch.compile runs this at trace time (it cannot trace importlib)."""
-    return backends.launchers(backend, "add_layer_norm").__name__
-
-
-def _launchers(backend: str) -> ModuleType:
-    return sys.modules[_launchers_name(backend)]
-
-
 class AddLayerNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, residual, weight, bias, eps, x_bias, dropout_p, backend):
-        impl = _launchers(backend)
+        impl = backends.launchers(backend, "add_layer_norm")
         d = x.shape[-1]
         x2 = x.reshape(-1, d).contiguous()
         r2 = None if residual is None else residual.reshape(-1, d).contiguous()
@@ -76,7 +63,7 @@ class AddLayerNormFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         h, weight, mean, rstd, seed = ctx.saved_tensors
-        impl = _launchers(ctx.backend)
+        impl = backends.launchers(ctx.backend, "add_layer_norm")
         dx, dh, dx_bias, dweight, dbias = impl.add_layer_norm_bwd(
             dy.reshape(h.shape).contiguous(), h, weight, mean, rstd, ctx.dropout_p, seed, ctx.has_x_bias
         )

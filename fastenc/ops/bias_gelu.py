@@ -11,9 +11,6 @@ Launcher contract (fastenc.kernels.bias_gelu and fastenc._cuda), on contiguous 2
 
 from __future__ import annotations
 
-import sys
-from types import ModuleType
-
 import torch
 import torch.nn.functional as F
 
@@ -28,20 +25,10 @@ def bias_gelu_ref(x: torch.Tensor, bias: torch.Tensor | None = None, approximate
     return F.gelu(x if bias is None else x + bias, approximate=approximate)
 
 
-@torch.compiler.assume_constant_result
-def _launchers_name(backend: str) -> str:
-    """Load the launchers module and name it; torch.compile runs this at trace time (it cannot trace importlib)."""
-    return backends.launchers(backend, "bias_gelu").__name__
-
-
-def _launchers(backend: str) -> ModuleType:
-    return sys.modules[_launchers_name(backend)]
-
-
 class BiasGeluFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, bias, approximate, backend):
-        impl = _launchers(backend)
+        impl = backends.launchers(backend, "bias_gelu")
         x2 = x.reshape(-1, x.shape[-1]).contiguous()
         y = impl.bias_gelu_fwd(x2, bias, approximate)
         ctx.save_for_backward(x2, bias)
@@ -51,7 +38,7 @@ class BiasGeluFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x2, bias = ctx.saved_tensors
-        impl = _launchers(ctx.backend)
+        impl = backends.launchers(ctx.backend, "bias_gelu")
         dx, dbias = impl.bias_gelu_bwd(dy.reshape(x2.shape).contiguous(), x2, bias, ctx.approximate)
         return dx.view(dy.shape), dbias, None, None
 

@@ -22,9 +22,6 @@ Launcher contract (fastenc.kernels.embeddings and fastenc._cuda); ids are contig
 
 from __future__ import annotations
 
-import sys
-from types import ModuleType
-
 import torch
 import torch.nn.functional as F
 
@@ -78,20 +75,10 @@ def _check_ids(ids: torch.Tensor | None, name: str, num: int, table: str, shape:
     return ids
 
 
-@torch.compiler.assume_constant_result
-def _launchers_name(backend: str) -> str:
-    """Load the launchers module and name it; torch.compile runs this at trace time (it cannot trace importlib)."""
-    return backends.launchers(backend, "embeddings").__name__
-
-
-def _launchers(backend: str) -> ModuleType:
-    return sys.modules[_launchers_name(backend)]
-
-
 class EmbeddingsFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, ids, pos_ids, tt_ids, word, pos, tt, weight, bias, eps, dropout_p, pads, backend):
-        impl = _launchers(backend)
+        impl = backends.launchers(backend, "embeddings")
         shape = ids.shape
         flat = [None if t is None else t.reshape(-1).contiguous().long() for t in (ids, pos_ids, tt_ids)]
         seed = dropout_seed(word.device) if dropout_p > 0 else None
@@ -103,7 +90,7 @@ class EmbeddingsFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         ids, pos_ids, tt_ids, word, pos, tt, weight, mean, rstd, seed = ctx.saved_tensors
-        impl = _launchers(ctx.backend)
+        impl = backends.launchers(ctx.backend, "embeddings")
         dword, dpos, dtt, dweight, dbias = impl.embeddings_bwd(
             dy.reshape(-1, dy.shape[-1]).contiguous(), ids, pos_ids, tt_ids, word, pos, tt, weight, mean, rstd,
             ctx.dropout_p, seed, *ctx.pads,

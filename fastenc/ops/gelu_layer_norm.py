@@ -12,9 +12,6 @@ Launcher contract (fastenc.kernels.gelu_layer_norm and fastenc._cuda), on contig
 
 from __future__ import annotations
 
-import sys
-from types import ModuleType
-
 import torch
 import torch.nn.functional as F
 
@@ -36,20 +33,10 @@ def gelu_layer_norm_ref(
     return F.layer_norm(h, (h.shape[-1],), weight, bias, eps)
 
 
-@torch.compiler.assume_constant_result
-def _launchers_name(backend: str) -> str:
-    """Load the launchers module and name it; torch.compile runs this at trace time (it cannot trace importlib)."""
-    return backends.launchers(backend, "gelu_layer_norm").__name__
-
-
-def _launchers(backend: str) -> ModuleType:
-    return sys.modules[_launchers_name(backend)]
-
-
 class GeluLayerNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps, x_bias, approximate, backend):
-        impl = _launchers(backend)
+        impl = backends.launchers(backend, "gelu_layer_norm")
         x2 = x.reshape(-1, x.shape[-1]).contiguous()
         y, mean, rstd = impl.gelu_layer_norm_fwd(x2, x_bias, weight, bias, eps, approximate)
         ctx.save_for_backward(x2, x_bias, weight, mean, rstd)
@@ -59,7 +46,7 @@ class GeluLayerNormFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x2, x_bias, weight, mean, rstd = ctx.saved_tensors
-        impl = _launchers(ctx.backend)
+        impl = backends.launchers(ctx.backend, "gelu_layer_norm")
         dx, dx_bias, dweight, dbias = impl.gelu_layer_norm_bwd(
             dy.reshape(x2.shape).contiguous(), x2, x_bias, weight, mean, rstd, ctx.approximate
         )
