@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -341,6 +345,48 @@ def test_unsupported_calls_say_why(backend):
         attention(q[0], k[0], v[0], cu_seqlens=torch.tensor([0, 4], device=dev), max_seqlen=4, backend=backend)
     with pytest.raises(ValueError, match="dropout_p"):
         attention(q, k, v, dropout_p=1.0, backend=backend)
+
+
+_COMPILE_SCRIPT = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import fastenc.kernels.attention as A
+
+def signature(fn, dtype, const):
+    ptrs = {"mask_ptr": "*i64", "cu_seqlens_ptr": "*i32", "seed_ptr": "*i64", "lse_ptr": "*fp32",
+            "delta_ptr": "*fp32", "out_ptr": "*u8"}
+    floats = ("qk_scale", "dropout_p", "softmax_scale")
+    return {n: "constexpr" if n in const else ptrs.get(n, "*" + dtype) if n.endswith("_ptr") else
+            "fp32" if n in floats else "i32" for n in fn.arg_names}
+
+def build(kernel, dtype, const, arch, warps=4, stages=2):
+    fn = kernel.fn if hasattr(kernel, "configs") else kernel  # unwrap the autotuner
+    src = ASTSource(fn, signature(fn, dtype, const), const)
+    triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=warps, num_stages=stages))
+
+variants = ((90, "fp16", 64, True, False, True), (80, "bf16", 40, False, True, False))
+for arch, dtype, d, mask, packed, dropout in variants:
+    shared = dict(HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), PACKED=packed)
+    const = dict(shared, HAS_MASK=mask, DROPOUT=dropout, INPUT_PRECISION="ieee", BLOCK_M=64, BLOCK_N=64)
+    for kernel in (A._attention_fwd_kernel, A._attention_bwd_dkdv_kernel, A._attention_bwd_dq_kernel):
+        build(kernel, dtype, const, arch)
+    build(A._attention_bwd_preprocess_kernel, dtype, dict(shared, BLOCK_M=64), arch)
+build(A._attention_dropout_mask_kernel, "i64", dict(BLOCK_M=64, BLOCK_N=64), 80)
+"""
+
+
+def test_kernels_compile_for_ampere_and_hopper():
+    """The interpreter does not run Triton's compiler; this compiles every kernel for sm_80 and sm_90 (no GPU
+    needed) in a process without TRITON_INTERPRET, with and without mask, packing and dropout."""
+    triton_backends = pytest.importorskip("triton.backends")
+    if "nvidia" not in triton_backends.backends:
+        pytest.skip("triton has no nvidia backend here")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = pathlib.Path(__file__).resolve().parents[2]
+    run = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, cwd=root, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
 
 
 # ---------------------------------------------------------------------------------------------------------------
