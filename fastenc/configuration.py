@@ -35,7 +35,7 @@ _COMMON: dict[str, Any] = {
     "output_attentions": False,
     "return_dict": True,
     "chunk_size_feed_forward": 0,
-    "fastenc_unpad": False,
+    "fastenc_unpad": None,  # None: auto (see fastenc.models.layers.choose_packing)
 }
 
 # Fields that describe the run, not the model: never written to config.json.

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastenc import ops
-from fastenc.models.layers import Packing, QKVAttention, linear_act, linear_act_norm, linear_add_norm
+from fastenc.models.layers import Packing, QKVAttention, choose_packing, linear_act, linear_act_norm, linear_add_norm
 
 ATTN_IMPLEMENTATION = "fastenc"
 
@@ -289,14 +289,13 @@ class _RobertaLMHead(_Swap):
 
 
 def _packing(encoder: nn.Module, hidden_states: torch.Tensor, mask: torch.Tensor | None) -> Packing | None:
-    """Pack a 2-D mask with padding, in eager mode, with every row's first token real (the pooler reads position
-    0), nothing recorded, and no feed-forward chunking (it splits the sequence dim, which packing removes)."""
-    if not encoder._fastenc_unpad or mask is None or mask.dim() != 2 or _tracing(hidden_states):
+    """The models' rule (`choose_packing`: padding present, every row's first token real, eager), plus: nothing
+    recorded, and no feed-forward chunking (it splits the sequence dim, which packing removes)."""
+    if not encoder._fastenc_unpad or mask is None or mask.dim() != 2:
         return None
     if encoder.config.chunk_size_feed_forward or _recording("hidden_states") or _recording("attentions"):
         return None
-    keep = mask.bool()
-    return Packing(keep) if bool(keep[:, 0].all()) else None
+    return choose_packing(mask.bool(), None)
 
 
 class _Encoder(_Swap):

@@ -52,6 +52,7 @@ def test_attention_ref_packed_equals_padded():
     packed = attention_ref(q, k, v, cu_seqlens=cu, max_seqlen=5)
     for b, n in enumerate(lens):
         s = slice(int(cu[b]), int(cu[b + 1]))
+        assert s.stop - s.start == n
         alone = attention_ref(q[s][None], k[s][None], v[s][None])[0]
         torch.testing.assert_close(packed[s], alone)
 

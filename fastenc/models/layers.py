@@ -5,11 +5,14 @@ targets are unchanged, but runs through the fused ops of fastenc.ops: the matmul
 bias is folded into the next fused op (add_layer_norm, bias_gelu, gelu_layer_norm); Q, K and V come out of one
 matmul over the concatenated weights (cached while gradients are off) as strided views, never copied.
 
-Padding-free execution (opt-in: forward(unpad=True) or config.fastenc_unpad): after the embeddings only the real
-tokens are kept ([T, hidden] plus cu_seqlens), every layer runs on them, and the result is scattered back with
-zeros at padded positions. Trade-off: transformers computes values at padded query positions too (they attend to
-the real keys), which the packed path does not, so it is not the default; every real position, and every loss
-that ignores padded positions, is the same either way.
+Padding-free execution: after the embeddings only the real tokens are kept ([T, hidden] plus cu_seqlens), every
+layer runs on them, and the result is scattered back with zeros at padded positions. It is chosen automatically
+(`choose_packing`) when a batch has padding and every row starts with a real token; forward(unpad=False) or
+config.fastenc_unpad = False keeps the padded layout. Trade-off: transformers also computes values at padded query
+positions (they attend to the real keys), which the packed path skips: every real position, the pooled [CLS]
+output and every loss that ignores padded positions are the same either way, but padded positions read zeros.
+Left-padded batches (the pooler would read a padded position 0), recorded hidden states / attentions, and traced or
+graph-captured calls (packing has data-dependent shapes) stay padded unless unpad=True is asked for explicitly.
 """
 
 from __future__ import annotations
@@ -132,9 +135,24 @@ class Packing:
         return out.view(self.batch, self.seq, x.shape[-1])
 
 
+def choose_packing(keep: torch.Tensor, unpad: bool | None) -> Packing | None:
+    """The packed layout for a 2-D keep mask [B, S] (True = real token), or None for the padded layout.
+    unpad=True packs, False never does; None (auto) packs when the batch has padding and every row starts with a
+    real token, in eager mode only (the check reads the mask: one host sync; packing has data-dependent shapes)."""
+    if unpad is False:
+        return None
+    if unpad is None:
+        if torch.compiler.is_compiling() or (keep.is_cuda and torch.cuda.is_current_stream_capturing()):
+            return None
+        has_padding, first_real = torch.stack([~keep.all(), keep[:, 0].all()]).tolist()
+        if not (has_padding and first_real):
+            return None
+    return Packing(keep)
+
+
 def make_attention_mask(attention_mask: torch.Tensor | None, batch: int, seq: int, heads: int,
-                        output_attentions: bool, unpad: bool) -> tuple[AttentionMask, Packing | None]:
-    """Validate the user's mask and choose the layout: packed only for a 2-D mask with unpad and no attentions."""
+                        output_attentions: bool, unpad: bool | None) -> tuple[AttentionMask, Packing | None]:
+    """Validate the user's mask and choose the layout (`choose_packing`); never packed with output_attentions."""
     if attention_mask is None:
         return AttentionMask(return_probs=output_attentions), None
     if not isinstance(attention_mask, torch.Tensor):
@@ -144,8 +162,8 @@ def make_attention_mask(attention_mask: torch.Tensor | None, batch: int, seq: in
             raise ValueError(f"attention_mask must have the shape of input_ids {(batch, seq)}, "
                              f"got {tuple(attention_mask.shape)}")
         keep = attention_mask != 0
-        if unpad and not output_attentions:
-            packing = Packing(keep)
+        packing = None if output_attentions else choose_packing(keep, unpad)
+        if packing is not None:
             return AttentionMask(cu_seqlens=packing.cu_seqlens, max_seqlen=packing.max_seqlen), packing
         return AttentionMask(key_padding_mask=keep, return_probs=output_attentions), None
     if attention_mask.dim() == 4:
@@ -389,13 +407,16 @@ class EncoderModel(PreTrainedEncoder):
         return_dict: bool | None = None,
         unpad: bool | None = None,
     ) -> ModelOutput | tuple:
-        """transformers' arguments and outputs. unpad=True (default: config.fastenc_unpad) runs the layers on the
-        real tokens only; padded positions of the outputs are then zeros (see the module doc)."""
+        """transformers' arguments and outputs. unpad: run the layers on the real tokens only (padded positions of
+        the outputs are then zeros): None (default: config.fastenc_unpad, else auto), True or False; see the module
+        doc."""
         cfg = self.config
         output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
         return_dict = cfg.return_dict if return_dict is None else return_dict
-        unpad = bool(getattr(cfg, "fastenc_unpad", False) if unpad is None else unpad)
+        unpad = getattr(cfg, "fastenc_unpad", None) if unpad is None else unpad
+        if unpad is None and output_hidden_states:
+            unpad = False  # auto keeps transformers' values at padded positions of every recorded state
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("exactly one of input_ids and inputs_embeds must be given")
         if input_ids is not None:

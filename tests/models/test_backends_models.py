@@ -1,5 +1,5 @@
 """Whole models on each backend ("torch" reference, "triton" kernels; on CPU the Triton interpreter runs them), a
-small subset (each base model and one head per variant, batch 2 x seq 8) against transformers: eval outputs and,
+small subset (each base model and one head per variant, batch 3 x seq 8) against transformers: eval outputs and,
 with dropout off, the training loss and every parameter's gradient; the packed path on real positions."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def test_model_on_backend_matches_transformers(name, backend):
     small = dict(num_hidden_layers=2, num_hidden_groups=1, inner_group_num=1) if name.startswith("Albert") else {}
     hf = build_hf(name, **small)
     ours = fastenc.from_hf(build_hf(name, **small))
-    inp = inputs(variant_of(name), batch=2, seq=8)
+    inp = inputs(variant_of(name), batch=3, seq=8)  # a left-padded row: the padded path, exact at every position
     lab = labels_for(name, inp)
     with fastenc.use_backend(backend):
         with torch.no_grad():
@@ -56,15 +56,27 @@ def test_model_on_backend_matches_transformers(name, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_packed_path_on_backend(backend):
-    hf = build_hf("BertModel")
-    ours = fastenc.from_hf(hf)
+    """A right-padded batch takes the packed path by default: real positions, loss and gradients as transformers."""
+    name = "BertForTokenClassification"
+    hf = build_hf(name)
+    ours = fastenc.from_hf(build_hf(name))
     inp = inputs("bert", batch=2, seq=8)
+    lab = labels_for(name, inp)
     real = inp["attention_mask"].bool()
     with fastenc.use_backend(backend), torch.no_grad():
-        out = ours(**inp, unpad=True)
+        out = ours.eval()(**inp)
     with torch.no_grad():
-        ref = hf(**inp)
-    assert_close(out.last_hidden_state, ref.last_hidden_state, 1e-4, "last_hidden_state", mask=real)
+        ref = hf.eval()(**inp)
+    assert_close(out.logits, ref.logits, 1e-4, "logits", mask=real)
+    hf.train()
+    ours.train()
+    with fastenc.use_backend(backend):
+        loss = ours(**inp, **lab).loss
+        loss.backward()
+    ref_loss = hf(**inp, **lab).loss
+    ref_loss.backward()
+    assert_close(loss, ref_loss, 1e-4, "loss")
+    assert_grads_close(ours, hf, 1e-4)
 
 
 @pytest.mark.gpu

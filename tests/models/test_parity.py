@@ -92,7 +92,7 @@ def test_albert_layer_sharing_variants(groups, inner, layers):
 def test_hidden_act_by_name(act):
     hf = build_hf("BertForMaskedLM", hidden_act=act)
     ours = fastenc.from_hf(hf)
-    inp = inputs("bert", batch=2, seq=6)
+    inp = inputs("bert", batch=3, seq=6)  # left padding: the exact padded path
     with torch.no_grad():
         assert_outputs_close(ours(**inp), hf(**inp), 1e-5)
 

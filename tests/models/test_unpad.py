@@ -1,4 +1,4 @@
-"""Padding-free execution (forward(unpad=True) / config.fastenc_unpad): real positions equal the padded path and
+"""Padding-free execution (auto, forward(unpad=...), config.fastenc_unpad): real positions equal the padded path and
 transformers, padded positions are zeros, and losses that ignore padding (token labels -100, [CLS] with right
 padding, ELECTRA's RTD over attention_mask) give transformers' loss and gradients."""
 
@@ -86,3 +86,47 @@ def test_packed_falls_back_to_padded_for_attentions_and_4d_masks():
         four_d = ours(inp["input_ids"], attention_mask=bias, unpad=True)
         full = ours(inp["input_ids"])
     assert_close(four_d.last_hidden_state, full.last_hidden_state, 1e-6, "4-D zero mask")
+
+
+@pytest.mark.parametrize("name", ["BertForSequenceClassification", "RobertaModel", "AlbertModel", "ElectraModel"])
+def test_auto_packs_right_padded_batches_and_unpad_false_is_exact_everywhere(name):
+    hf = build_hf(name)
+    ours = fastenc.from_hf(hf)
+    inp = inputs(variant_of(name), batch=2)  # a full row and a right-padded row: auto packs
+    real = inp["attention_mask"].bool()
+    with torch.no_grad():
+        ref = hf(**inp)
+        auto = ours(**inp)
+        exact = ours(**inp, unpad=False)
+    first = "logits" if "For" in name else "last_hidden_state"
+    if first == "last_hidden_state":
+        assert_close(auto.last_hidden_state, ref.last_hidden_state, 1e-5, "auto", mask=real)
+        assert torch.equal(auto.last_hidden_state[~real], torch.zeros_like(auto.last_hidden_state[~real]))
+        assert_close(exact.last_hidden_state, ref.last_hidden_state, 1e-5, "unpad=False")
+    else:
+        assert_close(auto.logits, ref.logits, 1e-5, "auto logits")  # [CLS] pooling is unaffected by packing
+        assert_close(exact.logits, ref.logits, 1e-5, "unpad=False logits")
+    if "pooler_output" in ref and ref.pooler_output is not None:
+        assert_close(auto.pooler_output, ref.pooler_output, 1e-5, "pooler_output")
+
+
+def test_choose_packing_rule():
+    from fastenc.models.layers import choose_packing
+
+    right = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    left = torch.tensor([[1, 1, 1], [0, 1, 1]], dtype=torch.bool)
+    full = torch.ones(2, 3, dtype=torch.bool)
+    packed = choose_packing(right, None)
+    assert packed is not None and packed.cu_seqlens.tolist() == [0, 3, 5] and packed.max_seqlen == 3
+    assert choose_packing(left, None) is None  # the pooler would read a padded position 0
+    assert choose_packing(full, None) is None  # nothing to gain
+    assert choose_packing(right, False) is None
+    assert choose_packing(left, True) is not None  # asked for explicitly
+
+
+def test_left_padded_batch_keeps_transformers_values_at_every_position():
+    hf = build_hf("BertModel")
+    ours = fastenc.from_hf(hf)
+    inp = inputs("bert")  # includes left-padded and fully padded rows: auto stays padded
+    with torch.no_grad():
+        assert_close(ours(**inp).last_hidden_state, hf(**inp).last_hidden_state, 1e-5, "last_hidden_state")
