@@ -304,26 +304,20 @@ def test_torch_compile_fullgraph_matches_eager(backend):
     torch.testing.assert_close(grad, grad_eager, atol=0, rtol=0)
 
 
-def test_custom_ops_fake_registration():
-    """The launchers are torch.library custom ops whose fake kernels give the real output metadata."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
+def test_custom_ops_pass_opcheck():
+    """The launchers are torch.library custom ops: schema, fake kernels (metadata of the real outputs) and
+    aot_dispatch checked by torch.library.opcheck, for both layouts, with and without dropout."""
     impl = _impl("triton")
     dev = device_for("triton")
-    lens = [4, 9]
     cu = torch.tensor([0, 4, 13], dtype=torch.int32, device=dev)
     q, k, v = _fused_qkv((13, 2, 24), torch.float16, dev)
     seed = torch.tensor([5], device=dev)
-    args = (q, k, v, None, cu, max(lens), 0.2, 0.1, seed)
-    real_o, real_lse = impl.attention_fwd(*args)
-    do = torch.randn_like(real_o)
-    real_grads = impl.attention_bwd(do, q, k, v, real_o, real_lse, None, cu, max(lens), 0.2, 0.1, seed)
-    with FakeTensorMode() as mode:
-        fake = [mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in args]
-        fake_o, fake_lse = impl.attention_fwd(*fake)
-        fake_grads = impl.attention_bwd(mode.from_tensor(do), *fake[:3], fake_o, fake_lse, *fake[3:])
-    for r, f in zip((real_o, real_lse, *real_grads), (fake_o, fake_lse, *fake_grads), strict=True):
-        assert (r.shape, r.stride(), r.dtype) == (f.shape, f.stride(), f.dtype)
+    packed = (None, cu, 9, 0.2, 0.1, seed)
+    o, lse = impl.attention_fwd(q, k, v, *packed)
+    torch.library.opcheck(impl.attention_fwd, (q, k, v, *packed))
+    torch.library.opcheck(impl.attention_bwd, (torch.randn_like(o), q, k, v, o, lse, *packed))
+    qp, kp, vp = _fused_qkv((2, 7, 2, 24), torch.float32, dev)
+    torch.library.opcheck(impl.attention_fwd, (qp, kp, vp, _key_mask("random", 2, 7, dev), None, 7, 0.2, 0.0, None))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
