@@ -113,7 +113,7 @@ def test_padded_matches_ref(backend, dtype, head_dim, seqlen, mask_kind):
 
 PACKED_CASES = [
     # dtype, head_dim, sequence lengths
-    (torch.float32, 64, [17, 1, 5]),
+    (torch.float32, 64, [17, 1, 0, 5]),  # an empty sequence too
     (torch.float32, 128, [3, 9]),
     (torch.float16, 40, [63, 2]),
     (torch.float16, 32, [1]),
