@@ -87,6 +87,10 @@ def use_backend(name: str) -> Iterator[None]:
 # Availability of each backend as a whole (cached: imports are expensive and the answer does not change).
 
 _unavailable: dict[str, str | None] = {}
+# torch.compile cannot trace importlib: functions that import are marked as torch.compiler.assume_constant_result
+# marks them, by one attribute, set directly because calling that decorator imports torch._dynamo (~2 s) on
+# `import fastenc` (tests/test_backends.py checks that the flag is still the decorator's).
+_DYNAMO_CONSTANT_FLAG = "_dynamo_marked_constant"
 _cuda_ext_warned = False
 
 
@@ -120,6 +124,9 @@ def unavailable_reason(name: str) -> str | None:
     return _unavailable[name]
 
 
+setattr(unavailable_reason, _DYNAMO_CONSTANT_FLAG, True)  # cached, constant per process; imports (see below)
+
+
 def triton_interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -132,10 +139,12 @@ def _import_launchers(name: str, op: str) -> ModuleType:
     raise ValueError(f"backend {name!r} has no launchers")
 
 
-@torch.compiler.assume_constant_result
 def _launchers_module_name(name: str, op: str) -> str:
-    # torch.compile cannot trace importlib; it runs this at trace time and keeps the (constant) module name
     return _import_launchers(name, op).__name__
+
+
+# run at trace time; the module name is a constant
+setattr(_launchers_module_name, _DYNAMO_CONSTANT_FLAG, True)
 
 
 def launchers(name: str, op: str) -> ModuleType:

@@ -76,3 +76,21 @@ def test_import_without_cuda_extension_does_not_fail():
     out = subprocess.run([sys.executable, "-c", "import fastenc, fastenc.ops; print('ok')"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_launchers_carry_torch_compiles_constant_flag():
+    """backends marks its module-name lookup as torch.compiler.assume_constant_result does, without importing
+    torch._dynamo at `import fastenc`; this fails if torch changes how the decorator marks a function."""
+
+    def probe():
+        return "x"
+
+    marked = torch.compiler.assume_constant_result(probe)
+    assert getattr(marked, backends._DYNAMO_CONSTANT_FLAG, False) is True
+    assert getattr(backends._launchers_module_name, backends._DYNAMO_CONSTANT_FLAG) is True
+
+
+def test_import_is_light():
+    code = "import sys, fastenc; print('torch._dynamo' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["False", "False"], out.stdout + out.stderr

@@ -94,20 +94,10 @@ def attention_ref(
     return (out, probs_out.to(q.dtype)) if return_probs else out
 
 
-def _launchers(name: str):
-    """The launcher module of backend `name`, like backends.launchers but with import statements: torch.compile
-    traces those (fullgraph) and refuses importlib.import_module."""
-    if name == "triton":
-        from fastenc.kernels import attention as impl
-    else:
-        import fastenc._cuda as impl
-    return impl
-
-
 class AttentionFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, key_padding_mask, cu_seqlens, max_seqlen, softmax_scale, dropout_p, backend):
-        impl = _launchers(backend)
+        impl = backends.launchers(backend, "attention")
         seed = dropout_seed(q.device) if dropout_p > 0 else None
         o, lse = impl.attention_fwd(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, softmax_scale, dropout_p, seed)
         ctx.save_for_backward(q, k, v, o, lse, key_padding_mask, cu_seqlens, seed)
@@ -117,7 +107,7 @@ class AttentionFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse, mask, cu_seqlens, seed = ctx.saved_tensors
-        impl = _launchers(ctx.backend)
+        impl = backends.launchers(ctx.backend, "attention")
         dq, dk, dv = impl.attention_bwd(
             do.contiguous(), q, k, v, o, lse, mask, cu_seqlens, ctx.max_seqlen, ctx.softmax_scale, ctx.dropout_p, seed
         )
@@ -178,7 +168,7 @@ def attention(
         if attn_bias is not None:
             out.append("an additive attn_bias (4-D mask) runs on the reference path only")
         if not out:
-            out += _launchers(name).not_supported_reasons_attention(q, k, v, dropout_p)
+            out += backends.launchers(name, "attention").not_supported_reasons_attention(q, k, v, dropout_p)
         return out
 
     name = backends.choose("attention", tensors, backend, reasons)
