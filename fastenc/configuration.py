@@ -36,10 +36,11 @@ _COMMON: dict[str, Any] = {
     "return_dict": True,
     "chunk_size_feed_forward": 0,
     "fastenc_unpad": None,  # None: auto (see fastenc.models.layers.choose_packing)
+    "fastenc_sparse_mlm": False,  # MLM heads: prediction head on labelled positions only (see layers.mlm_rows)
 }
 
 # Fields that describe the run, not the model: never written to config.json.
-_RUNTIME_ONLY = ("output_hidden_states", "output_attentions", "return_dict", "fastenc_unpad")
+_RUNTIME_ONLY = ("output_hidden_states", "output_attentions", "return_dict", "fastenc_unpad", "fastenc_sparse_mlm")
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 

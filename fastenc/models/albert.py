@@ -27,7 +27,9 @@ from fastenc.models.layers import (
     linear_act,
     linear_act_norm,
     linear_add_norm,
+    mlm_rows,
     run_layers,
+    sparse_prediction_flag,
     token_loss,
 )
 
@@ -163,11 +165,15 @@ class AlbertForPreTraining(AlbertPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         unpad: bool | None = None,
+        sparse_prediction: bool | None = None,
     ) -> ModelOutput | tuple:
-        """MLM + sentence-order prediction; the loss needs both labels and sentence_order_label."""
+        """MLM + sentence-order prediction; the loss needs both labels and sentence_order_label. sparse_prediction as
+        in AlbertForMaskedLM: with labels, prediction_logits holds the labelled positions only, [num_labelled,
+        vocab]."""
         enc = self.encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_attentions,
                           output_hidden_states, unpad)
-        scores = self.predictions(enc.last_hidden_state)
+        h, labels = mlm_rows(enc.last_hidden_state, labels, sparse_prediction_flag(self.config, sparse_prediction))
+        scores = self.predictions(h)
         sop = self.sop_classifier(enc.pooler_output)
         loss = None
         if labels is not None and sentence_order_label is not None:
@@ -185,8 +191,8 @@ class AlbertForMaskedLM(AlbertPreTrainedModel, MaskedLMHead):
         self.predictions = AlbertMLMHead(self.config)
         self.post_init()
 
-    def head_logits(self, enc: ModelOutput) -> torch.Tensor:
-        return self.predictions(enc.last_hidden_state)
+    def mlm_logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.predictions(h)
 
 
 class AlbertForSequenceClassification(AlbertPreTrainedModel, SequenceClassificationHead):

@@ -27,6 +27,8 @@ from fastenc.models.layers import (
     check_activation,
     classifier_dropout,
     linear_act_norm,
+    mlm_rows,
+    sparse_prediction_flag,
     token_loss,
 )
 
@@ -103,8 +105,8 @@ class BertForMaskedLM(BertPreTrainedModel, MaskedLMHead):
         self.cls = BertOnlyMLMHead(self.config)
         self.post_init()
 
-    def head_logits(self, enc: ModelOutput) -> torch.Tensor:
-        return self.cls(enc.last_hidden_state)
+    def mlm_logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.cls(h)
 
 
 class BertForPreTraining(BertPreTrainedModel):
@@ -129,11 +131,14 @@ class BertForPreTraining(BertPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         unpad: bool | None = None,
+        sparse_prediction: bool | None = None,
     ) -> ModelOutput | tuple:
-        """MLM + next-sentence prediction; the loss needs both labels and next_sentence_label."""
+        """MLM + next-sentence prediction; the loss needs both labels and next_sentence_label. sparse_prediction as in
+        BertForMaskedLM: with labels, prediction_logits holds the labelled positions only, [num_labelled, vocab]."""
         enc = self.encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_attentions,
                           output_hidden_states, unpad)
-        scores, nsp = self.cls(enc.last_hidden_state, enc.pooler_output)
+        h, labels = mlm_rows(enc.last_hidden_state, labels, sparse_prediction_flag(self.config, sparse_prediction))
+        scores, nsp = self.cls(h, enc.pooler_output)
         loss = None
         if labels is not None and next_sentence_label is not None:
             loss = token_loss(scores, labels) + F.cross_entropy(nsp.view(-1, 2), next_sentence_label.view(-1))

@@ -120,8 +120,8 @@ class ElectraForMaskedLM(ElectraPreTrainedModel, MaskedLMHead):
         self.generator_lm_head = nn.Linear(self.config.embedding_size, self.config.vocab_size)
         self.post_init()
 
-    def head_logits(self, enc: ModelOutput) -> torch.Tensor:
-        return self.generator_lm_head(self.generator_predictions(enc.last_hidden_state))
+    def mlm_logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.generator_lm_head(self.generator_predictions(h))
 
 
 class ElectraForSequenceClassification(ElectraPreTrainedModel, SequenceClassificationHead):

@@ -446,7 +446,8 @@ class EncoderModel(PreTrainedEncoder):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Task heads: the variant files give the modules and `head_logits`; the forward and the losses are shared.
+# Task heads: the variant files give the modules and `head_logits` / `mlm_logits`; the forward and the losses are
+# shared.
 
 
 def classification_loss(config: Any, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -484,8 +485,32 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).to(logits.device))
 
 
+def sparse_prediction_flag(config: Any, sparse_prediction: bool | None) -> bool:
+    """forward(sparse_prediction=...) if given, else config.fastenc_sparse_mlm."""
+    if sparse_prediction is None:
+        return bool(getattr(config, "fastenc_sparse_mlm", False))
+    if not isinstance(sparse_prediction, bool):
+        raise TypeError(f"sparse_prediction must be a bool or None, got {type(sparse_prediction).__name__}")
+    return sparse_prediction
+
+
+def mlm_rows(h: torch.Tensor, labels: OptTensor, sparse: bool) -> tuple[torch.Tensor, OptTensor]:
+    """What the MLM prediction head runs on, and the matching labels. With sparse and labels: only the labelled
+    positions (label != -100) of h [B, S, H], gathered as rows [N, H] in row-major order of (batch, seq), and their
+    labels [N] (one host sync to count them); otherwise h and labels unchanged. Unlabelled positions add nothing to
+    the MLM loss, so skipping the head there leaves the loss and every gradient as they were."""
+    if labels is None or not sparse:
+        return h, labels
+    if labels.numel() != h.shape[0] * h.shape[1]:
+        raise ValueError(f"labels must have shape [batch, seq] = {list(h.shape[:2])}, got {list(labels.shape)}")
+    labels = labels.reshape(-1).to(h.device)
+    index = (labels != -100).nonzero().squeeze(1)
+    return h.reshape(-1, h.shape[-1]).index_select(0, index), labels.index_select(0, index)
+
+
 class HeadModel(PreTrainedEncoder):
-    """A base encoder (attribute `base_model_prefix`) and a head; subclasses define `head_logits(outputs)`."""
+    """A base encoder (attribute `base_model_prefix`) and a head; subclasses define `head_logits(outputs)` (MLM
+    heads: `mlm_logits(hidden)`)."""
 
     @property
     def base_model(self) -> EncoderModel:
@@ -547,6 +572,8 @@ class TokenClassificationHead(HeadModel):
 
 
 class MaskedLMHead(HeadModel):
+    """Subclasses define `mlm_logits(h)`: the prediction head from hidden states [..., hidden] to [..., vocab]."""
+
     def forward(
         self,
         input_ids: OptTensor = None,
@@ -559,10 +586,16 @@ class MaskedLMHead(HeadModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         unpad: bool | None = None,
+        sparse_prediction: bool | None = None,
     ) -> ModelOutput | tuple:
+        """transformers' arguments and outputs; unpad as in the base model. sparse_prediction (None: default
+        config.fastenc_sparse_mlm, off): with labels, run the prediction head on the labelled positions only
+        (label != -100); the loss is the same, but logits are then [num_labelled, vocab], those positions in
+        row-major (batch, seq) order, instead of [batch, seq, vocab]. Without labels the logits are always full."""
         enc = self.encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_attentions,
                           output_hidden_states, unpad)
-        logits = self.head_logits(enc)
+        h, labels = mlm_rows(enc.last_hidden_state, labels, sparse_prediction_flag(self.config, sparse_prediction))
+        logits = self.mlm_logits(h)
         loss = token_loss(logits, labels) if labels is not None else None
         return self.finish(MaskedLMOutput(loss, logits, enc.hidden_states, enc.attentions), return_dict)
 

@@ -65,8 +65,8 @@ class RobertaForMaskedLM(RobertaPreTrainedModel, MaskedLMHead):
         self.lm_head = RobertaLMHead(self.config)
         self.post_init()
 
-    def head_logits(self, enc: ModelOutput) -> torch.Tensor:
-        return self.lm_head(enc.last_hidden_state)
+    def mlm_logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(h)
 
 
 class RobertaForSequenceClassification(RobertaPreTrainedModel, SequenceClassificationHead):
