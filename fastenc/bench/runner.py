@@ -10,7 +10,8 @@ and never silently replaced; one that fails records the error, and the run goes 
 Trade-off: one model is built per (model, dtype, inference/training) and reused across shapes and variants, which
 keeps a full GPU run within minutes, at the price of holding transformers' and fastenc's copies at once. Inference
 runs in the model dtype under inference_mode; training is a mixed-precision step (fp32 weights, autocast to the
-dtype, forward + backward + AdamW) with the MLM head, as people train.
+dtype, forward + backward + AdamW) with the MLM head, as people train; fastenc's twins train with sparse MLM
+prediction (the head on the labelled positions only; same loss), recorded as "sparse_mlm": true.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import contextlib
 import copy
 import functools
 import gc
+import inspect
 import math
 import platform
 import subprocess
@@ -368,6 +370,12 @@ def _variant_model(ms: ModelSet, variant: str) -> tuple[torch.nn.Module, Callabl
     return ms.hf, contextlib.nullcontext
 
 
+def uses_sparse_mlm(model: torch.nn.Module, train: bool) -> bool:
+    """Whether a training step runs `model` with sparse MLM prediction: fastenc's MLM heads take it, transformers'
+    have no such option."""
+    return train and "sparse_prediction" in inspect.signature(model.forward).parameters
+
+
 def _model_calls(ms: ModelSet, variant: str, inputs: list[dict[str, torch.Tensor]], train: bool, dtype: torch.dtype,
                  device: torch.device) -> list[Callable[[], object]]:
     """One inference forward, or one training step, of `variant` per input copy. Training gets a fresh AdamW per
@@ -379,11 +387,12 @@ def _model_calls(ms: ModelSet, variant: str, inputs: list[dict[str, torch.Tensor
                 return model(**x)
         return [functools.partial(forward, x) for x in inputs]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
+    extra = {"sparse_prediction": True} if uses_sparse_mlm(model, train) else {}
 
     def step(x: dict[str, torch.Tensor]) -> object:
         with ctx():
             with _autocast(device, dtype):
-                loss = model(**x).loss
+                loss = model(**x, **extra).loss
             loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -428,6 +437,8 @@ def run_model_case(ms: ModelSet, name: str, shape: C.Shape, dtype: str, train: b
 
     def body() -> dict[str, Any]:
         calls, flops = prepare_model(ms, name, shape, dtype, train, variant, settings)
+        if variant.startswith("fastenc-") and uses_sparse_mlm(ms.twins[variant.removeprefix("fastenc-")], train):
+            record["sparse_mlm"] = True
         if variant.startswith("fastenc-") and not train:
             record["max_abs_diff"] = agreement(ms, variant.removeprefix("fastenc-"), name, shape, settings.device)
         try:

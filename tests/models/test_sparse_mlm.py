@@ -115,3 +115,25 @@ def test_bad_arguments():
         ours(**inp, labels=lab, sparse_prediction="yes")
     with pytest.raises(ValueError, match="labels"):
         ours(**inp, labels=lab[:, :5], sparse_prediction=True)
+
+
+def test_bench_training_step_uses_and_records_sparse_mlm():
+    """The benchmark's training step runs fastenc's twin with sparse prediction and says so in the record; the
+    transformers baseline has no such option and is recorded without it."""
+    from fastenc.bench import cases, runner
+
+    settings = runner.Settings.cpu_demo_settings(torch.device("cpu"))
+    settings.warmup_ms, settings.rep_ms = 1.0, 1.0
+    ms = runner.build_models("bert-tiny", "fp32", True, settings)
+    shape = settings.shape("8x32")
+    roofs = {"matmul_tflops": 1.0, "copy_gbps": 1.0}
+    twin = runner.run_model_case(ms, "bert-tiny", shape, "fp32", True, "fastenc-torch", settings, roofs)
+    base = runner.run_model_case(ms, "bert-tiny", shape, "fp32", True, "hf-sdpa", settings, roofs)
+    assert twin["status"] == "ok" and twin["sparse_mlm"] is True, twin
+    assert base["status"] == "ok" and "sparse_mlm" not in base, base
+    x = cases.model_inputs(cases.model_config("bert-tiny"), shape, settings.device, mlm_labels=True)
+    with torch.no_grad():  # eval: no dropout; the twin shares transformers' (now trained) parameters
+        out = ms.twins["torch"].eval()(**x, sparse_prediction=True)
+        ref = ms.hf.eval()(**x)
+    assert out.logits.shape[0] == int((x["labels"] != -100).sum())
+    assert_close(out.loss, ref.loss, 1e-5, "bench twin loss")
