@@ -53,7 +53,8 @@ def embeddings_ref(
     return F.dropout(y, dropout_p, training=True) if dropout_p > 0 else y
 
 
-def _check_ids(ids: torch.Tensor | None, name: str, num: int, table: str, shape: torch.Size) -> torch.Tensor | None:
+def _check_ids(ids: torch.Tensor | None, name: str, shape: torch.Size) -> torch.Tensor | None:
+    """Type and shape of one id tensor; broadcast to the input's shape."""
     if ids is None:
         return None
     if not isinstance(ids, torch.Tensor):
@@ -61,18 +62,25 @@ def _check_ids(ids: torch.Tensor | None, name: str, num: int, table: str, shape:
     if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer ids (torch.long or torch.int), got dtype {ids.dtype}")
     try:
-        ids = ids.expand(shape)
+        return ids.expand(shape)
     except RuntimeError:
         raise ValueError(
             f"{name} of shape {tuple(ids.shape)} does not match the input's shape {tuple(shape)}"
         ) from None
-    checking = not (torch.compiler.is_compiling() or (ids.is_cuda and torch.cuda.is_current_stream_capturing()))
-    if checking and ids.numel():
-        lo, hi = int(ids.min()), int(ids.max())
+
+
+def _check_id_ranges(checks: list[tuple[torch.Tensor | None, str, int, str]]) -> None:
+    """Every (ids, name, table size, table name) in range, with one host read for all of them (a GPU sync)."""
+    checks = [c for c in checks if c[0] is not None and c[0].numel()]
+    if not checks or torch.compiler.is_compiling():
+        return
+    if checks[0][0].is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    bounds = torch.stack([torch.stack([ids.min(), ids.max()]).long() for ids, *_ in checks]).tolist()
+    for (lo, hi), (_, name, num, table) in zip(bounds, checks, strict=True):
         if lo < 0 or hi >= num:
             bad = lo if lo < 0 else hi
             raise IndexError(f"{name} holds id {bad}, outside [0, {num}) of the {table} table (size {num})")
-    return ids
 
 
 class EmbeddingsFn(torch.autograd.Function):
@@ -125,12 +133,14 @@ def embeddings(
         raise ValueError("token_type_ids and token_type_embeddings must be given together")
     shape = input_ids.shape if inputs_embeds is None else inputs_embeds.shape[:-1]
     e = word_embeddings.shape[-1]
-    input_ids = _check_ids(input_ids, "input_ids", word_embeddings.shape[0], "word embedding", shape)
-    position_ids = _check_ids(position_ids, "position_ids", position_embeddings.shape[0], "position embedding", shape)
+    input_ids = _check_ids(input_ids, "input_ids", shape)
+    position_ids = _check_ids(position_ids, "position_ids", shape)
+    ranges = [(input_ids, "input_ids", word_embeddings.shape[0], "word embedding"),
+              (position_ids, "position_ids", position_embeddings.shape[0], "position embedding")]
     if token_type_embeddings is not None:
-        token_type_ids = _check_ids(
-            token_type_ids, "token_type_ids", token_type_embeddings.shape[0], "token type embedding", shape
-        )
+        token_type_ids = _check_ids(token_type_ids, "token_type_ids", shape)
+        ranges.append((token_type_ids, "token_type_ids", token_type_embeddings.shape[0], "token type embedding"))
+    _check_id_ranges(ranges)
     if inputs_embeds is not None and inputs_embeds.shape[-1] != e:
         raise ValueError(f"inputs_embeds must have last dim {e} (the embedding size), got {inputs_embeds.shape[-1]}")
     check_last_dim(weight, e, "weight", "the embedding tables")
