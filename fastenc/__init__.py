@@ -1,30 +1,68 @@
-"""fastenc: fused Triton and CUDA kernels for encoder-only transformers, as a drop-in for HuggingFace transformers."""
+"""fastenc: fused Triton and CUDA kernels for encoder-only transformers, as a drop-in for HuggingFace transformers.
+
+The ops and the backend choice import with torch alone; the model classes, configs, Auto classes and optimize()
+(which are transformers' classes) are imported on first use, so `import fastenc` stays cheap for ops-only use.
+"""
+
+import importlib
+from typing import Any
 
 from fastenc import ops
 from fastenc.backends import BackendNotSupportedError, get_backend, set_backend, use_backend
-from fastenc.configuration import AlbertConfig, BertConfig, ElectraConfig, RobertaConfig
-from fastenc.modeling_utils import from_hf
-from fastenc.models import *  # noqa: F403  (the 23 model classes, named as in transformers)
-from fastenc.models import MODEL_CLASSES
+from fastenc.cuda_graphs import cuda_graphs
 
 __version__ = "0.1.0"
 
+_CONFIGS = ("AlbertConfig", "BertConfig", "ElectraConfig", "RobertaConfig")
+_MODELS = (
+    "BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForNextSentencePrediction",
+    "BertForSequenceClassification", "BertForMultipleChoice", "BertForTokenClassification",
+    "BertForQuestionAnswering",
+    "RobertaModel", "RobertaForMaskedLM", "RobertaForSequenceClassification", "RobertaForMultipleChoice",
+    "RobertaForTokenClassification", "RobertaForQuestionAnswering",
+    "AlbertModel", "AlbertForMaskedLM", "AlbertForPreTraining", "AlbertForSequenceClassification",
+    "AlbertForMultipleChoice", "AlbertForTokenClassification", "AlbertForQuestionAnswering",
+    "ElectraModel", "ElectraForMaskedLM", "ElectraForPreTraining", "ElectraForSequenceClassification",
+    "ElectraForMultipleChoice", "ElectraForTokenClassification", "ElectraForQuestionAnswering",
+)
+_AUTO = ("AutoModel", "AutoModelForMaskedLM", "AutoModelForPreTraining", "AutoModelForSequenceClassification",
+         "AutoModelForTokenClassification", "AutoModelForQuestionAnswering", "AutoModelForMultipleChoice",
+         "AutoModelForNextSentencePrediction")
+_LAZY = {
+    **dict.fromkeys(_CONFIGS, "transformers"),
+    **dict.fromkeys((*_MODELS, "MODEL_CLASSES", "models"), "fastenc.models"),
+    **dict.fromkeys(_AUTO, "fastenc.models.auto"),
+    **dict.fromkeys(("from_hf", "is_optimized", "optimize", "restore"), "fastenc.models.optimize"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fastenc' has no attribute {name!r}")
+    mod = importlib.import_module(module)
+    value = mod if name == "models" else getattr(mod, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
 __all__ = [
-    "AlbertConfig",
     "BackendNotSupportedError",
-    "BertConfig",
-    "ElectraConfig",
-    "RobertaConfig",
+    "cuda_graphs",
     "from_hf",
     "get_backend",
+    "is_optimized",
     "ops",
+    "optimize",
+    "restore",
     "set_backend",
     "use_backend",
     "__version__",
-    *MODEL_CLASSES,
+    *_CONFIGS,
+    *_MODELS,
+    *_AUTO,
 ]
-
-from fastenc.cuda_graphs import cuda_graphs  # noqa: E402
-from fastenc.optimize import is_optimized, optimize, restore  # noqa: E402
-
-__all__ += ["cuda_graphs", "is_optimized", "optimize", "restore"]

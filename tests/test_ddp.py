@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 import transformers as tf
 from torch.nn.parallel import DistributedDataParallel
 
-from fastenc.optimize import is_optimized, optimize
+from fastenc import is_optimized, optimize
 
 WORLD = 2
 TIMEOUT_S = 120

@@ -10,7 +10,7 @@ import pytest
 import torch
 import transformers as tf
 
-from fastenc.optimize import is_optimized, optimize, restore
+from fastenc import is_optimized, optimize, restore
 
 VOCAB, PAD = 60, 1
 COMMON = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,

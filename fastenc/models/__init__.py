@@ -1,7 +1,8 @@
-"""The four encoders and their task heads, named and laid out as in transformers."""
+"""fastenc's model classes: transformers' encoder classes of the same names, running fastenc's blocks."""
 
 from fastenc.models.albert import (
     AlbertForMaskedLM,
+    AlbertForMultipleChoice,
     AlbertForPreTraining,
     AlbertForQuestionAnswering,
     AlbertForSequenceClassification,
@@ -10,6 +11,8 @@ from fastenc.models.albert import (
 )
 from fastenc.models.bert import (
     BertForMaskedLM,
+    BertForMultipleChoice,
+    BertForNextSentencePrediction,
     BertForPreTraining,
     BertForQuestionAnswering,
     BertForSequenceClassification,
@@ -18,32 +21,42 @@ from fastenc.models.bert import (
 )
 from fastenc.models.electra import (
     ElectraForMaskedLM,
+    ElectraForMultipleChoice,
     ElectraForPreTraining,
     ElectraForQuestionAnswering,
     ElectraForSequenceClassification,
     ElectraForTokenClassification,
     ElectraModel,
 )
+from fastenc.models.heads import FastencModel
 from fastenc.models.roberta import (
     RobertaForMaskedLM,
+    RobertaForMultipleChoice,
     RobertaForQuestionAnswering,
     RobertaForSequenceClassification,
     RobertaForTokenClassification,
     RobertaModel,
 )
 
-MODEL_CLASSES = {
+MODEL_CLASSES: dict[str, type[FastencModel]] = {
     cls.__name__: cls
     for cls in (
-        BertModel, BertForSequenceClassification, BertForTokenClassification, BertForQuestionAnswering,
-        BertForMaskedLM, BertForPreTraining,
-        RobertaModel, RobertaForSequenceClassification, RobertaForTokenClassification, RobertaForQuestionAnswering,
-        RobertaForMaskedLM,
-        AlbertModel, AlbertForSequenceClassification, AlbertForTokenClassification, AlbertForQuestionAnswering,
-        AlbertForMaskedLM, AlbertForPreTraining,
-        ElectraModel, ElectraForSequenceClassification, ElectraForTokenClassification, ElectraForQuestionAnswering,
-        ElectraForMaskedLM, ElectraForPreTraining,
+        BertModel, BertForMaskedLM, BertForPreTraining, BertForNextSentencePrediction, BertForSequenceClassification,
+        BertForMultipleChoice, BertForTokenClassification, BertForQuestionAnswering,
+        RobertaModel, RobertaForMaskedLM, RobertaForSequenceClassification, RobertaForMultipleChoice,
+        RobertaForTokenClassification, RobertaForQuestionAnswering,
+        AlbertModel, AlbertForMaskedLM, AlbertForPreTraining, AlbertForSequenceClassification,
+        AlbertForMultipleChoice, AlbertForTokenClassification, AlbertForQuestionAnswering,
+        ElectraModel, ElectraForMaskedLM, ElectraForPreTraining, ElectraForSequenceClassification,
+        ElectraForMultipleChoice, ElectraForTokenClassification, ElectraForQuestionAnswering,
     )
 }
 
-__all__ = ["MODEL_CLASSES", *MODEL_CLASSES]
+
+def twin_of(cls: type) -> type[FastencModel] | None:
+    """fastenc's class for exactly the transformers class `cls` (not a subclass of it), or None."""
+    twin = MODEL_CLASSES.get(cls.__name__)
+    return twin if twin is not None and twin.__mro__[2] is cls else None
+
+
+__all__ = ["MODEL_CLASSES", "FastencModel", "twin_of", *MODEL_CLASSES]

@@ -14,16 +14,15 @@ import fastenc
 
 VARIANTS = ("bert", "roberta", "albert", "electra")
 
+_SHARED = ["Model", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering", "ForMaskedLM",
+           "ForMultipleChoice"]
 HEADS = {
-    "bert": ["Model", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering", "ForMaskedLM",
-             "ForPreTraining"],
-    "roberta": ["Model", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering",
-                "ForMaskedLM"],
-    "albert": ["Model", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering", "ForMaskedLM",
-               "ForPreTraining"],
-    "electra": ["Model", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering",
-                "ForMaskedLM", "ForPreTraining"],
+    "bert": [*_SHARED, "ForPreTraining", "ForNextSentencePrediction"],
+    "roberta": _SHARED,
+    "albert": [*_SHARED, "ForPreTraining"],
+    "electra": [*_SHARED, "ForPreTraining"],
 }
+CHOICES = 2  # ForMultipleChoice inputs are [batch, CHOICES, seq]
 PREFIX = {"bert": "Bert", "roberta": "Roberta", "albert": "Albert", "electra": "Electra"}
 ALL_CLASSES = [PREFIX[v] + h for v in VARIANTS for h in HEADS[v]]
 
@@ -37,7 +36,8 @@ VARIANT_FIELDS = {
                    num_hidden_groups=2, inner_group_num=2),
     "electra": dict(hidden_act="silu", layer_norm_eps=1e-6, embedding_size=16),
 }
-NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
+NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0,
+                  summary_last_dropout=0.0)
 
 
 def variant_of(name: str) -> str:
@@ -84,7 +84,13 @@ def hf_and_fastenc(name: str, root: str) -> tuple[torch.nn.Module, torch.nn.Modu
 
 
 def inputs(variant: str, batch: int = 4, seq: int = 10, seed: int = 1) -> dict[str, torch.Tensor]:
-    """Rows: full, right-padded, left-padded, fully padded (batch >= 4); pad ids where the mask is 0."""
+    """Rows: full, right-padded, left-padded, fully padded (batch >= 4); pad ids where the mask is 0. `variant` may
+    be a class name: a ForMultipleChoice class gets [batch, CHOICES, seq] (rows of 2 * batch, grouped)."""
+    if variant not in VARIANTS:
+        name, variant = variant, variant_of(variant)
+        if name.endswith("ForMultipleChoice"):
+            flat = inputs(variant, batch * CHOICES, seq, seed)
+            return {k: v.view(batch, CHOICES, seq) for k, v in flat.items()}
     g = torch.Generator().manual_seed(seed)
     pad = VARIANT_FIELDS[variant].get("pad_token_id", 0)
     ids = torch.randint(3, COMMON["vocab_size"], (batch, seq), generator=g)
@@ -102,11 +108,15 @@ def inputs(variant: str, batch: int = 4, seq: int = 10, seed: int = 1) -> dict[s
 
 def labels_for(name: str, inp: dict[str, torch.Tensor], seed: int = 2) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    batch, seq = inp["input_ids"].shape
+    batch, seq = inp["input_ids"].shape[0], inp["input_ids"].shape[-1]
     padded = inp["attention_mask"] == 0
     head = name[len(PREFIX[variant_of(name)]):]
     if head == "Model":
         return {}
+    if head == "ForMultipleChoice":
+        return {"labels": torch.randint(0, CHOICES, (batch,), generator=g)}
+    if head == "ForNextSentencePrediction":
+        return {"labels": torch.randint(0, 2, (batch,), generator=g)}
     if head == "ForSequenceClassification":
         return {"labels": torch.randint(0, COMMON["num_labels"], (batch,), generator=g)}
     if head == "ForTokenClassification":

@@ -82,9 +82,10 @@ def test_input_ids_and_inputs_embeds_both_or_neither(bert):
         bert(inputs_embeds=torch.randn(2, 5, 31))
 
 
-def test_unknown_argument_is_a_type_error(bert):
-    with pytest.raises(TypeError, match="encoder_hidden_states"):
-        bert(torch.randint(1, 99, (2, 5)), encoder_hidden_states=torch.randn(2, 5, 32))
+def test_decoder_only_arguments_are_refused(bert):
+    for name in ("encoder_hidden_states", "encoder_attention_mask"):
+        with pytest.raises(ValueError, match=name):
+            bert(torch.randint(1, 99, (2, 5)), **{name: torch.randn(2, 5, 32)})
 
 
 def test_fully_masked_rows_never_make_nan():

@@ -1,24 +1,24 @@
-"""Checkpoints and twins: from_hf, save_pretrained -> transformers, strict state_dict both ways, heads from base
-checkpoints (and the reverse) with their loading report, sharded safetensors and pytorch_model.bin, torch_dtype,
-configs from transformers objects."""
+"""Checkpoints and twins. Loading and saving are transformers' own (fastenc's classes subclass transformers'); these
+tests check that they reach through fastenc's classes intact: from_hf, save_pretrained -> transformers, strict
+state_dict both ways, heads from base checkpoints with transformers' loading report, sharded safetensors,
+pytorch_model.bin, dtype, shape mismatches, configs, Auto classes and the PreTrainedModel API."""
 
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
 import transformers
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import fastenc
 from tests.models.harness import (
     ALL_CLASSES,
-    assert_close,
     assert_grads_close,
     assert_outputs_close,
     build_hf,
+    hf_config,
     inputs,
     labels_for,
     variant_of,
@@ -35,7 +35,7 @@ def test_from_hf_shares_parameters_and_matches(name):
     hf_params = dict(hf.named_parameters(remove_duplicate=False))
     for key, p in ours.named_parameters(remove_duplicate=False):
         assert p is hf_params[key], key
-    inp = inputs(variant_of(name), batch=3)
+    inp = inputs(name, batch=3)
     with torch.no_grad():
         assert_outputs_close(ours(**inp), hf(**inp), 1e-5)
 
@@ -62,13 +62,13 @@ def test_save_pretrained_loads_in_transformers(name, tmp_path):
     ours = fastenc.from_hf(build_hf(name))
     ours.save_pretrained(tmp_path)
     saved = load_file(str(tmp_path / "model.safetensors"))
-    tied = set(ours._tied_weights_keys)
+    tied = set(ours._tied_weights_keys or {})
     assert not tied & set(saved), "tied copies must not be saved"
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["architectures"] == [name] and config["model_type"] == variant_of(name)
     hf, info = getattr(transformers, name).from_pretrained(tmp_path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
-    inp = inputs(variant_of(name), batch=3)
+    inp = inputs(name, batch=3)
     with torch.no_grad():
         assert_outputs_close(ours(**inp), hf.eval()(**inp), 1e-5)
     for key, p in ours.state_dict().items():
@@ -87,32 +87,30 @@ def test_state_dict_strict_both_ways(name):
     assert {k for k, _ in ours.named_buffers()} == {k for k, _ in hf.named_buffers()}
     for key, b in hf.named_buffers():
         assert torch.equal(dict(ours.named_buffers())[key], b), key
-    for target, source in ours._tied_weights_keys.items():
+    for target, source in (ours._tied_weights_keys or {}).items():
         assert ours.get_parameter(target) is ours.get_parameter(source)
 
 
 def test_head_from_base_checkpoint_reports_and_initialises(tmp_path):
     base = build_hf("BertModel")
     base.save_pretrained(tmp_path)
-    with pytest.warns(UserWarning, match="newly initialised"):
-        ours, info = fastenc.BertForSequenceClassification.from_pretrained(tmp_path, output_loading_info=True)
-    assert info["missing_keys"] == ["classifier.bias", "classifier.weight"]
-    assert info["unexpected_keys"] == []
+    ours, info = fastenc.BertForSequenceClassification.from_pretrained(tmp_path, output_loading_info=True)
+    _, hf_info = transformers.BertForSequenceClassification.from_pretrained(tmp_path, output_loading_info=True)
+    assert sorted(info["missing_keys"]) == sorted(hf_info["missing_keys"]) == ["classifier.bias", "classifier.weight"]
+    assert not info["unexpected_keys"]
     assert torch.equal(ours.classifier.bias, torch.zeros(3))
     assert 0.1 < ours.classifier.weight.std().item() < 0.3  # initializer_range 0.2
-    hf_head = transformers.BertForSequenceClassification.from_pretrained(tmp_path)
     for key, p in base.state_dict().items():
         assert torch.equal(ours.state_dict()["bert." + key], p)
-        assert torch.equal(hf_head.state_dict()["bert." + key], p)
+    assert type(ours) is fastenc.BertForSequenceClassification and ours.training is False
 
 
 def test_base_from_head_checkpoint_drops_prefix(tmp_path):
     head = build_hf("ElectraForPreTraining")
     head.save_pretrained(tmp_path)
-    with pytest.warns(UserWarning, match="unexpected"):
-        ours, info = fastenc.ElectraModel.from_pretrained(tmp_path, output_loading_info=True)
-    assert info["missing_keys"] == []
-    assert all(k.startswith("discriminator_predictions.") for k in info["unexpected_keys"])
+    ours, info = fastenc.ElectraModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"]
+    assert info["unexpected_keys"] and all(k.startswith("discriminator_predictions.") for k in info["unexpected_keys"])
     inp = inputs("electra", batch=3)
     with torch.no_grad():
         assert_outputs_close(ours(**inp), head.electra(**inp), 1e-5)
@@ -123,97 +121,99 @@ def test_sharded_and_bin_checkpoints(tmp_path):
     inp = inputs("albert", batch=3)
     with torch.no_grad():
         ref = hf(**inp)
-    state = {k: v.contiguous() for k, v in hf.state_dict().items() if k not in hf._tied_weights_keys}
-    keys = sorted(state)
-    sharded, legacy = tmp_path / "sharded", tmp_path / "bin"
-    for d in (sharded, legacy):
-        d.mkdir()
-        hf.config.save_pretrained(d)
-    halves = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
-              "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
-    weight_map = {}
-    for file, part in halves.items():
-        save_file({k: state[k] for k in part}, str(sharded / file), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(part, file))
-    (sharded / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    torch.save(state, legacy / "pytorch_model.bin")
-    for d in (sharded, legacy):
+    hf.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    legacy = tmp_path / "bin"
+    hf.config.save_pretrained(legacy)
+    torch.save(hf.state_dict(), legacy / "pytorch_model.bin")
+    for d in (tmp_path / "sharded", legacy):
         ours, info = fastenc.AlbertForMaskedLM.from_pretrained(d, output_loading_info=True)
-        assert not info["missing_keys"] and not info["unexpected_keys"]
+        assert not info["missing_keys"] and not info["unexpected_keys"], info
         with torch.no_grad():
             assert_outputs_close(ours(**inp), ref, 1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, "bfloat16"])
-def test_from_pretrained_torch_dtype(dtype, tmp_path):
+def test_from_pretrained_dtype(dtype, tmp_path):
     build_hf("BertModel").save_pretrained(tmp_path)
-    ours = fastenc.BertModel.from_pretrained(tmp_path, torch_dtype=dtype)
+    ours = fastenc.BertModel.from_pretrained(tmp_path, dtype=dtype)
     want = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     assert all(p.dtype == want for p in ours.parameters())
     assert ours.embeddings.position_ids.dtype == torch.long
-    with pytest.raises(TypeError, match="torch_dtype"):
-        fastenc.BertModel.from_pretrained(tmp_path, torch_dtype=torch.int8)
+
+
+def test_shape_mismatch_raises_unless_ignored(tmp_path):
+    build_hf("BertForSequenceClassification").save_pretrained(tmp_path)  # num_labels=3
+    with pytest.raises(RuntimeError, match="size mismatch|mismatch"):
+        fastenc.BertForSequenceClassification.from_pretrained(tmp_path, num_labels=5)
+    ours, info = fastenc.BertForSequenceClassification.from_pretrained(
+        tmp_path, num_labels=5, ignore_mismatched_sizes=True, output_loading_info=True)
+    assert ours.classifier.out_features == 5 and info["mismatched_keys"]
 
 
 def test_missing_checkpoint_is_clear(tmp_path):
-    with pytest.raises(FileNotFoundError, match="checkpoint folder"):
-        fastenc.BertModel.from_pretrained(tmp_path / "nowhere")
-    build_hf("BertModel").config.save_pretrained(tmp_path)
-    with pytest.raises(FileNotFoundError, match="model.safetensors"):
-        fastenc.BertModel.from_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="model_type"):
-        fastenc.RobertaModel.from_pretrained(tmp_path)
+    with pytest.raises(OSError):
+        fastenc.BertModel.from_pretrained(tmp_path / "nowhere", local_files_only=True)
 
 
-def test_config_from_transformers_and_back():
-    hf_cfg = transformers.AlbertConfig(embedding_size=16, hidden_size=32, num_attention_heads=4, num_labels=5,
-                                       hidden_act="relu")
-    ours = fastenc.AlbertConfig.from_any(hf_cfg)
-    assert (ours.embedding_size, ours.hidden_act, ours.num_labels) == (16, "relu", 5)
-    assert ours.classifier_dropout_prob == hf_cfg.classifier_dropout_prob
-    again = transformers.AlbertConfig(**ours.to_dict())
-    assert again.num_labels == 5 and again.embedding_size == 16
-    defaults = fastenc.RobertaConfig()
-    assert (defaults.pad_token_id, defaults.vocab_size, defaults.layer_norm_eps) == (1, 50265, 1e-12)
-    with pytest.raises(ValueError, match="model_type"):
-        fastenc.BertConfig.from_any(hf_cfg)
-    with pytest.raises(ValueError, match="multiple"):
-        fastenc.BertConfig(hidden_size=30, num_attention_heads=4)
+def test_config_is_transformers_config_and_decoders_are_refused():
+    assert fastenc.BertConfig is transformers.BertConfig
+    cfg = hf_config("bert")
+    model = fastenc.BertModel(cfg)
+    assert isinstance(model, transformers.BertModel) and isinstance(model, transformers.PreTrainedModel)
+    assert model.config is cfg and model.config._attn_implementation == "fastenc"
+    for field in ("is_decoder", "add_cross_attention"):
+        with pytest.raises(ValueError, match=field):
+            fastenc.BertModel(hf_config("bert", **{field: True}))
 
 
-def test_config_file_round_trip(tmp_path):
-    cfg = fastenc.ElectraConfig(embedding_size=16, hidden_size=32, num_attention_heads=4, num_labels=4,
-                                layer_norm_eps=1e-7, some_future_field=[1, 2])
-    cfg.save_pretrained(tmp_path)
-    again = fastenc.ElectraConfig.from_pretrained(tmp_path)
-    assert again == cfg and again.some_future_field == [1, 2]
-    assert os.path.isfile(tmp_path / "config.json")
-    assert_close(torch.tensor(again.layer_norm_eps), torch.tensor(1e-7), 0.0, "eps")
+def test_unknown_attention_implementation_is_not_saved(tmp_path):
+    build_hf("BertModel").save_pretrained(tmp_path / "a")
+    ours = fastenc.BertModel.from_pretrained(tmp_path / "a", attn_implementation="eager")
+    ours.save_pretrained(tmp_path / "b")
+    saved = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert "attn_implementation" not in saved and "_attn_implementation" not in saved
+    transformers.BertModel.from_pretrained(tmp_path / "b")  # loads in transformers
 
 
-def test_from_pretrained_config_overrides_and_auto_dtype(tmp_path):
-    base = build_hf("BertModel").to(torch.bfloat16)
-    base.save_pretrained(tmp_path)
-    with pytest.warns(UserWarning, match="newly initialised"):
-        ours = fastenc.BertForSequenceClassification.from_pretrained(tmp_path, num_labels=5, torch_dtype="auto")
-    assert ours.classifier.out_features == 5 and ours.config.num_labels == 5
-    assert ours.dtype == torch.bfloat16
-    assert fastenc.BertModel.from_pretrained(tmp_path).dtype == torch.float32  # transformers' default: float32
+def test_lazy_names_list_every_model_class():
+    assert set(fastenc._MODELS) == set(fastenc.models.MODEL_CLASSES)
+    for name in fastenc._MODELS:
+        assert getattr(fastenc, name).__mro__[2] is getattr(transformers, name)
 
 
-def test_legacy_checkpoint_names(tmp_path):
-    """Old checkpoints: LayerNorm.gamma / .beta and stored position_ids buffers, in a pytorch_model.bin."""
-    hf = build_hf("BertForPreTraining")
-    state = {}
-    for key, value in hf.state_dict().items():
-        if "LayerNorm" in key:
-            key = key.replace(".weight", ".gamma").replace(".bias", ".beta")
-        state[key] = value.clone()
-    state["bert.embeddings.position_ids"] = torch.arange(64)[None]
-    hf.config.save_pretrained(tmp_path)
-    torch.save(state, tmp_path / "pytorch_model.bin")
-    ours, info = fastenc.BertForPreTraining.from_pretrained(tmp_path, output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"], info
+def test_auto_classes_resolve_to_fastenc(tmp_path):
+    for name in ("RobertaForTokenClassification", "ElectraForPreTraining", "AlbertForMultipleChoice"):
+        build_hf(name).save_pretrained(tmp_path / name)
+    assert type(fastenc.AutoModelForTokenClassification.from_pretrained(
+        tmp_path / "RobertaForTokenClassification")) is fastenc.RobertaForTokenClassification
+    assert type(fastenc.AutoModelForPreTraining.from_pretrained(
+        tmp_path / "ElectraForPreTraining")) is fastenc.ElectraForPreTraining
+    assert type(fastenc.AutoModelForMultipleChoice.from_pretrained(
+        tmp_path / "AlbertForMultipleChoice")) is fastenc.AlbertForMultipleChoice
+    base = fastenc.AutoModel.from_pretrained(tmp_path / "ElectraForPreTraining", num_hidden_layers=1)
+    assert type(base) is fastenc.ElectraModel and base.config.num_hidden_layers == 1
+    assert type(fastenc.AutoModel.from_config(hf_config("albert"))) is fastenc.AlbertModel
+    with pytest.raises(ValueError, match="no class for"):
+        fastenc.AutoModel.from_config(transformers.DistilBertConfig(dim=32, n_heads=4, n_layers=1, hidden_dim=37))
+
+
+def test_pretrained_model_api_through_fastenc():
+    """A few PreTrainedModel features that fastenc used to lack, now inherited: they must keep fastenc's blocks."""
+    ours = fastenc.from_hf(build_hf("BertForMaskedLM"))
+    hf = build_hf("BertForMaskedLM")
+    assert ours.num_parameters() == hf.num_parameters()
+    assert ours.base_model is ours.bert
+    ours.resize_token_embeddings(120)
+    hf.resize_token_embeddings(120)
+    assert ours.get_output_embeddings().weight is ours.get_input_embeddings().weight
     inp = inputs("bert", batch=3)
+    inp["input_ids"][0, 1] = 110  # a new token
+    ours.get_input_embeddings().weight.data.copy_(hf.get_input_embeddings().weight.data)
+    ours.cls.predictions.bias.data.copy_(hf.cls.predictions.bias.data)
     with torch.no_grad():
-        assert_outputs_close(ours(**inp), hf(**inp), 1e-5)
+        assert_outputs_close(ours.eval()(**inp), hf.eval()(**inp), 1e-5)
+    assert fastenc.is_optimized(ours)
+    ours.gradient_checkpointing_enable()
+    assert ours.is_gradient_checkpointing
+    ours.enable_input_require_grads()

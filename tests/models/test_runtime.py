@@ -15,7 +15,7 @@ def test_qkv_cache_follows_in_place_updates():
     inp = inputs("bert", batch=3)
     with torch.no_grad():
         first = ours(**inp).last_hidden_state
-        assert ours.encoder.layer[0].attention.self._qkv_cache is not None
+        assert ours.encoder.layer[0].attention.self.__dict__.get("_fastenc_qkv") is not None
         hf.encoder.layer[0].attention.self.value.weight.mul_(1.5)  # shared tensor: an optimizer-style update
         hf.encoder.layer[1].attention.self.query.bias.add_(0.3)
         second = ours(**inp)
@@ -24,12 +24,12 @@ def test_qkv_cache_follows_in_place_updates():
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
-    name = "AlbertForMaskedLM"
+    name = "RobertaForMaskedLM"  # transformers' ALBERT does not support gradient checkpointing
     plain = fastenc.from_hf(build_hf(name)).train()
     ckpt = fastenc.from_hf(build_hf(name)).train()
     ckpt.gradient_checkpointing_enable()
-    assert ckpt.albert.encoder.gradient_checkpointing
-    inp = inputs("albert", batch=3)
+    assert ckpt.is_gradient_checkpointing
+    inp = inputs("roberta", batch=3)
     lab = labels_for(name, inp)
     losses = [m(**inp, **lab).loss for m in (plain, ckpt)]
     assert_close(losses[1], losses[0], 1e-6, "loss")
@@ -53,7 +53,7 @@ def test_output_container_and_embedding_accessors():
     inp = inputs("electra", batch=2)
     with torch.no_grad():
         out = ours(**inp, output_hidden_states=True)
-    assert out.keys() == ["logits", "hidden_states"] and "loss" not in out
+    assert list(out.keys()) == ["logits", "hidden_states"] and "loss" not in out
     assert out.get("loss") is None and out.get("logits") is out.logits is out[0] is out["logits"]
     assert len(out) == 2 and out.to_tuple()[1] is out.hidden_states
     assert ours.get_output_embeddings() is ours.generator_lm_head

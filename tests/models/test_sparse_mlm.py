@@ -9,9 +9,10 @@ import json
 
 import pytest
 import torch
+import transformers
 
 import fastenc
-from tests.models.harness import COMMON, assert_close, assert_grads_close, build_hf, inputs, labels_for, variant_of
+from tests.models.harness import COMMON, assert_close, assert_grads_close, build_hf, inputs, labels_for
 
 MLM_HEADS = ["BertForMaskedLM", "BertForPreTraining", "RobertaForMaskedLM", "AlbertForMaskedLM",
              "AlbertForPreTraining", "ElectraForMaskedLM"]
@@ -30,7 +31,7 @@ def models(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
 
 def check_sparse_step(name: str, batch: int, unpad: bool) -> None:
     hf, ours = models(name)
-    inp = inputs(variant_of(name), batch=batch, seq=8)
+    inp = inputs(name, batch=batch, seq=8)
     lab = labels_for(name, inp)
     labelled = lab["labels"] != -100
     assert 0 < labelled.sum() < labelled.numel()
@@ -67,7 +68,7 @@ def test_sparse_on_triton_backend():
 @pytest.mark.parametrize("name", ["BertForPreTraining", "ElectraForMaskedLM"])
 def test_full_logits_without_labels_or_flag(name):
     _, ours = models(name)
-    inp = inputs(variant_of(name))
+    inp = inputs(name)
     lab = labels_for(name, inp)
     field = prediction_field(name)
     full_shape = (*inp["input_ids"].shape, COMMON["vocab_size"])
@@ -80,14 +81,14 @@ def test_full_logits_without_labels_or_flag(name):
         assert ours(**inp, **lab, sparse_prediction=False)[field].shape == full_shape  # the argument wins
 
 
-def test_config_field_is_runtime_only(tmp_path):
+def test_config_field_round_trips_and_transformers_ignores_it(tmp_path):
     _, ours = models("BertForMaskedLM")
     ours.config.fastenc_sparse_mlm = True
-    assert "fastenc_sparse_mlm" not in ours.config.to_dict()
     ours.save_pretrained(tmp_path)
     with open(tmp_path / "config.json") as f:
-        assert "fastenc_sparse_mlm" not in json.load(f)
-    assert fastenc.BertForMaskedLM.from_pretrained(tmp_path).config.fastenc_sparse_mlm is False
+        assert json.load(f)["fastenc_sparse_mlm"] is True
+    assert fastenc.BertForMaskedLM.from_pretrained(tmp_path).config.fastenc_sparse_mlm is True
+    transformers.BertForMaskedLM.from_pretrained(tmp_path)
 
 
 def test_no_labelled_position_gives_transformers_nan():

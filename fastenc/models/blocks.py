@@ -1,0 +1,338 @@
+"""transformers' encoder blocks running fastenc's ops, switched in place by class.
+
+Every transformers building block with a fastenc equivalent gets its `__class__` set to a subclass whose `forward`
+calls fastenc.ops on the module's own parameters: embeddings -> `embeddings`; Q/K/V -> one fused matmul;
+attention -> `attention`; dense + dropout + residual + LayerNorm -> `add_layer_norm` with the bias folded in;
+dense + GELU -> `bias_gelu`; MLM transforms -> `gelu_layer_norm`; the encoder packs the real tokens
+(`fastenc.models.packing`). No parameter, buffer or submodule is created, moved or renamed, so state_dict keys,
+Parameter objects (optimizer state, DDP buckets, hooks, PEFT LoRA wrappers) and save_pretrained stay as they were,
+and `remove_blocks` undoes it. The layer classes (BertLayer...) are kept: transformers' GradientCheckpointingLayer
+wraps their forward, so gradient checkpointing keeps working on the swapped sub-blocks.
+
+The attention implementation "fastenc" is registered with transformers (AttentionInterface and
+AttentionMaskInterface): its mask is the 2-D key padding mask itself, or None when nothing is padded, which is what
+the encoder packs by. A 4-D mask (from the caller, or another attention implementation's mask function) runs as an
+additive bias on the reference attention. Recorded attentions (output_attentions) come from the reference path,
+which returns the probabilities transformers' eager attention gives.
+
+Trade-off: swapping classes instead of owning the modules keeps transformers' module layout, loading, saving and
+every PreTrainedModel feature, and keeps every reference a caller holds valid; the price is that fastenc's forward
+follows transformers' block boundaries (one op boundary per block) and its keyword plumbing.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastenc import ops
+from fastenc.models.fused import EXACT_GELU, is_plain_linear, linear_act, linear_act_norm, linear_add_norm, qkv
+from fastenc.models.packing import (
+    choose_packing,
+    packing_from_kwargs,
+    packing_from_positions,
+    scoped_unpad,
+    tracing,
+)
+
+ATTN_IMPLEMENTATION = "fastenc"
+
+
+def _dropout_p(module: nn.Module, dropout: nn.Module) -> float:
+    return dropout.p if module.training else 0.0
+
+
+def recording(key: str) -> bool:
+    """Whether transformers is recording `key` ("hidden_states" / "attentions") for this forward call."""
+    try:
+        from transformers.utils.output_capturing import _active_collector
+    except ImportError:
+        return True  # unknown transformers internals: assume recording, which only disables packing
+    collected = _active_collector.get()
+    return collected is not None and key in collected
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Attention and mask functions registered with transformers: used by modules that are not swapped, and to carry the
+# 2-D padding mask from the model's forward to the encoder.
+
+
+def _padding_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None,
+                  attention_mask=None, **kwargs):
+    """transformers mask interface: the 2-D bool key padding mask, or None when no position is padded."""
+    if attention_mask is None:
+        return None
+    attention_mask = attention_mask[:, -kv_length:].bool()
+    if not tracing(attention_mask) and bool(attention_mask.all()):
+        return None
+    return attention_mask
+
+
+def _bias_from_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    return mask
+
+
+def attend(q, k, v, mask, dropout_p, scale, cu_seqlens=None, max_seqlen=None, with_probs=False):
+    """q, k, v [B, S, H, D], or packed [T, H, D] / flattened [B, S, H, D] with cu_seqlens over B * S; mask: None,
+    2-D key padding or 4-D (bias / bool). Returns (context like q, probabilities [B, H, S, S] or None)."""
+    if with_probs:
+        if cu_seqlens is not None:
+            raise ValueError("output_attentions is not supported with packed or flattened sequences "
+                             "(position_ids restarting inside a row)")
+        bias = None if mask is None or mask.dim() == 2 else _bias_from_mask(mask, q.dtype)
+        kpm = mask if mask is not None and mask.dim() == 2 else None
+        return ops.attention_ref(q, k, v, key_padding_mask=kpm, attn_bias=bias, dropout_p=dropout_p,
+                                 softmax_scale=scale, return_probs=True)
+    if mask is not None and mask.dim() == 4:
+        return ops.attention(q, k, v, attn_bias=_bias_from_mask(mask, q.dtype), dropout_p=dropout_p,
+                             softmax_scale=scale, backend="torch"), None
+    if cu_seqlens is not None and q.dim() == 4:  # flattened rows: the packed layout is a view of them
+        out = ops.attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), cu_seqlens=cu_seqlens,
+                            max_seqlen=max_seqlen, dropout_p=dropout_p, softmax_scale=scale)
+        return out.view(q.shape), None
+    return ops.attention(q, k, v, key_padding_mask=mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
+                         dropout_p=dropout_p, softmax_scale=scale), None
+
+
+def _hf_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers attention interface: q, k, v [B, H, S, D] -> ([B, S, H, D], None)."""
+    return attend(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attention_mask, dropout,
+                  scaling)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The swapped forwards. Each class is a mixin placed before the transformers class; `supports(module)` says whether a
+# given instance can take it (else the module keeps its own forward).
+
+
+class _Swap:
+    attrs: dict = {}  # instance attributes the forward needs, set by install_blocks and removed by remove_blocks
+
+    @staticmethod
+    def supports(module: nn.Module) -> bool:
+        return True
+
+
+class _Embeddings(_Swap):
+    """Bert/Roberta/Albert/ElectraEmbeddings -> ops.embeddings (gather, sum, LayerNorm, dropout in one op)."""
+
+    @staticmethod
+    def supports(module):
+        return all(type(getattr(module, n)) is nn.Embedding
+                   for n in ("word_embeddings", "position_embeddings", "token_type_embeddings"))
+
+    def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                past_key_values_length=0):
+        shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
+        if position_ids is None:
+            offset = self.padding_idx + 1 if hasattr(self, "create_position_ids_from_input_ids") else 0
+            limit = self.position_embeddings.num_embeddings - offset - past_key_values_length
+            if shape[1] > limit:
+                name = "input_ids" if input_ids is not None else "inputs_embeds"
+                raise ValueError(f"{name} has sequence length {shape[1]}, longer than the {limit} positions of the "
+                                 f"model (max_position_embeddings)")
+            if hasattr(self, "create_position_ids_from_input_ids"):  # RoBERTa: positions count from padding_idx + 1
+                position_ids = (self.create_position_ids_from_input_ids(input_ids, self.padding_idx,
+                                                                        past_key_values_length)
+                                if input_ids is not None
+                                else self.create_position_ids_from_inputs_embeds(inputs_embeds, self.padding_idx))
+            else:
+                position_ids = self.position_ids[:, past_key_values_length:past_key_values_length + shape[1]]
+        if token_type_ids is None:
+            token_type_ids = (self.token_type_ids[:, :shape[1]] if hasattr(self, "token_type_ids")
+                              else torch.zeros(shape, dtype=torch.long, device=self.word_embeddings.weight.device))
+        ln = self.LayerNorm
+        return ops.embeddings(
+            input_ids, self.word_embeddings.weight, position_ids, self.position_embeddings.weight, token_type_ids,
+            self.token_type_embeddings.weight, ln.weight, ln.bias, ln.eps,
+            dropout_p=_dropout_p(self, self.dropout), inputs_embeds=inputs_embeds,
+            word_padding_idx=self.word_embeddings.padding_idx,
+            position_padding_idx=self.position_embeddings.padding_idx,
+            backend="torch" if inputs_embeds is not None else None,
+        )
+
+
+class _SelfAttention(_Swap):
+    """Bert/Roberta/ElectraSelfAttention -> fused QKV + ops.attention; returns (context [..., E], probs | None)."""
+
+    @staticmethod
+    def supports(module):
+        return not getattr(module, "is_causal", False) and not getattr(module, "is_decoder", False)
+
+    def forward(self, hidden_states, attention_mask=None, past_key_values=None, cu_seqlens=None, max_seqlen=None,
+                **kwargs):
+        q, k, v = qkv(self, hidden_states)
+        out, probs = attend(q, k, v, attention_mask, _dropout_p(self, self.dropout), self.scaling, cu_seqlens,
+                            max_seqlen, with_probs=recording("attentions"))
+        return out.flatten(-2), probs
+
+
+class _AddLayerNorm(_Swap):
+    """Bert/Roberta/Electra SelfOutput and Output: LayerNorm(dropout(dense(x)) + input) -> ops.add_layer_norm."""
+
+    def forward(self, hidden_states, input_tensor):
+        return linear_add_norm(hidden_states, self.dense, input_tensor, self.LayerNorm,
+                               _dropout_p(self, self.dropout))
+
+
+class _Intermediate(_Swap):
+    """Bert/Roberta/ElectraIntermediate: act(dense(x)) -> ops.bias_gelu for the gelu family."""
+
+    def forward(self, hidden_states):
+        return linear_act(hidden_states, self.dense, self.intermediate_act_fn)
+
+
+class _AlbertAttention(_Swap):
+    """AlbertAttention: fused QKV, attention, dense + dropout + residual + LayerNorm."""
+
+    def forward(self, hidden_states, attention_mask=None, cu_seqlens=None, max_seqlen=None, **kwargs):
+        q, k, v = qkv(self, hidden_states)
+        ctx, probs = attend(q, k, v, attention_mask, _dropout_p(self, self.attention_dropout), self.scaling,
+                            cu_seqlens, max_seqlen, with_probs=recording("attentions"))
+        out = linear_add_norm(ctx.flatten(-2), self.dense, hidden_states, self.LayerNorm,
+                              _dropout_p(self, self.output_dropout))
+        return out, probs
+
+
+class _AlbertLayer(_Swap):
+    """AlbertLayer: attention, then LayerNorm(ffn_output(act(ffn(x))) + x) (no dropout there, as transformers)."""
+
+    @staticmethod
+    def supports(module):
+        return not module.chunk_size_feed_forward
+
+    def forward(self, hidden_states, attention_mask=None, **kwargs):
+        attention_output, _ = self.attention(hidden_states, attention_mask, **kwargs)
+        h = linear_act(attention_output, self.ffn, self.activation)
+        return linear_add_norm(h, self.ffn_output, attention_output, self.full_layer_layer_norm, 0.0)
+
+
+class _HeadTransform(_Swap):
+    """BertPredictionHeadTransform / ElectraGeneratorPredictions: LayerNorm(act(dense(x))) -> ops.gelu_layer_norm."""
+
+    def forward(self, hidden_states):
+        act = getattr(self, "transform_act_fn", None) or self.activation
+        return linear_act_norm(hidden_states, self.dense, act, self.LayerNorm)
+
+
+class _AlbertMLMHead(_Swap):
+    """AlbertMLMHead: decoder(LayerNorm(act(dense(x))))."""
+
+    def forward(self, hidden_states):
+        return self.decoder(linear_act_norm(hidden_states, self.dense, self.activation, self.LayerNorm))
+
+
+class _RobertaLMHead(_Swap):
+    """RobertaLMHead: decoder(layer_norm(gelu(dense(x)))), exact GELU."""
+
+    def forward(self, features, **kwargs):
+        act = EXACT_GELU if is_plain_linear(self.dense) else F.gelu
+        return self.decoder(linear_act_norm(features, self.dense, act, self.layer_norm))
+
+
+class _Encoder(_Swap):
+    """Bert/Roberta/ElectraEncoder and AlbertTransformer: run transformers' own layer loop (with its gradient
+    checkpointing) in the packed layout when `fastenc.models.packing` chooses it."""
+
+    attrs = {"_fastenc_unpad": None}  # optimize(unpad=False) sets False; a fastenc model's forward decides per call
+
+    def forward(self, hidden_states, attention_mask=None, *args, **kwargs):
+        if tracing(hidden_states):  # data-dependent shapes: traced and captured calls stay padded
+            return super().forward(hidden_states, attention_mask, *args, **kwargs)
+        batch, seq = hidden_states.shape[:2]
+        if attention_mask is None:  # nothing padded: maybe flattened sequences
+            flat = packing_from_kwargs(kwargs, batch, seq)
+            position_ids = kwargs.get("position_ids")
+            if flat is None and position_ids is not None:
+                flat = packing_from_positions(position_ids, batch, seq)
+            if flat is not None:  # the rows stay [B, S]; attention reads them as one packed batch
+                return super().forward(hidden_states, None, *args, cu_seqlens=flat.cu_seqlens,
+                                       max_seqlen=flat.max_seqlen, **kwargs)
+        packing = None
+        unpad = scoped_unpad(self._fastenc_unpad)
+        if (unpad is not False and attention_mask is not None and attention_mask.dim() == 2
+                and not self.config.chunk_size_feed_forward
+                and not recording("hidden_states") and not recording("attentions")):
+            packing = choose_packing(attention_mask, unpad)
+        if packing is None:
+            return super().forward(hidden_states, attention_mask, *args, **kwargs)
+        out = super().forward(packing.pack(hidden_states), None, *args, cu_seqlens=packing.cu_seqlens,
+                              max_seqlen=packing.max_seqlen, **kwargs)
+        out.last_hidden_state = packing.unpack(out.last_hidden_state)
+        return out
+
+
+TARGETS = {  # transformers family -> {block class name: swap}
+    "bert": {"BertEmbeddings": _Embeddings, "BertSelfAttention": _SelfAttention, "BertSelfOutput": _AddLayerNorm,
+             "BertOutput": _AddLayerNorm, "BertIntermediate": _Intermediate, "BertEncoder": _Encoder,
+             "BertPredictionHeadTransform": _HeadTransform},
+    "roberta": {"RobertaEmbeddings": _Embeddings, "RobertaSelfAttention": _SelfAttention,
+                "RobertaSelfOutput": _AddLayerNorm, "RobertaOutput": _AddLayerNorm,
+                "RobertaIntermediate": _Intermediate, "RobertaEncoder": _Encoder, "RobertaLMHead": _RobertaLMHead},
+    "electra": {"ElectraEmbeddings": _Embeddings, "ElectraSelfAttention": _SelfAttention,
+                "ElectraSelfOutput": _AddLayerNorm, "ElectraOutput": _AddLayerNorm,
+                "ElectraIntermediate": _Intermediate, "ElectraEncoder": _Encoder,
+                "ElectraGeneratorPredictions": _HeadTransform},
+    "albert": {"AlbertEmbeddings": _Embeddings, "AlbertAttention": _AlbertAttention, "AlbertLayer": _AlbertLayer,
+               "AlbertTransformer": _Encoder, "AlbertMLMHead": _AlbertMLMHead},
+}
+
+_swaps: dict[type, type] | None = None  # transformers block class -> swap mixin
+_subclasses: dict[type, type] = {}  # transformers block class -> its swapped subclass
+
+
+def swap_table() -> dict[type, type]:
+    """{transformers block class: swap mixin}; registers the "fastenc" attention implementation on first use."""
+    global _swaps
+    if _swaps is None:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface
+
+        table = {}
+        for family, names in TARGETS.items():
+            module = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+            table.update({getattr(module, name): swap for name, swap in names.items()})
+        AttentionInterface.register(ATTN_IMPLEMENTATION, _hf_attention)
+        AttentionMaskInterface.register(ATTN_IMPLEMENTATION, _padding_mask)
+        _swaps = table
+    return _swaps
+
+
+def _subclass(cls: type) -> type:
+    if cls not in _subclasses:
+        _subclasses[cls] = type(cls.__name__, (swap_table()[cls], cls),
+                                {"_fastenc_original": cls, "__module__": __name__, "__qualname__": cls.__qualname__})
+    return _subclasses[cls]
+
+
+def install_blocks(model: nn.Module) -> int:
+    """Swap every supported block inside `model` (in place); returns how many were swapped."""
+    table = swap_table()
+    swapped = 0
+    for m in model.modules():
+        if type(m) in table and table[type(m)].supports(m):
+            m.__class__ = _subclass(type(m))
+            for name, value in type(m).attrs.items():
+                setattr(m, name, value)
+            swapped += 1
+    return swapped
+
+
+def remove_blocks(model: nn.Module) -> None:
+    """Give every swapped block inside `model` its transformers class back."""
+    for m in model.modules():
+        original = type(m).__dict__.get("_fastenc_original")
+        if original is not None and issubclass(type(m), _Swap):
+            for name in type(m).attrs:
+                m.__dict__.pop(name, None)
+            m.__dict__.pop("_fastenc_qkv", None)
+            m.__class__ = original
+
+
+def has_blocks(model: nn.Module) -> bool:
+    return any(isinstance(m, _Swap) for m in model.modules())

@@ -1,0 +1,97 @@
+"""Fused linear helpers: a transformers Linear followed by its activation or its residual LayerNorm, as one fastenc op.
+
+The matmul runs without its bias and the bias is folded into the next fused op (bias_gelu, add_layer_norm,
+gelu_layer_norm); Q, K and V come out of one matmul over the concatenated weights as strided views. Only a plain
+nn.Linear is taken apart this way: any other projection (a LoRA or quantised wrapper) is called as a module, so its
+own forward (and delta) still applies, and only the op after it is fused.
+
+Trade-off: the concatenated QKV weight is a copy. It is cached, keyed by the three weights' storage and version,
+while gradients are off; with gradients on it is rebuilt every call (one weight-sized copy per layer and step, small
+next to the matmul), so the autograd graph reaches the original Parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastenc import ops
+
+_GELU_TANH = ("NewGELUActivation", "GELUTanh", "PytorchGELUTanh", "FastGELUActivation")
+
+EXACT_GELU = nn.GELU()  # for blocks that call transformers' functional gelu (RobertaLMHead)
+
+
+def gelu_form(act: object) -> str | None:
+    """'none' / 'tanh' for the GELU forms bias_gelu implements, None for any other activation."""
+    name = type(act).__name__
+    if name == "GELUActivation":
+        return "none"
+    if name in _GELU_TANH:
+        return "tanh"
+    if isinstance(act, nn.GELU):
+        return act.approximate
+    return None
+
+
+def is_plain_linear(m: nn.Module) -> bool:
+    return type(m) is nn.Linear
+
+
+def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """Parameters follow the activation's dtype (autocast gives fp16 matmul outputs next to fp32 parameters)."""
+    return t if t is None or t.dtype == dtype else t.to(dtype)
+
+
+def linear_act(x: torch.Tensor, dense: nn.Module, act: nn.Module) -> torch.Tensor:
+    """act(dense(x)); one bias_gelu after a bias-free matmul for the GELU family on a plain Linear."""
+    approximate = gelu_form(act) if is_plain_linear(dense) else None
+    if approximate is None:
+        return act(dense(x))
+    y = F.linear(x, dense.weight)
+    return ops.bias_gelu(y, _cast(dense.bias, y.dtype), approximate)
+
+
+def linear_add_norm(x: torch.Tensor, dense: nn.Module, residual: torch.Tensor | None, norm: nn.LayerNorm,
+                    dropout_p: float) -> torch.Tensor:
+    """norm(dropout(dense(x)) + residual) in one add_layer_norm, the bias folded in for a plain Linear."""
+    if is_plain_linear(dense):
+        y, x_bias = F.linear(x, dense.weight), dense.bias
+    else:
+        y, x_bias = dense(x), None
+    if residual is not None and residual.dtype != y.dtype:  # autocast: fp16 output beside an fp32 residual
+        dtype = torch.promote_types(residual.dtype, y.dtype)
+        y, residual = y.to(dtype), residual.to(dtype)
+    return ops.add_layer_norm(y, residual, norm.weight, norm.bias, norm.eps, x_bias=_cast(x_bias, y.dtype),
+                              dropout_p=dropout_p)
+
+
+def linear_act_norm(x: torch.Tensor, dense: nn.Module, act: nn.Module, norm: nn.LayerNorm) -> torch.Tensor:
+    """norm(act(dense(x))), the MLM / generator head transform; one gelu_layer_norm for the GELU family."""
+    approximate = gelu_form(act) if is_plain_linear(dense) else None
+    if approximate is None:
+        return ops.add_layer_norm(linear_act(x, dense, act), None, norm.weight, norm.bias, norm.eps)
+    y = F.linear(x, dense.weight)
+    return ops.gelu_layer_norm(y, norm.weight, norm.bias, norm.eps, x_bias=_cast(dense.bias, y.dtype),
+                               approximate=approximate)
+
+
+def qkv(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q, K, V of `module` (its query / key / value projections) as [..., heads, head_dim]: strided views of one
+    matmul over the concatenated weights when all three are plain Linears with biases, else three calls."""
+    heads, d = module.num_attention_heads, module.attention_head_size
+    lins = (module.query, module.key, module.value)
+    if not all(is_plain_linear(m) and m.bias is not None for m in lins):
+        return tuple(m(x).unflatten(-1, (heads, d)) for m in lins)
+    params = (*(m.weight for m in lins), *(m.bias for m in lins))
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
+        weight, bias = torch.cat(params[:3]), torch.cat(params[3:])
+    else:
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        cache = module.__dict__.get("_fastenc_qkv")
+        if cache is None or cache[0] != key:
+            with torch.no_grad():
+                cache = module.__dict__["_fastenc_qkv"] = (key, torch.cat(params[:3]), torch.cat(params[3:]))
+        weight, bias = cache[1], cache[2]
+    return F.linear(x, weight, bias).unflatten(-1, (3, heads, d)).unbind(-3)
