@@ -78,8 +78,8 @@ def _bias_from_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def attend(q, k, v, mask, dropout_p, scale, cu_seqlens=None, max_seqlen=None, with_probs=False):
-    """q, k, v [B, S, H, D], or packed [T, H, D] / flattened [B, S, H, D] with cu_seqlens over B * S; mask: None,
-    2-D key padding or 4-D (bias / bool). Returns (context like q, probabilities [B, H, S, S] or None)."""
+    """q, k, v [B, S, H, D]; with cu_seqlens, the B * S tokens are the packed sequences (packed rows are [1, T]);
+    mask: None, 2-D key padding or 4-D (bias / bool). Returns (context like q, probabilities [B, H, S, S] or None)."""
     if with_probs:
         if cu_seqlens is not None:
             raise ValueError("output_attentions is not supported with packed or flattened sequences "
@@ -91,7 +91,7 @@ def attend(q, k, v, mask, dropout_p, scale, cu_seqlens=None, max_seqlen=None, wi
     if mask is not None and mask.dim() == 4:
         return ops.attention(q, k, v, attn_bias=_bias_from_mask(mask, q.dtype), dropout_p=dropout_p,
                              softmax_scale=scale, backend="torch"), None
-    if cu_seqlens is not None and q.dim() == 4:  # flattened rows: the packed layout is a view of them
+    if cu_seqlens is not None:  # the packed layout [T, H, D] is a view of the rows
         out = ops.attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), cu_seqlens=cu_seqlens,
                             max_seqlen=max_seqlen, dropout_p=dropout_p, softmax_scale=scale)
         return out.view(q.shape), None
@@ -256,7 +256,6 @@ class _Encoder(_Swap):
         packing = None
         unpad = scoped_unpad(self._fastenc_unpad)
         if (unpad is not False and attention_mask is not None and attention_mask.dim() == 2
-                and not self.config.chunk_size_feed_forward
                 and not recording("hidden_states") and not recording("attentions")):
             packing = choose_packing(attention_mask, unpad)
         if packing is None:

@@ -1,7 +1,9 @@
 """What every fastenc model class adds to the transformers class it subclasses.
 
 `class BertModel(FastencModel, transformers.BertModel)`: construction builds transformers' model, then switches its
-blocks to fastenc's (`fastenc.models.blocks`) and its attention implementation to "fastenc". Everything else -
+blocks to fastenc's (`fastenc.models.blocks`) and its attention implementation to "fastenc" (unless "eager" was
+asked for: that one's mask is an additive bias, run by the reference attention, which returns the probabilities
+transformers' eager attention gives; the blocks are fastenc's either way). Everything else -
 loading, saving, resizing, tying, gradient checkpointing, the Hub, PEFT - is transformers' own. The forward keeps
 transformers' signature and adds keyword arguments:
   - unpad (None | bool): run the layers on the real tokens only (`fastenc.models.packing`); None (default:
@@ -87,9 +89,11 @@ class FastencModel:
 
     def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
         check_encoder_config(config, type(self).__name__)
+        requested = getattr(config, "_attn_implementation_internal", None)
         super().__init__(config, *args, **kwargs)
         install_blocks(self)
-        self.set_attn_implementation(ATTN_IMPLEMENTATION)
+        if requested != "eager":  # eager is never transformers' default: it was asked for (attention probabilities)
+            self.set_attn_implementation(ATTN_IMPLEMENTATION)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

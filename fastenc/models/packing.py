@@ -74,10 +74,12 @@ class Packing:
         return cls(*keep.shape, cu, max(1, int(lens.max())), keep.reshape(-1).nonzero().squeeze(1))
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, S, H] -> [1, T, H]: one row of tokens, so sequence-dim code (feed-forward chunking) still applies."""
         flat = x.reshape(self.batch * self.seq, x.shape[-1])
-        return flat if self.index is None else flat.index_select(0, self.index)
+        return (flat if self.index is None else flat.index_select(0, self.index)).unsqueeze(0)
 
     def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(-1, x.shape[-1])
         if self.index is not None:
             x = x.new_zeros(self.batch * self.seq, x.shape[-1]).index_copy(0, self.index, x)
         return x.view(self.batch, self.seq, x.shape[-1])
