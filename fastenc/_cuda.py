@@ -12,14 +12,25 @@ wrappers add one Python call per op; they look at metadata only and never synchr
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 import fastenc._C  # noqa: F401  (loads the library, which registers torch.ops.fastenc.*)
+from fastenc.backends import Call, kernel_image_reason
+from fastenc.ops._common import FLOAT_DTYPES
 
 _ops = torch.ops.fastenc
 
-ATTENTION_HEAD_DIMS = (32, 64, 128)
-ATTENTION_DTYPES = (torch.float16, torch.bfloat16)
+# What the kernels support (see fastenc.backends); csrc/attention.cu instantiates exactly these head dims.
+SUPPORT = {
+    **{op: dict(devices=("cuda",), dtypes=FLOAT_DTYPES) for op in ("add_layer_norm", "bias_gelu", "gelu_layer_norm")},
+    "embeddings": dict(devices=("cuda",), dtypes=FLOAT_DTYPES),
+    "attention": dict(devices=("cuda",), dtypes=(torch.float16, torch.bfloat16), head_dims=(32, 64, 128),
+                      min_capability=(8, 0), layouts=("padded", "packed")),
+}
+# the architectures fastenc._C holds code for ("sm_80+sm_90a+compute_90"), set by setup.py; None in older builds
+CUDA_ARCHS = getattr(sys.modules["fastenc._C"], "CUDA_ARCHS", None) or None
 
 
 def _none_if_empty(t: torch.Tensor, present: bool) -> torch.Tensor | None:
@@ -328,19 +339,20 @@ def attention_dropout_mask(seed: torch.Tensor, batch: int, heads: int, seqlen: i
     return _ops.attention_dropout_mask(seed, int(batch), int(heads), int(seqlen), float(dropout_p)).bool()
 
 
-def not_supported_reasons_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> list[str]:
-    """Why the CUDA attention kernels cannot take these tensors ([] = they can)."""
+def not_supported_reasons(op: str, call: Call) -> list[str]:
+    """What SUPPORT cannot declare: a kernel image for the device, and (attention) 16-byte aligned q, k, v rows."""
     out = []
-    if q.dtype not in ATTENTION_DTYPES:
-        out.append(f"attention needs float16 or bfloat16, got {q.dtype}")
-    if q.shape[-1] not in ATTENTION_HEAD_DIMS:
-        out.append(f"head_dim {q.shape[-1]} not supported (supports {ATTENTION_HEAD_DIMS})")
-    for name, t in (("q", q), ("k", k), ("v", v)):
+    if call.device.type == "cuda":
+        reason = kernel_image_reason(torch.cuda.get_device_capability(call.device), CUDA_ARCHS)
+        if reason:
+            out.append(reason)
+    if op != "attention":
+        return out
+    for name in ("q", "k", "v"):
+        t = call.tensors[name]
         # storage offsets, not data pointers, so that this also runs on fake tensors while torch.compile traces
         # (the allocator aligns storages; bindings.cpp checks the real pointers)
         elems = 16 // t.element_size() if t.element_size() <= 16 else 1
         if t.stride(-1) != 1 or t.storage_offset() % elems or any(s % elems for s in t.stride()[:-1]):
             out.append(f"{name} needs a unit last stride and 16-byte aligned rows")
-    if q.is_cuda and torch.cuda.get_device_capability(q.device) < (8, 0):
-        out.append("attention needs compute capability 8.0 or newer (mma.sync bf16/fp16)")
     return out

@@ -18,6 +18,7 @@ from fastenc.kernels._common import (
     reduce_programs,
     reduce_warps,
     register,
+    row_support,
     row_block,
     row_layer_norm_bwd,
     row_stats,
@@ -213,6 +214,7 @@ def _bwd_fake(dy, h, weight, mean, rstd, dropout_p, seed, has_x_bias):
 
 _fwd = register("add_layer_norm_fwd", _fwd_impl, _fwd_fake)
 _bwd = register("add_layer_norm_bwd", _bwd_impl, _bwd_fake)
+SUPPORT = row_support("add_layer_norm")
 
 
 def add_layer_norm_fwd(

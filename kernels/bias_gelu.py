@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from fastenc.kernels._common import dummy, gelu, gelu_and_grad, register
+from fastenc.kernels._common import dummy, gelu, gelu_and_grad, register, row_support
 
 _BLOCK_M = 16
 _BLOCK_N = 256
@@ -127,6 +127,7 @@ def _bwd_fake(dy, x, bias, approximate):
 
 _fwd = register("bias_gelu_fwd", _fwd_impl, _fwd_fake)
 _bwd = register("bias_gelu_bwd", _bwd_impl, _bwd_fake)
+SUPPORT = row_support("bias_gelu", max_hidden=None)
 
 
 def bias_gelu_fwd(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> torch.Tensor:

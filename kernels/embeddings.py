@@ -24,6 +24,7 @@ from fastenc.kernels._common import (
     reduce_programs,
     reduce_warps,
     register,
+    row_support,
     row_block,
     row_layer_norm_bwd,
     row_stats,
@@ -285,6 +286,7 @@ def _bwd_fake(dy, input_ids, position_ids, token_type_ids, word, position, token
 
 _fwd = register("embeddings_fwd", _fwd_impl, _fwd_fake)
 _bwd = register("embeddings_bwd", _bwd_impl, _bwd_fake)
+SUPPORT = row_support("embeddings")
 
 
 def embeddings_fwd(

@@ -17,6 +17,7 @@ from fastenc.kernels._common import (
     reduce_programs,
     reduce_warps,
     register,
+    row_support,
     row_block,
     row_layer_norm_bwd,
     row_stats,
@@ -172,6 +173,7 @@ def _bwd_fake(dy, x, x_bias, weight, mean, rstd, approximate):
 
 _fwd = register("gelu_layer_norm_fwd", _fwd_impl, _fwd_fake)
 _bwd = register("gelu_layer_norm_bwd", _bwd_impl, _bwd_fake)
+SUPPORT = row_support("gelu_layer_norm")
 
 
 def gelu_layer_norm_fwd(

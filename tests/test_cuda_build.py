@@ -189,14 +189,22 @@ def test_attention_wrappers_follow_the_contract(cuda_module):
 
 
 def test_attention_support_reasons(cuda_module):
+    from fastenc.backends import Call, _declared_reasons
+
     m = cuda_module
+
+    def reasons(q, k, v):
+        call = Call("attention", {"q": q, "k": k, "v": v}, length=q.shape[1], layout="padded", head_dim=q.shape[-1])
+        return _declared_reasons(m.SUPPORT["attention"], call) + m.not_supported_reasons("attention", call)
+
     ok = torch.randn(1, 4, 2, 64, dtype=torch.float16)
-    assert m.not_supported_reasons_attention(ok, ok, ok, 0.0) == []
+    assert reasons(ok, ok, ok) == ["runs on cuda tensors, got cpu"]  # CPU tensors here: the only reason
+    assert m.CUDA_ARCHS is None  # the stand-in module names no architectures
     odd = torch.randn(1, 4, 2, 48, dtype=torch.float32)
-    reasons = " ".join(m.not_supported_reasons_attention(odd, odd, odd, 0.0))
-    assert "head_dim 48" in reasons and "float16 or bfloat16" in reasons
+    joined = " ".join(reasons(odd, odd, odd))
+    assert "head_dim 48" in joined and "float32 not supported" in joined
     strided = torch.randn(1, 4, 2, 65, dtype=torch.float16)[..., :64]
-    assert any("aligned" in r for r in m.not_supported_reasons_attention(strided, ok, ok, 0.0))
+    assert any("aligned" in r for r in reasons(strided, ok, ok))
 
 
 # ---------------------------------------------------------------------------------------------------------------

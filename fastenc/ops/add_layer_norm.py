@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from fastenc import backends
-from fastenc.ops._common import FLOAT_DTYPES, check_dropout_p, check_last_dim, check_same_dtype, dropout_seed
+from fastenc.ops._common import check_dropout_p, check_last_dim, check_same_dtype, dropout_seed
 
 
 def add_layer_norm_ref(
@@ -92,10 +92,14 @@ def add_layer_norm(
     check_same_dtype(x, residual=residual, x_bias=x_bias)
     dropout_p = check_dropout_p(dropout_p)
 
-    def reasons(name: str) -> list[str]:
-        return backends.device_reasons(name, [x, residual, weight, bias, x_bias], FLOAT_DTYPES)
+    call = backends.Call("add_layer_norm", {"x": x, "residual": residual, "weight": weight, "bias": bias,
+                                            "x_bias": x_bias},
+                         length=x.numel() // max(d, 1), hidden=d, dropout=dropout_p > 0)
 
-    name = backends.choose("add_layer_norm", [x, residual, weight, bias, x_bias], backend, reasons)
+    def run(name: str) -> torch.Tensor:
+        return add_layer_norm(x, residual, weight, bias, eps, x_bias=x_bias, dropout_p=dropout_p, backend=name)
+
+    name = backends.choose(call, backend, run)
     if name == "torch":
         return add_layer_norm_ref(x, residual, weight, bias, eps, x_bias, dropout_p)
     return AddLayerNormFn.apply(x, residual, weight, bias, eps, x_bias, dropout_p, name)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from fastenc import backends
-from fastenc.ops._common import FLOAT_DTYPES, check_last_dim, check_same_dtype
+from fastenc.ops._common import check_last_dim, check_same_dtype
 
 APPROXIMATIONS = ("none", "tanh")
 
@@ -52,10 +52,9 @@ def bias_gelu(
     check_last_dim(bias, x.shape[-1], "bias", "x")
     check_same_dtype(x, bias=bias)
 
-    def reasons(name: str) -> list[str]:
-        return backends.device_reasons(name, [x, bias], FLOAT_DTYPES)
-
-    name = backends.choose("bias_gelu", [x, bias], backend, reasons)
+    d = x.shape[-1]
+    call = backends.Call("bias_gelu", {"x": x, "bias": bias}, length=x.numel() // max(d, 1), hidden=d)
+    name = backends.choose(call, backend, lambda name: bias_gelu(x, bias, approximate, backend=name))
     if name == "torch":
         return bias_gelu_ref(x, bias, approximate)
     return BiasGeluFn.apply(x, bias, approximate, name)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from fastenc import backends
-from fastenc.ops._common import FLOAT_DTYPES, check_dropout_p, check_last_dim, dropout_seed
+from fastenc.ops._common import check_dropout_p, check_last_dim, dropout_seed
 
 
 def embeddings_ref(
@@ -146,15 +146,21 @@ def embeddings(
     check_last_dim(weight, e, "weight", "the embedding tables")
     check_last_dim(bias, e, "bias", "the embedding tables")
     dropout_p = check_dropout_p(dropout_p)
-    tensors = [word_embeddings, position_embeddings, token_type_embeddings, weight, bias, inputs_embeds]
+    call = backends.Call(
+        "embeddings", {"input_ids": input_ids, "position_ids": position_ids, "token_type_ids": token_type_ids,
+                       "word_embeddings": word_embeddings, "position_embeddings": position_embeddings,
+                       "token_type_embeddings": token_type_embeddings, "weight": weight, "bias": bias,
+                       "inputs_embeds": inputs_embeds},
+        length=shape.numel(), hidden=e, dropout=dropout_p > 0,
+        features=("inputs_embeds",) if inputs_embeds is not None else (),
+    )
 
-    def reasons(name: str) -> list[str]:
-        out = backends.device_reasons(name, tensors, FLOAT_DTYPES)
-        if name != "torch" and inputs_embeds is not None:
-            out.append("inputs_embeds given: the fused gather needs input_ids")
-        return out
+    def run(name: str) -> torch.Tensor:
+        return embeddings(input_ids, word_embeddings, position_ids, position_embeddings, token_type_ids,
+                          token_type_embeddings, weight, bias, eps, dropout_p=dropout_p, inputs_embeds=inputs_embeds,
+                          word_padding_idx=word_padding_idx, position_padding_idx=position_padding_idx, backend=name)
 
-    name = backends.choose("embeddings", tensors, backend, reasons)
+    name = backends.choose(call, backend, run)
     if name == "torch":
         return embeddings_ref(
             input_ids, word_embeddings, position_ids, position_embeddings, token_type_ids, token_type_embeddings,

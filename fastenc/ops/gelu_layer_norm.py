@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from fastenc import backends
-from fastenc.ops._common import FLOAT_DTYPES, check_last_dim, check_same_dtype
+from fastenc.ops._common import check_last_dim, check_same_dtype
 from fastenc.ops.bias_gelu import APPROXIMATIONS
 
 
@@ -72,10 +72,13 @@ def gelu_layer_norm(
     check_last_dim(x_bias, d, "x_bias", "x")
     check_same_dtype(x, x_bias=x_bias)
 
-    def reasons(name: str) -> list[str]:
-        return backends.device_reasons(name, [x, weight, bias, x_bias], FLOAT_DTYPES)
+    call = backends.Call("gelu_layer_norm", {"x": x, "weight": weight, "bias": bias, "x_bias": x_bias},
+                         length=x.numel() // max(d, 1), hidden=d)
 
-    name = backends.choose("gelu_layer_norm", [x, weight, bias, x_bias], backend, reasons)
+    def run(name: str) -> torch.Tensor:
+        return gelu_layer_norm(x, weight, bias, eps, x_bias=x_bias, approximate=approximate, backend=name)
+
+    name = backends.choose(call, backend, run)
     if name == "torch":
         return gelu_layer_norm_ref(x, weight, bias, eps, x_bias, approximate)
     return GeluLayerNormFn.apply(x, weight, bias, eps, x_bias, approximate, name)
