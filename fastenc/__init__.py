@@ -1,6 +1,7 @@
 """fastenc: fused Triton and CUDA kernels for encoder-only transformers, as a drop-in for HuggingFace transformers."""
 
 from fastenc import ops
+from fastenc.autotune import explain, tune
 from fastenc.backends import BackendNotSupportedError, get_backend, set_backend, use_backend
 from fastenc.configuration import AlbertConfig, BertConfig, ElectraConfig, RobertaConfig
 from fastenc.modeling_utils import from_hf
@@ -15,10 +16,12 @@ __all__ = [
     "BertConfig",
     "ElectraConfig",
     "RobertaConfig",
+    "explain",
     "from_hf",
     "get_backend",
     "ops",
     "set_backend",
+    "tune",
     "use_backend",
     "__version__",
     *MODEL_CLASSES,
