@@ -209,7 +209,7 @@ def _ranking(call: backends.Call, key: tuple, run: Callable[[str], Any] | None,
              supported: list[str]) -> tuple[tuple[str, ...], str, dict[str, float]]:
     ks = _key_str(key)
     tuned = _tuned_entries().get(ks)
-    if tuned is None and run is not None and tuning_on() and not torch.compiler.is_compiling() and len(supported) > 1:
+    if tuned is None and run is not None and tuning_on() and len(supported) > 1:
         tuned = _measure(call, run, supported)
         _tuned_entries()[ks] = tuned
         _save_tuned()
@@ -228,9 +228,24 @@ def _ranking(call: backends.Call, key: tuple, run: Callable[[str], Any] | None,
     return result
 
 
+def _traced_order(key: tuple, names: tuple[str, ...]) -> tuple[str, ...]:
+    """The ranking of `key` restricted to `names`, without timing: what torch.compile bakes into a graph."""
+    order, _, ms = _ranking(None, key, None, [])
+    return tuple(n for n in order if n in names and ms.get(n, 0.0) != math.inf)
+
+
+# reads files and module state: torch.compile runs it once at trace time and keeps the result (see backends)
+setattr(_traced_order, backends._DYNAMO_CONSTANT_FLAG, True)
+
+
 def pick(call: backends.Call, run: Callable[[str], Any] | None = None) -> str:
     """Backend "auto": the best-ranked backend that supports the call (the reference when no other does)."""
     names = candidates(call)
+    if torch.compiler.is_compiling():
+        for name in _traced_order(key_of(call), names):
+            if not backends.not_supported_reasons(name, call):
+                return name
+        return "torch"
     reasons = {n: backends.not_supported_reasons(n, call) for n in names}
     supported = [n for n in names if not reasons[n]]
     key = key_of(call)
@@ -238,8 +253,7 @@ def pick(call: backends.Call, run: Callable[[str], Any] | None = None) -> str:
     order = tuple(n for n in order if n in names)
     ranked = [n for n in order if n in supported and ms.get(n, 0.0) != math.inf]
     choice = ranked[0] if ranked else "torch"
-    if not torch.compiler.is_compiling():
-        _record(key, choice, source, order, ms, reasons)
+    _record(key, choice, source, order, ms, reasons)
     return choice
 
 
