@@ -1,6 +1,7 @@
 """Build checks of the CUDA backend that run without a GPU.
 
-- every csrc/*.cu compiles with nvcc alone (no torch headers) for sm_80 and sm_90a (skipped only without nvcc);
+- every csrc/*.cu compiles with nvcc alone (no torch headers) for sm_80 and sm_90a, and to compute_90 PTX (skipped
+  only without nvcc);
 - csrc/bindings.cpp parses against torch's headers (skipped without the CUDA runtime headers);
 - the op schemas of bindings.cpp, the fake implementations and the launcher wrappers of fastenc/_cuda.py agree
   with the launcher contracts (checked on meta tensors against a stand-in for fastenc._C);
@@ -26,7 +27,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 NVCC = shutil.which("nvcc")
-GENCODE = ["-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90a,code=sm_90a"]
+# setup.py's default: cubins for sm_80 and sm_90a, PTX for compute_90 (compiled by the driver for newer GPUs)
+GENCODE = ["-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90a,code=sm_90a",
+           "-gencode", "arch=compute_90,code=compute_90"]
 
 
 def _cuda_include() -> Path | None:
@@ -81,6 +84,7 @@ def test_bindings_parse_against_torch_headers():
         "-fsyntax-only",
         "-std=c++20",
         "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE",
+        "-DFASTENC_CUDA_ARCHS=sm_80+sm_90a+compute_90",  # as setup.py passes it
         *[f"-I{p}" for p in include_paths()],
         f"-I{sysconfig.get_paths()['include']}",
         f"-I{cuda_inc}",
