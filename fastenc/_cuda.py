@@ -5,9 +5,9 @@ csrc/bindings.cpp); a missing or unloadable build raises here and fastenc.backen
 unavailable with the reason. This module also registers the fake (meta) implementations that let torch.compile
 trace the ops without running them.
 
-Trade-off: the C++ ops cannot return None or alias one output to another, so they return empty tensors for absent
-optional outputs; the thin wrappers below map those back (and the GELU `approximate` string onto a flag). The
-wrappers add one Python call per op; they look at metadata only and never synchronise.
+The registered ops are the launchers, with no wrapper: like the Triton launchers they take None for an absent
+input and return an empty tensor for an absent output (custom-op schemas cannot return None or alias one output to
+another), and fastenc/ops reads only the outputs it asked for.
 """
 
 from __future__ import annotations
@@ -31,21 +31,6 @@ SUPPORT = {
 }
 # the architectures fastenc._C holds code for ("sm_80+sm_90a+compute_90"), set by setup.py; None in older builds
 CUDA_ARCHS = getattr(sys.modules["fastenc._C"], "CUDA_ARCHS", None) or None
-
-
-def _none_if_empty(t: torch.Tensor, present: bool) -> torch.Tensor | None:
-    return t if present else None
-
-
-def _c(t: torch.Tensor | None) -> torch.Tensor | None:
-    """The kernels take contiguous tensors; parameters and biases usually are already (then this is free)."""
-    return None if t is None else t.contiguous()
-
-
-def _tanh(approximate: str) -> bool:
-    if approximate not in ("none", "tanh"):
-        raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
-    return approximate == "tanh"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -141,196 +126,18 @@ def _attention_dropout_mask_fake(seed, batch, heads, seqlen, dropout_p):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The launcher contracts (see each fastenc/ops/<op>.py docstring).
+# The launchers: the registered ops themselves (contracts: each fastenc/ops/<op>.py docstring).
 
-
-def add_layer_norm_fwd(
-    x: torch.Tensor,
-    residual: torch.Tensor | None,
-    x_bias: torch.Tensor | None,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    eps: float,
-    dropout_p: float,
-    seed: torch.Tensor | None,
-    store_h: bool,
-):
-    y, h, mean, rstd = _ops.add_layer_norm_fwd(
-        x, residual, _c(x_bias), _c(weight), _c(bias), float(eps), float(dropout_p), seed, bool(store_h)
-    )
-    return y, _none_if_empty(h, store_h), mean, rstd
-
-
-def add_layer_norm_bwd(
-    dy: torch.Tensor,
-    h: torch.Tensor,
-    weight: torch.Tensor,
-    mean: torch.Tensor,
-    rstd: torch.Tensor,
-    dropout_p: float,
-    seed: torch.Tensor | None,
-    has_x_bias: bool,
-):
-    dx, dh, dx_bias, dweight, dbias = _ops.add_layer_norm_bwd(
-        dy, h, _c(weight), mean, rstd, float(dropout_p), seed, bool(has_x_bias)
-    )
-    return (dx if dropout_p > 0 else dh), dh, _none_if_empty(dx_bias, has_x_bias), dweight, dbias
-
-
-def bias_gelu_fwd(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> torch.Tensor:
-    return _ops.bias_gelu_fwd(x, _c(bias), _tanh(approximate))
-
-
-def bias_gelu_bwd(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, approximate: str):
-    dx, dbias = _ops.bias_gelu_bwd(dy, x, _c(bias), _tanh(approximate))
-    return dx, _none_if_empty(dbias, bias is not None)
-
-
-def gelu_layer_norm_fwd(
-    x: torch.Tensor, x_bias: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor, eps: float, approximate: str
-):
-    return _ops.gelu_layer_norm_fwd(x, _c(x_bias), _c(weight), _c(bias), float(eps), _tanh(approximate))
-
-
-def gelu_layer_norm_bwd(
-    dy: torch.Tensor,
-    x: torch.Tensor,
-    x_bias: torch.Tensor | None,
-    weight: torch.Tensor,
-    mean: torch.Tensor,
-    rstd: torch.Tensor,
-    approximate: str,
-):
-    dx, dx_bias, dweight, dbias = _ops.gelu_layer_norm_bwd(
-        dy, x, _c(x_bias), _c(weight), mean, rstd, _tanh(approximate)
-    )
-    return dx, _none_if_empty(dx_bias, x_bias is not None), dweight, dbias
-
-
-def embeddings_fwd(
-    input_ids: torch.Tensor,
-    position_ids: torch.Tensor,
-    token_type_ids: torch.Tensor | None,
-    word: torch.Tensor,
-    position: torch.Tensor,
-    token_type: torch.Tensor | None,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    eps: float,
-    dropout_p: float,
-    seed: torch.Tensor | None,
-):
-    return _ops.embeddings_fwd(
-        input_ids,
-        position_ids,
-        token_type_ids,
-        _c(word),
-        _c(position),
-        _c(token_type),
-        _c(weight),
-        _c(bias),
-        float(eps),
-        float(dropout_p),
-        seed,
-    )
-
-
-def embeddings_bwd(
-    dy: torch.Tensor,
-    input_ids: torch.Tensor,
-    position_ids: torch.Tensor,
-    token_type_ids: torch.Tensor | None,
-    word: torch.Tensor,
-    position: torch.Tensor,
-    token_type: torch.Tensor | None,
-    weight: torch.Tensor,
-    mean: torch.Tensor,
-    rstd: torch.Tensor,
-    dropout_p: float,
-    seed: torch.Tensor | None,
-    word_padding_idx: int,
-    position_padding_idx: int,
-):
-    dword, dpos, dtt, dweight, dbias = _ops.embeddings_bwd(
-        dy,
-        input_ids,
-        position_ids,
-        token_type_ids,
-        _c(word),
-        _c(position),
-        _c(token_type),
-        _c(weight),
-        mean,
-        rstd,
-        float(dropout_p),
-        seed,
-        int(word_padding_idx),
-        int(position_padding_idx),
-    )
-    return dword, dpos, _none_if_empty(dtt, token_type is not None), dweight, dbias
-
-
-def _mask_bytes(key_padding_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """The key mask as the kernels read it: contiguous bool [B, S] (nonzero = attend)."""
-    if key_padding_mask is None:
-        return None
-    if key_padding_mask.dtype not in (torch.bool, torch.uint8):
-        key_padding_mask = key_padding_mask != 0
-    return key_padding_mask.contiguous()
-
-
-def attention_fwd(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_padding_mask: torch.Tensor | None,
-    cu_seqlens: torch.Tensor | None,
-    max_seqlen: int,
-    softmax_scale: float,
-    dropout_p: float,
-    seed: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return _ops.attention_fwd(
-        q,
-        k,
-        v,
-        _mask_bytes(key_padding_mask),
-        cu_seqlens,
-        int(max_seqlen),
-        float(softmax_scale),
-        float(dropout_p),
-        seed,
-    )
-
-
-def attention_bwd(
-    do: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    o: torch.Tensor,
-    lse: torch.Tensor,
-    key_padding_mask: torch.Tensor | None,
-    cu_seqlens: torch.Tensor | None,
-    max_seqlen: int,
-    softmax_scale: float,
-    dropout_p: float,
-    seed: torch.Tensor | None,
-):
-    return _ops.attention_bwd(
-        do,
-        q,
-        k,
-        v,
-        o,
-        lse,
-        _mask_bytes(key_padding_mask),
-        cu_seqlens,
-        int(max_seqlen),
-        float(softmax_scale),
-        float(dropout_p),
-        seed,
-    )
+add_layer_norm_fwd = _ops.add_layer_norm_fwd
+add_layer_norm_bwd = _ops.add_layer_norm_bwd
+bias_gelu_fwd = _ops.bias_gelu_fwd
+bias_gelu_bwd = _ops.bias_gelu_bwd
+gelu_layer_norm_fwd = _ops.gelu_layer_norm_fwd
+gelu_layer_norm_bwd = _ops.gelu_layer_norm_bwd
+embeddings_fwd = _ops.embeddings_fwd
+embeddings_bwd = _ops.embeddings_bwd
+attention_fwd = _ops.attention_fwd
+attention_bwd = _ops.attention_bwd
 
 
 def attention_dropout_mask(seed: torch.Tensor, batch: int, heads: int, seqlen: int, dropout_p: float) -> torch.Tensor:

@@ -164,7 +164,8 @@ def tuning(timer: Timer | None = None) -> Iterator[None]:
 
 
 def forget_tuning() -> None:
-    """Drop the timings in memory and the rankings derived from them (the disk cache stays)."""
+    """Drop the timings in memory, the rankings derived from them and the record of choices (the disk cache
+    stays: it is read again at the next auto call)."""
     global _tuned
     _tuned = None
     _rankings.clear()

@@ -5,8 +5,9 @@ other backend candidate that implements the op ("triton", "cuda", "sdpa": torch'
 "auto" when asked for) through the public `fastenc.ops.<op>(..., backend=name)`, side by side in one run.
 Variants of a model: "hf-eager" and "hf-sdpa" (transformers with attn_implementation eager / sdpa, one set of
 weights switched between the two), "hf-compile" (torch.compile of the sdpa model) and "fastenc-<backend>" (the twin
-built by `fastenc.from_hf`, run under `fastenc.use_backend`) for the backends that implement every op. A variant that cannot run is recorded with its reason
-and never silently replaced; one that fails records the error, and the run goes on.
+built by `fastenc.from_hf`, run under `fastenc.use_backend`) for the backends that implement every op. A variant
+that cannot run is recorded with its reason and never silently replaced; one that fails records the error, and the
+run goes on.
 
 Trade-off: one model is built per (model, dtype, inference/training) and reused across shapes and variants, which
 keeps a full GPU run within minutes, at the price of holding transformers' and fastenc's copies at once. Inference
@@ -254,16 +255,19 @@ def _op_call(fn: Callable, args: tuple, kwargs: dict, mode: str) -> Callable[[],
     return call_bwd
 
 
-def op_variants(settings: Settings, op: str) -> list[str]:
-    """The baselines and every asked-for backend that implements `op` ("torch" is the eager baseline itself)."""
+def op_variants(settings: Settings, op: str | None = None) -> list[str]:
+    """The baselines and every asked-for backend (that implements `op`, when given; "torch" is the eager baseline
+    itself)."""
     out = list(OP_BASELINES if settings.compile else OP_BASELINES[:1])
-    return out + [b for b in settings.backends if b != "torch" and implements(b, C.public_op(op))]
+    return out + [b for b in settings.backends if b != "torch" and (op is None or implements(b, C.public_op(op)))]
 
 
 def prepare_op(op: str, shape: C.Shape, dtype: str, mode: str, variant: str, settings: Settings
                ) -> tuple[list[Callable[[], object]], int, int]:
     """The calls (one per input copy) of one op variant, its matmul FLOPs and its ideal bytes (fwd only); Skip."""
     if variant not in OP_BASELINES:
+        if not implements(variant, C.public_op(op)):
+            raise Skip(f"backend {variant!r} does not implement {C.public_op(op)}")
         reason = kernel_backend_reason(variant, settings.device)
         if reason:
             raise Skip(reason)

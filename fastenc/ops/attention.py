@@ -9,8 +9,8 @@ gradients, as transformers' default (sdpa) attention does. An additive float mas
 4-D masks) and returning the probabilities run on the reference path only.
 
 Launcher contract (fastenc.kernels.attention and fastenc._cuda):
-    attention_fwd(q, k, v, key_padding_mask [B, S] | None, cu_seqlens [B + 1] int32 | None, max_seqlen: int,
-                  softmax_scale: float, dropout_p: float, seed [1] int64 | None)
+    attention_fwd(q, k, v, key_padding_mask [B, S] contiguous bool | None, cu_seqlens [B + 1] int32 | None,
+                  max_seqlen: int, softmax_scale: float, dropout_p: float, seed [1] int64 | None)
         -> (o like q, contiguous; lse fp32: [B, H, S] padded or [H, T] packed)
     attention_bwd(do, q, k, v, o, lse, key_padding_mask, cu_seqlens, max_seqlen, softmax_scale, dropout_p, seed)
         -> (dq, dk, dv) shaped like q, k, v
@@ -181,5 +181,8 @@ def attention(
         return backends.launchers(name, "attention").attention(
             q, k, v, key_padding_mask, cu_seqlens, int(max_seqlen or q.shape[1]), attn_bias, scale, dropout_p
         )
+    if key_padding_mask is not None:  # the kernels read a contiguous bool mask
+        key_padding_mask = (key_padding_mask if key_padding_mask.dtype == torch.bool else key_padding_mask != 0)
+        key_padding_mask = key_padding_mask.contiguous()
     return AttentionFn.apply(q, k, v, key_padding_mask, cu_seqlens, int(max_seqlen or q.shape[1]), scale, dropout_p,
                              name)

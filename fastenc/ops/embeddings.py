@@ -16,8 +16,8 @@ Launcher contract (fastenc.kernels.embeddings and fastenc._cuda); ids are contig
         -> (y [N, E] in the tables' dtype, mean [N] fp32, rstd [N] fp32)
     embeddings_bwd(dy [N, E], input_ids, position_ids, token_type_ids, word, position, token_type, weight,
                    mean, rstd, dropout_p: float, seed, word_padding_idx: int, position_padding_idx: int)
-        -> (dword [V, E], dposition [P, E], dtoken_type [T, E] | None, dweight [E], dbias [E])
-   with padding_idx -1 meaning none.
+        -> (dword [V, E], dposition [P, E], dtoken_type [T, E] (empty without a table), dweight [E], dbias [E])
+   with padding_idx -1 meaning none; tables and LayerNorm parameters are passed contiguous.
 """
 
 from __future__ import annotations
@@ -90,7 +90,9 @@ class EmbeddingsFn(torch.autograd.Function):
         shape = ids.shape
         flat = [None if t is None else t.reshape(-1).contiguous().long() for t in (ids, pos_ids, tt_ids)]
         seed = dropout_seed(word.device) if dropout_p > 0 else None
-        y, mean, rstd = impl.embeddings_fwd(*flat, word, pos, tt, weight, bias, eps, dropout_p, seed)
+        word, pos, weight, bias = word.contiguous(), pos.contiguous(), weight.contiguous(), bias.contiguous()
+        tt = None if tt is None else tt.contiguous()
+        y, mean, rstd = impl.embeddings_fwd(*flat, word, pos, tt, weight, bias, float(eps), dropout_p, seed)
         ctx.save_for_backward(*flat, word, pos, tt, weight, mean, rstd, seed)
         ctx.dropout_p, ctx.pads, ctx.backend = dropout_p, pads, backend
         return y.view(*shape, word.shape[-1])
@@ -103,6 +105,7 @@ class EmbeddingsFn(torch.autograd.Function):
             dy.reshape(-1, dy.shape[-1]).contiguous(), ids, pos_ids, tt_ids, word, pos, tt, weight, mean, rstd,
             ctx.dropout_p, seed, *ctx.pads,
         )
+        dtt = dtt if tt is not None else None
         return None, None, None, dword, dpos, dtt, dweight, dbias, None, None, None, None
 
 
