@@ -29,6 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fastenc.kernels import _fakes as fakes
 from fastenc.kernels._common import FLOAT_DTYPES, interpreter_on
 
 MAX_HEAD_DIM = 128
@@ -461,13 +462,7 @@ def attention_fwd(
     return o, lse
 
 
-@attention_fwd.register_fake
-def _(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, softmax_scale, dropout_p, seed):
-    if cu_seqlens is not None:
-        lse_shape = (q.shape[1], q.shape[0])
-    else:
-        lse_shape = (q.shape[0], q.shape[2], q.shape[1])
-    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(lse_shape, dtype=torch.float32)
+attention_fwd.register_fake(fakes.attention_fwd)
 
 
 @torch.library.custom_op("fastenc::triton_attention_bwd", mutates_args=())
@@ -517,9 +512,7 @@ def attention_bwd(
     return dq, dk, dv
 
 
-@attention_bwd.register_fake
-def _(do, q, k, v, o, lse, key_padding_mask, cu_seqlens, max_seqlen, softmax_scale, dropout_p, seed):
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+attention_bwd.register_fake(fakes.attention_bwd)
 
 
 def attention_dropout_mask(seed: torch.Tensor, batch: int, heads: int, seqlen: int, dropout_p: float) -> torch.Tensor:

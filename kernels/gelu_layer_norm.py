@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from fastenc.kernels import _fakes as fakes
 from fastenc.kernels._common import (
     gelu,
     gelu_and_grad,
@@ -131,11 +132,6 @@ def _fwd_impl(
     return y, mean, rstd
 
 
-def _fwd_fake(x, x_bias, weight, bias, eps, tanh_approx):
-    n = x.shape[0]
-    return x.new_empty(x.shape), x.new_empty(n, dtype=torch.float32), x.new_empty(n, dtype=torch.float32)
-
-
 def _bwd_impl(
     dy: torch.Tensor,
     x: torch.Tensor,
@@ -164,12 +160,7 @@ def _bwd_impl(
     return dx, dx_bias[0] if has_xb else x.new_empty(0), dweight, dbias
 
 
-def _bwd_fake(dy, x, x_bias, weight, mean, rstd, tanh_approx):
-    d = x.shape[1]
-    return torch.empty_like(x), x.new_empty(d if x_bias is not None else 0), weight.new_empty(d), weight.new_empty(d)
-
-
 # The launchers (contract: fastenc/ops/gelu_layer_norm.py); absent outputs come back as empty tensors.
-gelu_layer_norm_fwd = register("gelu_layer_norm_fwd", _fwd_impl, _fwd_fake)
-gelu_layer_norm_bwd = register("gelu_layer_norm_bwd", _bwd_impl, _bwd_fake)
+gelu_layer_norm_fwd = register("gelu_layer_norm_fwd", _fwd_impl, fakes.gelu_layer_norm_fwd)
+gelu_layer_norm_bwd = register("gelu_layer_norm_bwd", _bwd_impl, fakes.gelu_layer_norm_bwd)
 SUPPORT = row_support("gelu_layer_norm")
