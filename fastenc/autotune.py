@@ -131,19 +131,24 @@ def _tuned_entries() -> dict[str, dict[str, float]]:
     if _tuned is None:
         _tuned = {}
         path = _cache_path()
-        if path.exists():
-            data = json.loads(path.read_text())
-            if data.get("torch") == torch.__version__:
-                _tuned = data["entries"]
+        try:
+            data = json.loads(path.read_text()) if path.exists() else {}
+            if data.get("torch") == torch.__version__:  # timings of another torch may not hold
+                _tuned = dict(data["entries"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # a bad cache must not stop a model
+            log.warning("fastenc: ignoring the tuning cache %s (%s)", path, e)
     return _tuned
 
 
 def _save_tuned() -> None:
     path = _cache_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"torch": torch.__version__, "entries": _tuned}, indent=1, sort_keys=True))
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"torch": torch.__version__, "entries": _tuned}, indent=1, sort_keys=True))
+        tmp.replace(path)
+    except OSError as e:
+        log.warning("fastenc: cannot write the tuning cache %s (%s); timings stay in memory only", path, e)
 
 
 def tuning_on() -> bool:

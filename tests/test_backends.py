@@ -314,3 +314,9 @@ def test_tune_runs_a_model_on_example_shapes():
     assert calls == ["sdpa", "torch", "sdpa", "torch"]  # two keys (length buckets 8 and 64), each timed once
     assert text.count("-> sdpa (tuned on this device") == 2
     assert proj.weight.grad is not None  # backward=True back-propagated through the model
+
+
+def test_a_broken_tuning_cache_is_ignored_not_fatal(caplog):
+    pathlib.Path(os.environ["FASTENC_TUNE_CACHE"]).write_text("{not json")
+    out = attention(*_qkv())
+    assert torch.isfinite(out).all() and "ignoring the tuning cache" in caplog.text
