@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from fastenc.ops._common import FLOAT_DTYPES
+
 if TYPE_CHECKING:
     from fastenc.backends import Call
 
@@ -29,9 +31,9 @@ try:
 except ImportError:  # torch < 2.10
     varlen_attn = None
 
-_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 SUPPORT = {
-    "attention": dict(devices=("cpu", "cuda"), dtypes=_FLOATS, layouts=("padded", "packed"), features=("attn_bias",)),
+    "attention": dict(devices=("cpu", "cuda"), dtypes=FLOAT_DTYPES, layouts=("padded", "packed"),
+                      features=("attn_bias",)),
 }
 _VARLEN_DTYPES = (torch.float16, torch.bfloat16)
 _VARLEN_MAX_HEAD_DIM = 256
