@@ -211,11 +211,16 @@ def _measure(call: backends.Call, run: Callable[[str], Any], names: Iterable[str
     return out
 
 
+def _capturing(call: backends.Call) -> bool:
+    """A CUDA graph is being captured: nothing may be timed (or synchronised) now."""
+    return call.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
 def _ranking(call: backends.Call, key: tuple, run: Callable[[str], Any] | None,
              supported: list[str]) -> tuple[tuple[str, ...], str, dict[str, float]]:
     ks = _key_str(key)
     tuned = _tuned_entries().get(ks)
-    if tuned is None and run is not None and tuning_on() and len(supported) > 1:
+    if tuned is None and run is not None and tuning_on() and len(supported) > 1 and not _capturing(call):
         tuned = _measure(call, run, supported)
         _tuned_entries()[ks] = tuned
         _save_tuned()
