@@ -1,8 +1,11 @@
 """Build script: the Python package always; the CUDA extension fastenc._C only where it can be built.
 
-The extension is built when torch sees CUDA or FASTENC_FORCE_CUDA=1 (e.g. a CPU build box with nvcc), for the
-architectures in FASTENC_CUDA_ARCHS (default "80;90a"). Everywhere else `pip install -e .` installs the pure-Python
-package and the cuda backend reports itself unavailable.
+The extension is built when torch sees CUDA or FASTENC_FORCE_CUDA=1 (e.g. a CPU build box with nvcc), with cubins
+for the architectures in FASTENC_CUDA_ARCHS (default "80;90a") and PTX for the newest of them without its "a"
+suffix (compute_90 by default: arch-specific "a" PTX cannot be compiled for later GPUs), which the driver compiles
+for newer GPUs (sm_100, sm_120). The list is compiled into fastenc._C (CUDA_ARCHS), so that the cuda backend reports
+a GPU it has no code for as unsupported instead of failing with "no kernel image". Everywhere else
+`pip install -e .` installs the pure-Python package and the cuda backend reports itself unavailable.
 """
 
 import glob
@@ -30,6 +33,9 @@ def _cuda_extensions():
     gencode = []
     for arch in archs:
         gencode += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
+    ptx = max(archs, key=lambda a: int(a.rstrip("a"))).rstrip("a")
+    gencode += ["-gencode", f"arch=compute_{ptx},code=compute_{ptx}"]
+    built = "+".join([*(f"sm_{a}" for a in archs), f"compute_{ptx}"])  # no ';' or quotes: it passes a shell
     ext = CUDAExtension(
         name="fastenc._C",
         sources=sources,
@@ -37,7 +43,7 @@ def _cuda_extensions():
         extra_compile_args={
             # torch's headers need C++20 for the host file; the .cu files are plain CUDA C++17. No --use_fast_math:
             # the row-wise ops need accurate erf / tanh / exp; attention calls the fast exp2 explicitly.
-            "cxx": ["-O3", "-std=c++20"],
+            "cxx": ["-O3", "-std=c++20", f"-DFASTENC_CUDA_ARCHS={built}"],
             "nvcc": ["-O3", "-std=c++17", "-lineinfo", *gencode],
         },
     )

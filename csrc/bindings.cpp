@@ -509,9 +509,21 @@ TORCH_LIBRARY_IMPL(fastenc, CUDA, m) {
   m.impl("attention_dropout_mask", &attention_dropout_mask);
 }
 
-// `import fastenc._C` loads this library, which runs the registrations above; the module itself is empty.
+// `import fastenc._C` loads this library, which runs the registrations above; the module holds one attribute,
+// CUDA_ARCHS: the cubins and PTX compiled in (e.g. "sm_80+sm_90a+compute_90", set by setup.py; "" if unknown).
+#ifndef FASTENC_CUDA_ARCHS
+#define FASTENC_CUDA_ARCHS
+#endif
+#define FASTENC_STR2(x) #x
+#define FASTENC_STR(x) FASTENC_STR2(x)
+
 PyMODINIT_FUNC PyInit__C() {
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "fastenc CUDA kernels (ops in torch.ops.fastenc)", -1,
                                nullptr};
-  return PyModule_Create(&module);
+  PyObject* m = PyModule_Create(&module);
+  if (m != nullptr && PyModule_AddStringConstant(m, "CUDA_ARCHS", FASTENC_STR(FASTENC_CUDA_ARCHS)) < 0) {
+    Py_DECREF(m);
+    return nullptr;
+  }
+  return m;
 }

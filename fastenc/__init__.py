@@ -8,6 +8,7 @@ import importlib
 from typing import Any
 
 from fastenc import ops
+from fastenc.autotune import explain, tune
 from fastenc.backends import BackendNotSupportedError, get_backend, set_backend, use_backend
 from fastenc.cuda_graphs import cuda_graphs
 
@@ -53,6 +54,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "BackendNotSupportedError",
     "cuda_graphs",
+    "explain",
     "from_hf",
     "get_backend",
     "is_optimized",
@@ -60,6 +62,7 @@ __all__ = [
     "optimize",
     "restore",
     "set_backend",
+    "tune",
     "use_backend",
     "__version__",
     *_CONFIGS,

@@ -1,11 +1,18 @@
-"""Which backend runs an op, and why not the others.
+"""Which backend runs an op, and why not the others: one table of backends per op, one reasons function.
 
-Three backends implement every op: "cuda" (the compiled extension fastenc._C), "triton" (fastenc.kernels) and
-"torch" (the pure-PyTorch `<op>_ref`, which runs anywhere). The choice is, in order: the op's explicit `backend=`
-argument, else `set_backend` / `use_backend` / the FASTENC_BACKEND environment variable, else "auto".
-"auto" takes the first backend of cuda > triton > torch that supports the call for CUDA tensors, and torch for CPU
-tensors. A backend asked for by name that cannot run the call raises `BackendNotSupportedError`, which lists every
-backend's reasons (xformers' `not_supported_reasons` idea), so a wrong setting never falls back silently.
+Backends: "cuda" (the compiled extension fastenc._C, module fastenc._cuda), "triton" (fastenc.kernels.<op>), "sdpa"
+(torch's own fused attention, module fastenc._sdpa; attention only) and "torch" (the pure-PyTorch `<op>_ref` of
+fastenc.ops, which runs anywhere). `IMPLEMENTS` is the table of which backends implement each op. Every backend
+module declares what it supports as plain data, `SUPPORT = {op: {"devices": ..., "dtypes": ..., ...}}` (keys in
+`SUPPORT_KEYS`), plus an optional hook `not_supported_reasons(op, call)` for what a declaration cannot say
+(alignment, grid limits); `not_supported_reasons(name, call)` below turns the declaration into reasons, so no op
+writes its own. Kernel modules only declare data: they never import this module (the kernels sit below the front).
+
+Choice, in order: the op's explicit `backend=` argument, else `set_backend` / `use_backend` / FASTENC_BACKEND, else
+"auto". A backend named explicitly that cannot run the call raises `BackendNotSupportedError` listing every
+backend's reasons: nothing falls back silently. "auto" ranks the supported backends with fastenc.autotune (an
+on-device timing when tuning is on, else the shipped table of recorded runs, else the default preference) and
+records the choice and why for `fastenc.explain()`.
 
 Trade-off: the checks run in Python on every call (a few microseconds); they look only at tensor metadata, never
 at data, so they never synchronise the device.
@@ -19,13 +26,21 @@ import os
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from types import ModuleType
+from typing import Any
 
 import torch
 
-BACKENDS = ("cuda", "triton", "torch")
+BACKENDS = ("cuda", "triton", "sdpa", "torch")
 _CHOICES = (*BACKENDS, "auto")
+_ROW_OPS = ("embeddings", "add_layer_norm", "bias_gelu", "gelu_layer_norm")
+IMPLEMENTS: dict[str, tuple[str, ...]] = {
+    **{op: ("cuda", "triton", "torch") for op in _ROW_OPS},
+    "attention": ("cuda", "triton", "sdpa", "torch"),
+}
+SUPPORT_KEYS = ("devices", "dtypes", "head_dims", "max_head_dim", "max_hidden", "min_capability", "layouts",
+                "dropout", "features")
 
 _state = threading.local()
 _default: str | None = None
@@ -54,25 +69,27 @@ def get_backend() -> str:
     return stack[-1] if stack else _env_default()
 
 
-def set_backend(name: str) -> None:
-    """Set the process-wide backend ("cuda" | "triton" | "torch" | "auto"); raises if it cannot run here at all."""
-    global _default
+def _check_available(name: str) -> str:
     name = _check_name(name)
     if name != "auto":
         reason = unavailable_reason(name)
         if reason:
             raise BackendNotSupportedError(f"backend {name!r} is unavailable: {reason}")
-    _default = name
+    return name
+
+
+def set_backend(name: str) -> None:
+    """Set the process-wide backend ("cuda" | "triton" | "sdpa" | "torch" | "auto"); raises if it cannot run here.
+
+    "sdpa" implements attention only: the other ops then raise, listing the backends that can run them."""
+    global _default
+    _default = _check_available(name)
 
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
     """Run the enclosed code with another backend; restores the previous one on exit (thread-local)."""
-    name = _check_name(name)
-    if name != "auto":
-        reason = unavailable_reason(name)
-        if reason:
-            raise BackendNotSupportedError(f"backend {name!r} is unavailable: {reason}")
+    name = _check_available(name)
     stack = getattr(_state, "stack", None)
     if stack is None:
         stack = _state.stack = []
@@ -94,25 +111,24 @@ _DYNAMO_CONSTANT_FLAG = "_dynamo_marked_constant"
 _cuda_ext_warned = False
 
 
-def _triton_reason() -> str | None:
-    try:
-        import triton  # noqa: F401
-    except ImportError as e:
-        return f"triton is not installed ({e})"
-    return None
-
-
-def _cuda_reason() -> str | None:
+def _import_reason(module: str, what: str) -> str | None:
     global _cuda_ext_warned
     try:
-        importlib.import_module("fastenc._cuda")
-    except Exception as e:  # the extension is optional: a missing or broken build must not break `import fastenc`
-        if not _cuda_ext_warned:
+        importlib.import_module(module)
+    except Exception as e:  # optional parts: a missing or broken one must not break `import fastenc`
+        if module == "fastenc._cuda" and not _cuda_ext_warned:
             _cuda_ext_warned = True
             warnings.warn(f"fastenc: CUDA extension fastenc._C is not available, backend 'cuda' is off ({e})",
-                          stacklevel=3)
-        return f"the CUDA extension fastenc._C is not built or failed to load ({e})"
+                          stacklevel=4)
+        return f"{what} ({e})"
     return None
+
+
+_AVAILABILITY = {
+    "cuda": ("fastenc._cuda", "the CUDA extension fastenc._C is not built or failed to load"),
+    "triton": ("triton", "triton is not installed"),
+    "sdpa": ("fastenc._sdpa", "torch.nn.functional.scaled_dot_product_attention is missing"),
+}
 
 
 def unavailable_reason(name: str) -> str | None:
@@ -120,7 +136,7 @@ def unavailable_reason(name: str) -> str | None:
     if name == "torch":
         return None
     if name not in _unavailable:
-        _unavailable[name] = _triton_reason() if name == "triton" else _cuda_reason()
+        _unavailable[name] = _import_reason(*_AVAILABILITY[name])
     return _unavailable[name]
 
 
@@ -131,16 +147,11 @@ def triton_interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _import_launchers(name: str, op: str) -> ModuleType:
-    if name == "triton":
-        return importlib.import_module(f"fastenc.kernels.{op}")
-    if name == "cuda":
-        return importlib.import_module("fastenc._cuda")
-    raise ValueError(f"backend {name!r} has no launchers")
-
-
 def _launchers_module_name(name: str, op: str) -> str:
-    return _import_launchers(name, op).__name__
+    if name not in BACKENDS or name == "torch" or name not in IMPLEMENTS.get(op, ()):
+        raise ValueError(f"backend {name!r} has no launchers for op {op!r}")
+    module = {"cuda": "fastenc._cuda", "triton": f"fastenc.kernels.{op}", "sdpa": "fastenc._sdpa"}[name]
+    return importlib.import_module(module).__name__
 
 
 # run at trace time; the module name is a constant
@@ -148,54 +159,138 @@ setattr(_launchers_module_name, _DYNAMO_CONSTANT_FLAG, True)
 
 
 def launchers(name: str, op: str) -> ModuleType:
-    """The module holding `<op>_fwd` / `<op>_bwd` (and `not_supported_reasons_<op>`) for backend `name`.
-    Traceable by torch.compile (fullgraph): the import happens once, outside the graph."""
+    """The module of backend `name` for `op`: its launchers (`<op>_fwd` / `<op>_bwd`, or `<op>` for sdpa) and its
+    SUPPORT declaration. Traceable by torch.compile (fullgraph): the import happens once, outside the graph."""
     return sys.modules[_launchers_module_name(name, op)]
 
 
-def device_reasons(name: str, tensors: list[torch.Tensor | None], dtypes: tuple[torch.dtype, ...]) -> list[str]:
-    """Reasons common to every op: availability, device, dtype."""
-    reason = unavailable_reason(name)
-    if reason:
-        return [reason]
-    if name == "torch":
-        return []
-    present = [t for t in tensors if t is not None]
+# ---------------------------------------------------------------------------------------------------------------
+# The call and the reasons.
+
+
+class Call:
+    """What the dispatcher needs to know about one call of an op: its tensors (by argument name, None = absent),
+    layout ("rows" for the row ops, "padded" / "packed" for attention), head dim, hidden size, whether dropout is
+    on, the optional features it uses that not every backend has (e.g. "attn_bias"), and its length: the sequence
+    length for attention, the number of rows for the row ops (auto buckets it)."""
+
+    __slots__ = ("op", "tensors", "layout", "head_dim", "hidden", "dropout", "features", "length")
+
+    def __init__(self, op: str, tensors: Mapping[str, torch.Tensor | None], *, length: int, layout: str = "rows",
+                 head_dim: int | None = None, hidden: int | None = None, dropout: bool = False,
+                 features: tuple[str, ...] = ()) -> None:
+        self.op, self.tensors, self.layout, self.head_dim, self.hidden = op, tensors, layout, head_dim, hidden
+        self.dropout, self.features, self.length = dropout, features, length
+
+    def present(self) -> list[torch.Tensor]:
+        return [t for t in self.tensors.values() if t is not None]
+
+    @property
+    def device(self) -> torch.device:
+        return self.present()[0].device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        floats = [t.dtype for t in self.present() if t.is_floating_point()]
+        return floats[0] if floats else torch.float32
+
+
+def _capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
+
+
+def kernel_image_reason(capability: tuple[int, int], archs: str | None) -> str | None:
+    """Why a CUDA build for `archs` (e.g. "sm_80+sm_90a+compute_90": cubins and PTX) has no code for a device of
+    `capability`, or None if it has. A cubin sm_XY runs on capability X.Z with Z >= Y (sm_XYa on X.Y only); PTX
+    compute_XY is compiled by the driver for any capability >= X.Y. archs None (a build that does not say): None."""
+    if archs is None:
+        return None
+    for arch in archs.replace(";", "+").split("+"):
+        kind, _, num = arch.strip().partition("_")
+        specific = num.endswith("a")
+        num = num.rstrip("a")
+        built = (int(num[:-1]), int(num[-1]))
+        if kind == "sm" and built[0] == capability[0] and (built[1] == capability[1] if specific
+                                                            else built[1] <= capability[1]):
+            return None
+        if kind == "compute" and not specific and built <= tuple(capability):
+            return None
+    major, minor = capability
+    return (f"fastenc._C has no kernel image for sm_{major}{minor} (built for {archs}); rebuild it with "
+            f"FASTENC_CUDA_ARCHS including {major}{minor}")
+
+
+def _declared_reasons(support: Mapping[str, Any], call: Call) -> list[str]:
     out = []
+    present = call.present()
     devices = {t.device.type for t in present}
-    if name == "cuda" and devices != {"cuda"}:
-        out.append(f"needs CUDA tensors, got {sorted(devices)}")
-    if name == "triton" and devices != {"cuda"}:
-        if devices != {"cpu"}:
-            out.append(f"needs tensors on one device type, got {sorted(devices)}")
-        elif not triton_interpreter_on():
-            out.append("CPU tensors need the Triton interpreter (TRITON_INTERPRET=1 set before triton is imported)")
+    allowed = support.get("devices")
+    if len(devices) > 1:
+        out.append(f"needs tensors on one device type, got {sorted(devices)}")
+    elif allowed is not None and not devices <= set(allowed):
+        out.append(f"runs on {'/'.join(allowed)} tensors, got {sorted(devices)[0]}")
     floats = {t.dtype for t in present if t.is_floating_point()}
-    bad = sorted(str(d) for d in floats if d not in dtypes)
+    dtypes = support.get("dtypes")
+    bad = sorted(str(d) for d in floats if dtypes is not None and d not in dtypes)
     if bad:
         out.append(f"dtype {', '.join(bad)} not supported (supports {', '.join(str(d) for d in dtypes)})")
+    head_dims, max_head_dim = support.get("head_dims"), support.get("max_head_dim")
+    if call.head_dim is not None and head_dims is not None and call.head_dim not in head_dims:
+        out.append(f"head_dim {call.head_dim} not supported (supports {tuple(head_dims)})")
+    if call.head_dim is not None and max_head_dim is not None and call.head_dim > max_head_dim:
+        out.append(f"head_dim {call.head_dim} > {max_head_dim}")
+    max_hidden = support.get("max_hidden")
+    if call.hidden is not None and max_hidden is not None and call.hidden > max_hidden:
+        out.append(f"hidden size {call.hidden} > {max_hidden}")
+    cap = support.get("min_capability")
+    if cap is not None and devices == {"cuda"} and _capability(call.device) < tuple(cap):
+        out.append(f"needs compute capability {cap[0]}.{cap[1]} or newer")
+    layouts = support.get("layouts", ("rows",))
+    if call.layout not in layouts:
+        out.append(f"{call.layout} layout not supported (supports {', '.join(layouts)})")
+    if call.dropout and not support.get("dropout", True):
+        out.append("no dropout")
+    out += [f"{f} not supported" for f in call.features if f not in support.get("features", ())]
     return out
 
 
-def choose(
-    op: str,
-    tensors: list[torch.Tensor | None],
-    backend: str | None,
-    reasons: Callable[[str], list[str]],
-) -> str:
-    """Pick the backend for one call of `op`. `reasons(name)` lists why `name` cannot run this call (empty: it can)."""
+def not_supported_reasons(name: str, call: Call) -> list[str]:
+    """Why backend `name` cannot run `call` ([] = it can): availability, then the backend's declared support for
+    the op, then the backend's own hook."""
+    if name == "torch":
+        return []
+    if name not in IMPLEMENTS[call.op]:
+        return [f"does not implement {call.op}"]
+    reason = unavailable_reason(name)
+    if reason:
+        return [reason]
+    module = launchers(name, call.op)
+    out = _declared_reasons(module.SUPPORT[call.op], call)
+    if name == "triton" and call.device.type == "cpu" and not triton_interpreter_on():
+        out.append("CPU tensors need the Triton interpreter (TRITON_INTERPRET=1 set before triton is imported)")
+    hook = getattr(module, "not_supported_reasons", None)
+    if not out and hook is not None:
+        out += hook(call.op, call)
+    return out
+
+
+def _error(call: Call, name: str) -> BackendNotSupportedError:
+    lines = [f"fastenc.ops.{call.op}: backend {name!r} cannot run this call:"]
+    names = IMPLEMENTS[call.op] if name in IMPLEMENTS[call.op] else (name, *IMPLEMENTS[call.op])
+    for b in names:
+        r = not_supported_reasons(b, call)
+        lines.append(f"  {b}: " + ("supported" if not r else "; ".join(r)))
+    return BackendNotSupportedError("\n".join(lines))
+
+
+def choose(call: Call, backend: str | None, run: Callable[[str], Any] | None = None) -> str:
+    """The backend for one call. `run(name)` runs the call with backend `name`: auto times it when tuning is on."""
     name = _check_name(backend) if backend is not None else get_backend()
     if name == "auto":
-        on_cuda = any(t is not None and t.is_cuda for t in tensors)
-        for candidate in (("cuda", "triton") if on_cuda else ()):
-            if not reasons(candidate):
-                return candidate
-        return "torch"
-    why = reasons(name)
-    if why:
-        lines = [f"fastenc.ops.{op}: backend {name!r} cannot run this call:"]
-        for b in BACKENDS:
-            r = reasons(b)
-            lines.append(f"  {b}: " + ("supported" if not r else "; ".join(r)))
-        raise BackendNotSupportedError("\n".join(lines))
+        return autotune.pick(call, run)
+    if not_supported_reasons(name, call):
+        raise _error(call, name)
     return name
+
+
+from fastenc import autotune  # noqa: E402  (autotune reads this module's table and reasons)

@@ -16,6 +16,7 @@ dispatcher's overhead.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 
 import torch
@@ -23,6 +24,18 @@ import triton
 import triton.language as tl
 
 MAX_BLOCK = 16384
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def interpreter_on() -> bool:
+    """Whether Triton runs in its CPU interpreter (TRITON_INTERPRET=1, read when triton is imported)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def row_support(op: str, max_hidden: int | None = MAX_BLOCK) -> dict[str, dict]:
+    """The SUPPORT declaration of a row-kernel op (see fastenc.backends): CUDA tensors, or CPU ones under the
+    interpreter; fp32 / fp16 / bf16; hidden sizes up to `max_hidden` (None: any)."""
+    return {op: dict(devices=("cuda", "cpu"), dtypes=FLOAT_DTYPES, max_hidden=max_hidden)}
 
 
 # ---------------------------------------------------------------------------------------------------------------

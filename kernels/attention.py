@@ -29,17 +29,17 @@ import torch
 import triton
 import triton.language as tl
 
-from fastenc import backends
+from fastenc.kernels import _fakes as fakes
+from fastenc.kernels._common import FLOAT_DTYPES, interpreter_on
 
 MAX_HEAD_DIM = 128
-_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _LOG2E = 1.4426950408889634
 _MAX_GRID_YZ = 65535  # CUDA limit of grid dims y (sequences) and z (heads)
 
 
 def _configs(pairs: list[tuple[int, int, int, int]]) -> list[triton.Config]:
     """Autotune configs from (BLOCK_M, BLOCK_N, num_warps, num_stages); one small fixed config in the interpreter."""
-    if backends.triton_interpreter_on():
+    if interpreter_on():
         pairs = [(16, 16, 1, 1)]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in pairs]
 
@@ -383,7 +383,7 @@ def _block_d(head_dim: int) -> int:
 
 
 def _input_precision(dtype: torch.dtype) -> str:
-    if dtype == torch.float32 and not backends.triton_interpreter_on() and torch.backends.cuda.matmul.allow_tf32:
+    if dtype == torch.float32 and not interpreter_on() and torch.backends.cuda.matmul.allow_tf32:
         return "tf32"
     return "ieee"
 
@@ -462,13 +462,7 @@ def attention_fwd(
     return o, lse
 
 
-@attention_fwd.register_fake
-def _(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, softmax_scale, dropout_p, seed):
-    if cu_seqlens is not None:
-        lse_shape = (q.shape[1], q.shape[0])
-    else:
-        lse_shape = (q.shape[0], q.shape[2], q.shape[1])
-    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(lse_shape, dtype=torch.float32)
+attention_fwd.register_fake(fakes.attention_fwd)
 
 
 @torch.library.custom_op("fastenc::triton_attention_bwd", mutates_args=())
@@ -496,7 +490,7 @@ def attention_bwd(
         return dq, dk, dv
     delta = torch.empty_like(lse)
     o_strides, lse_strides = _strides(o, lay.packed), lay.lse_strides(lse)
-    preprocess_block = 16 if backends.triton_interpreter_on() else 64
+    preprocess_block = 16 if interpreter_on() else 64
     _attention_bwd_preprocess_kernel[(triton.cdiv(lay.seqlen, preprocess_block), lay.batch, lay.heads)](
         o, do, delta, lay.cu_seqlens, *o_strides, *lse_strides, lay.seqlen,
         HEAD_DIM=lay.head_dim, BLOCK_D=lay.consts["BLOCK_D"], PACKED=lay.packed, BLOCK_M=preprocess_block,
@@ -518,9 +512,7 @@ def attention_bwd(
     return dq, dk, dv
 
 
-@attention_bwd.register_fake
-def _(do, q, k, v, o, lse, key_padding_mask, cu_seqlens, max_seqlen, softmax_scale, dropout_p, seed):
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+attention_bwd.register_fake(fakes.attention_bwd)
 
 
 def attention_dropout_mask(seed: torch.Tensor, batch: int, heads: int, seqlen: int, dropout_p: float) -> torch.Tensor:
@@ -530,20 +522,22 @@ def attention_dropout_mask(seed: torch.Tensor, batch: int, heads: int, seqlen: i
     seqlen = max_seqlen. Feed it to attention_ref(..., dropout_mask=mask) to replay the kernel's dropout."""
     _check_seed(max(dropout_p, 1e-9), seed)
     out = torch.empty(batch, heads, seqlen, seqlen, dtype=torch.uint8, device=seed.device)
-    block = 16 if backends.triton_interpreter_on() else 64
+    block = 16 if interpreter_on() else 64
     grid = (triton.cdiv(seqlen, block), triton.cdiv(seqlen, block), batch * heads)
     _attention_dropout_mask_kernel[grid](seed, out, heads, seqlen, dropout_p, BLOCK_M=block, BLOCK_N=block)
     return out.bool()
 
 
-def not_supported_reasons_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> list[str]:
-    """Why these kernels cannot run this call ([] = supported)."""
+SUPPORT = {
+    "attention": dict(devices=("cuda", "cpu"), dtypes=FLOAT_DTYPES, max_head_dim=MAX_HEAD_DIM,
+                      layouts=("padded", "packed")),
+}
+
+
+def not_supported_reasons(op: str, call) -> list[str]:
+    """The grid limits, which SUPPORT cannot declare ([] = within them)."""
+    q = call.tensors["q"]
     out = []
-    if q.dtype not in _SUPPORTED_DTYPES:
-        out.append(f"dtype {q.dtype} not supported (supports {', '.join(map(str, _SUPPORTED_DTYPES))})")
-    head_dim = q.shape[-1]
-    if head_dim > MAX_HEAD_DIM:
-        out.append(f"head_dim {head_dim} > {MAX_HEAD_DIM}")
     if q.shape[-2] > _MAX_GRID_YZ:
         out.append(f"{q.shape[-2]} heads > {_MAX_GRID_YZ} (grid limit)")
     if q.dim() == 4 and q.shape[0] > _MAX_GRID_YZ:

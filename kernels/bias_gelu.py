@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from fastenc.kernels._common import dummy, gelu, gelu_and_grad, register
+from fastenc.kernels import _fakes as fakes
+from fastenc.kernels._common import dummy, gelu, gelu_and_grad, register, row_support
 
 _BLOCK_M = 16
 _BLOCK_N = 256
@@ -75,37 +76,31 @@ def _bias_gelu_bwd_kernel(
         tl.store(db_part_ptr + pid_m * D + cols, tl.sum(dx, axis=0), mask=cols < D)
 
 
-def _check(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> None:
+def _check(x: torch.Tensor, bias: torch.Tensor | None) -> None:
     if x.dim() != 2 or x.stride(1) != 1:
         raise ValueError(f"x must be a 2-D tensor with unit last stride, got shape {tuple(x.shape)}, "
                          f"strides {x.stride()}")
     if bias is not None and bias.shape != (x.shape[1],):
         raise ValueError(f"bias must have shape [{x.shape[1]}], got {tuple(bias.shape)}")
-    if approximate not in ("none", "tanh"):
-        raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
 
 
-def _fwd_impl(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> torch.Tensor:
-    _check(x, bias, approximate)
+def _fwd_impl(x: torch.Tensor, bias: torch.Tensor | None, tanh_approx: bool) -> torch.Tensor:
+    _check(x, bias)
     n, d = x.shape
     y = torch.empty((n, d), device=x.device, dtype=x.dtype)
     if y.numel():
         grid = (triton.cdiv(n, _BLOCK_M), triton.cdiv(d, _BLOCK_N))
         _bias_gelu_fwd_kernel[grid](
-            x, bias, y, n, d, x.stride(0), HAS_BIAS=bias is not None, APPROX_TANH=approximate == "tanh",
+            x, bias, y, n, d, x.stride(0), HAS_BIAS=bias is not None, APPROX_TANH=tanh_approx,
             BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, num_warps=_WARPS,
         )
     return y
 
 
-def _fwd_fake(x, bias, approximate):
-    return x.new_empty(x.shape)
-
-
 def _bwd_impl(
-    dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, approximate: str
+    dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, tanh_approx: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    _check(x, bias, approximate)
+    _check(x, bias)
     if not (dy.is_contiguous() and x.is_contiguous() and dy.shape == x.shape):
         raise ValueError(f"dy and x must be contiguous and of one shape, got {tuple(dy.shape)} and {tuple(x.shape)}")
     n, d = x.shape
@@ -114,29 +109,14 @@ def _bwd_impl(
     parts = torch.zeros(m_blocks, d, device=x.device, dtype=torch.float32) if bias is not None else None
     if dx.numel():
         _bias_gelu_bwd_kernel[(m_blocks, triton.cdiv(d, _BWD_BLOCK_N))](
-            dy, x, bias, dx, parts, n, d, HAS_BIAS=bias is not None, APPROX_TANH=approximate == "tanh",
+            dy, x, bias, dx, parts, n, d, HAS_BIAS=bias is not None, APPROX_TANH=tanh_approx,
             BLOCK_M=_BWD_BLOCK_M, BLOCK_N=_BWD_BLOCK_N, num_warps=_WARPS,
         )
     dbias = parts.sum(dim=0).to(bias.dtype) if bias is not None else None
     return dx, dummy(dbias, x)
 
 
-def _bwd_fake(dy, x, bias, approximate):
-    return torch.empty_like(x), x.new_empty(x.shape[1] if bias is not None else 0)
-
-
-_fwd = register("bias_gelu_fwd", _fwd_impl, _fwd_fake)
-_bwd = register("bias_gelu_bwd", _bwd_impl, _bwd_fake)
-
-
-def bias_gelu_fwd(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> torch.Tensor:
-    """gelu(x + bias) of a 2-D x; see fastenc.ops.bias_gelu."""
-    return _fwd(x, bias, approximate)
-
-
-def bias_gelu_bwd(
-    dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, approximate: str
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(dx, dbias or None)."""
-    dx, dbias = _bwd(dy, x, bias, approximate)
-    return dx, dbias if bias is not None else None
+# The launchers (contract: fastenc/ops/bias_gelu.py); absent outputs come back as empty tensors.
+bias_gelu_fwd = register("bias_gelu_fwd", _fwd_impl, fakes.bias_gelu_fwd)
+bias_gelu_bwd = register("bias_gelu_bwd", _bwd_impl, fakes.bias_gelu_bwd)
+SUPPORT = row_support("bias_gelu", max_hidden=None)

@@ -18,12 +18,14 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from fastenc.kernels import _fakes as fakes
 from fastenc.kernels._common import (
     dropout_keep,
     dummy,
     reduce_programs,
     reduce_warps,
     register,
+    row_support,
     row_block,
     row_layer_norm_bwd,
     row_stats,
@@ -215,13 +217,6 @@ def _fwd_impl(
     return y, mean, rstd
 
 
-def _fwd_fake(input_ids, position_ids, token_type_ids, word, position, token_type, weight, bias, eps, dropout_p,
-              seed):
-    n = input_ids.shape[0]
-    return (word.new_empty(n, word.shape[1]), word.new_empty(n, dtype=torch.float32),
-            word.new_empty(n, dtype=torch.float32))
-
-
 def _bwd_impl(
     dy: torch.Tensor,
     input_ids: torch.Tensor,
@@ -276,54 +271,7 @@ def _bwd_impl(
     return dword.to(word.dtype), dpos.to(word.dtype), dummy(dtt, word), dweight, dbias
 
 
-def _bwd_fake(dy, input_ids, position_ids, token_type_ids, word, position, token_type, weight, mean, rstd,
-              dropout_p, seed, word_padding_idx, position_padding_idx):
-    e = word.shape[1]
-    dtt = token_type.new_empty(token_type.shape) if token_type is not None else word.new_empty(0)
-    return word.new_empty(word.shape), position.new_empty(position.shape), dtt, weight.new_empty(e), weight.new_empty(e)
-
-
-_fwd = register("embeddings_fwd", _fwd_impl, _fwd_fake)
-_bwd = register("embeddings_bwd", _bwd_impl, _bwd_fake)
-
-
-def embeddings_fwd(
-    input_ids: torch.Tensor,
-    position_ids: torch.Tensor,
-    token_type_ids: torch.Tensor | None,
-    word: torch.Tensor,
-    position: torch.Tensor,
-    token_type: torch.Tensor | None,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    eps: float,
-    dropout_p: float,
-    seed: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(y, mean, rstd) of the fused embeddings; see fastenc.ops.embeddings."""
-    return _fwd(input_ids, position_ids, token_type_ids, word, position, token_type, weight, bias, float(eps),
-                float(dropout_p), seed)
-
-
-def embeddings_bwd(
-    dy: torch.Tensor,
-    input_ids: torch.Tensor,
-    position_ids: torch.Tensor,
-    token_type_ids: torch.Tensor | None,
-    word: torch.Tensor,
-    position: torch.Tensor,
-    token_type: torch.Tensor | None,
-    weight: torch.Tensor,
-    mean: torch.Tensor,
-    rstd: torch.Tensor,
-    dropout_p: float,
-    seed: torch.Tensor | None,
-    word_padding_idx: int,
-    position_padding_idx: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """(dword, dposition, dtoken_type or None, dweight, dbias); padding_idx -1 means none."""
-    dword, dpos, dtt, dweight, dbias = _bwd(
-        dy, input_ids, position_ids, token_type_ids, word, position, token_type, weight, mean, rstd,
-        float(dropout_p), seed, int(word_padding_idx), int(position_padding_idx),
-    )
-    return dword, dpos, dtt if token_type is not None else None, dweight, dbias
+# The launchers (contract: fastenc/ops/embeddings.py); absent outputs come back as empty tensors.
+embeddings_fwd = register("embeddings_fwd", _fwd_impl, fakes.embeddings_fwd)
+embeddings_bwd = register("embeddings_bwd", _bwd_impl, fakes.embeddings_bwd)
+SUPPORT = row_support("embeddings")

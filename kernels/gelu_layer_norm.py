@@ -11,12 +11,14 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from fastenc.kernels import _fakes as fakes
 from fastenc.kernels._common import (
     gelu,
     gelu_and_grad,
     reduce_programs,
     reduce_warps,
     register,
+    row_support,
     row_block,
     row_layer_norm_bwd,
     row_stats,
@@ -102,12 +104,10 @@ def _gelu_layer_norm_bwd_kernel(
         tl.store(dxb_part_ptr + pid * D + cols, dxb_acc, mask=mask)
 
 
-def _check_x(x: torch.Tensor, approximate: str) -> None:
+def _check_x(x: torch.Tensor) -> None:
     if x.dim() != 2 or x.stride(1) != 1:
         raise ValueError(f"x must be a 2-D tensor with unit last stride, got shape {tuple(x.shape)}, "
                          f"strides {x.stride()}")
-    if approximate not in ("none", "tanh"):
-        raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
 
 
 def _fwd_impl(
@@ -116,9 +116,9 @@ def _fwd_impl(
     weight: torch.Tensor,
     bias: torch.Tensor,
     eps: float,
-    approximate: str,
+    tanh_approx: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    _check_x(x, approximate)
+    _check_x(x)
     n, d = x.shape
     block = row_block(d)
     y = torch.empty((n, d), device=x.device, dtype=x.dtype)
@@ -127,14 +127,9 @@ def _fwd_impl(
     if n:
         _gelu_layer_norm_fwd_kernel[(n,)](
             x, x_bias, weight, bias, y, mean, rstd, x.stride(0), d, eps,
-            HAS_XB=x_bias is not None, APPROX_TANH=approximate == "tanh", BLOCK_D=block, num_warps=row_warps(block),
+            HAS_XB=x_bias is not None, APPROX_TANH=tanh_approx, BLOCK_D=block, num_warps=row_warps(block),
         )
     return y, mean, rstd
-
-
-def _fwd_fake(x, x_bias, weight, bias, eps, approximate):
-    n = x.shape[0]
-    return x.new_empty(x.shape), x.new_empty(n, dtype=torch.float32), x.new_empty(n, dtype=torch.float32)
 
 
 def _bwd_impl(
@@ -144,9 +139,9 @@ def _bwd_impl(
     weight: torch.Tensor,
     mean: torch.Tensor,
     rstd: torch.Tensor,
-    approximate: str,
+    tanh_approx: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    _check_x(x, approximate)
+    _check_x(x)
     if not (dy.is_contiguous() and x.is_contiguous() and dy.shape == x.shape):
         raise ValueError(f"dy and x must be contiguous and of one shape, got {tuple(dy.shape)} and {tuple(x.shape)}")
     n, d = x.shape
@@ -159,42 +154,13 @@ def _bwd_impl(
     if n:
         _gelu_layer_norm_bwd_kernel[(progs,)](
             dy, x, x_bias, weight, mean, rstd, dx, parts[0], parts[1], parts[2] if has_xb else None, n, d,
-            HAS_XB=has_xb, APPROX_TANH=approximate == "tanh", BLOCK_D=block, num_warps=warps,
+            HAS_XB=has_xb, APPROX_TANH=tanh_approx, BLOCK_D=block, num_warps=warps,
         )
     dweight, dbias, *dx_bias = sum_partials(parts, weight.dtype, weight.dtype, x.dtype)
     return dx, dx_bias[0] if has_xb else x.new_empty(0), dweight, dbias
 
 
-def _bwd_fake(dy, x, x_bias, weight, mean, rstd, approximate):
-    d = x.shape[1]
-    return torch.empty_like(x), x.new_empty(d if x_bias is not None else 0), weight.new_empty(d), weight.new_empty(d)
-
-
-_fwd = register("gelu_layer_norm_fwd", _fwd_impl, _fwd_fake)
-_bwd = register("gelu_layer_norm_bwd", _bwd_impl, _bwd_fake)
-
-
-def gelu_layer_norm_fwd(
-    x: torch.Tensor,
-    x_bias: torch.Tensor | None,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    eps: float,
-    approximate: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(y, mean, rstd) of y = LayerNorm(gelu(x + x_bias)); see fastenc.ops.gelu_layer_norm."""
-    return _fwd(x, x_bias, weight, bias, float(eps), approximate)
-
-
-def gelu_layer_norm_bwd(
-    dy: torch.Tensor,
-    x: torch.Tensor,
-    x_bias: torch.Tensor | None,
-    weight: torch.Tensor,
-    mean: torch.Tensor,
-    rstd: torch.Tensor,
-    approximate: str,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """(dx, dx_bias or None, dweight, dbias)."""
-    dx, dx_bias, dweight, dbias = _bwd(dy, x, x_bias, weight, mean, rstd, approximate)
-    return dx, dx_bias if x_bias is not None else None, dweight, dbias
+# The launchers (contract: fastenc/ops/gelu_layer_norm.py); absent outputs come back as empty tensors.
+gelu_layer_norm_fwd = register("gelu_layer_norm_fwd", _fwd_impl, fakes.gelu_layer_norm_fwd)
+gelu_layer_norm_bwd = register("gelu_layer_norm_bwd", _bwd_impl, fakes.gelu_layer_norm_bwd)
+SUPPORT = row_support("gelu_layer_norm")

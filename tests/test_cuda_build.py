@@ -1,9 +1,10 @@
 """Build checks of the CUDA backend that run without a GPU.
 
-- every csrc/*.cu compiles with nvcc alone (no torch headers) for sm_80 and sm_90a (skipped only without nvcc);
+- every csrc/*.cu compiles with nvcc alone (no torch headers) for sm_80 and sm_90a, and to compute_90 PTX (skipped
+  only without nvcc);
 - csrc/bindings.cpp parses against torch's headers (skipped without the CUDA runtime headers);
-- the op schemas of bindings.cpp, the fake implementations and the launcher wrappers of fastenc/_cuda.py agree
-  with the launcher contracts (checked on meta tensors against a stand-in for fastenc._C);
+- the op schemas of bindings.cpp and the fake implementations of fastenc/_cuda.py agree with the launcher contracts
+  (checked on meta tensors against a stand-in for fastenc._C; the registered ops are the launchers);
 - without the extension, `import fastenc` works and backend "cuda" reports itself unavailable.
 """
 
@@ -26,7 +27,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 NVCC = shutil.which("nvcc")
-GENCODE = ["-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90a,code=sm_90a"]
+# setup.py's default: cubins for sm_80 and sm_90a, PTX for compute_90 (compiled by the driver for newer GPUs)
+GENCODE = ["-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90a,code=sm_90a",
+           "-gencode", "arch=compute_90,code=compute_90"]
 
 
 def _cuda_include() -> Path | None:
@@ -81,6 +84,7 @@ def test_bindings_parse_against_torch_headers():
         "-fsyntax-only",
         "-std=c++20",
         "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE",
+        "-DFASTENC_CUDA_ARCHS=sm_80+sm_90a+compute_90",  # as setup.py passes it
         *[f"-I{p}" for p in include_paths()],
         f"-I{sysconfig.get_paths()['include']}",
         f"-I{cuda_inc}",
@@ -139,24 +143,22 @@ def test_row_ops_wrappers_follow_the_contract(cuda_module):
     y, h, mean, rstd = m.add_layer_norm_fwd(x, x, _meta(d), w32, w32, 1e-5, 0.1, seed, True)
     assert y.shape == h.shape == (n, d) and y.dtype == torch.float16 and mean.shape == rstd.shape == (n,)
     assert mean.dtype == torch.float32
-    assert m.add_layer_norm_fwd(x, None, None, w32, w32, 1e-5, 0.0, None, False)[1] is None
+    assert m.add_layer_norm_fwd(x, None, None, w32, w32, 1e-5, 0.0, None, False)[1].numel() == 0  # absent: empty
     dx, dh, dxb, dw, db = m.add_layer_norm_bwd(x, x, w32, mean, rstd, 0.1, seed, True)
     assert dx.shape == dh.shape == (n, d) and dxb.shape == (d,) and dw.dtype == db.dtype == torch.float32
     dx, dh, dxb, _, _ = m.add_layer_norm_bwd(x, x, w32, mean, rstd, 0.0, None, False)
-    assert dx is dh and dxb is None
+    assert dx.numel() == 0 and dh.shape == (n, d) and dxb.numel() == 0
 
-    assert m.bias_gelu_fwd(x, _meta(d), "tanh").shape == (n, d)
-    dx, dbias = m.bias_gelu_bwd(x, x, None, "none")
-    assert dx.shape == (n, d) and dbias is None
-    assert m.bias_gelu_bwd(x, x, _meta(d), "none")[1].shape == (d,)
-    with pytest.raises(ValueError, match="approximate"):
-        m.bias_gelu_fwd(x, None, "sigmoid")
+    assert m.bias_gelu_fwd(x, _meta(d), True).shape == (n, d)
+    dx, dbias = m.bias_gelu_bwd(x, x, None, False)
+    assert dx.shape == (n, d) and dbias.numel() == 0
+    assert m.bias_gelu_bwd(x, x, _meta(d), False)[1].shape == (d,)
 
-    y, mean, rstd = m.gelu_layer_norm_fwd(x, None, _meta(d), _meta(d), 1e-12, "none")
+    y, mean, rstd = m.gelu_layer_norm_fwd(x, None, _meta(d), _meta(d), 1e-12, False)
     assert y.shape == (n, d) and mean.shape == (n,)
-    dx, dxb, dw, db = m.gelu_layer_norm_bwd(x, x, _meta(d), _meta(d), mean, rstd, "tanh")
+    dx, dxb, dw, db = m.gelu_layer_norm_bwd(x, x, _meta(d), _meta(d), mean, rstd, True)
     assert dx.shape == (n, d) and dxb.shape == dw.shape == db.shape == (d,)
-    assert m.gelu_layer_norm_bwd(x, x, None, _meta(d), mean, rstd, "tanh")[1] is None
+    assert m.gelu_layer_norm_bwd(x, x, None, _meta(d), mean, rstd, True)[1].numel() == 0
 
 
 def test_embeddings_wrappers_follow_the_contract(cuda_module):
@@ -168,7 +170,7 @@ def test_embeddings_wrappers_follow_the_contract(cuda_module):
     y, mean, rstd = m.embeddings_fwd(ids, ids, ids, word, pos, tt, w, w, 1e-12, 0.1, _meta(1, dtype=torch.int64))
     assert y.shape == (n, e) and y.dtype == torch.float16 and mean.shape == (n,)
     dword, dpos, dtt, dw, db = m.embeddings_bwd(y, ids, ids, None, word, pos, None, w, mean, rstd, 0.0, None, 1, -1)
-    assert dword.shape == word.shape and dpos.shape == pos.shape and dtt is None and dw.dtype == torch.float32
+    assert dword.shape == word.shape and dpos.shape == pos.shape and dtt.numel() == 0 and dw.dtype == torch.float32
 
 
 def test_attention_wrappers_follow_the_contract(cuda_module):
@@ -189,14 +191,22 @@ def test_attention_wrappers_follow_the_contract(cuda_module):
 
 
 def test_attention_support_reasons(cuda_module):
+    from fastenc.backends import Call, _declared_reasons
+
     m = cuda_module
+
+    def reasons(q, k, v):
+        call = Call("attention", {"q": q, "k": k, "v": v}, length=q.shape[1], layout="padded", head_dim=q.shape[-1])
+        return _declared_reasons(m.SUPPORT["attention"], call) + m.not_supported_reasons("attention", call)
+
     ok = torch.randn(1, 4, 2, 64, dtype=torch.float16)
-    assert m.not_supported_reasons_attention(ok, ok, ok, 0.0) == []
+    assert reasons(ok, ok, ok) == ["runs on cuda tensors, got cpu"]  # CPU tensors here: the only reason
+    assert m.CUDA_ARCHS is None  # the stand-in module names no architectures
     odd = torch.randn(1, 4, 2, 48, dtype=torch.float32)
-    reasons = " ".join(m.not_supported_reasons_attention(odd, odd, odd, 0.0))
-    assert "head_dim 48" in reasons and "float16 or bfloat16" in reasons
+    joined = " ".join(reasons(odd, odd, odd))
+    assert "head_dim 48" in joined and "float32 not supported" in joined
     strided = torch.randn(1, 4, 2, 65, dtype=torch.float16)[..., :64]
-    assert any("aligned" in r for r in m.not_supported_reasons_attention(strided, ok, ok, 0.0))
+    assert any("aligned" in r for r in reasons(strided, ok, ok))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -21,7 +21,12 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 INFER_SHAPES = ("1x16", "8x128", "32x128", "32x512", "128x128", "var")
 TRAIN_SHAPES = ("32x128", "16x512")
 VAR_BATCH, VAR_MIN, VAR_MAX, VAR_SEED = 32, 16, 512, 0
-OPS = ("embeddings", "add_layer_norm", "bias_gelu", "gelu_layer_norm", "attention")
+OPS = ("embeddings", "add_layer_norm", "bias_gelu", "gelu_layer_norm", "attention", "attention_packed")
+
+
+def public_op(op: str) -> str:
+    """The fastenc.ops function a case calls: attention_packed is attention on the packed layout."""
+    return op.removesuffix("_packed")
 OP_SHAPES = ("8x128", "32x128", "32x512", "var")
 BASE_DIMS = {"hidden": 768, "heads": 12, "inter": 3072, "vocab": 30522}
 TINY_DIMS = {"hidden": 64, "heads": 4, "inter": 128, "vocab": 1000}
@@ -155,7 +160,7 @@ def _param(n: int, dtype: torch.dtype, device: torch.device, grad: bool, g: torc
 def op_case(op: str, shape: Shape, hidden: int = 768, heads: int = 12, inter: int = 3072, vocab: int = 30522
             ) -> OpCase:
     """The op's call at the given width (BERT-base by default) over the tokens of `shape`, padded layout (attention
-    with its key mask when the shape has padding)."""
+    with its key mask when the shape has padding), or for attention_packed the real tokens with cu_seqlens."""
     if op not in OPS:
         raise ValueError(f"unknown op {op!r}; choose from {', '.join(OPS)}")
     n = shape.batch * shape.seq
@@ -181,15 +186,21 @@ def op_case(op: str, shape: Shape, hidden: int = 768, heads: int = 12, inter: in
             return (act(shape.batch, shape.seq, inter), _param(inter, dtype, device, grad, g, 0.1)), {}
         if op == "gelu_layer_norm":
             return (act(shape.batch, shape.seq, hidden), w, b), {"x_bias": _param(hidden, dtype, device, grad, g, 0.1)}
+        if op == "attention_packed":
+            q, k, v = (act(shape.tokens, heads, hidden // heads) for _ in range(3))
+            cu = torch.zeros(shape.batch + 1, dtype=torch.int32)
+            cu[1:] = lengths.cumsum(0)
+            return (q, k, v), {"cu_seqlens": cu.to(device), "max_seqlen": shape.seq}
         q, k, v = (act(shape.batch, shape.seq, heads, hidden // heads) for _ in range(3))
         mask = (torch.arange(shape.seq)[None, :] < lengths[:, None]).to(device) if shape.padded else None
         return (q, k, v), {"key_padding_mask": mask}
 
     if op == "embeddings":  # three table rows read and one row written per token, three int64 ids read
         return OpCase(op, shape, make, 4 * n * hidden, 3 * 8 * n)
-    if op == "attention":  # q, k, v read, o written
+    if op.startswith("attention"):  # q, k, v read, o written
         from fastenc.bench.flops import attention_flops
 
-        return OpCase(op, shape, make, 4 * n * hidden, flops=attention_flops(shape.lengths, heads, hidden // heads))
+        elems = 4 * (shape.tokens if op == "attention_packed" else n) * hidden
+        return OpCase(op, shape, make, elems, flops=attention_flops(shape.lengths, heads, hidden // heads))
     rows = {"add_layer_norm": 3 * hidden, "bias_gelu": 2 * inter, "gelu_layer_norm": 2 * hidden}[op]
     return OpCase(op, shape, make, n * rows)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from fastenc.autotune import table_from_results
 from fastenc.backends import triton_interpreter_on
 from fastenc.bench import cases as C
 from fastenc.bench import report
@@ -43,8 +44,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--shapes", type=_csv, help=f"inference shapes BxS or 'var' (default {','.join(C.INFER_SHAPES)})")
     p.add_argument("--train-shapes", type=_csv, help=f"training shapes (default {','.join(C.TRAIN_SHAPES)})")
     p.add_argument("--dtypes", type=_csv, help=f"comma list of {', '.join(C.DTYPES)} (default fp16,bf16)")
-    p.add_argument("--backends", type=_csv, help="fastenc backends to measure: triton, cuda, torch "
-                   "(default: triton,cuda on a GPU, torch on the CPU)")
+    p.add_argument("--backends", type=_csv, help="fastenc backends to measure: triton, cuda, sdpa, torch, auto "
+                   "(default: triton,cuda,sdpa on a GPU, torch,sdpa on the CPU)")
     p.add_argument("--ops", type=_csv, help=f"ops to measure, or 'none' (default {','.join(C.OPS)})")
     p.add_argument("--op-shapes", type=_csv, help=f"op shapes (default {','.join(C.OP_SHAPES)})")
     p.add_argument("--op-modes", type=_csv, help="fwd and/or fwd+bwd (default both)")
@@ -116,6 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _interrupt)  # `timeout` stops the run: the results so far are still written
         doc = run(settings, progress=not args.no_progress and sys.stderr.isatty())
     paths = report.write_all(doc, args.out)
+    if any(r["kind"] == "op" and r["status"] == "ok" for r in doc["records"]):  # what auto would learn from this run
+        paths.append(args.out / "auto_table.json")
+        paths[-1].write_text(json.dumps(table_from_results(doc), indent=1))
     print(report.summary(doc))
     print("fastenc bench: wrote " + ", ".join(str(p) for p in paths))
     return 0

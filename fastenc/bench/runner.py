@@ -1,11 +1,13 @@
 """Runs the cases: every variant of one case is timed in the same process, right after the others, on the same inputs.
 
-Variants of an op: "eager" (the `<op>_ref` in PyTorch), "compile" (torch.compile of the same `<op>_ref`) and each
-fastenc kernel backend ("triton", "cuda") through the public `fastenc.ops.<op>(..., backend=name)`.
+Variants of an op: "eager" (the `<op>_ref` in PyTorch), "compile" (torch.compile of the same `<op>_ref`) and every
+other backend candidate that implements the op ("triton", "cuda", "sdpa": torch's SDPA padded, varlen_attn packed;
+"auto" when asked for) through the public `fastenc.ops.<op>(..., backend=name)`, side by side in one run.
 Variants of a model: "hf-eager" and "hf-sdpa" (transformers with attn_implementation eager / sdpa, one set of
 weights switched between the two), "hf-compile" (torch.compile of the sdpa model) and "fastenc-<backend>" (the twin
-built by `fastenc.from_hf`, run under `fastenc.use_backend`). A variant that cannot run is recorded with its reason
-and never silently replaced; one that fails records the error, and the run goes on.
+built by `fastenc.from_hf`, run under `fastenc.use_backend`) for the backends that implement every op. A variant
+that cannot run is recorded with its reason and never silently replaced; one that fails records the error, and the
+run goes on.
 
 Trade-off: one model is built per (model, dtype, inference/training) and reused across shapes and variants, which
 keeps a full GPU run within minutes, at the price of holding transformers' and fastenc's copies at once. Inference
@@ -41,9 +43,11 @@ from fastenc.bench.flops import encoder_flops
 
 OP_BASELINES = ("eager", "compile")
 MODEL_BASELINES = ("hf-eager", "hf-sdpa", "hf-compile")
-KERNEL_BACKENDS = ("triton", "cuda")
+KERNEL_BACKENDS = ("triton", "cuda", "sdpa")
+BENCH_BACKENDS = (*backends.BACKENDS, "auto")
 CPU_NOTE = ("kernel backends are timed on a CUDA device only: speed needs a GPU (on the CPU, Triton runs under its "
             "interpreter, a correctness tool)")
+_CPU_BACKENDS = ("torch", "sdpa", "auto")  # torch's own kernels: their CPU timings mean something
 
 
 @dataclass
@@ -73,7 +77,7 @@ class Settings:
     def cpu_demo_settings(cls, device: torch.device) -> Settings:
         """The CPU demo: the same pipeline on a tiny BERT, fp32, reference path against transformers."""
         return cls(device=device, models=["bert-tiny"], shapes=["1x16", "8x32", "var"], train_shapes=["8x32"],
-                   dtypes=["fp32"], backends=["torch"], op_shapes=["8x32"], op_dims=dict(C.TINY_DIMS),
+                   dtypes=["fp32"], backends=["torch", "sdpa"], op_shapes=["8x32"], op_dims=dict(C.TINY_DIMS),
                    compile=False, var_batch=8, var_range=(8, 64), warmup_ms=10.0, rep_ms=60.0, cpu_demo=True)
 
     def shape(self, name: str) -> C.Shape:
@@ -114,6 +118,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     return {
         "device": name,
         "device_type": device.type,
+        "capability": "sm_{}{}".format(*torch.cuda.get_device_capability(device)) if device.type == "cuda" else None,
         "cuda": torch.version.cuda if device.type == "cuda" else None,
         "torch": torch.__version__,
         "triton": _version("triton"),
@@ -198,11 +203,16 @@ def _run_variant(record: dict[str, Any], body: Callable[[], dict[str, Any]]) -> 
 
 def kernel_backend_reason(name: str, device: torch.device) -> str | None:
     """Why fastenc backend `name` is not timed here, or None."""
-    if name == "torch":
+    if name in ("torch", "auto"):
         return None
-    if device.type != "cuda":
+    if device.type != "cuda" and name not in _CPU_BACKENDS:
         return CPU_NOTE
     return backends.unavailable_reason(name)
+
+
+def implements(name: str, op: str) -> bool:
+    """Whether backend `name` (or "auto") has an implementation of fastenc.ops.`op`."""
+    return name == "auto" or name in backends.IMPLEMENTS[op]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -220,12 +230,12 @@ def _compiled(fn: Callable) -> Callable:
 def _op_fn(op: str, variant: str) -> Callable:
     import fastenc.ops as ops
 
-    ref = getattr(ops, f"{op}_ref")
+    ref = getattr(ops, f"{C.public_op(op)}_ref")
     if variant == "eager":
         return ref
     if variant == "compile":
         return _compiled(ref)
-    return functools.partial(getattr(ops, op), backend=variant)
+    return functools.partial(getattr(ops, C.public_op(op)), backend=variant)
 
 
 def _op_call(fn: Callable, args: tuple, kwargs: dict, mode: str) -> Callable[[], object]:
@@ -245,15 +255,19 @@ def _op_call(fn: Callable, args: tuple, kwargs: dict, mode: str) -> Callable[[],
     return call_bwd
 
 
-def op_variants(settings: Settings) -> list[str]:
+def op_variants(settings: Settings, op: str | None = None) -> list[str]:
+    """The baselines and every asked-for backend (that implements `op`, when given; "torch" is the eager baseline
+    itself)."""
     out = list(OP_BASELINES if settings.compile else OP_BASELINES[:1])
-    return out + [b for b in settings.backends if b != "torch"]
+    return out + [b for b in settings.backends if b != "torch" and (op is None or implements(b, C.public_op(op)))]
 
 
 def prepare_op(op: str, shape: C.Shape, dtype: str, mode: str, variant: str, settings: Settings
                ) -> tuple[list[Callable[[], object]], int, int]:
     """The calls (one per input copy) of one op variant, its matmul FLOPs and its ideal bytes (fwd only); Skip."""
     if variant not in OP_BASELINES:
+        if not implements(variant, C.public_op(op)):
+            raise Skip(f"backend {variant!r} does not implement {C.public_op(op)}")
         reason = kernel_backend_reason(variant, settings.device)
         if reason:
             raise Skip(reason)
@@ -334,7 +348,7 @@ def build_models(name: str, dtype: str, train: bool, settings: Settings) -> Mode
     out = ModelSet(hf)
     if settings.compile:
         out.compiled = _compiled(hf)
-    for b in settings.backends:
+    for b in model_backends(settings):
         reason = kernel_backend_reason(b, dev)
         if reason is None:
             try:
@@ -348,9 +362,14 @@ def build_models(name: str, dtype: str, train: bool, settings: Settings) -> Mode
     return out
 
 
+def model_backends(settings: Settings) -> list[str]:
+    """The asked-for backends a whole model can run under: those that implement every op."""
+    return [b for b in settings.backends if all(implements(b, op) for op in backends.IMPLEMENTS)]
+
+
 def model_variants(settings: Settings) -> list[str]:
     out = list(MODEL_BASELINES if settings.compile else MODEL_BASELINES[:2])
-    return out + [f"fastenc-{b}" for b in settings.backends]
+    return out + [f"fastenc-{b}" for b in model_backends(settings)]
 
 
 def _variant_model(ms: ModelSet, variant: str) -> tuple[torch.nn.Module, Callable[[], Any]]:
@@ -499,7 +518,8 @@ def plan(settings: Settings, roofs: dict[str, float]) -> list[Task]:
                 for mode in settings.op_modes:
                     def run_ops(op=op, shape=shape, dtype=dtype, mode=mode) -> list[dict[str, Any]]:
                         cache.clear()  # the last model set is no longer needed
-                        return [run_op_case(op, shape, dtype, mode, v, settings, roofs) for v in op_variants(settings)]
+                        return [run_op_case(op, shape, dtype, mode, v, settings, roofs)
+                                for v in op_variants(settings, op)]
                     tasks.append(Task(f"{op} {dtype} {sname} {mode}", run_ops))
     return tasks
 
@@ -524,8 +544,8 @@ def run(settings: Settings, progress: bool = True, log: Callable[[str], None] = 
         if dtype not in C.DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(C.DTYPES)}")
     for b in settings.backends:
-        if b not in backends.BACKENDS:
-            raise ValueError(f"unknown backend {b!r}; choose from {', '.join(backends.BACKENDS)}")
+        if b not in BENCH_BACKENDS:
+            raise ValueError(f"unknown backend {b!r}; choose from {', '.join(BENCH_BACKENDS)}")
         reason = kernel_backend_reason(b, settings.device)
         if reason:
             log(f"fastenc bench: backend {b!r} is not measured: {reason}")

@@ -9,12 +9,14 @@ Launcher contract (fastenc.kernels.add_layer_norm and fastenc._cuda), on contigu
 may be fp32 while x is fp16/bf16 (mixed precision); y and h have x's dtype:
     add_layer_norm_fwd(x [N, D], residual [N, D] | None, x_bias [D] | None, weight [D], bias [D], eps: float,
                        dropout_p: float, seed [1] int64 | None, store_h: bool)
-        -> (y [N, D], h [N, D] | None, mean [N] fp32, rstd [N] fp32)
+        -> (y [N, D], h [N, D] (empty unless store_h), mean [N] fp32, rstd [N] fp32)
     add_layer_norm_bwd(dy [N, D], h [N, D], weight [D], mean [N], rstd [N], dropout_p: float,
                        seed [1] int64 | None, has_x_bias: bool)
-        -> (dx [N, D], dh [N, D], dx_bias [D] | None, dweight [D], dbias [D])
-   where dh = dL/dh is the residual's gradient and dx = dropout-backward(dh) (it may be dh itself when
-   dropout_p == 0).
+        -> (dx [N, D] (empty when dropout_p == 0: it is dh), dh [N, D], dx_bias [D] (empty without x_bias),
+            dweight [D], dbias [D])
+   where dh = dL/dh is the residual's gradient and dx = dropout-backward(dh).
+Every launcher takes None for an absent input and returns an empty tensor for an absent output; parameters are
+passed contiguous.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from fastenc import backends
-from fastenc.ops._common import FLOAT_DTYPES, check_dropout_p, check_last_dim, check_same_dtype, dropout_seed
+from fastenc.ops._common import check_dropout_p, check_last_dim, check_same_dtype, dropout_seed
 
 
 def add_layer_norm_ref(
@@ -54,7 +56,9 @@ class AddLayerNormFn(torch.autograd.Function):
         seed = dropout_seed(x.device) if dropout_p > 0 else None
         # forward runs with grad mode off; needs_input_grad says whether backward can be called
         store_h = any(ctx.needs_input_grad[i] for i in (0, 1, 2, 3, 5))
-        y, h, mean, rstd = impl.add_layer_norm_fwd(x2, r2, x_bias, weight, bias, eps, dropout_p, seed, store_h)
+        x_bias = None if x_bias is None else x_bias.contiguous()
+        weight, bias = weight.contiguous(), bias.contiguous()
+        y, h, mean, rstd = impl.add_layer_norm_fwd(x2, r2, x_bias, weight, bias, float(eps), dropout_p, seed, store_h)
         ctx.save_for_backward(h, weight, mean, rstd, seed)
         ctx.dropout_p, ctx.backend = dropout_p, backend
         ctx.has_residual, ctx.has_x_bias = residual is not None, x_bias is not None
@@ -67,8 +71,9 @@ class AddLayerNormFn(torch.autograd.Function):
         dx, dh, dx_bias, dweight, dbias = impl.add_layer_norm_bwd(
             dy.reshape(h.shape).contiguous(), h, weight, mean, rstd, ctx.dropout_p, seed, ctx.has_x_bias
         )
+        dx = dx if ctx.dropout_p > 0 else dh
         dresidual = dh.view(dy.shape) if ctx.has_residual else None
-        return dx.view(dy.shape), dresidual, dweight, dbias, None, dx_bias, None, None
+        return dx.view(dy.shape), dresidual, dweight, dbias, None, dx_bias if ctx.has_x_bias else None, None, None
 
 
 def add_layer_norm(
@@ -92,10 +97,14 @@ def add_layer_norm(
     check_same_dtype(x, residual=residual, x_bias=x_bias)
     dropout_p = check_dropout_p(dropout_p)
 
-    def reasons(name: str) -> list[str]:
-        return backends.device_reasons(name, [x, residual, weight, bias, x_bias], FLOAT_DTYPES)
+    call = backends.Call("add_layer_norm", {"x": x, "residual": residual, "weight": weight, "bias": bias,
+                                            "x_bias": x_bias},
+                         length=x.numel() // max(d, 1), hidden=d, dropout=dropout_p > 0)
 
-    name = backends.choose("add_layer_norm", [x, residual, weight, bias, x_bias], backend, reasons)
+    def run(name: str) -> torch.Tensor:
+        return add_layer_norm(x, residual, weight, bias, eps, x_bias=x_bias, dropout_p=dropout_p, backend=name)
+
+    name = backends.choose(call, backend, run)
     if name == "torch":
         return add_layer_norm_ref(x, residual, weight, bias, eps, x_bias, dropout_p)
     return AddLayerNormFn.apply(x, residual, weight, bias, eps, x_bias, dropout_p, name)

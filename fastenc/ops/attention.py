@@ -9,12 +9,14 @@ gradients, as transformers' default (sdpa) attention does. An additive float mas
 4-D masks) and returning the probabilities run on the reference path only.
 
 Launcher contract (fastenc.kernels.attention and fastenc._cuda):
-    attention_fwd(q, k, v, key_padding_mask [B, S] | None, cu_seqlens [B + 1] int32 | None, max_seqlen: int,
-                  softmax_scale: float, dropout_p: float, seed [1] int64 | None)
+    attention_fwd(q, k, v, key_padding_mask [B, S] contiguous bool | None, cu_seqlens [B + 1] int32 | None,
+                  max_seqlen: int, softmax_scale: float, dropout_p: float, seed [1] int64 | None)
         -> (o like q, contiguous; lse fp32: [B, H, S] padded or [H, T] packed)
     attention_bwd(do, q, k, v, o, lse, key_padding_mask, cu_seqlens, max_seqlen, softmax_scale, dropout_p, seed)
         -> (dq, dk, dv) shaped like q, k, v
-    not_supported_reasons_attention(q, k, v, dropout_p: float) -> list[str]   (head dim, dtype limits; [] = ok)
+What each backend supports is declared in its module (SUPPORT, see fastenc.backends). Backend "sdpa" is torch's
+own attention (fastenc._sdpa): attention(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, attn_bias,
+softmax_scale, dropout_p) -> o, differentiated by torch's autograd.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import math
 import torch
 
 from fastenc import backends
-from fastenc.ops._common import FLOAT_DTYPES, check_dropout_p, dropout_seed
+from fastenc.ops._common import check_dropout_p, dropout_seed
 
 
 def _pad(x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,21 +161,28 @@ def attention(
     _check_layout(q, k, v, key_padding_mask, cu_seqlens, max_seqlen)
     dropout_p = check_dropout_p(dropout_p)
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    tensors = [q, k, v, attn_bias]
+    packed = cu_seqlens is not None
+    call = backends.Call(
+        "attention", {"q": q, "k": k, "v": v, "key_padding_mask": key_padding_mask, "cu_seqlens": cu_seqlens,
+                      "attn_bias": attn_bias},
+        length=int(max_seqlen) if packed else q.shape[1], layout="packed" if packed else "padded",
+        head_dim=q.shape[-1], dropout=dropout_p > 0, features=("attn_bias",) if attn_bias is not None else (),
+    )
 
-    def reasons(name: str) -> list[str]:
-        out = backends.device_reasons(name, [q, k, v], FLOAT_DTYPES)
-        if name == "torch":
-            return out
-        if attn_bias is not None:
-            out.append("an additive attn_bias (4-D mask) runs on the reference path only")
-        if not out:
-            out += backends.launchers(name, "attention").not_supported_reasons_attention(q, k, v, dropout_p)
-        return out
+    def run(name: str) -> torch.Tensor:
+        return attention(q, k, v, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
+                         attn_bias=attn_bias, dropout_p=dropout_p, softmax_scale=scale, backend=name)
 
-    name = backends.choose("attention", tensors, backend, reasons)
+    name = backends.choose(call, backend, run)
     if name == "torch":
         return attention_ref(q, k, v, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens,
                              max_seqlen=max_seqlen, attn_bias=attn_bias, dropout_p=dropout_p, softmax_scale=scale)
+    if name == "sdpa":
+        return backends.launchers(name, "attention").attention(
+            q, k, v, key_padding_mask, cu_seqlens, int(max_seqlen or q.shape[1]), attn_bias, scale, dropout_p
+        )
+    if key_padding_mask is not None:  # the kernels read a contiguous bool mask
+        key_padding_mask = (key_padding_mask if key_padding_mask.dtype == torch.bool else key_padding_mask != 0)
+        key_padding_mask = key_padding_mask.contiguous()
     return AttentionFn.apply(q, k, v, key_padding_mask, cu_seqlens, int(max_seqlen or q.shape[1]), scale, dropout_p,
                              name)

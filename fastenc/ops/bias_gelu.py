@@ -5,8 +5,9 @@ Backward recomputes gelu'(x + bias) from the saved pre-activation instead of sto
 same as PyTorch's own Linear + GELU.
 
 Launcher contract (fastenc.kernels.bias_gelu and fastenc._cuda), on contiguous 2-D tensors:
-    bias_gelu_fwd(x [N, D], bias [D] | None, approximate: str) -> y [N, D]
-    bias_gelu_bwd(dy [N, D], x [N, D], bias [D] | None, approximate: str) -> (dx [N, D], dbias [D] | None)
+    bias_gelu_fwd(x [N, D], bias [D] | None, tanh_approx: bool) -> y [N, D]
+    bias_gelu_bwd(dy [N, D], x [N, D], bias [D] | None, tanh_approx: bool) -> (dx [N, D], dbias [D] (empty without
+                  bias))
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from fastenc import backends
-from fastenc.ops._common import FLOAT_DTYPES, check_last_dim, check_same_dtype
+from fastenc.ops._common import check_last_dim, check_same_dtype
 
 APPROXIMATIONS = ("none", "tanh")
 
@@ -30,17 +31,18 @@ class BiasGeluFn(torch.autograd.Function):
     def forward(ctx, x, bias, approximate, backend):
         impl = backends.launchers(backend, "bias_gelu")
         x2 = x.reshape(-1, x.shape[-1]).contiguous()
-        y = impl.bias_gelu_fwd(x2, bias, approximate)
+        bias = None if bias is None else bias.contiguous()
+        y = impl.bias_gelu_fwd(x2, bias, approximate == "tanh")
         ctx.save_for_backward(x2, bias)
-        ctx.approximate, ctx.backend = approximate, backend
+        ctx.tanh, ctx.backend = approximate == "tanh", backend
         return y.view(x.shape)
 
     @staticmethod
     def backward(ctx, dy):
         x2, bias = ctx.saved_tensors
         impl = backends.launchers(ctx.backend, "bias_gelu")
-        dx, dbias = impl.bias_gelu_bwd(dy.reshape(x2.shape).contiguous(), x2, bias, ctx.approximate)
-        return dx.view(dy.shape), dbias, None, None
+        dx, dbias = impl.bias_gelu_bwd(dy.reshape(x2.shape).contiguous(), x2, bias, ctx.tanh)
+        return dx.view(dy.shape), dbias if bias is not None else None, None, None
 
 
 def bias_gelu(
@@ -52,10 +54,9 @@ def bias_gelu(
     check_last_dim(bias, x.shape[-1], "bias", "x")
     check_same_dtype(x, bias=bias)
 
-    def reasons(name: str) -> list[str]:
-        return backends.device_reasons(name, [x, bias], FLOAT_DTYPES)
-
-    name = backends.choose("bias_gelu", [x, bias], backend, reasons)
+    d = x.shape[-1]
+    call = backends.Call("bias_gelu", {"x": x, "bias": bias}, length=x.numel() // max(d, 1), hidden=d)
+    name = backends.choose(call, backend, lambda name: bias_gelu(x, bias, approximate, backend=name))
     if name == "torch":
         return bias_gelu_ref(x, bias, approximate)
     return BiasGeluFn.apply(x, bias, approximate, name)

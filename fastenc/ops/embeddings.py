@@ -16,8 +16,8 @@ Launcher contract (fastenc.kernels.embeddings and fastenc._cuda); ids are contig
         -> (y [N, E] in the tables' dtype, mean [N] fp32, rstd [N] fp32)
     embeddings_bwd(dy [N, E], input_ids, position_ids, token_type_ids, word, position, token_type, weight,
                    mean, rstd, dropout_p: float, seed, word_padding_idx: int, position_padding_idx: int)
-        -> (dword [V, E], dposition [P, E], dtoken_type [T, E] | None, dweight [E], dbias [E])
-   with padding_idx -1 meaning none.
+        -> (dword [V, E], dposition [P, E], dtoken_type [T, E] (empty without a table), dweight [E], dbias [E])
+   with padding_idx -1 meaning none; tables and LayerNorm parameters are passed contiguous.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from fastenc import backends
-from fastenc.ops._common import FLOAT_DTYPES, check_dropout_p, check_last_dim, dropout_seed
+from fastenc.ops._common import check_dropout_p, check_last_dim, dropout_seed
 
 
 def embeddings_ref(
@@ -90,7 +90,9 @@ class EmbeddingsFn(torch.autograd.Function):
         shape = ids.shape
         flat = [None if t is None else t.reshape(-1).contiguous().long() for t in (ids, pos_ids, tt_ids)]
         seed = dropout_seed(word.device) if dropout_p > 0 else None
-        y, mean, rstd = impl.embeddings_fwd(*flat, word, pos, tt, weight, bias, eps, dropout_p, seed)
+        word, pos, weight, bias = word.contiguous(), pos.contiguous(), weight.contiguous(), bias.contiguous()
+        tt = None if tt is None else tt.contiguous()
+        y, mean, rstd = impl.embeddings_fwd(*flat, word, pos, tt, weight, bias, float(eps), dropout_p, seed)
         ctx.save_for_backward(*flat, word, pos, tt, weight, mean, rstd, seed)
         ctx.dropout_p, ctx.pads, ctx.backend = dropout_p, pads, backend
         return y.view(*shape, word.shape[-1])
@@ -103,6 +105,7 @@ class EmbeddingsFn(torch.autograd.Function):
             dy.reshape(-1, dy.shape[-1]).contiguous(), ids, pos_ids, tt_ids, word, pos, tt, weight, mean, rstd,
             ctx.dropout_p, seed, *ctx.pads,
         )
+        dtt = dtt if tt is not None else None
         return None, None, None, dword, dpos, dtt, dweight, dbias, None, None, None, None
 
 
@@ -146,15 +149,21 @@ def embeddings(
     check_last_dim(weight, e, "weight", "the embedding tables")
     check_last_dim(bias, e, "bias", "the embedding tables")
     dropout_p = check_dropout_p(dropout_p)
-    tensors = [word_embeddings, position_embeddings, token_type_embeddings, weight, bias, inputs_embeds]
+    call = backends.Call(
+        "embeddings", {"input_ids": input_ids, "position_ids": position_ids, "token_type_ids": token_type_ids,
+                       "word_embeddings": word_embeddings, "position_embeddings": position_embeddings,
+                       "token_type_embeddings": token_type_embeddings, "weight": weight, "bias": bias,
+                       "inputs_embeds": inputs_embeds},
+        length=shape.numel(), hidden=e, dropout=dropout_p > 0,
+        features=("inputs_embeds",) if inputs_embeds is not None else (),
+    )
 
-    def reasons(name: str) -> list[str]:
-        out = backends.device_reasons(name, tensors, FLOAT_DTYPES)
-        if name != "torch" and inputs_embeds is not None:
-            out.append("inputs_embeds given: the fused gather needs input_ids")
-        return out
+    def run(name: str) -> torch.Tensor:
+        return embeddings(input_ids, word_embeddings, position_ids, position_embeddings, token_type_ids,
+                          token_type_embeddings, weight, bias, eps, dropout_p=dropout_p, inputs_embeds=inputs_embeds,
+                          word_padding_idx=word_padding_idx, position_padding_idx=position_padding_idx, backend=name)
 
-    name = backends.choose("embeddings", tensors, backend, reasons)
+    name = backends.choose(call, backend, run)
     if name == "torch":
         return embeddings_ref(
             input_ids, word_embeddings, position_ids, position_embeddings, token_type_ids, token_type_embeddings,

@@ -4,10 +4,10 @@ Statistics in fp32 whatever the input dtype. Backward recomputes gelu(x + x_bias
 and the saved per-row mean / rstd, so nothing of hidden size is stored beyond x itself.
 
 Launcher contract (fastenc.kernels.gelu_layer_norm and fastenc._cuda), on contiguous 2-D tensors:
-    gelu_layer_norm_fwd(x [N, D], x_bias [D] | None, weight [D], bias [D], eps: float, approximate: str)
+    gelu_layer_norm_fwd(x [N, D], x_bias [D] | None, weight [D], bias [D], eps: float, tanh_approx: bool)
         -> (y [N, D], mean [N] fp32, rstd [N] fp32)
-    gelu_layer_norm_bwd(dy [N, D], x [N, D], x_bias [D] | None, weight [D], mean [N], rstd [N], approximate: str)
-        -> (dx [N, D], dx_bias [D] | None, dweight [D], dbias [D])
+    gelu_layer_norm_bwd(dy [N, D], x [N, D], x_bias [D] | None, weight [D], mean [N], rstd [N], tanh_approx: bool)
+        -> (dx [N, D], dx_bias [D] (empty without x_bias), dweight [D], dbias [D])
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from fastenc import backends
-from fastenc.ops._common import FLOAT_DTYPES, check_last_dim, check_same_dtype
+from fastenc.ops._common import check_last_dim, check_same_dtype
 from fastenc.ops.bias_gelu import APPROXIMATIONS
 
 
@@ -38,9 +38,11 @@ class GeluLayerNormFn(torch.autograd.Function):
     def forward(ctx, x, weight, bias, eps, x_bias, approximate, backend):
         impl = backends.launchers(backend, "gelu_layer_norm")
         x2 = x.reshape(-1, x.shape[-1]).contiguous()
-        y, mean, rstd = impl.gelu_layer_norm_fwd(x2, x_bias, weight, bias, eps, approximate)
+        x_bias = None if x_bias is None else x_bias.contiguous()
+        weight, bias = weight.contiguous(), bias.contiguous()
+        y, mean, rstd = impl.gelu_layer_norm_fwd(x2, x_bias, weight, bias, float(eps), approximate == "tanh")
         ctx.save_for_backward(x2, x_bias, weight, mean, rstd)
-        ctx.approximate, ctx.backend = approximate, backend
+        ctx.tanh, ctx.backend = approximate == "tanh", backend
         return y.view(x.shape)
 
     @staticmethod
@@ -48,9 +50,9 @@ class GeluLayerNormFn(torch.autograd.Function):
         x2, x_bias, weight, mean, rstd = ctx.saved_tensors
         impl = backends.launchers(ctx.backend, "gelu_layer_norm")
         dx, dx_bias, dweight, dbias = impl.gelu_layer_norm_bwd(
-            dy.reshape(x2.shape).contiguous(), x2, x_bias, weight, mean, rstd, ctx.approximate
+            dy.reshape(x2.shape).contiguous(), x2, x_bias, weight, mean, rstd, ctx.tanh
         )
-        return dx.view(dy.shape), dweight, dbias, None, dx_bias, None, None
+        return dx.view(dy.shape), dweight, dbias, None, dx_bias if x_bias is not None else None, None, None
 
 
 def gelu_layer_norm(
@@ -72,10 +74,13 @@ def gelu_layer_norm(
     check_last_dim(x_bias, d, "x_bias", "x")
     check_same_dtype(x, x_bias=x_bias)
 
-    def reasons(name: str) -> list[str]:
-        return backends.device_reasons(name, [x, weight, bias, x_bias], FLOAT_DTYPES)
+    call = backends.Call("gelu_layer_norm", {"x": x, "weight": weight, "bias": bias, "x_bias": x_bias},
+                         length=x.numel() // max(d, 1), hidden=d)
 
-    name = backends.choose("gelu_layer_norm", [x, weight, bias, x_bias], backend, reasons)
+    def run(name: str) -> torch.Tensor:
+        return gelu_layer_norm(x, weight, bias, eps, x_bias=x_bias, approximate=approximate, backend=name)
+
+    name = backends.choose(call, backend, run)
     if name == "torch":
         return gelu_layer_norm_ref(x, weight, bias, eps, x_bias, approximate)
     return GeluLayerNormFn.apply(x, weight, bias, eps, x_bias, approximate, name)

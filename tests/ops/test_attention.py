@@ -22,6 +22,7 @@ from fastenc.ops import attention, attention_ref
 from tests.helpers import assert_close_to_ref, backend_params, device_for
 
 BACKENDS = backend_params()
+WITH_SDPA = [*BACKENDS, pytest.param("sdpa", id="sdpa")]  # tests through the public function only
 ATOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
 
@@ -29,13 +30,21 @@ def _impl(backend: str):
     return backends.launchers(backend, "attention")
 
 
+def _call(q, k, v, dropout_p: float = 0.0) -> backends.Call:
+    """The dispatcher's description of attention(q, k, v, dropout_p=...) (layout from q's rank)."""
+    packed = q.dim() == 3
+    return backends.Call("attention", {"q": q, "k": k, "v": v}, length=q.shape[0 if packed else 1],
+                         layout="packed" if packed else "padded", head_dim=q.shape[-1], dropout=dropout_p > 0)
+
+
 def _skip_if_cuda_cannot(backend: str, q, k, v, dropout_p: float = 0.0) -> None:
-    """The cuda backend covers fp16/bf16 and head dims 32/64/128 only (issue scope); cases outside what it reports
-    as supported skip for it, with its reasons. Never applied to triton, which must support every case here."""
-    if backend == "cuda":
-        reasons = _impl(backend).not_supported_reasons_attention(q, k, v, dropout_p)
+    """The cuda backend covers fp16/bf16 and head dims 32/64/128 only (issue scope), sdpa's packed layout on GPUs
+    what varlen_attn covers; cases outside what they report as supported skip for them, with their reasons. Never
+    applied to triton, which must support every case here, nor to sdpa on CPU tensors, which supports them all."""
+    if backend == "cuda" or (backend == "sdpa" and q.is_cuda):
+        reasons = backends.not_supported_reasons(backend, _call(q, k, v, dropout_p))
         if reasons:
-            pytest.skip("cuda backend: " + "; ".join(reasons))
+            pytest.skip(f"{backend} backend: " + "; ".join(reasons))
 
 
 def _fused_qkv(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -111,7 +120,7 @@ PADDED_CASES = [
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", WITH_SDPA)
 @pytest.mark.parametrize(("dtype", "head_dim", "seqlen", "mask_kind"), PADDED_CASES,
                          ids=[f"{str(c[0])[6:]}-d{c[1]}-s{c[2]}-{c[3]}" for c in PADDED_CASES])
 def test_padded_matches_ref(backend, dtype, head_dim, seqlen, mask_kind):
@@ -130,7 +139,7 @@ PACKED_CASES = [
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", WITH_SDPA)
 @pytest.mark.parametrize(("dtype", "head_dim", "lens"), PACKED_CASES,
                          ids=[f"{str(c[0])[6:]}-d{c[1]}-{'_'.join(map(str, c[2]))}" for c in PACKED_CASES])
 def test_packed_matches_ref(backend, dtype, head_dim, lens):
@@ -164,7 +173,7 @@ def test_lse_is_natural_log_sum_exp_in_both_layouts(backend):
     assert (lse[1] == math.inf).all()  # no key: +inf, so every recomputed probability of the row is 0
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", WITH_SDPA)
 def test_fully_masked_rows_give_zero_output_and_zero_grads(backend):
     dev = device_for(backend)
     q, k, v = _fused_qkv((3, 9, 2, 32), torch.float16, dev)
@@ -342,7 +351,7 @@ def test_unsupported_calls_say_why(backend):
     with pytest.raises(backends.BackendNotSupportedError, match="float64"):
         attention(q, k, v, backend=backend)
     q, k, v = _fused_qkv((1, 4, 2, 32), torch.float16, dev)  # in every backend's scope
-    assert _impl(backend).not_supported_reasons_attention(q, k, v, 0.1) == []
+    assert backends.not_supported_reasons(backend, _call(q, k, v, 0.1)) == []
     with pytest.raises(ValueError, match="seed"):
         _impl(backend).attention_fwd(q, k, v, None, None, 4, 0.25, 0.1, None)
     with pytest.raises(ValueError, match="key_padding_mask"):
@@ -417,3 +426,48 @@ def test_gpu_packed_bf16_head_dims(backend):
     for head_dim in (32, 64, 80, 128):
         q, k, v = _fused_qkv((sum(lens), 3, head_dim), torch.bfloat16, torch.device("cuda"))
         _check_against_ref(backend, q, k, v, cu_seqlens=cu, max_seqlen=max(lens))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Backend "sdpa" beyond the shared cases above (it runs on CPU tensors, so these run everywhere)
+
+
+def test_sdpa_additive_bias_with_key_mask_matches_ref():
+    dev = device_for("sdpa")
+    q, k, v = _fused_qkv((2, 7, 2, 16), torch.float32, dev)
+    bias = torch.randn(2, 1, 7, 7, device=dev)
+    bias[..., 3] = -math.inf  # a key no query may see, as a 4-D mask writes it
+    mask = _key_mask("right", 2, 7, dev)
+    _check_against_ref("sdpa", q, k, v, key_padding_mask=mask, attn_bias=bias)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_sdpa_dropout_follows_torch_rng_and_keeps_the_mean(packed):
+    """sdpa's dropout is torch's (no mask to replay): same seed -> same output, other seed -> other output, and on
+    average over many draws the output approaches the no-dropout output."""
+    dev = device_for("sdpa")
+    if packed and dev.type == "cuda":
+        pytest.skip("varlen_attn has no dropout: sdpa reports the packed layout with dropout unsupported on GPUs")
+    lens = [6, 3]
+    if packed:
+        q, k, v = _fused_qkv((9, 2, 8), torch.float32, dev)
+        kw = dict(cu_seqlens=torch.tensor([0, 6, 9], dtype=torch.int32, device=dev), max_seqlen=6)
+    else:
+        q, k, v = _fused_qkv((2, 6, 2, 8), torch.float32, dev)
+        kw = dict(key_padding_mask=(torch.arange(6)[None] < torch.tensor(lens)[:, None]).to(dev))
+    plain = attention(q, k, v, backend="sdpa", **kw)
+    torch.manual_seed(3)
+    a = attention(q, k, v, dropout_p=0.3, backend="sdpa", **kw)
+    torch.manual_seed(3)
+    b = attention(q, k, v, dropout_p=0.3, backend="sdpa", **kw)
+    c = attention(q, k, v, dropout_p=0.3, backend="sdpa", **kw)
+    assert torch.isfinite(a).all() and torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, plain)
+    mean = torch.stack([attention(q, k, v, dropout_p=0.3, backend="sdpa", **kw) for _ in range(400)]).mean(0)
+    assert (mean - plain).abs().max() < 0.25 * plain.abs().max()
+
+
+def test_sdpa_named_never_falls_back():
+    q, k, v = _fused_qkv((1, 4, 2, 16), torch.float64, torch.device("cpu"))
+    with pytest.raises(backends.BackendNotSupportedError, match=r"sdpa: dtype torch.float64 not supported") as info:
+        attention(q, k, v, backend="sdpa")
+    assert "torch: supported" in str(info.value)

@@ -77,10 +77,10 @@ def test_custom_ops_registered():
     from fastenc.kernels import bias_gelu as k
 
     x, b = torch.randn(5, 70), torch.randn(70)
-    for approximate in ("none", "tanh"):
-        torch.library.opcheck(k._fwd.op, (x, b, approximate))
-        torch.library.opcheck(k._bwd.op, (torch.randn_like(x), x, b, approximate))
-    torch.library.opcheck(k._bwd.op, (torch.randn_like(x), x, None, "none"))
+    for tanh_approx in (False, True):
+        torch.library.opcheck(k.bias_gelu_fwd.op, (x, b, tanh_approx))
+        torch.library.opcheck(k.bias_gelu_bwd.op, (torch.randn_like(x), x, b, tanh_approx))
+    torch.library.opcheck(k.bias_gelu_bwd.op, (torch.randn_like(x), x, None, False))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -111,4 +111,4 @@ def test_errors(backend):
         bias_gelu(x, b.half(), backend=backend)
     impl = backends.launchers(backend, "bias_gelu")
     with pytest.raises(ValueError, match="x"):
-        impl.bias_gelu_fwd(x.t(), None, "none")
+        impl.bias_gelu_fwd(x.t(), None, False)

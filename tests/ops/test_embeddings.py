@@ -160,11 +160,12 @@ def test_custom_ops_registered():
     word, pos, tt, w, b = _tables(7, 5, 2, 24, torch.float32, torch.device("cpu"))
     ids, pos_ids, tt_ids = torch.randint(0, 7, (6,)), torch.randint(0, 5, (6,)), torch.randint(0, 2, (6,))
     seed = torch.tensor([3], dtype=torch.int64)
-    torch.library.opcheck(k._fwd.op, (ids, pos_ids, tt_ids, word, pos, tt, w, b, 1e-5, 0.1, seed))
-    y, mean, rstd = k._fwd.op(ids, pos_ids, tt_ids, word, pos, tt, w, b, 1e-5, 0.1, seed)
+    torch.library.opcheck(k.embeddings_fwd.op, (ids, pos_ids, tt_ids, word, pos, tt, w, b, 1e-5, 0.1, seed))
+    y, mean, rstd = k.embeddings_fwd.op(ids, pos_ids, tt_ids, word, pos, tt, w, b, 1e-5, 0.1, seed)
     dy = torch.randn_like(y)
-    torch.library.opcheck(k._bwd.op, (dy, ids, pos_ids, tt_ids, word, pos, tt, w, mean, rstd, 0.1, seed, 1, -1))
-    torch.library.opcheck(k._bwd.op, (dy, ids, pos_ids, None, word, pos, None, w, mean, rstd, 0.0, None, -1, 0))
+    bwd = k.embeddings_bwd.op
+    torch.library.opcheck(bwd, (dy, ids, pos_ids, tt_ids, word, pos, tt, w, mean, rstd, 0.1, seed, 1, -1))
+    torch.library.opcheck(bwd, (dy, ids, pos_ids, None, word, pos, None, w, mean, rstd, 0.0, None, -1, 0))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -89,10 +89,10 @@ def test_custom_ops_registered():
     from fastenc.kernels import gelu_layer_norm as k
 
     x, w, b, xb = torch.randn(3, 40), torch.randn(40), torch.randn(40), torch.randn(40)
-    torch.library.opcheck(k._fwd.op, (x, xb, w, b, 1e-5, "tanh"))
-    y, mean, rstd = k._fwd.op(x, xb, w, b, 1e-5, "tanh")
-    torch.library.opcheck(k._bwd.op, (torch.randn_like(y), x, xb, w, mean, rstd, "tanh"))
-    torch.library.opcheck(k._bwd.op, (torch.randn_like(y), x, None, w, mean, rstd, "none"))
+    torch.library.opcheck(k.gelu_layer_norm_fwd.op, (x, xb, w, b, 1e-5, True))
+    y, mean, rstd = k.gelu_layer_norm_fwd.op(x, xb, w, b, 1e-5, True)
+    torch.library.opcheck(k.gelu_layer_norm_bwd.op, (torch.randn_like(y), x, xb, w, mean, rstd, True))
+    torch.library.opcheck(k.gelu_layer_norm_bwd.op, (torch.randn_like(y), x, None, w, mean, rstd, False))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -123,7 +123,7 @@ def test_errors(backend):
         gelu_layer_norm(x, w, b, x_bias=b[:-1], backend=backend)
     impl = backends.launchers(backend, "gelu_layer_norm")
     with pytest.raises(ValueError, match="x"):
-        impl.gelu_layer_norm_fwd(x.t(), None, torch.ones(3), torch.zeros(3), 1e-5, "none")
+        impl.gelu_layer_norm_fwd(x.t(), None, torch.ones(3), torch.zeros(3), 1e-5, False)
     with pytest.raises(ValueError, match="hidden size"):
         impl.gelu_layer_norm_fwd(torch.randn(1, 20000, device=device), None, torch.ones(20000, device=device),
-                                 torch.zeros(20000, device=device), 1e-5, "none")
+                                 torch.zeros(20000, device=device), 1e-5, False)

@@ -1,0 +1,337 @@
+"""How backend "auto" ranks the backends that can run a call, and the record of what it chose and why.
+
+A call's key is (op, device, dtype, head dim, hidden size, layout, dropout, bucket): device is "cpu" or the CUDA
+capability as "sm_90", bucket the next power of two of the sequence length (attention) or of the row count (row
+ops). The ranking of a key comes from the first source that knows it:
+  1. "tuned": an on-device timing of every supported candidate on the call's own inputs, taken once per key when
+     tuning is on (`fastenc.tune(model, inputs)`, `tuning()`, or FASTENC_TUNE=1) and cached on disk
+     (FASTENC_TUNE_CACHE, default ~/.cache/fastenc/tune.json); the fastest measured backend wins, so auto is never
+     slower than the best candidate it measured.
+  2. "table": fastenc/auto_table.json, shipped in the package: entries recorded by benchmark runs, each naming its
+     source run; a key field an entry leaves out matches anything, and the most specific entry wins.
+  3. "default": the preference kept from before any measurement: cuda > triton > sdpa > torch on CUDA tensors,
+     sdpa > torch elsewhere. No GPU run is in the table yet, so on GPUs this is what decides until one is recorded.
+The Triton interpreter (CPU) and the CUDA backend are never auto candidates for CPU tensors.
+
+Every new (key, choice) is logged on the "fastenc" logger at INFO and kept for `explain()`, with each backend's
+reasons and the timings when there are some.
+
+Trade-off: a key is coarser than a call (alignment, an attn_bias are not in it), so the ranking is looked up per key
+but the reasons are still checked per call; tuning costs a few timed calls per new key, once, and is opt-in because
+it runs every candidate (and its first-call compilation) inside the caller's step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastenc import backends
+
+log = logging.getLogger("fastenc")
+
+KEY_FIELDS = ("op", "device", "dtype", "head_dim", "hidden", "layout", "dropout", "bucket")
+DEFAULT_ORDER = {"cuda": ("cuda", "triton", "sdpa", "torch"), "other": ("sdpa", "torch")}
+TABLE_PATH = Path(__file__).with_name("auto_table.json")
+
+Timer = Callable[[str, Callable[[], Any], torch.device], float]  # (backend, call, device) -> milliseconds
+
+_device_names: dict[tuple[str, int | None], str] = {}
+_rankings: dict[tuple, tuple[tuple[str, ...], str, dict[str, float]]] = {}
+_decisions: dict[tuple, dict[str, Any]] = {}
+_table: list[dict[str, Any]] | None = None
+_tuned: dict[str, dict[str, float]] | None = None
+_tune_state: dict[str, Any] = {"on": None, "timer": None}
+
+
+def _bucket(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type != "cuda":
+        return device.type
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    name = _device_names.get(("cuda", index))
+    if name is None:
+        major, minor = torch.cuda.get_device_capability(index)
+        name = _device_names[("cuda", index)] = f"sm_{major}{minor}"
+    return name
+
+
+def key_of(call: backends.Call) -> tuple:
+    """The key auto ranks by, in KEY_FIELDS order."""
+    return (call.op, _device_name(call.device), str(call.dtype).removeprefix("torch."), call.head_dim, call.hidden,
+            call.layout, call.dropout, _bucket(call.length))
+
+
+def _key_str(key: tuple) -> str:
+    return "|".join(f"{f}={v}" for f, v in zip(KEY_FIELDS, key, strict=True))
+
+
+def candidates(call: backends.Call) -> tuple[str, ...]:
+    """The backends auto may pick for this call, before its reasons: no kernel backend for CPU tensors except sdpa."""
+    names = backends.IMPLEMENTS[call.op]
+    if call.device.type != "cuda":
+        names = tuple(n for n in names if n not in ("cuda", "triton"))
+    return names
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sources of a ranking.
+
+
+def load_table(path: Path | str = TABLE_PATH) -> list[dict[str, Any]]:
+    """The entries of a table file; each has "match" (a subset of KEY_FIELDS), "order" and "source"."""
+    data = json.loads(Path(path).read_text())
+    if data.get("format") != 1:
+        raise ValueError(f"{path}: unknown auto table format {data.get('format')!r} (expected 1)")
+    runs = data.get("runs", {})
+    for entry in data["entries"]:
+        unknown = set(entry["match"]) - set(KEY_FIELDS)
+        if unknown or entry.get("source") not in runs:
+            raise ValueError(f"{path}: entry {entry} has unknown fields {sorted(unknown)} or no named source run")
+    return data["entries"]
+
+
+def set_table(entries: list[dict[str, Any]] | None) -> None:
+    """Replace the table auto reads (None: the shipped one); forgets the rankings derived so far."""
+    global _table
+    _table = entries
+    _rankings.clear()
+
+
+def _table_entry(key: tuple) -> dict[str, Any] | None:
+    global _table
+    if _table is None:
+        _table = load_table()
+    fields = dict(zip(KEY_FIELDS, key, strict=True))
+    best, best_size = None, -1
+    for entry in _table:
+        match = entry["match"]
+        if all(fields[f] == v for f, v in match.items()) and len(match) > best_size:
+            best, best_size = entry, len(match)
+    return best
+
+
+def _cache_path() -> Path:
+    return Path(os.environ.get("FASTENC_TUNE_CACHE", Path.home() / ".cache" / "fastenc" / "tune.json"))
+
+
+def _tuned_entries() -> dict[str, dict[str, float]]:
+    global _tuned
+    if _tuned is None:
+        _tuned = {}
+        path = _cache_path()
+        try:
+            data = json.loads(path.read_text()) if path.exists() else {}
+            if data.get("torch") == torch.__version__:  # timings of another torch may not hold
+                _tuned = dict(data["entries"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # a bad cache must not stop a model
+            log.warning("fastenc: ignoring the tuning cache %s (%s)", path, e)
+    return _tuned
+
+
+def _save_tuned() -> None:
+    path = _cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"torch": torch.__version__, "entries": _tuned}, indent=1, sort_keys=True))
+        tmp.replace(path)
+    except OSError as e:
+        log.warning("fastenc: cannot write the tuning cache %s (%s); timings stay in memory only", path, e)
+
+
+def tuning_on() -> bool:
+    on = _tune_state["on"]
+    return os.environ.get("FASTENC_TUNE", "0") == "1" if on is None else on
+
+
+@contextlib.contextmanager
+def tuning(timer: Timer | None = None) -> Iterator[None]:
+    """Time the candidates of every auto call whose key has no timing yet (the results are cached on disk).
+    `timer(backend, fn, device) -> milliseconds` replaces the default (median of fastenc.bench.timing)."""
+    saved = dict(_tune_state)
+    _tune_state.update(on=True, timer=timer)
+    try:
+        yield
+    finally:
+        _tune_state.update(saved)
+
+
+def forget_tuning() -> None:
+    """Drop the timings in memory, the rankings derived from them and the record of choices (the disk cache
+    stays: it is read again at the next auto call)."""
+    global _tuned
+    _tuned = None
+    _rankings.clear()
+    _decisions.clear()
+
+
+def _default_timer(backend: str, fn: Callable[[], Any], device: torch.device) -> float:
+    from fastenc.bench.timing import time_calls
+
+    return time_calls([fn], device, warmup_ms=10.0, rep_ms=50.0, min_runs=3).median_ms
+
+
+def _timed_call(call: backends.Call, run: Callable[[str], Any], name: str) -> Callable[[], Any]:
+    """One forward with backend `name`, plus its backward when the call builds a graph (torch.autograd.grad into the
+    call's own inputs, so no .grad of the caller is touched)."""
+    inputs = [t for t in call.present() if t.requires_grad] if torch.is_grad_enabled() else []
+
+    def fn() -> Any:
+        out = run(name)
+        if inputs and out.requires_grad:
+            torch.autograd.grad(out, inputs, torch.ones_like(out), allow_unused=True)
+        return out
+
+    return fn
+
+
+def _measure(call: backends.Call, run: Callable[[str], Any], names: Iterable[str]) -> dict[str, float]:
+    timer = _tune_state["timer"] or _default_timer
+    device = call.device
+    out = {}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for name in names:
+            try:
+                out[name] = float(timer(name, _timed_call(call, run, name), device))
+            except Exception as e:  # a candidate that fails here is not a candidate; explain() shows why
+                log.warning("fastenc: tuning %s with backend %r failed: %s", call.op, name, e)
+                out[name] = math.inf
+    return out
+
+
+def _capturing(call: backends.Call) -> bool:
+    """A CUDA graph is being captured: nothing may be timed (or synchronised) now."""
+    return call.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def _ranking(call: backends.Call, key: tuple, run: Callable[[str], Any] | None,
+             supported: list[str]) -> tuple[tuple[str, ...], str, dict[str, float]]:
+    ks = _key_str(key)
+    tuned = _tuned_entries().get(ks)
+    if tuned is None and run is not None and tuning_on() and len(supported) > 1 and not _capturing(call):
+        tuned = _measure(call, run, supported)
+        _tuned_entries()[ks] = tuned
+        _save_tuned()
+    if tuned:
+        order = tuple(sorted(tuned, key=tuned.__getitem__))
+        return order, "tuned on this device", tuned
+    cached = _rankings.get(key)
+    if cached is not None:
+        return cached
+    entry = _table_entry(key)
+    if entry is not None:
+        result = tuple(entry["order"]), f"table (run {entry['source']})", dict(entry.get("ms", {}))
+    else:
+        result = DEFAULT_ORDER["cuda" if key[1].startswith("sm_") else "other"], "default preference (no run)", {}
+    _rankings[key] = result
+    return result
+
+
+def _traced_order(key: tuple, names: tuple[str, ...]) -> tuple[str, ...]:
+    """The ranking of `key` restricted to `names`, without timing: what torch.compile bakes into a graph."""
+    order, _, ms = _ranking(None, key, None, [])
+    return tuple(n for n in order if n in names and ms.get(n, 0.0) != math.inf)
+
+
+# reads files and module state: torch.compile runs it once at trace time and keeps the result (see backends)
+setattr(_traced_order, backends._DYNAMO_CONSTANT_FLAG, True)
+
+
+def pick(call: backends.Call, run: Callable[[str], Any] | None = None) -> str:
+    """Backend "auto": the best-ranked backend that supports the call (the reference when no other does)."""
+    names = candidates(call)
+    if torch.compiler.is_compiling():
+        for name in _traced_order(key_of(call), names):
+            if not backends.not_supported_reasons(name, call):
+                return name
+        return "torch"
+    reasons = {n: backends.not_supported_reasons(n, call) for n in names}
+    supported = [n for n in names if not reasons[n]]
+    key = key_of(call)
+    order, source, ms = _ranking(call, key, run, supported)
+    order = tuple(n for n in order if n in names)
+    ranked = [n for n in order if n in supported and ms.get(n, 0.0) != math.inf]
+    choice = ranked[0] if ranked else "torch"
+    _record(key, choice, source, order, ms, reasons)
+    return choice
+
+
+def _record(key: tuple, choice: str, source: str, order: tuple[str, ...], ms: dict[str, float],
+            reasons: dict[str, list[str]]) -> None:
+    old = _decisions.get(key)
+    if old is not None and old["choice"] == choice:
+        return
+    _decisions[key] = dict(choice=choice, source=source, order=order, ms=ms, reasons=reasons)
+    log.info("fastenc: auto runs %s with %r for %s: %s", key[0], choice, _key_str(key), source)
+
+
+def explain(op: str | None = None) -> str:
+    """What auto chose for each key met so far (of `op`, or all), from which source, and why not the others."""
+    lines = []
+    for key, d in _decisions.items():
+        if op is not None and key[0] != op:
+            continue
+        lines.append(f"{_key_str(key)} -> {d['choice']} ({d['source']}; order {' > '.join(d['order'])})")
+        for name, why in d["reasons"].items():
+            timing = f" [{d['ms'][name]:.4g} ms]" if name in d["ms"] else ""
+            lines.append(f"    {name}: {'; '.join(why) if why else 'supported'}{timing}")
+    return "\n".join(lines) if lines else "no auto choice made yet" + (f" for {op}" if op else "")
+
+
+def tune(model: Callable[..., Any], inputs: Iterable[Any], *, backward: bool = False,
+         timer: Timer | None = None) -> str:
+    """Run `model` once per example in `inputs` (a dict is passed as keyword arguments, a tuple as positional ones)
+    with tuning on, so every auto op call times its candidates on these shapes; with backward=True the sum of the
+    first output is also back-propagated (gradients land in .grad: zero them after). Returns `explain()`."""
+    with tuning(timer):
+        for example in inputs:
+            out = model(**example) if isinstance(example, dict) else model(*example)
+            if backward:
+                first = out[0] if isinstance(out, (tuple, list)) or hasattr(out, "to_tuple") else out
+                first.float().sum().backward()
+    return explain()
+
+
+def table_from_results(doc: dict[str, Any]) -> dict[str, Any]:
+    """An auto table (the format of auto_table.json) from a `fastenc bench` results document: for every op case,
+    the backends measured side by side, fastest first (the "eager" baseline is backend "torch"), timed forward +
+    backward where the run did so, else forward. Its one run is named from the device, date and commit."""
+    from fastenc.bench import cases as C
+
+    meta, dims = doc["meta"], doc["settings"]["op_dims"]
+    device = meta.get("capability") or meta["device_type"]
+    run = f"{device}-{meta['date'][:10]}-{(meta.get('git_commit') or 'nocommit')[:12]}"
+    groups: dict[tuple, dict[str, dict[str, float]]] = {}
+    for r in doc["records"]:
+        if r["kind"] != "op" or r["status"] != "ok" or r["variant"] == "compile":
+            continue
+        groups.setdefault((r["name"], r["dtype"], r["shape"], r["batch"], r["seq"]), {}).setdefault(
+            r["mode"], {})["torch" if r["variant"] == "eager" else r["variant"]] = r["ms"]
+    entries = []
+    for (name, dtype, _, batch, seq), modes in sorted(groups.items()):
+        op = C.public_op(name)
+        match: dict[str, Any] = {"op": op, "device": device, "dtype": str(C.DTYPES[dtype]).removeprefix("torch.")}
+        if op == "attention":
+            match.update(head_dim=dims["hidden"] // dims["heads"], layout="packed" if name != op else "padded",
+                         dropout=False, bucket=_bucket(seq))
+        else:
+            match.update(hidden=dims["inter"] if op == "bias_gelu" else dims["hidden"], layout="rows",
+                         dropout=False, bucket=_bucket(batch * seq))
+        ms = modes.get("fwd+bwd") or modes["fwd"]
+        entries.append({"match": match, "order": sorted(ms, key=ms.__getitem__), "source": run, "ms": ms,
+                         "mode": "fwd+bwd" if "fwd+bwd" in modes else "fwd"})
+    runs = {run: {k: meta.get(k) for k in ("device", "torch", "triton", "cuda", "git_commit", "date")}}
+    return {"format": 1, "note": "recorded by fastenc bench; merge its entries and run into fastenc/auto_table.json",
+            "runs": runs, "entries": entries}
