@@ -9,9 +9,12 @@
 // key tile accumulates dK and dV over all query tiles (it computes S^T = K Q^T, so its warps own key rows); a
 // separate kernel per query tile recomputes P and dP and accumulates dQ. The dQ pass re-does two of the five
 // matmuls: the price of determinism.
-// Dropout follows the Philox scheme of fastenc.kernels.attention (counter {j / 4, i, b, h}, word j % 4), so the
-// mask depends on the element only: backward regenerates forward's mask exactly, and attention_dropout_mask
-// returns it for tests. Forward and dQ draw one Philox call per two elements, dK / dV one per element.
+// Dropout follows the Philox scheme of fastenc.kernels.attention (counter {j / 8, i, b, h}, 16-bit slice j % 8,
+// kept iff slice >= ceil(p * 2^16)), so the mask depends on the element only: backward regenerates forward's mask
+// exactly, and attention_dropout_mask returns it for tests. The 8 keys of one call lie in the 4 lanes of a quad
+// (forward, dQ: rows are queries) or the 8 lanes of a column (dK / dV: rows are keys): each lane draws one call in
+// 4 (8) and the lanes trade words with shuffles, so a warp draws each call once; dK / dV build the mask once per
+// tile as a bit set and apply it to P and dP.
 // Not done: wgmma / TMA for sm_90a (the sm_90a build runs these mma.sync kernels), split-KV, causal masks.
 #include <type_traits>
 
@@ -186,65 +189,98 @@ __device__ __forceinline__ bool key_allowed(const AttnParams& p, int b, const Se
   return j < seq.len && (p.key_mask == nullptr || p.key_mask[b * p.mask_batch_stride + j] != 0);
 }
 
-// Dropout keeps element (i, j) of sequence b, head h iff (w >> 8) >= threshold (threshold = ceil(p * 2^24)), where
-// w is word j % 4 of Philox4x32-10(key = seed, counter = {j / 4, i, b, h}): the scheme fastenc.kernels.attention
-// documents, so both backends draw the same mask, in each sequence's own coordinates.
+// Dropout keeps element (i, j) of sequence b, head h iff its 16-bit slice of Philox4x32-10(key = seed, counter =
+// {j / 8, i, b, h}) is >= threshold = ceil(p * 2^16): slice j % 2 (low half first) of word (j % 8) / 2. The scheme
+// fastenc.kernels.attention documents, so both backends draw the same mask, in each sequence's own coordinates.
 __device__ __forceinline__ U32x4 dropout_words(uint32_t key0, uint32_t key1, int b, int h, int i, int j) {
-  return philox4x32_10(U32x4{static_cast<uint32_t>(j >> 2), static_cast<uint32_t>(i), static_cast<uint32_t>(b),
+  return philox4x32_10(U32x4{static_cast<uint32_t>(j >> 3), static_cast<uint32_t>(i), static_cast<uint32_t>(b),
                              static_cast<uint32_t>(h)},
                        key0, key1);
 }
 
 struct DropoutState {
   bool on;
-  uint32_t key0, key1, threshold;  // threshold on the top 24 bits of a Philox word
+  uint32_t key0, key1, threshold;  // threshold on a 16-bit slice of a Philox word
   float scale;
 };
 
-__host__ __device__ __forceinline__ uint32_t dropout_threshold24(float p) {
-  const double t = static_cast<double>(p) * 16777216.0;
+__host__ __device__ __forceinline__ uint32_t dropout_threshold16(float p) {
+  const double t = static_cast<double>(p) * 65536.0;  // exact: p is a float
   const uint32_t c = static_cast<uint32_t>(t);
   return static_cast<double>(c) < t ? c + 1 : c;
 }
 
 __device__ __forceinline__ DropoutState dropout_state(const AttnParams& p) {
-  DropoutState s{p.dropout_p > 0.f && p.seed != nullptr, 0u, 0u, dropout_threshold24(p.dropout_p),
+  DropoutState s{p.dropout_p > 0.f && p.seed != nullptr, 0u, 0u, dropout_threshold16(p.dropout_p),
                  1.f / (1.f - p.dropout_p)};
   if (s.on) read_seed(p.seed, s.key0, s.key1);
   return s;
 }
 
-__device__ __forceinline__ bool kept(const DropoutState& d, uint32_t word) { return (word >> 8) >= d.threshold; }
-
-// Zeroes the dropped elements of an accumulator tile whose rows are queries (i) and columns keys (j): element
-// acc[nt][e] is (i0 + 8 * (e >> 1), j0 + nt * 8 + (e & 1)) for this lane's i0 and even j0 (one Philox call for
-// both columns: they share j / 4).
-template <int NT>
-__device__ __forceinline__ void drop_query_rows(float (&acc)[NT][4], const DropoutState& d, int b, int h, int i0,
-                                                int j0) {
-#pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int i = i0 + 8 * r, j = j0 + nt * 8;
-      const U32x4 w = dropout_words(d.key0, d.key1, b, h, i, j);
-      if (!kept(d, pick(w, j & 3))) acc[nt][2 * r] = 0.f;
-      if (!kept(d, pick(w, (j & 3) + 1))) acc[nt][2 * r + 1] = 0.f;
-    }
-  }
+// Keep flags of the two slices of a word: bit 0 = low half (even key), bit 1 = high half (odd key).
+__device__ __forceinline__ uint32_t kept2(const DropoutState& d, uint32_t word) {
+  return static_cast<uint32_t>((word & 0xffffu) >= d.threshold) |
+         (static_cast<uint32_t>((word >> 16) >= d.threshold) << 1);
 }
 
-// The same for a transposed tile: rows are keys (j), columns queries (i): acc[nt][e] is
-// (j = j0 + 8 * (e >> 1), i = i0 + nt * 8 + (e & 1)); each element needs its own Philox call.
+// Keep flags of a tile whose rows are queries (i) and columns keys (j), as bit 4 * nt + e for acc[nt][e] =
+// (i0 + 8 * (e >> 1), n0 + 8 * nt + 2 * tq + (e & 1)), i0 this lane's row, n0 a multiple of 8. Call (r, nt) =
+// counter {n0 / 8 + nt, i0 + 8 r} serves the quad's 4 lanes, lane tq taking word tq; lane tq draws the calls
+// c = r * NT + nt with c % 4 == tq, and in round s reads word tq of call 4k + (tq + s) % 4 from quad lane
+// (tq + s) % 4, which sends word (its tq - s) % 4 of its own call.
 template <int NT>
-__device__ __forceinline__ void drop_key_rows(float (&acc)[NT][4], const DropoutState& d, int b, int h, int j0,
-                                              int i0) {
+__device__ __forceinline__ uint32_t keep_bits_query_rows(const DropoutState& d, int b, int h, int i0, int n0,
+                                                         int lane) {
+  static_assert(NT % 2 == 0 && 4 * NT <= 32, "tile shape");
+  const int tq = lane & 3, quad = lane & ~3;
+  uint32_t bits = 0u;
+#pragma unroll
+  for (int k = 0; k < 2 * NT / 4; ++k) {
+    const int own = 4 * k + tq;
+    const U32x4 w = dropout_words(d.key0, d.key1, b, h, i0 + 8 * (own / NT), n0 + 8 * (own % NT));
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+      const uint32_t word =
+          s == 0 ? pick(w, tq) : __shfl_sync(0xffffffffu, pick(w, (tq - s) & 3), quad | ((tq + s) & 3));
+      const int c = 4 * k + ((tq + s) & 3);
+      bits |= kept2(d, word) << (4 * (c % NT) + 2 * (c / NT));
+    }
+  }
+  return bits;
+}
+
+// The same for a transposed tile: rows are keys (j), columns queries (i): acc[nt][e] = (j0 + 8 * (e >> 1),
+// m0 + 8 * nt + 2 * tq + (e & 1)) for this lane's key j0 = 8 * (group) + g, m0 a multiple of 8. Call q = 4 nt + e
+// (counter {j0 / 8 + (e >> 1), column of acc[nt][e]}) serves the 8 lanes g = 0..7 of column tq, lane g taking slice
+// g; lane g draws calls q with q % 8 == g, and in round s reads slice g of call 8k + (g ^ s) from lane g ^ s.
+template <int NT>
+__device__ __forceinline__ uint32_t keep_bits_key_rows(const DropoutState& d, int b, int h, int j0, int m0, int lane) {
+  static_assert(NT % 2 == 0 && 4 * NT <= 32, "tile shape");
+  const int g = lane >> 2, tq = lane & 3, jg = (j0 - g) >> 3;
+  uint32_t bits = 0u;
+#pragma unroll
+  for (int k = 0; k < 4 * NT / 8; ++k) {
+    const int own = 8 * k + g, nt = own >> 2, e = own & 3;
+    const U32x4 w = dropout_words(d.key0, d.key1, b, h, m0 + 8 * nt + 2 * tq + (e & 1), 8 * (jg + (e >> 1)));
+#pragma unroll
+    for (int s = 0; s < 8; ++s) {
+      const int slice = g ^ s;  // the slice the reading lane g ^ s takes
+      const uint32_t send = pick(w, slice >> 1) >> (16 * (slice & 1));
+      const uint32_t got = s == 0 ? send : __shfl_xor_sync(0xffffffffu, send, 4 * s);
+      bits |= static_cast<uint32_t>((got & 0xffffu) >= d.threshold) << (8 * k + (g ^ s));
+    }
+  }
+  return bits;
+}
+
+// Zeroes acc[nt][e] where bit 4 * nt + e of `bits` is clear.
+template <int NT>
+__device__ __forceinline__ void apply_keep(float (&acc)[NT][4], uint32_t bits) {
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const int j = j0 + 8 * (e >> 1), i = i0 + nt * 8 + (e & 1);
-      if (!kept(d, pick(dropout_words(d.key0, d.key1, b, h, i, j), j & 3))) acc[nt][e] = 0.f;
+      if (!((bits >> (4 * nt + e)) & 1u)) acc[nt][e] = 0.f;
     }
   }
 }
@@ -353,7 +389,7 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const AttnParam
         }
       }
     }
-    if (drop.on) drop_query_rows(s, drop, b, h, m0 + warp * 16 + g, n0 + 2 * tq);
+    if (drop.on) apply_keep(s, keep_bits_query_rows<kNT>(drop, b, h, m0 + warp * 16 + g, n0, lane));
 
     uint32_t pa[kNT / 2][4];
     acc_to_a<T, kNT>(s, pa);
@@ -470,20 +506,19 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const Attn
 
     uint32_t a[kMT / 2][4];
     if (drop.on) {
+      const uint32_t keep = keep_bits_key_rows<kMT>(drop, b, h, j_row, m0, lane);  // one mask for P and dP
       float pdrop[kMT][4];
 #pragma unroll
       for (int nt = 0; nt < kMT; ++nt) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) pdrop[nt][e] = pt[nt][e] * drop.scale;
+        for (int e = 0; e < 4; ++e) {
+          pdrop[nt][e] = pt[nt][e];  // 1 / (1 - p) is applied to dV once, at the end
+          dpt[nt][e] *= drop.scale;
+        }
       }
-      drop_key_rows(pdrop, drop, b, h, j_row, m0 + 2 * tq);
+      apply_keep(pdrop, keep);
+      apply_keep(dpt, keep);
       acc_to_a<T, kMT>(pdrop, a);
-#pragma unroll
-      for (int nt = 0; nt < kMT; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) dpt[nt][e] *= drop.scale;
-      }
-      drop_key_rows(dpt, drop, b, h, j_row, m0 + 2 * tq);
     } else {
       acc_to_a<T, kMT>(pt, a);
     }
@@ -498,9 +533,9 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const Attn
     acc_to_a<T, kMT>(pt, a);
     mma_ab<T, kMT / 2, kDT, kLd>(dk, a, s_q, lane);
   }
-  const float dk_scale[2] = {p.softmax_scale, p.softmax_scale}, one[2] = {1.f, 1.f};
+  const float dk_scale[2] = {p.softmax_scale, p.softmax_scale}, dv_scale[2] = {drop.scale, drop.scale};
   store_rows<T, kDT>(dk, dk_scale, p.dk, b, seq, h, n0 + warp * 16, lane);
-  store_rows<T, kDT>(dv, one, p.dv, b, seq, h, n0 + warp * 16, lane);
+  store_rows<T, kDT>(dv, dv_scale, p.dv, b, seq, h, n0 + warp * 16, lane);
 }
 
 // One block per 64 queries of one (batch, head): loops over every key tile and accumulates dQ.
@@ -568,7 +603,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const AttnPa
 #pragma unroll
         for (int e = 0; e < 4; ++e) dp[nt][e] *= drop.scale;
       }
-      drop_query_rows(dp, drop, b, h, i_row, n0 + 2 * tq);
+      apply_keep(dp, keep_bits_query_rows<kNT>(drop, b, h, i_row, n0, lane));
     }
 #pragma unroll
     for (int nt = 0; nt < kNT; ++nt) {
@@ -587,17 +622,19 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const AttnPa
 
 __global__ void attention_dropout_mask_kernel(const int64_t* __restrict__ seed_ptr,  // [1] int64
                                               uint8_t* __restrict__ out_ptr,         // [B, H, S, S] keep flags
-                                              int heads, int seqlen, uint32_t threshold, int64_t quads) {
-  const int64_t quads_per_row = (seqlen + 3) / 4;
+                                              int heads, int seqlen, uint32_t threshold, int64_t groups) {
+  const int64_t groups_per_row = (seqlen + 7) / 8;
   DropoutState d{true, 0u, 0u, threshold, 1.f};
   read_seed(seed_ptr, d.key0, d.key1);
-  for (int64_t q = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; q < quads;
+  for (int64_t q = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; q < groups;
        q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t row = q / quads_per_row;  // (b * heads + h) * seqlen + i
-    const int j0 = static_cast<int>(q % quads_per_row) * 4, i = static_cast<int>(row % seqlen);
+    const int64_t row = q / groups_per_row;  // (b * heads + h) * seqlen + i
+    const int j0 = static_cast<int>(q % groups_per_row) * 8, i = static_cast<int>(row % seqlen);
     const int64_t bh = row / seqlen;
     const U32x4 w = dropout_words(d.key0, d.key1, static_cast<int>(bh / heads), static_cast<int>(bh % heads), i, j0);
-    for (int k = 0; k < 4 && j0 + k < seqlen; ++k) out_ptr[row * seqlen + j0 + k] = kept(d, pick(w, k)) ? 1 : 0;
+    for (int k = 0; k < 8 && j0 + k < seqlen; ++k) {
+      out_ptr[row * seqlen + j0 + k] = (kept2(d, pick(w, k >> 1)) >> (k & 1)) & 1u;
+    }
   }
 }
 
@@ -669,11 +706,11 @@ cudaError_t attention_dropout_mask(const int64_t* seed, uint8_t* out, int batch,
                                    cudaStream_t stream) {
   if (seed == nullptr || batch < 0 || heads < 0 || seqlen < 0 || dropout_p < 0.f || dropout_p >= 1.f)
     return cudaErrorInvalidValue;
-  const int64_t quads = static_cast<int64_t>(batch) * heads * seqlen * ((seqlen + 3) / 4);
-  if (quads == 0) return cudaSuccess;
-  const int64_t blocks = (quads + 255) / 256;
+  const int64_t groups = static_cast<int64_t>(batch) * heads * seqlen * ((seqlen + 7) / 8);
+  if (groups == 0) return cudaSuccess;
+  const int64_t blocks = (groups + 255) / 256;
   attention_dropout_mask_kernel<<<static_cast<unsigned>(blocks < 65536 ? blocks : 65536), 256, 0, stream>>>(
-      seed, out, heads, seqlen, dropout_threshold24(dropout_p), quads);
+      seed, out, heads, seqlen, dropout_threshold16(dropout_p), groups);
   return cudaGetLastError();
 }
 

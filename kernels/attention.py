@@ -12,9 +12,12 @@ torch.backends.cuda.matmul.allow_tf32 is set (as torch's own matmuls do), else e
 interpreter always uses "ieee".
 
 Dropout: probability (b, h, i, j) (sequence, head, query, key; per-sequence coordinates in both layouts) is kept
-iff (w >> 8) / 2**24 >= dropout_p, where w is word j % 4 of Philox4x32-10 with key (seed & 0xffffffff, seed >> 32)
-and counter (j // 4, i, b, h). It does not depend on the block sizes, so the backward kernels regenerate the
-forward mask exactly, and `attention_dropout_mask` returns it as a tensor for tests.
+iff the 16-bit slice u = (w >> (16 * (j % 2))) & 0xffff satisfies u >= t, t = ceil(dropout_p * 2**16), where w is
+word (j % 8) // 2 of Philox4x32-10 with key (seed & 0xffffffff, seed >> 32) and counter (j // 8, i, b, h): one
+Philox call gives the decisions of 8 neighbouring keys. The exact keep probability is 1 - t / 2**16 (within 2**-16
+of 1 - dropout_p); kept probabilities are scaled by 1 / (1 - dropout_p), like torch's dropout. The scheme does not
+depend on the block sizes, so the backward kernels regenerate the forward mask exactly, the CUDA kernels
+(csrc/attention.cu) draw the same mask, and `attention_dropout_mask` returns it as a tensor for tests.
 
 Rows with no key to attend to give o = 0 and lse = +inf, so every recomputed probability of that row is 0 and its
 gradients are 0.
@@ -88,25 +91,33 @@ def _key_allowed(mask_ptr, b, mask_stride_b, mask_stride_s, cols, seqlen, HAS_MA
 
 
 @triton.jit
-def _dropout_keep(seed, b, h, rows, col_start, dropout_p, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """[BLOCK_M, BLOCK_N] bool keep-mask for query rows `rows`, key columns col_start + arange(BLOCK_N).
-
-    One Philox call gives four 32-bit numbers, used for four neighbouring keys (col_start is a multiple of 4)."""
-    groups = col_start // 4 + tl.arange(0, BLOCK_N // 4)
-    c0 = tl.zeros([BLOCK_M, BLOCK_N // 4], dtype=tl.int32) + groups[None, :]
-    c1 = tl.zeros([BLOCK_M, BLOCK_N // 4], dtype=tl.int32) + rows[:, None]
-    c2 = tl.zeros([BLOCK_M, BLOCK_N // 4], dtype=tl.int32) + b.to(tl.int32)
-    c3 = tl.zeros([BLOCK_M, BLOCK_N // 4], dtype=tl.int32) + h.to(tl.int32)
+def _dropout_keep(seed, b, h, rows, col_start, threshold, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[BLOCK_M, BLOCK_N] bool keep-mask for query rows `rows`, key columns col_start + arange(BLOCK_N) (col_start a
+    multiple of 8), against the integer `threshold` of _dropout_threshold: one Philox call per 8 keys (module doc)."""
+    groups = col_start // 8 + tl.arange(0, BLOCK_N // 8)
+    c0 = tl.zeros([BLOCK_M, BLOCK_N // 8], dtype=tl.int32) + groups[None, :]
+    c1 = tl.zeros([BLOCK_M, BLOCK_N // 8], dtype=tl.int32) + rows[:, None]
+    c2 = tl.zeros([BLOCK_M, BLOCK_N // 8], dtype=tl.int32) + b.to(tl.int32)
+    c3 = tl.zeros([BLOCK_M, BLOCK_N // 8], dtype=tl.int32) + h.to(tl.int32)
     r0, r1, r2, r3 = tl.philox(seed, c0, c1, c2, c3)
-    r = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), [BLOCK_M, BLOCK_N])  # key 4g + w gets word w
-    u = (r >> 8).to(tl.float32) * (1.0 / 16777216.0)
-    return u >= dropout_p
+    # key 8 g + 2 w + half gets bits [16 half, 16 half + 16) of word w: joins build the [.., 2 (w >> 1), 2 (w & 1),
+    # 2 (half)] order that the reshape flattens
+    lo = tl.join(tl.join(r0 & 0xFFFF, r2 & 0xFFFF), tl.join(r1 & 0xFFFF, r3 & 0xFFFF))
+    hi = tl.join(tl.join(r0 >> 16, r2 >> 16), tl.join(r1 >> 16, r3 >> 16))
+    u = tl.reshape(tl.join(lo, hi), [BLOCK_M, BLOCK_N])
+    return u.to(tl.int32) >= threshold
 
 
 @triton.jit
-def _dropped(x, keep, dropout_p):
-    """Dropout applied to x with a given keep-mask: kept entries scaled by 1 / (1 - p), the others 0."""
-    return tl.where(keep, x * (1.0 / (1.0 - dropout_p)), 0.0)
+def _dropout_threshold(dropout_p):
+    """t = ceil(dropout_p * 2**16) (exact in fp32): a 16-bit slice u is kept iff u >= t."""
+    return tl.math.ceil(dropout_p * 65536.0).to(tl.int32)
+
+
+@triton.jit
+def _dropped(x, keep, scale):
+    """Dropout applied to x with a given keep-mask: kept entries scaled by `scale` = 1 / (1 - p), the others 0."""
+    return tl.where(keep, x * scale, 0.0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -156,6 +167,7 @@ def _attention_fwd_kernel(
     k_base = b * k_stride_b + start * k_stride_s + h * k_stride_h
     v_base = b * v_stride_b + start * v_stride_s + h * v_stride_h
     seed = tl.load(seed_ptr) if DROPOUT else 0
+    threshold = _dropout_threshold(dropout_p)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -173,12 +185,15 @@ def _attention_fwd_kernel(
         p = tl.exp2(s - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         if DROPOUT:
-            p = _dropped(p, _dropout_keep(seed, b, h, rows, col_start, dropout_p, BLOCK_M, BLOCK_N), dropout_p)
+            p = tl.where(_dropout_keep(seed, b, h, rows, col_start, threshold, BLOCK_M, BLOCK_N), p, 0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
         m_i = m_new
 
     empty = l_i == 0.0
-    o = acc / tl.where(empty, 1.0, l_i)[:, None]
+    o_scale = 1.0 / tl.where(empty, 1.0, l_i)
+    if DROPOUT:
+        o_scale = o_scale * (1.0 / (1.0 - dropout_p))  # kept probabilities scaled once per row, not per element
+    o = acc * o_scale[:, None]
     o_ptrs = o_ptr + b * o_stride_b + (start + rows[:, None]) * o_stride_s + h * o_stride_h + offs_d[None, :]
     tl.store(o_ptrs, o.to(o_ptr.dtype.element_ty), mask=(rows[:, None] < seqlen) & (offs_d[None, :] < HEAD_DIM))
     lse = tl.where(empty, float("inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) / 1.4426950408889634)
@@ -269,6 +284,7 @@ def _attention_bwd_dkdv_kernel(
     do_base = b * o_stride_b + start * o_stride_s + h * o_stride_h
     lse_base = b * lse_stride_b + h * lse_stride_h + start * lse_stride_s
     seed = tl.load(seed_ptr) if DROPOUT else 0
+    threshold = _dropout_threshold(dropout_p)
 
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
@@ -281,9 +297,9 @@ def _attention_bwd_dkdv_kernel(
         dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
         p_kept = p
         if DROPOUT:
-            keep = _dropout_keep(seed, b, h, rows, col_start, dropout_p, BLOCK_M, BLOCK_N)
-            p_kept = _dropped(p, keep, dropout_p)
-            dp = _dropped(dp, keep, dropout_p)
+            keep = _dropout_keep(seed, b, h, rows, col_start, threshold, BLOCK_M, BLOCK_N)
+            p_kept = tl.where(keep, p, 0.0)  # scaled by 1 / (1 - p) once, on dv at the end
+            dp = _dropped(dp, keep, 1.0 / (1.0 - dropout_p))
         dv += tl.dot(tl.trans(p_kept.to(do.dtype)), do, input_precision=INPUT_PRECISION)
         ds = p * (dp - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=INPUT_PRECISION)
@@ -291,6 +307,8 @@ def _attention_bwd_dkdv_kernel(
     out_ptrs = b * o_stride_b + (start + cols[:, None]) * o_stride_s + h * o_stride_h + offs_d[None, :]
     out_mask = (cols[:, None] < seqlen) & (offs_d[None, :] < HEAD_DIM)
     tl.store(dk_ptr + out_ptrs, (dk * softmax_scale).to(dk_ptr.dtype.element_ty), mask=out_mask)
+    if DROPOUT:
+        dv = dv * (1.0 / (1.0 - dropout_p))
     tl.store(dv_ptr + out_ptrs, dv.to(dv_ptr.dtype.element_ty), mask=out_mask)
 
 
@@ -333,6 +351,7 @@ def _attention_bwd_dq_kernel(
     k_base = b * k_stride_b + start * k_stride_s + h * k_stride_h
     v_base = b * v_stride_b + start * v_stride_s + h * v_stride_h
     seed = tl.load(seed_ptr) if DROPOUT else 0
+    threshold = _dropout_threshold(dropout_p)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for col_start in range(0, seqlen, BLOCK_N):
@@ -343,7 +362,8 @@ def _attention_bwd_dq_kernel(
         p = _attention_bwd_probs(q, k, lse2, allowed, qk_scale, INPUT_PRECISION)
         dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
         if DROPOUT:
-            dp = _dropped(dp, _dropout_keep(seed, b, h, rows, col_start, dropout_p, BLOCK_M, BLOCK_N), dropout_p)
+            dp = _dropped(dp, _dropout_keep(seed, b, h, rows, col_start, threshold, BLOCK_M, BLOCK_N),
+                          1.0 / (1.0 - dropout_p))
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=INPUT_PRECISION)
 
@@ -369,7 +389,8 @@ def _attention_dropout_mask_kernel(
     h = bh % num_heads
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    keep = _dropout_keep(tl.load(seed_ptr), b, h, rows, pid_n * BLOCK_N, dropout_p, BLOCK_M, BLOCK_N)
+    keep = _dropout_keep(tl.load(seed_ptr), b, h, rows, pid_n * BLOCK_N, _dropout_threshold(dropout_p), BLOCK_M,
+                         BLOCK_N)
     ptrs = out_ptr + (bh * seqlen + rows[:, None]) * seqlen + cols[None, :]
     tl.store(ptrs, keep.to(tl.uint8), mask=(rows[:, None] < seqlen) & (cols[None, :] < seqlen))
 
