@@ -294,7 +294,11 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const AttnParam
         }
       }
     }
-    if (drop.on) apply_keep(s, keep_bits_query_rows<kNT>(drop, b, h, m0 + warp * 16 + g, n0, lane));
+    if (drop.on) {
+      uint32_t slice[kNT][4];
+      dropout_slices_query_rows<kNT>(drop, b, h, m0 + warp * 16 + g, n0, lane, slice);
+      apply_dropout(s, slice, drop.threshold);
+    }
 
     uint32_t pa[kNT / 2][4];
     acc_to_a<T, kNT>(s, pa);
@@ -411,7 +415,8 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const Attn
 
     uint32_t a[kMT / 2][4];
     if (drop.on) {
-      const uint32_t keep = keep_bits_key_rows<kMT>(drop, b, h, j_row, m0, lane);  // one mask for P and dP
+      uint32_t slice[kMT][4];  // one mask for P and dP
+      dropout_slices_key_rows<kMT>(drop, b, h, j_row, m0, lane, slice);
       float pdrop[kMT][4];
 #pragma unroll
       for (int nt = 0; nt < kMT; ++nt) {
@@ -421,8 +426,8 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const Attn
           dpt[nt][e] *= drop.scale;
         }
       }
-      apply_keep(pdrop, keep);
-      apply_keep(dpt, keep);
+      apply_dropout(pdrop, slice, drop.threshold);
+      apply_dropout(dpt, slice, drop.threshold);
       acc_to_a<T, kMT>(pdrop, a);
     } else {
       acc_to_a<T, kMT>(pt, a);
@@ -508,7 +513,9 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const AttnPa
 #pragma unroll
         for (int e = 0; e < 4; ++e) dp[nt][e] *= drop.scale;
       }
-      apply_keep(dp, keep_bits_query_rows<kNT>(drop, b, h, i_row, n0, lane));
+      uint32_t slice[kNT][4];
+      dropout_slices_query_rows<kNT>(drop, b, h, i_row, n0, lane, slice);
+      apply_dropout(dp, slice, drop.threshold);
     }
 #pragma unroll
     for (int nt = 0; nt < kNT; ++nt) {
@@ -538,7 +545,7 @@ __global__ void attention_dropout_mask_kernel(const int64_t* __restrict__ seed_p
     const int64_t bh = row / seqlen;
     const U32x4 w = dropout_words(d.key0, d.key1, static_cast<int>(bh / heads), static_cast<int>(bh % heads), i, j0);
     for (int k = 0; k < 8 && j0 + k < seqlen; ++k) {
-      out_ptr[row * seqlen + j0 + k] = (kept2(d, pick(w, k >> 1)) >> (k & 1)) & 1u;
+      out_ptr[row * seqlen + j0 + k] = ((pick(w, k >> 1) >> (16 * (k & 1))) & 0xffffu) >= threshold;
     }
   }
 }

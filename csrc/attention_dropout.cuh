@@ -38,71 +38,88 @@ __device__ __forceinline__ DropoutState dropout_state(const AttnParams& p) {
   return s;
 }
 
-// Keep flags of the two slices of a word: bit 0 = low half (even key), bit 1 = high half (odd key).
-__device__ __forceinline__ uint32_t kept2(const DropoutState& d, uint32_t word) {
-  return static_cast<uint32_t>((word & 0xffffu) >= d.threshold) |
-         (static_cast<uint32_t>((word >> 16) >= d.threshold) << 1);
+// out[s] = v[(s + r) % 4] for a run-time r: two stages of selects.
+__device__ __forceinline__ void rotate4(uint32_t (&v)[4], int r) {
+  uint32_t a[4];
+#pragma unroll
+  for (int s = 0; s < 4; ++s) a[s] = (r & 1) ? v[(s + 1) & 3] : v[s];
+#pragma unroll
+  for (int s = 0; s < 4; ++s) v[s] = (r & 2) ? a[(s + 2) & 3] : a[s];
 }
 
-// Keep flags of a tile whose rows are queries (i) and columns keys (j), as bit 4 * nt + e for acc[nt][e] =
-// (i0 + 8 * (e >> 1), n0 + 8 * nt + 2 * tq + (e & 1)), i0 this lane's row, n0 a multiple of 8. Call (r, nt) =
-// counter {n0 / 8 + nt, i0 + 8 r} serves the quad's 4 lanes, lane tq taking word tq; lane tq draws the calls
-// c = r * NT + nt with c % 4 == tq, and in round s reads word tq of call 4k + (tq + s) % 4 from quad lane
-// (tq + s) % 4, which sends word (its tq - s) % 4 of its own call.
+// out[s] = v[s ^ x] for a run-time x in 0..7: three stages of selects.
+__device__ __forceinline__ void xor_permute8(uint32_t (&v)[8], int x) {
+#pragma unroll
+  for (int bit = 1; bit < 8; bit <<= 1) {
+    uint32_t a[8];
+#pragma unroll
+    for (int s = 0; s < 8; ++s) a[s] = (x & bit) ? v[s ^ bit] : v[s];
+#pragma unroll
+    for (int s = 0; s < 8; ++s) v[s] = a[s];
+  }
+}
+
+// The 16-bit slices of a tile whose rows are queries (i) and columns keys (j): slice[nt][e] for acc[nt][e] =
+// (i0 + 8 * (e >> 1), n0 + 8 * nt + 2 * tq + (e & 1)), i0 this lane's row, n0 a multiple of 8. Call c = r * NT + nt
+// (counter {n0 / 8 + nt, i0 + 8 r}) serves the quad's 4 lanes, lane tq taking word tq. Lane tq draws the calls with
+// c % 4 == tq; in round s it sends word (tq - s) % 4 of its call and reads word tq of call 4k + (tq + s) % 4 from
+// quad lane (tq + s) % 4. Rotations by -tq put the words to send, and the words read, in round / call order.
 template <int NT>
-__device__ __forceinline__ uint32_t keep_bits_query_rows(const DropoutState& d, int b, int h, int i0, int n0,
-                                                         int lane) {
-  static_assert(NT % 2 == 0 && 4 * NT <= 32, "tile shape");
-  const int tq = lane & 3, quad = lane & ~3;
-  uint32_t bits = 0u;
+__device__ __forceinline__ void dropout_slices_query_rows(const DropoutState& d, int b, int h, int i0, int n0,
+                                                          int lane, uint32_t (&slice)[NT][4]) {
+  static_assert(NT % 2 == 0, "tile shape");
+  const int tq = lane & 3, quad = lane & ~3, back = (4 - tq) & 3;
 #pragma unroll
   for (int k = 0; k < 2 * NT / 4; ++k) {
     const int own = 4 * k + tq;
     const U32x4 w = dropout_words(d.key0, d.key1, b, h, i0 + 8 * (own / NT), n0 + 8 * (own % NT));
+    uint32_t words[4] = {w.x, w.w, w.z, w.y};  // words[s] = word (-s) % 4
+    rotate4(words, back);                       // words[s] = word (tq - s) % 4
 #pragma unroll
-    for (int s = 0; s < 4; ++s) {
-      const uint32_t word =
-          s == 0 ? pick(w, tq) : __shfl_sync(0xffffffffu, pick(w, (tq - s) & 3), quad | ((tq + s) & 3));
-      const int c = 4 * k + ((tq + s) & 3);
-      bits |= kept2(d, word) << (4 * (c % NT) + 2 * (c / NT));
+    for (int s = 1; s < 4; ++s) words[s] = __shfl_sync(0xffffffffu, words[s], quad | ((tq + s) & 3));
+    rotate4(words, back);  // words[m] = word tq of call 4k + m
+#pragma unroll
+    for (int m = 0; m < 4; ++m) {
+      const int c = 4 * k + m, r = c / NT, nt = c % NT;
+      slice[nt][2 * r] = words[m] & 0xffffu;
+      slice[nt][2 * r + 1] = words[m] >> 16;
     }
   }
-  return bits;
 }
 
-// The same for a transposed tile: rows are keys (j), columns queries (i): acc[nt][e] = (j0 + 8 * (e >> 1),
-// m0 + 8 * nt + 2 * tq + (e & 1)) for this lane's key j0 = 8 * (group) + g, m0 a multiple of 8. Call q = 4 nt + e
-// (counter {j0 / 8 + (e >> 1), column of acc[nt][e]}) serves the 8 lanes g = 0..7 of column tq, lane g taking slice
-// g; lane g draws calls q with q % 8 == g, and in round s reads slice g of call 8k + (g ^ s) from lane g ^ s.
+// The same for a transposed tile: rows are keys (j), columns queries (i): slice[nt][e] for acc[nt][e] =
+// (j0 + 8 * (e >> 1), m0 + 8 * nt + 2 * tq + (e & 1)), this lane's key j0 = 8 * (group) + g, m0 a multiple of 8.
+// Call q = 4 nt + e (counter {j0 / 8 + (e >> 1), column of acc[nt][e]}) serves the 8 lanes g = 0..7 of column tq,
+// lane g taking slice g. Lane g draws the calls with q % 8 == g; in round s it sends slice g ^ s of its call and
+// reads slice g of call 8k + (g ^ s) from lane g ^ s (lane index ^ 4 s). Permutations by ^ g order both.
 template <int NT>
-__device__ __forceinline__ uint32_t keep_bits_key_rows(const DropoutState& d, int b, int h, int j0, int m0, int lane) {
-  static_assert(NT % 2 == 0 && 4 * NT <= 32, "tile shape");
+__device__ __forceinline__ void dropout_slices_key_rows(const DropoutState& d, int b, int h, int j0, int m0, int lane,
+                                                        uint32_t (&slice)[NT][4]) {
+  static_assert(NT % 2 == 0, "tile shape");
   const int g = lane >> 2, tq = lane & 3, jg = (j0 - g) >> 3;
-  uint32_t bits = 0u;
 #pragma unroll
   for (int k = 0; k < 4 * NT / 8; ++k) {
     const int own = 8 * k + g, nt = own >> 2, e = own & 3;
     const U32x4 w = dropout_words(d.key0, d.key1, b, h, m0 + 8 * nt + 2 * tq + (e & 1), 8 * (jg + (e >> 1)));
+    uint32_t pieces[8] = {w.x & 0xffffu, w.x >> 16, w.y & 0xffffu, w.y >> 16,
+                          w.z & 0xffffu, w.z >> 16, w.w & 0xffffu, w.w >> 16};
+    xor_permute8(pieces, g);  // pieces[s] = slice g ^ s
 #pragma unroll
-    for (int s = 0; s < 8; ++s) {
-      const int slice = g ^ s;  // the slice the reading lane g ^ s takes
-      const uint32_t send = pick(w, slice >> 1) >> (16 * (slice & 1));
-      const uint32_t got = s == 0 ? send : __shfl_xor_sync(0xffffffffu, send, 4 * s);
-      bits |= static_cast<uint32_t>((got & 0xffffu) >= d.threshold) << (8 * k + (g ^ s));
-    }
+    for (int s = 1; s < 8; ++s) pieces[s] = __shfl_xor_sync(0xffffffffu, pieces[s], 4 * s);
+    xor_permute8(pieces, g);  // pieces[m] = slice g of call 8k + m
+#pragma unroll
+    for (int m = 0; m < 8; ++m) slice[(8 * k + m) >> 2][(8 * k + m) & 3] = pieces[m];
   }
-  return bits;
 }
 
-// Zeroes acc[nt][e] where bit 4 * nt + e of `bits` is clear.
+// Zeroes acc[nt][e] where slice[nt][e] < threshold (the dropped elements).
 template <int NT>
-__device__ __forceinline__ void apply_keep(float (&acc)[NT][4], uint32_t bits) {
+__device__ __forceinline__ void apply_dropout(float (&acc)[NT][4], const uint32_t (&slice)[NT][4],
+                                              uint32_t threshold) {
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      if (!((bits >> (4 * nt + e)) & 1u)) acc[nt][e] = 0.f;
-    }
+    for (int e = 0; e < 4; ++e) acc[nt][e] = slice[nt][e] >= threshold ? acc[nt][e] : 0.f;
   }
 }
 

@@ -100,8 +100,10 @@ __device__ __forceinline__ U32x4 philox4x32_10(U32x4 ctr, uint32_t key0, uint32_
   return ctr;
 }
 
+// Word i (0..3) of r; two levels of selects, so a run-time i compiles to three SELs rather than branches.
 __device__ __forceinline__ uint32_t pick(const U32x4& r, int i) {
-  return i == 0 ? r.x : i == 1 ? r.y : i == 2 ? r.z : r.w;
+  const uint32_t lo = (i & 1) ? r.y : r.x, hi = (i & 1) ? r.w : r.z;
+  return (i & 2) ? hi : lo;
 }
 
 // Dropout parameters as the kernels use them: keep an element when its 32-bit random number is >= threshold

@@ -1,6 +1,7 @@
 // Runs the lane logic of csrc/attention_dropout.cuh on the CPU: one thread per lane of a warp, and the warp
 // shuffles exchange values through a barrier. Prints, for each tile asked on stdin ("q|k NT b h row0 col0 seed p"),
-// the keep bits of all 32 lanes; tests/ops/test_attention_dropout_lanes.py checks them against the documented scheme.
+// the keep bits of all 32 lanes (bit 4 nt + e for acc[nt][e]); tests/ops/test_attention_dropout_lanes.py checks
+// them against the documented scheme.
 #include <barrier>
 #include <cstdint>
 #include <cstdio>
@@ -50,8 +51,16 @@ void run_tile(char kind, int b, int h, int row0, int col0, const fastenc::Dropou
     lanes.emplace_back([&, l] {
       emu::lane = l;
       const int g = l >> 2;
-      bits[l] = kind == 'q' ? fastenc::keep_bits_query_rows<NT>(d, b, h, row0 + g, col0, l)
-                            : fastenc::keep_bits_key_rows<NT>(d, b, h, row0 + g, col0, l);
+      uint32_t slice[NT][4];
+      if (kind == 'q') {
+        fastenc::dropout_slices_query_rows<NT>(d, b, h, row0 + g, col0, l, slice);
+      } else {
+        fastenc::dropout_slices_key_rows<NT>(d, b, h, row0 + g, col0, l, slice);
+      }
+      bits[l] = 0;
+      for (int nt = 0; nt < NT; ++nt) {
+        for (int e = 0; e < 4; ++e) bits[l] |= static_cast<uint32_t>(slice[nt][e] >= d.threshold) << (4 * nt + e);
+      }
     });
   }
   for (auto& t : lanes) t.join();
