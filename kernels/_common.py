@@ -1,8 +1,12 @@
 """Pieces the Triton kernels share: dropout from a seed, the GELU forms, row LayerNorm, launch sizes, registration.
 
-Dropout draws a Philox uniform per element from (seed, element index), so a backward kernel regenerates the
-forward mask from the 8-byte seed instead of reading a stored mask; the cost is recomputing a few integer rounds
-per element, which a memory-bound kernel hides. Row LayerNorm keeps a whole row in registers (BLOCK = next power
+Dropout of the row-wise ops (add_layer_norm, embeddings) is counter-based, so a backward kernel regenerates the
+forward mask from the 8-byte seed instead of reading a stored mask. The scheme, shared bit for bit with the CUDA
+kernels (csrc/common.cuh, rowwise_keep): element (row, c) of an op's [rows, D] tensor uses word c % 4 of
+Philox4x32-10 with key (seed & 0xffffffff, seed >> 32) and counter (c // 4, row & 0xffffffff, row >> 32, 0x7e1),
+and is kept iff word >= t, t = min(floor(p * 2**32 + 0.5), 2**32 - 1) (p as fp32): the exact keep probability is
+1 - t / 2**32. Kept values are multiplied by 1 / (1 - p), computed once per program. One Philox call serves four
+elements, a few integer rounds per element that a memory-bound kernel hides. Row LayerNorm keeps a whole row in registers (BLOCK = next power
 of two of the hidden size, masked), which limits the hidden size to what fits (MAX_BLOCK) but reads every row
 once. Backward kernels that reduce over rows (dweight, dbias, dx_bias) run a fixed number of programs, each
 looping over many rows and keeping fp32 partial sums in registers; torch then sums the small [programs, D]
@@ -30,10 +34,23 @@ MAX_BLOCK = 16384
 
 
 @triton.jit
-def dropout_keep(seed_ptr, offsets, p):
-    """Keep-mask (True = kept) for the elements at `offsets` (int64) of one call: P(keep) = 1 - p."""
+def dropout_keep(seed_ptr, row, p, BLOCK: tl.constexpr):
+    """[BLOCK] keep-mask (True = kept) of the elements (row, arange(BLOCK)) of a row-wise op (scheme in the module
+    doc): one Philox call per four columns, its four words in column order."""
     seed = tl.load(seed_ptr)
-    return tl.rand(seed, offsets) >= p
+    quads = tl.arange(0, BLOCK // 4)
+    row_lo = (tl.zeros_like(quads) + (row & 0xFFFFFFFF)).to(tl.uint32)
+    row_hi = (tl.zeros_like(quads) + (row >> 32)).to(tl.uint32)
+    r0, r1, r2, r3 = tl.philox(seed, quads.to(tl.uint32), row_lo, row_hi, tl.zeros_like(row_lo) + 0x7E1)
+    words = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), [BLOCK])  # column 4 q + w gets word w
+    threshold = tl.minimum(tl.cast(p, tl.float64) * 4294967296.0 + 0.5, 4294967295.0).to(tl.uint32)
+    return words >= threshold
+
+
+@triton.jit
+def dropout_scale(p):
+    """1 / (1 - p), correctly rounded like the CUDA kernels' host-computed scale; computed once per program."""
+    return tl.math.div_rn(1.0, 1.0 - p)
 
 
 @triton.jit
@@ -93,7 +110,7 @@ def row_layer_norm_bwd(dy, xhat, w, rstd, mask, D):
 
 def row_block(d: int, name: str = "the hidden size") -> int:
     """BLOCK for a kernel that keeps one row of `d` elements in registers."""
-    block = triton.next_power_of_2(d)
+    block = max(triton.next_power_of_2(d), 4)  # dropout_keep draws four columns per Philox call
     if block > MAX_BLOCK:
         raise ValueError(f"{name} {d} is larger than the Triton row kernels support ({MAX_BLOCK})")
     return block

@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 from fastenc.kernels._common import (
     dropout_keep,
+    dropout_scale,
     dummy,
     reduce_programs,
     reduce_warps,
@@ -86,8 +87,8 @@ def _embeddings_fwd_kernel(
     b = tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     y = (h - mean) * rstd * w + b
     if HAS_DROPOUT:
-        keep = dropout_keep(seed_ptr, row * E + cols, p)
-        y = tl.where(keep, y / (1.0 - p), 0.0)
+        keep = dropout_keep(seed_ptr, row, p, BLOCK_E)
+        y = tl.where(keep, y * dropout_scale(p), 0.0)
     tl.store(y_ptr + row * E + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
     tl.store(mean_ptr + row, mean)
     tl.store(rstd_ptr + row, rstd)
@@ -144,8 +145,8 @@ def _embeddings_bwd_kernel(
         xhat = tl.where(mask, (h - tl.load(mean_ptr + row)) * rstd, 0.0)
         dy = tl.load(dy_ptr + row * E + cols, mask=mask, other=0.0).to(tl.float32)
         if HAS_DROPOUT:
-            keep = dropout_keep(seed_ptr, row * E + cols, p)
-            dy = tl.where(keep, dy / (1.0 - p), 0.0)
+            keep = dropout_keep(seed_ptr, row, p, BLOCK_E)
+            dy = tl.where(keep, dy * dropout_scale(p), 0.0)
         dh = row_layer_norm_bwd(dy, xhat, w, rstd, mask, E)
         dw_acc += dy * xhat
         db_acc += dy
