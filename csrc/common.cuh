@@ -119,7 +119,8 @@ constexpr uint32_t kRowwiseStream = 0x7e1u;
 constexpr uint32_t kAttentionStream = 0xa77u;
 
 // Keep flags of the N consecutive elements (row, c0 .. c0 + N - 1) of a row-wise op. Element (row, c) uses word
-// (c & 3) of Philox(counter = {c >> 2, row lo, row hi, stream}), whatever the vector width of the caller.
+// (c & 3) of Philox(counter = {c >> 2, row lo, row hi, stream}), whatever the vector width of the caller: the
+// scheme (and exact keep probability) that kernels/_common.py documents, so both backends draw the same mask.
 template <int N>
 __device__ __forceinline__ void rowwise_keep(uint32_t key0, uint32_t key1, uint32_t threshold, int64_t row, int64_t c0,
                                              bool (&keep)[N]) {

@@ -42,9 +42,9 @@ def dropout_keep(seed_ptr, row, p, BLOCK: tl.constexpr):
     row_lo = (tl.zeros_like(quads) + (row & 0xFFFFFFFF)).to(tl.uint32)
     row_hi = (tl.zeros_like(quads) + (row >> 32)).to(tl.uint32)
     r0, r1, r2, r3 = tl.philox(seed, quads.to(tl.uint32), row_lo, row_hi, tl.zeros_like(row_lo) + 0x7E1)
-    words = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), [BLOCK])  # column 4 q + w gets word w
-    threshold = tl.minimum(tl.cast(p, tl.float64) * 4294967296.0 + 0.5, 4294967295.0).to(tl.uint32)
-    return words >= threshold
+    t = tl.minimum(tl.cast(p, tl.float64) * 4294967296.0 + 0.5, 4294967295.0).to(tl.uint32)
+    # column 4 q + w gets word w; comparing before the joins moves 1 byte per column, not 4, into the row's layout
+    return tl.reshape(tl.join(tl.join(r0 >= t, r2 >= t), tl.join(r1 >= t, r3 >= t)), [BLOCK])
 
 
 @triton.jit
