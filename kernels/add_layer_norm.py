@@ -100,7 +100,7 @@ def _add_layer_norm_bwd_kernel(
     dw_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     db_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     dxb_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for row in range(pid.to(tl.int64), N, num_progs):
+    for row in tl.range(pid.to(tl.int64), N, num_progs, num_stages=3):  # loads of the next rows in flight
         dy = tl.load(dy_ptr + row * D + cols, mask=mask, other=0.0).to(tl.float32)
         h = tl.load(h_ptr + row * D + cols, mask=mask, other=0.0).to(tl.float32)
         mean = tl.load(mean_ptr + row)

@@ -138,7 +138,7 @@ def _embeddings_bwd_kernel(
     if TT_REGS:
         tt_rows = tl.arange(0, TT_REGS)
         tt_acc = tl.zeros([TT_REGS, BLOCK_E], dtype=tl.float32)
-    for row in range(prog.to(tl.int64), N, tl.num_programs(0)):
+    for row in tl.range(prog.to(tl.int64), N, tl.num_programs(0), num_stages=3):  # next rows' loads in flight
         wid, pid, tid, h = _gather_row(ids_ptr, word_ptr, pos_ids_ptr, pos_ptr, tt_ids_ptr, tt_ptr, row, cols,
                                        mask, word_stride, pos_stride, tt_stride, V, P, T, HAS_TT)
         rstd = tl.load(rstd_ptr + row)
