@@ -91,7 +91,7 @@ struct EmbeddingsBwdOp {
 #pragma unroll
     for (int k = 0; k < VEC; ++k) dy[k] = keep[k] ? dy[k] * fwd.drop.scale : 0.f;
   }
-  __device__ void store_dh(int64_t, int64_t c0, const float (&dh)[VEC], float*) {
+  __device__ void store_dh(int64_t, int64_t c0, const float (&dh)[VEC], float (&)[VEC]) {
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
       if (word_grad) atomicAdd(dword_ptr + fwd.word_off + c0 + k, dh[k]);
