@@ -21,6 +21,8 @@
 //   void load_dy(int64_t row, int64_t c0, float (&dy)[VEC])           gradient w.r.t. the LayerNorm output
 //   void store_dh(int64_t row, int64_t c0, const float (&dh)[VEC], float (&extra)[VEC])  dL/dh; the op writes
 //        its own per-column gradient of these columns to `extra` (ops with NACC == 3; others leave it alone)
+//   void finish(int64_t c0)  once per thread at the end, in the one-chunk mode (bwd_one_chunk), for the chunk it
+//        owned: flushes what the op summed in registers over the block's rows
 #pragma once
 
 #include "common.cuh"
@@ -137,6 +139,7 @@ __global__ void layer_norm_bwd_rows_kernel(Op op,
     if (owner) {
 #pragma unroll
       for (int a = 0; a < NACC; ++a) store_f<VEC>(partial_ptr + (a * g + blockIdx.x) * d + c0, acc[a]);
+      op.finish(c0);
     }
   } else {
     float* acc = acc_in_smem ? smem_acc : partial_ptr + blockIdx.x * d;
@@ -187,6 +190,12 @@ __global__ void layer_norm_bwd_rows_kernel(Op op,
   }
 }
 
+// Whether the backward kernel runs in its one-chunk mode: every thread owns at most one VEC-wide chunk of a row.
+inline bool bwd_one_chunk(int64_t d, int vec) {
+  const int64_t chunks = (d + vec - 1) / vec;
+  return chunks <= row_threads(chunks);
+}
+
 // Shared-memory bytes of the backward accumulators, or 0 when they go to the global workspace instead.
 inline size_t bwd_acc_smem_bytes(int nacc, int64_t d) {
   const size_t bytes = static_cast<size_t>(nacc) * static_cast<size_t>(d) * sizeof(float);
@@ -205,9 +214,8 @@ cudaError_t launch_layer_norm_bwd(const Op& op, const P* weight, const float* me
                                   void* dweight, void* dbias, void* extra_out, int64_t n, int64_t d, DType dtype,
                                   DType param_dtype, cudaStream_t stream) {
   const int g = row_partials_blocks(n);
-  const int64_t chunks = (d + VEC - 1) / VEC;
-  const int threads = row_threads(chunks);
-  if (chunks <= threads) {
+  const int threads = row_threads((d + VEC - 1) / VEC);
+  if (bwd_one_chunk(d, VEC)) {
     layer_norm_bwd_rows_kernel<T, P, VEC, NACC, true, Op>
         <<<g, threads, 0, stream>>>(op, weight, mean, rstd, partial, n, d, false);
   } else {
