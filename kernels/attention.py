@@ -1,9 +1,11 @@
 """Triton flash attention (FlashAttention-2 scheme) over padded [B, S, H, D] or packed [T, H, D] batches.
 
 Forward: one program per (query block, sequence, head) streams the key blocks with an online softmax in fp32 and
-base-2 exponentials, and saves the log-sum-exp per query row. Backward recomputes the probabilities from that lse:
-one kernel per key block accumulates dk, dv over the query blocks, a second per query block accumulates dq over the
-key blocks. Trade-off: the two backward kernels recompute q k^T and do v^T twice (7 matmuls instead of FA2's 5), in
+base-2 exponentials (one FMA and one exp2 per score), and saves the log-sum-exp per query row. Backward recomputes
+the probabilities from that lse: one kernel per key block accumulates dk, dv over the query blocks, computing
+S^T = K Q^T so that P^T and dS^T are the A operands of its dots as they come, a second per query block accumulates
+dq over the key blocks. Without a key padding mask only the last, partial key block is masked (the loops over key
+blocks are split in two: full blocks, then the rest). Trade-off: the two backward kernels recompute q k^T and do v^T twice (7 matmuls instead of FA2's 5), in
 exchange for no atomics: dq, dk and dv are deterministic and need no fp32 scratch buffer.
 
 q, k, v are read in place through their strides (views of a fused QKV output need no copy). Head dims up to 128;
@@ -120,6 +122,33 @@ def _dropped(x, keep, scale):
     return tl.where(keep, x * scale, 0.0)
 
 
+@triton.jit
+def _attention_fwd_block(acc, l_i, m_i, q, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
+                         mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold,
+                         HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, MASK_KEYS: tl.constexpr,
+                         DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_N: tl.constexpr):
+    """One key block of the forward's online softmax: the updated (acc, l_i, m_i). qk_scale > 0, so the row max of
+    the raw scores gives the scaled one and each probability costs one FMA and one exp2. MASK_KEYS: the block may
+    hold keys past seqlen or masked out (only the last block without a key padding mask)."""
+    cols = col_start + tl.arange(0, BLOCK_N)
+    k = _load_rows(k_ptr, k_base, cols, seqlen, k_stride_s, offs_d, HEAD_DIM)
+    v = _load_rows(v_ptr, v_base, cols, seqlen, v_stride_s, offs_d, HEAD_DIM)
+    s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)
+    if MASK_KEYS:
+        allowed = _key_allowed(mask_ptr, b, mask_stride_b, mask_stride_s, cols, seqlen, HAS_MASK)
+        s = tl.where(allowed[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet: keep exp2 away from -inf + inf
+    alpha = tl.exp2(m_i - m_use)
+    p = tl.exp2(s * qk_scale - m_use[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if DROPOUT:
+        p = tl.where(_dropout_keep(seed, b, h, rows, col_start, threshold, BLOCK_M, BLOCK_N), p, 0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
+    return acc, l_i, m_new
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Kernels
 
@@ -169,25 +198,26 @@ def _attention_fwd_kernel(
     seed = tl.load(seed_ptr) if DROPOUT else 0
     threshold = _dropout_threshold(dropout_p)
 
+    # softmax(s * scale) needs scale > 0 for the row max of raw scores: a negative scale moves its sign onto q (exact)
+    q = tl.where(qk_scale < 0, -q, q)
+    qk_scale = tl.abs(qk_scale)
+
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for col_start in range(0, seqlen, BLOCK_N):
-        cols = col_start + tl.arange(0, BLOCK_N)
-        k = _load_rows(k_ptr, k_base, cols, seqlen, k_stride_s, offs_d, HEAD_DIM)
-        v = _load_rows(v_ptr, v_base, cols, seqlen, v_stride_s, offs_d, HEAD_DIM)
-        allowed = _key_allowed(mask_ptr, b, mask_stride_b, mask_stride_s, cols, seqlen, HAS_MASK)
-        s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
-        s = tl.where(allowed[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet: keep exp2 away from -inf + inf
-        alpha = tl.exp2(m_i - m_use)
-        p = tl.exp2(s - m_use[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if DROPOUT:
-            p = tl.where(_dropout_keep(seed, b, h, rows, col_start, threshold, BLOCK_M, BLOCK_N), p, 0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
-        m_i = m_new
+    masked_start = 0  # key blocks from here on need the key mask: all with a padding mask, else the last partial one
+    if not HAS_MASK:
+        masked_start = seqlen // BLOCK_N * BLOCK_N
+        for col_start in range(0, masked_start, BLOCK_N):
+            acc, l_i, m_i = _attention_fwd_block(
+                acc, l_i, m_i, q, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr, mask_stride_b,
+                mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, HEAD_DIM, HAS_MASK,
+                False, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+    for col_start in range(masked_start, seqlen, BLOCK_N):
+        acc, l_i, m_i = _attention_fwd_block(
+            acc, l_i, m_i, q, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr, mask_stride_b,
+            mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, HEAD_DIM, HAS_MASK,
+            True, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
 
     empty = l_i == 0.0
     o_scale = 1.0 / tl.where(empty, 1.0, l_i)
@@ -237,10 +267,26 @@ def _row_stats(lse_ptr, delta_ptr, offs, rows, seqlen):
 
 
 @triton.jit
-def _attention_bwd_probs(q, k, lse2, allowed, qk_scale, INPUT_PRECISION: tl.constexpr):
-    """Recomputed probabilities p [BLOCK_M, BLOCK_N] of query rows q and key rows k, 0 where not allowed."""
-    s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
-    return tl.where(allowed[None, :], tl.exp2(s - lse2[:, None]), 0.0)
+def _attention_dq_block(dq, q, do, lse2, delta, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
+                        mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold,
+                        dropout_p, HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, MASK_KEYS: tl.constexpr,
+                        DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                        BLOCK_N: tl.constexpr):
+    """dq += dS K over one key block, with P recomputed from lse (one FMA and one exp2 per probability).
+    MASK_KEYS: the block may hold keys past seqlen or masked out (see _attention_fwd_block)."""
+    cols = col_start + tl.arange(0, BLOCK_N)
+    k = _load_rows(k_ptr, k_base, cols, seqlen, k_stride_s, offs_d, HEAD_DIM)
+    v = _load_rows(v_ptr, v_base, cols, seqlen, v_stride_s, offs_d, HEAD_DIM)
+    p = tl.exp2(tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale - lse2[:, None])
+    if MASK_KEYS:
+        allowed = _key_allowed(mask_ptr, b, mask_stride_b, mask_stride_s, cols, seqlen, HAS_MASK)
+        p = tl.where(allowed[None, :], p, 0.0)
+    dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
+    if DROPOUT:
+        dp = _dropped(dp, _dropout_keep(seed, b, h, rows, col_start, threshold, BLOCK_M, BLOCK_N),
+                      1.0 / (1.0 - dropout_p))
+    ds = p * (dp - delta[:, None])
+    return dq + tl.dot(ds.to(k.dtype), k, input_precision=INPUT_PRECISION)
 
 
 @triton.autotune(configs=_BWD_CONFIGS, key=_TUNE_KEY)
@@ -286,6 +332,8 @@ def _attention_bwd_dkdv_kernel(
     seed = tl.load(seed_ptr) if DROPOUT else 0
     threshold = _dropout_threshold(dropout_p)
 
+    # Transposed orientation: rows are this program's keys, so P^T and dS^T come out of the dots as the A operands
+    # of dV += P^T dO and dK += dS^T Q, with no transpose of a register tile between the dots.
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     for row_start in range(0, seqlen, BLOCK_M):
@@ -293,16 +341,17 @@ def _attention_bwd_dkdv_kernel(
         q = _load_rows(q_ptr, q_base, rows, seqlen, q_stride_s, offs_d, HEAD_DIM)
         do = _load_rows(do_ptr, do_base, rows, seqlen, o_stride_s, offs_d, HEAD_DIM)
         lse2, delta = _row_stats(lse_ptr, delta_ptr, lse_base + rows * lse_stride_s, rows, seqlen)
-        p = _attention_bwd_probs(q, k, lse2, allowed, qk_scale, INPUT_PRECISION)
-        dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
-        p_kept = p
+        pt = tl.exp2(tl.dot(k, tl.trans(q), input_precision=INPUT_PRECISION) * qk_scale - lse2[None, :])
+        pt = tl.where(allowed[:, None], pt, 0.0)
+        dpt = tl.dot(v, tl.trans(do), input_precision=INPUT_PRECISION)
+        pt_kept = pt
         if DROPOUT:
-            keep = _dropout_keep(seed, b, h, rows, col_start, threshold, BLOCK_M, BLOCK_N)
-            p_kept = tl.where(keep, p, 0.0)  # scaled by 1 / (1 - p) once, on dv at the end
-            dp = _dropped(dp, keep, 1.0 / (1.0 - dropout_p))
-        dv += tl.dot(tl.trans(p_kept.to(do.dtype)), do, input_precision=INPUT_PRECISION)
-        ds = p * (dp - delta[:, None])
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=INPUT_PRECISION)
+            keep = tl.trans(_dropout_keep(seed, b, h, rows, col_start, threshold, BLOCK_M, BLOCK_N))
+            pt_kept = tl.where(keep, pt, 0.0)  # scaled by 1 / (1 - p) once, on dv at the end
+            dpt = _dropped(dpt, keep, 1.0 / (1.0 - dropout_p))
+        dv += tl.dot(pt_kept.to(do.dtype), do, input_precision=INPUT_PRECISION)
+        dst = pt * (dpt - delta[None, :])
+        dk += tl.dot(dst.to(q.dtype), q, input_precision=INPUT_PRECISION)
 
     out_ptrs = b * o_stride_b + (start + cols[:, None]) * o_stride_s + h * o_stride_h + offs_d[None, :]
     out_mask = (cols[:, None] < seqlen) & (offs_d[None, :] < HEAD_DIM)
@@ -354,18 +403,19 @@ def _attention_bwd_dq_kernel(
     threshold = _dropout_threshold(dropout_p)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for col_start in range(0, seqlen, BLOCK_N):
-        cols = col_start + tl.arange(0, BLOCK_N)
-        k = _load_rows(k_ptr, k_base, cols, seqlen, k_stride_s, offs_d, HEAD_DIM)
-        v = _load_rows(v_ptr, v_base, cols, seqlen, v_stride_s, offs_d, HEAD_DIM)
-        allowed = _key_allowed(mask_ptr, b, mask_stride_b, mask_stride_s, cols, seqlen, HAS_MASK)
-        p = _attention_bwd_probs(q, k, lse2, allowed, qk_scale, INPUT_PRECISION)
-        dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
-        if DROPOUT:
-            dp = _dropped(dp, _dropout_keep(seed, b, h, rows, col_start, threshold, BLOCK_M, BLOCK_N),
-                          1.0 / (1.0 - dropout_p))
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=INPUT_PRECISION)
+    masked_start = 0  # key blocks from here on need the key mask (see the forward kernel)
+    if not HAS_MASK:
+        masked_start = seqlen // BLOCK_N * BLOCK_N
+        for col_start in range(0, masked_start, BLOCK_N):
+            dq = _attention_dq_block(
+                dq, q, do, lse2, delta, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr, mask_stride_b,
+                mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p, HEAD_DIM,
+                HAS_MASK, False, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+    for col_start in range(masked_start, seqlen, BLOCK_N):
+        dq = _attention_dq_block(
+            dq, q, do, lse2, delta, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr, mask_stride_b,
+            mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p, HEAD_DIM,
+            HAS_MASK, True, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
 
     dq_ptrs = dq_ptr + b * o_stride_b + (start + rows[:, None]) * o_stride_s + h * o_stride_h + offs_d[None, :]
     tl.store(dq_ptrs, (dq * softmax_scale).to(dq_ptr.dtype.element_ty),
