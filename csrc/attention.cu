@@ -3,8 +3,9 @@
 // and packed [T, H, D] with cu_seqlens share every kernel: only the row addressing differs (see AttnTensor).
 //
 // Forward (one block of 4 warps per 64 queries of one (batch, head); each warp owns 16 query rows): stream the
-// key / value tiles through shared memory with cp.async (the V tile lands while Q K^T runs), online softmax in
-// the exp2 domain, P converted in registers to the A operand of P V. It writes o and the fp32 log-sum-exp.
+// key / value tiles through shared memory with cp.async (the V tile lands while Q K^T runs, the next K tile in a
+// second buffer while the softmax and P V run), online softmax in the exp2 domain, P converted in registers to the
+// A operand of P V. It writes o and the fp32 log-sum-exp.
 // Backward is deterministic, without atomics: a preprocess kernel computes delta = rowsum(dO * O); one kernel per
 // key tile accumulates dK and dV over all query tiles (it computes S^T = K Q^T, so its warps own key rows); a
 // separate kernel per query tile recomputes P and dP and accumulates dQ. The dQ pass re-does two of the five
@@ -16,6 +17,7 @@
 // 4 (8) and the lanes trade words with shuffles, so a warp draws each call once; dK / dV build the mask once per
 // tile as a bit set and apply it to P and dP.
 // Not done: wgmma / TMA for sm_90a (the sm_90a build runs these mma.sync kernels), split-KV, causal masks.
+#include <atomic>
 #include <type_traits>
 
 #include "attention_dropout.cuh"
@@ -217,7 +219,7 @@ __device__ __forceinline__ float* lse_ptr(const AttnParams& p, float* base, int 
 template <int D>
 struct FwdTile {
   static constexpr int kM = 64, kN = 64, kLd = D + 8;
-  static constexpr size_t kSmem = static_cast<size_t>(kM + 2 * kN) * kLd * 2;
+  static constexpr size_t kSmem = static_cast<size_t>(kM + 3 * kN) * kLd * 2;  // Q, two K buffers, V
 };
 
 template <typename T, int D>
@@ -226,8 +228,8 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const AttnParam
   constexpr int kM = Tile::kM, kN = Tile::kN, kLd = Tile::kLd, kNT = kN / 8, kDT = D / 8;
   extern __shared__ __align__(16) unsigned char attn_smem[];
   T* s_q = reinterpret_cast<T*>(attn_smem);  // [kM, kLd]
-  T* s_k = s_q + kM * kLd;                   // [kN, kLd]
-  T* s_v = s_k + kN * kLd;                   // [kN, kLd]
+  T* s_k = s_q + kM * kLd;        // [2][kN, kLd]: the tile's K, and the next tile's landing
+  T* s_v = s_k + 2 * kN * kLd;    // [kN, kLd]
   __shared__ bool s_key_ok[kN];
 
   const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kM;
@@ -238,6 +240,7 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const AttnParam
   const float scale_log2 = p.softmax_scale * kLog2e;
 
   load_tile_async<T, kM, D, kLd>(s_q, p.q, b, seq, h, m0, tid);
+  load_tile_async<T, kN, D, kLd>(s_k, p.k, b, seq, h, 0, tid);
   cp_async_commit();
 
   float o[kDT][4];
@@ -245,19 +248,21 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const AttnParam
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
   const T* s_q_warp = s_q + warp * 16 * kLd;
 
-  for (int n0 = 0; n0 < seq.len; n0 += kN) {
-    __syncthreads();  // the previous tile's K, V and key flags are no longer read
-    load_tile_async<T, kN, D, kLd>(s_k, p.k, b, seq, h, n0, tid);
-    cp_async_commit();
+  // cp.async groups in flight at each wait: {K(n0), V(n0)} before Q K^T, then {V(n0), K(n0 + kN)} before P V.
+  for (int n0 = 0, buf = 0; n0 < seq.len; n0 += kN, buf ^= 1) {
+    __syncthreads();  // the previous tile's V and key flags, and K buffer buf ^ 1, are no longer read
     load_tile_async<T, kN, D, kLd>(s_v, p.v, b, seq, h, n0, tid);
     cp_async_commit();
     for (int j = tid; j < kN; j += kThreads) s_key_ok[j] = key_allowed(p, b, seq, n0 + j);
-    cp_async_wait<1>();  // Q and K have landed; V may still be in flight
+    cp_async_wait<1>();  // Q and this tile's K have landed; V may still be in flight
     __syncthreads();
 
     float s[kNT][4];
     zero(s);
-    mma_abt<T, kNT, D, kLd>(s, s_q_warp, s_k, lane);
+    mma_abt<T, kNT, D, kLd>(s, s_q_warp, s_k + buf * kN * kLd, lane);
+    // The next tile's K lands in the other buffer during the softmax and P V (rows past the sequence: zeros).
+    if (n0 + kN < seq.len) load_tile_async<T, kN, D, kLd>(s_k + (buf ^ 1) * kN * kLd, p.k, b, seq, h, n0 + kN, tid);
+    cp_async_commit();  // possibly empty: keeps the group count of every iteration the same
 
     // Online softmax over this tile, rows g (r = 0) and g + 8 (r = 1) of the warp's 16.
 #pragma unroll
@@ -302,7 +307,7 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const AttnParam
 
     uint32_t pa[kNT / 2][4];
     acc_to_a<T, kNT>(s, pa);
-    cp_async_wait<0>();
+    cp_async_wait<1>();  // V has landed; the next K may still be in flight
     __syncthreads();
     mma_ab<T, kNT / 2, kDT, kLd>(o, pa, s_v, lane);
   }
@@ -552,14 +557,23 @@ __global__ void attention_dropout_mask_kernel(const int64_t* __restrict__ seed_p
 
 // ---- Launch ------------------------------------------------------------------------------------------------------
 
-template <typename Kernel>
-cudaError_t launch(Kernel kernel, dim3 grid, size_t smem, cudaStream_t stream, const AttnParams& p) {
+// Launches Kernel; the first launch on each device raises its dynamic shared memory limit when it needs more than
+// the default 48 KiB (an attribute of the function on that device, set once rather than before every launch).
+template <auto Kernel>
+cudaError_t launch(dim3 grid, size_t smem, cudaStream_t stream, const AttnParams& p) {
   if (smem > 48 * 1024) {
-    const cudaError_t err =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    static std::atomic<uint64_t> raised{0};  // bit d: done on device d (devices 64 and up: every launch)
+    int device = 0;
+    cudaError_t err = cudaGetDevice(&device);
     if (err != cudaSuccess) return err;
+    const uint64_t bit = device < 64 ? uint64_t{1} << device : 0u;
+    if ((raised.load(std::memory_order_relaxed) & bit) == 0u) {
+      err = cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+      if (err != cudaSuccess) return err;
+      raised.fetch_or(bit, std::memory_order_relaxed);
+    }
   }
-  kernel<<<grid, kThreads, smem, stream>>>(p);
+  Kernel<<<grid, kThreads, smem, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -568,24 +582,30 @@ dim3 grid_of(const AttnParams& p, int rows_per_block) {
               static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
 }
 
+// Rows read with 16-byte cp.async copies (q, k, v, dout) need 16-byte aligned rows: pointer and every stride.
+bool rows_aligned16(const AttnTensor& t) {
+  return aligned16(t.ptr) && t.batch_stride % 8 == 0 && t.row_stride % 8 == 0 && t.head_stride % 8 == 0;
+}
+
 bool valid_params(const AttnParams& p, DType dtype) {
   return (dtype == DType::kFloat16 || dtype == DType::kBFloat16) && p.batch > 0 && p.heads > 0 && p.max_seqlen > 0 &&
-         (p.dropout_p == 0.f || p.seed != nullptr) && p.dropout_p >= 0.f && p.dropout_p < 1.f;
+         (p.dropout_p == 0.f || p.seed != nullptr) && p.dropout_p >= 0.f && p.dropout_p < 1.f && rows_aligned16(p.q) &&
+         rows_aligned16(p.k) && rows_aligned16(p.v);
 }
 
 template <typename T, int D>
 cudaError_t fwd(const AttnParams& p, cudaStream_t stream) {
-  return launch(attention_fwd_kernel<T, D>, grid_of(p, FwdTile<D>::kM), FwdTile<D>::kSmem, stream, p);
+  return launch<attention_fwd_kernel<T, D>>(grid_of(p, FwdTile<D>::kM), FwdTile<D>::kSmem, stream, p);
 }
 
 template <typename T, int D>
 cudaError_t bwd(const AttnParams& p, cudaStream_t stream) {
   using Tile = BwdTile<D>;
-  cudaError_t err = launch(attention_bwd_delta_kernel<T, D>, grid_of(p, 64), 0, stream, p);
+  cudaError_t err = launch<attention_bwd_delta_kernel<T, D>>(grid_of(p, 64), 0, stream, p);
   if (err != cudaSuccess) return err;
-  err = launch(attention_bwd_dkdv_kernel<T, D>, grid_of(p, Tile::kN), Tile::kSmem, stream, p);
+  err = launch<attention_bwd_dkdv_kernel<T, D>>(grid_of(p, Tile::kN), Tile::kSmem, stream, p);
   if (err != cudaSuccess) return err;
-  return launch(attention_bwd_dq_kernel<T, D>, grid_of(p, Tile::kN), Tile::kSmem, stream, p);
+  return launch<attention_bwd_dq_kernel<T, D>>(grid_of(p, Tile::kN), Tile::kSmem, stream, p);
 }
 
 #define FASTENC_DISPATCH_ATTENTION(dtype, head_dim, FN, ...) \
@@ -632,7 +652,8 @@ cudaError_t attention_fwd(const AttnParams& params, DType dtype, cudaStream_t st
 }
 
 cudaError_t attention_bwd(const AttnParams& params, DType dtype, cudaStream_t stream) {
-  if (!valid_params(params, dtype) || params.delta == nullptr) return cudaErrorInvalidValue;
+  if (!valid_params(params, dtype) || params.delta == nullptr || !rows_aligned16(params.dout))
+    return cudaErrorInvalidValue;
   FASTENC_DISPATCH_ATTENTION(dtype, params.head_dim, bwd, params, stream)
 }
 
