@@ -1,18 +1,18 @@
 """Pieces the Triton kernels share: dropout from a seed, the GELU forms, row LayerNorm, launch sizes, registration.
 
-Dropout of the row-wise ops (add_layer_norm, embeddings) is counter-based, so a backward kernel regenerates the
-forward mask from the 8-byte seed instead of reading a stored mask. The scheme, shared bit for bit with the CUDA
-kernels (csrc/common.cuh, rowwise_keep): element (row, c) of an op's [rows, D] tensor uses word c % 4 of
-Philox4x32-10 with key (seed & 0xffffffff, seed >> 32) and counter (c // 4, row & 0xffffffff, row >> 32, 0x7e1),
-and is kept iff word >= t, t = min(floor(p * 2**32 + 0.5), 2**32 - 1) (p as fp32): the exact keep probability is
-1 - t / 2**32. Kept values are multiplied by 1 / (1 - p), computed once per program. One Philox call serves four
-elements, a few integer rounds per element that a memory-bound kernel hides. Row LayerNorm keeps a whole row in registers (BLOCK = next power
-of two of the hidden size, masked), which limits the hidden size to what fits (MAX_BLOCK) but reads every row
-once. Backward kernels that reduce over rows (dweight, dbias, dx_bias) run a fixed number of programs, each
-looping over many rows and keeping fp32 partial sums in registers; torch then sums the small [programs, D]
-partials, so no atomics sit on the hot path and the result is deterministic. Their row loops are software-pipelined
-(tl.range with num_stages=3: the next rows' loads land in shared memory while a row computes), which costs shared
-memory (about 2 x 2 bytes x BLOCK per loaded row vector) instead of stalling on every row's loads.
+Dropout of the row-wise ops (add_layer_norm, embeddings) is counter-based, so a backward kernel regenerates the forward
+mask from the 8-byte seed instead of reading a stored mask. The scheme, shared bit for bit with the CUDA kernels
+(csrc/common.cuh, rowwise_keep): element (row, c) of an op's [rows, D] tensor uses word c % 4 of Philox4x32-10 with key
+(seed & 0xffffffff, seed >> 32) and counter (c // 4, row & 0xffffffff, row >> 32, 0x7e1), and is kept iff word >= t, t =
+min(floor(p * 2**32 + 0.5), 2**32 - 1) (p as fp32): the exact keep probability is 1 - t / 2**32. Kept values are
+multiplied by 1 / (1 - p), computed once per program. One Philox call serves four elements, a few integer rounds per
+element that a memory-bound kernel hides. Row LayerNorm keeps a whole row in registers (BLOCK = next power of two of the
+hidden size, masked), which limits the hidden size to what fits (MAX_BLOCK) but reads every row once. Backward kernels
+that reduce over rows (dweight, dbias, dx_bias) run a fixed number of programs, each looping over many rows and keeping
+fp32 partial sums in registers; torch then sums the small [programs, D] partials, so no atomics sit on the hot path and
+the result is deterministic. Their row loops are software-pipelined (tl.range with num_stages=3: the next rows' loads
+land in shared memory while a row computes), which costs shared memory (about 2 x 2 bytes x BLOCK per loaded row vector)
+instead of stalling on every row's loads.
 
 Every launcher is also a torch.library custom op (namespace fastenc_triton) with a fake implementation, so
 torch.compile traces calls to it without graph breaks; in eager mode the launcher runs directly, skipping the

@@ -1,12 +1,12 @@
 """Triton flash attention (FlashAttention-2 scheme) over padded [B, S, H, D] or packed [T, H, D] batches.
 
-Forward: one program per (query block, sequence, head) streams the key blocks with an online softmax in fp32 and
-base-2 exponentials (one FMA and one exp2 per score), and saves the log-sum-exp per query row. Backward recomputes
-the probabilities from that lse: one kernel per key block accumulates dk, dv over the query blocks, computing
-S^T = K Q^T so that P^T and dS^T are the A operands of its dots as they come, a second per query block accumulates
-dq over the key blocks. Without a key padding mask only the last, partial key block is masked (the loops over key
-blocks are split in two: full blocks, then the rest). Trade-off: the two backward kernels recompute q k^T and do v^T twice (7 matmuls instead of FA2's 5), in
-exchange for no atomics: dq, dk and dv are deterministic and need no fp32 scratch buffer.
+Forward: one program per (query block, sequence, head) streams the key blocks with an online softmax in fp32 and base-2
+exponentials (one FMA and one exp2 per score), and saves the log-sum-exp per query row. Backward recomputes the
+probabilities from that lse: one kernel per key block accumulates dk, dv over the query blocks, computing S^T = K Q^T so
+that P^T and dS^T are the A operands of its dots as they come, a second per query block accumulates dq over the key
+blocks. Without a key padding mask only the last, partial key block is masked (the loops over key blocks are split in
+two: full blocks, then the rest). Trade-off: the two backward kernels recompute q k^T and do v^T twice (7 matmuls
+instead of FA2's 5), in exchange for no atomics: dq, dk and dv are deterministic and need no fp32 scratch buffer.
 
 q, k, v are read in place through their strides (views of a fused QKV output need no copy). Head dims up to 128;
 BLOCK_D is the next power of two and the extra columns are masked. fp32 inputs use tf32 tensor cores only when

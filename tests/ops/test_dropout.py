@@ -1,7 +1,7 @@
-"""Dropout inside the kernels (add_layer_norm: on x + x_bias before the residual; embeddings: on the LayerNorm
-output): the documented Philox scheme bit for bit (fastenc.kernels._common), keep rate, scaling, determinism for a
-fixed seed, independence across seeds, rows and calls, backward using the forward's mask (checked against a float64 reference that applies the recovered mask explicitly), and
-gradient checkpointing recomputing the same mask.
+"""Dropout inside the kernels (add_layer_norm: on x + x_bias before the residual; embeddings: on the LayerNorm output):
+the documented Philox scheme bit for bit (fastenc.kernels._common), keep rate, scaling, determinism for a fixed seed,
+independence across seeds, rows and calls, backward using the forward's mask (checked against a float64 reference that
+applies the recovered mask explicitly), and gradient checkpointing recomputing the same mask.
 
 On CPU the Triton kernels run in the interpreter: shapes are tiny.
 """
