@@ -72,7 +72,8 @@ struct AddLayerNormBwdOp {
   __device__ void load_h(int64_t row, int64_t c0, float (&h)[VEC]) { load_f<VEC>(h_ptr + row * d + c0, h); }
   __device__ void load_dy(int64_t row, int64_t c0, float (&dy)[VEC]) { load_f<VEC>(dy_ptr + row * d + c0, dy); }
 
-  __device__ void store_dh(int64_t row, int64_t c0, const float (&dh)[VEC], float* extra) {
+  __device__ void finish(int64_t) {}
+  __device__ void store_dh(int64_t row, int64_t c0, const float (&dh)[VEC], float (&extra)[VEC]) {
     const int64_t off = row * d + c0;
     store_f<VEC>(dh_ptr + off, dh);
     float dx[VEC];
@@ -89,7 +90,7 @@ struct AddLayerNormBwdOp {
     }
     if (x_bias_grad) {
 #pragma unroll
-      for (int k = 0; k < VEC; ++k) extra[c0 + k] += dx[k];
+      for (int k = 0; k < VEC; ++k) extra[k] = dx[k];
     }
   }
 };

@@ -3,18 +3,24 @@
 // and packed [T, H, D] with cu_seqlens share every kernel: only the row addressing differs (see AttnTensor).
 //
 // Forward (one block of 4 warps per 64 queries of one (batch, head); each warp owns 16 query rows): stream the
-// key / value tiles through shared memory with cp.async (the V tile lands while Q K^T runs), online softmax in
-// the exp2 domain, P converted in registers to the A operand of P V. It writes o and the fp32 log-sum-exp.
+// key / value tiles through shared memory with cp.async (the V tile lands while Q K^T runs, the next K tile in a
+// second buffer while the softmax and P V run), online softmax in the exp2 domain, P converted in registers to the
+// A operand of P V. It writes o and the fp32 log-sum-exp.
 // Backward is deterministic, without atomics: a preprocess kernel computes delta = rowsum(dO * O); one kernel per
 // key tile accumulates dK and dV over all query tiles (it computes S^T = K Q^T, so its warps own key rows); a
 // separate kernel per query tile recomputes P and dP and accumulates dQ. The dQ pass re-does two of the five
 // matmuls: the price of determinism.
-// Dropout follows the Philox scheme of fastenc.kernels.attention (counter {j / 4, i, b, h}, word j % 4), so the
-// mask depends on the element only: backward regenerates forward's mask exactly, and attention_dropout_mask
-// returns it for tests. Forward and dQ draw one Philox call per two elements, dK / dV one per element.
+// Dropout follows the Philox scheme of fastenc.kernels.attention (counter {j / 8, i, b, h}, 16-bit slice j % 8,
+// kept iff slice >= ceil(p * 2^16)), so the mask depends on the element only: backward regenerates forward's mask
+// exactly, and attention_dropout_mask returns it for tests. The 8 keys of one call lie in the 4 lanes of a quad
+// (forward, dQ: rows are queries) or the 8 lanes of a column (dK / dV: rows are keys): each lane draws one call in
+// 4 (8) and the lanes trade words with shuffles, so a warp draws each call once; dK / dV build the mask once per
+// tile as a bit set and apply it to P and dP.
 // Not done: wgmma / TMA for sm_90a (the sm_90a build runs these mma.sync kernels), split-KV, causal masks.
+#include <atomic>
 #include <type_traits>
 
+#include "attention_dropout.cuh"
 #include "common.cuh"
 
 namespace fastenc {
@@ -186,69 +192,6 @@ __device__ __forceinline__ bool key_allowed(const AttnParams& p, int b, const Se
   return j < seq.len && (p.key_mask == nullptr || p.key_mask[b * p.mask_batch_stride + j] != 0);
 }
 
-// Dropout keeps element (i, j) of sequence b, head h iff (w >> 8) >= threshold (threshold = ceil(p * 2^24)), where
-// w is word j % 4 of Philox4x32-10(key = seed, counter = {j / 4, i, b, h}): the scheme fastenc.kernels.attention
-// documents, so both backends draw the same mask, in each sequence's own coordinates.
-__device__ __forceinline__ U32x4 dropout_words(uint32_t key0, uint32_t key1, int b, int h, int i, int j) {
-  return philox4x32_10(U32x4{static_cast<uint32_t>(j >> 2), static_cast<uint32_t>(i), static_cast<uint32_t>(b),
-                             static_cast<uint32_t>(h)},
-                       key0, key1);
-}
-
-struct DropoutState {
-  bool on;
-  uint32_t key0, key1, threshold;  // threshold on the top 24 bits of a Philox word
-  float scale;
-};
-
-__host__ __device__ __forceinline__ uint32_t dropout_threshold24(float p) {
-  const double t = static_cast<double>(p) * 16777216.0;
-  const uint32_t c = static_cast<uint32_t>(t);
-  return static_cast<double>(c) < t ? c + 1 : c;
-}
-
-__device__ __forceinline__ DropoutState dropout_state(const AttnParams& p) {
-  DropoutState s{p.dropout_p > 0.f && p.seed != nullptr, 0u, 0u, dropout_threshold24(p.dropout_p),
-                 1.f / (1.f - p.dropout_p)};
-  if (s.on) read_seed(p.seed, s.key0, s.key1);
-  return s;
-}
-
-__device__ __forceinline__ bool kept(const DropoutState& d, uint32_t word) { return (word >> 8) >= d.threshold; }
-
-// Zeroes the dropped elements of an accumulator tile whose rows are queries (i) and columns keys (j): element
-// acc[nt][e] is (i0 + 8 * (e >> 1), j0 + nt * 8 + (e & 1)) for this lane's i0 and even j0 (one Philox call for
-// both columns: they share j / 4).
-template <int NT>
-__device__ __forceinline__ void drop_query_rows(float (&acc)[NT][4], const DropoutState& d, int b, int h, int i0,
-                                                int j0) {
-#pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int i = i0 + 8 * r, j = j0 + nt * 8;
-      const U32x4 w = dropout_words(d.key0, d.key1, b, h, i, j);
-      if (!kept(d, pick(w, j & 3))) acc[nt][2 * r] = 0.f;
-      if (!kept(d, pick(w, (j & 3) + 1))) acc[nt][2 * r + 1] = 0.f;
-    }
-  }
-}
-
-// The same for a transposed tile: rows are keys (j), columns queries (i): acc[nt][e] is
-// (j = j0 + 8 * (e >> 1), i = i0 + nt * 8 + (e & 1)); each element needs its own Philox call.
-template <int NT>
-__device__ __forceinline__ void drop_key_rows(float (&acc)[NT][4], const DropoutState& d, int b, int h, int j0,
-                                              int i0) {
-#pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int j = j0 + 8 * (e >> 1), i = i0 + nt * 8 + (e & 1);
-      if (!kept(d, pick(dropout_words(d.key0, d.key1, b, h, i, j), j & 3))) acc[nt][e] = 0.f;
-    }
-  }
-}
-
 // Writes a warp's 16 x D accumulator tile, scaled per row, to rows row0 + g (+ 8) that lie in the sequence.
 template <typename T, int DT>
 __device__ __forceinline__ void store_rows(const float (&acc)[DT][4], const float (&row_scale)[2], const AttnTensor& t,
@@ -276,7 +219,7 @@ __device__ __forceinline__ float* lse_ptr(const AttnParams& p, float* base, int 
 template <int D>
 struct FwdTile {
   static constexpr int kM = 64, kN = 64, kLd = D + 8;
-  static constexpr size_t kSmem = static_cast<size_t>(kM + 2 * kN) * kLd * 2;
+  static constexpr size_t kSmem = static_cast<size_t>(kM + 3 * kN) * kLd * 2;  // Q, two K buffers, V
 };
 
 template <typename T, int D>
@@ -285,8 +228,8 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const AttnParam
   constexpr int kM = Tile::kM, kN = Tile::kN, kLd = Tile::kLd, kNT = kN / 8, kDT = D / 8;
   extern __shared__ __align__(16) unsigned char attn_smem[];
   T* s_q = reinterpret_cast<T*>(attn_smem);  // [kM, kLd]
-  T* s_k = s_q + kM * kLd;                   // [kN, kLd]
-  T* s_v = s_k + kN * kLd;                   // [kN, kLd]
+  T* s_k = s_q + kM * kLd;        // [2][kN, kLd]: the tile's K, and the next tile's landing
+  T* s_v = s_k + 2 * kN * kLd;    // [kN, kLd]
   __shared__ bool s_key_ok[kN];
 
   const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kM;
@@ -297,6 +240,7 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const AttnParam
   const float scale_log2 = p.softmax_scale * kLog2e;
 
   load_tile_async<T, kM, D, kLd>(s_q, p.q, b, seq, h, m0, tid);
+  load_tile_async<T, kN, D, kLd>(s_k, p.k, b, seq, h, 0, tid);
   cp_async_commit();
 
   float o[kDT][4];
@@ -304,19 +248,21 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const AttnParam
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
   const T* s_q_warp = s_q + warp * 16 * kLd;
 
-  for (int n0 = 0; n0 < seq.len; n0 += kN) {
-    __syncthreads();  // the previous tile's K, V and key flags are no longer read
-    load_tile_async<T, kN, D, kLd>(s_k, p.k, b, seq, h, n0, tid);
-    cp_async_commit();
+  // cp.async groups in flight at each wait: {K(n0), V(n0)} before Q K^T, then {V(n0), K(n0 + kN)} before P V.
+  for (int n0 = 0, buf = 0; n0 < seq.len; n0 += kN, buf ^= 1) {
+    __syncthreads();  // the previous tile's V and key flags, and K buffer buf ^ 1, are no longer read
     load_tile_async<T, kN, D, kLd>(s_v, p.v, b, seq, h, n0, tid);
     cp_async_commit();
     for (int j = tid; j < kN; j += kThreads) s_key_ok[j] = key_allowed(p, b, seq, n0 + j);
-    cp_async_wait<1>();  // Q and K have landed; V may still be in flight
+    cp_async_wait<1>();  // Q and this tile's K have landed; V may still be in flight
     __syncthreads();
 
     float s[kNT][4];
     zero(s);
-    mma_abt<T, kNT, D, kLd>(s, s_q_warp, s_k, lane);
+    mma_abt<T, kNT, D, kLd>(s, s_q_warp, s_k + buf * kN * kLd, lane);
+    // The next tile's K lands in the other buffer during the softmax and P V (rows past the sequence: zeros).
+    if (n0 + kN < seq.len) load_tile_async<T, kN, D, kLd>(s_k + (buf ^ 1) * kN * kLd, p.k, b, seq, h, n0 + kN, tid);
+    cp_async_commit();  // possibly empty: keeps the group count of every iteration the same
 
     // Online softmax over this tile, rows g (r = 0) and g + 8 (r = 1) of the warp's 16.
 #pragma unroll
@@ -353,11 +299,15 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const AttnParam
         }
       }
     }
-    if (drop.on) drop_query_rows(s, drop, b, h, m0 + warp * 16 + g, n0 + 2 * tq);
+    if (drop.on) {
+      uint32_t slice[kNT][4];
+      dropout_slices_query_rows<kNT>(drop, b, h, m0 + warp * 16 + g, n0, lane, slice);
+      apply_dropout(s, slice, drop.threshold);
+    }
 
     uint32_t pa[kNT / 2][4];
     acc_to_a<T, kNT>(s, pa);
-    cp_async_wait<0>();
+    cp_async_wait<1>();  // V has landed; the next K may still be in flight
     __syncthreads();
     mma_ab<T, kNT / 2, kDT, kLd>(o, pa, s_v, lane);
   }
@@ -470,20 +420,20 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const Attn
 
     uint32_t a[kMT / 2][4];
     if (drop.on) {
+      uint32_t slice[kMT][4];  // one mask for P and dP
+      dropout_slices_key_rows<kMT>(drop, b, h, j_row, m0, lane, slice);
       float pdrop[kMT][4];
 #pragma unroll
       for (int nt = 0; nt < kMT; ++nt) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) pdrop[nt][e] = pt[nt][e] * drop.scale;
+        for (int e = 0; e < 4; ++e) {
+          pdrop[nt][e] = pt[nt][e];  // 1 / (1 - p) is applied to dV once, at the end
+          dpt[nt][e] *= drop.scale;
+        }
       }
-      drop_key_rows(pdrop, drop, b, h, j_row, m0 + 2 * tq);
+      apply_dropout(pdrop, slice, drop.threshold);
+      apply_dropout(dpt, slice, drop.threshold);
       acc_to_a<T, kMT>(pdrop, a);
-#pragma unroll
-      for (int nt = 0; nt < kMT; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) dpt[nt][e] *= drop.scale;
-      }
-      drop_key_rows(dpt, drop, b, h, j_row, m0 + 2 * tq);
     } else {
       acc_to_a<T, kMT>(pt, a);
     }
@@ -498,9 +448,9 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const Attn
     acc_to_a<T, kMT>(pt, a);
     mma_ab<T, kMT / 2, kDT, kLd>(dk, a, s_q, lane);
   }
-  const float dk_scale[2] = {p.softmax_scale, p.softmax_scale}, one[2] = {1.f, 1.f};
+  const float dk_scale[2] = {p.softmax_scale, p.softmax_scale}, dv_scale[2] = {drop.scale, drop.scale};
   store_rows<T, kDT>(dk, dk_scale, p.dk, b, seq, h, n0 + warp * 16, lane);
-  store_rows<T, kDT>(dv, one, p.dv, b, seq, h, n0 + warp * 16, lane);
+  store_rows<T, kDT>(dv, dv_scale, p.dv, b, seq, h, n0 + warp * 16, lane);
 }
 
 // One block per 64 queries of one (batch, head): loops over every key tile and accumulates dQ.
@@ -568,7 +518,9 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const AttnPa
 #pragma unroll
         for (int e = 0; e < 4; ++e) dp[nt][e] *= drop.scale;
       }
-      drop_query_rows(dp, drop, b, h, i_row, n0 + 2 * tq);
+      uint32_t slice[kNT][4];
+      dropout_slices_query_rows<kNT>(drop, b, h, i_row, n0, lane, slice);
+      apply_dropout(dp, slice, drop.threshold);
     }
 #pragma unroll
     for (int nt = 0; nt < kNT; ++nt) {
@@ -587,30 +539,41 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const AttnPa
 
 __global__ void attention_dropout_mask_kernel(const int64_t* __restrict__ seed_ptr,  // [1] int64
                                               uint8_t* __restrict__ out_ptr,         // [B, H, S, S] keep flags
-                                              int heads, int seqlen, uint32_t threshold, int64_t quads) {
-  const int64_t quads_per_row = (seqlen + 3) / 4;
+                                              int heads, int seqlen, uint32_t threshold, int64_t groups) {
+  const int64_t groups_per_row = (seqlen + 7) / 8;
   DropoutState d{true, 0u, 0u, threshold, 1.f};
   read_seed(seed_ptr, d.key0, d.key1);
-  for (int64_t q = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; q < quads;
+  for (int64_t q = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; q < groups;
        q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t row = q / quads_per_row;  // (b * heads + h) * seqlen + i
-    const int j0 = static_cast<int>(q % quads_per_row) * 4, i = static_cast<int>(row % seqlen);
+    const int64_t row = q / groups_per_row;  // (b * heads + h) * seqlen + i
+    const int j0 = static_cast<int>(q % groups_per_row) * 8, i = static_cast<int>(row % seqlen);
     const int64_t bh = row / seqlen;
     const U32x4 w = dropout_words(d.key0, d.key1, static_cast<int>(bh / heads), static_cast<int>(bh % heads), i, j0);
-    for (int k = 0; k < 4 && j0 + k < seqlen; ++k) out_ptr[row * seqlen + j0 + k] = kept(d, pick(w, k)) ? 1 : 0;
+    for (int k = 0; k < 8 && j0 + k < seqlen; ++k) {
+      out_ptr[row * seqlen + j0 + k] = ((pick(w, k >> 1) >> (16 * (k & 1))) & 0xffffu) >= threshold;
+    }
   }
 }
 
 // ---- Launch ------------------------------------------------------------------------------------------------------
 
-template <typename Kernel>
-cudaError_t launch(Kernel kernel, dim3 grid, size_t smem, cudaStream_t stream, const AttnParams& p) {
+// Launches Kernel; the first launch on each device raises its dynamic shared memory limit when it needs more than
+// the default 48 KiB (an attribute of the function on that device, set once rather than before every launch).
+template <auto Kernel>
+cudaError_t launch(dim3 grid, size_t smem, cudaStream_t stream, const AttnParams& p) {
   if (smem > 48 * 1024) {
-    const cudaError_t err =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    static std::atomic<uint64_t> raised{0};  // bit d: done on device d (devices 64 and up: every launch)
+    int device = 0;
+    cudaError_t err = cudaGetDevice(&device);
     if (err != cudaSuccess) return err;
+    const uint64_t bit = device < 64 ? uint64_t{1} << device : 0u;
+    if ((raised.load(std::memory_order_relaxed) & bit) == 0u) {
+      err = cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+      if (err != cudaSuccess) return err;
+      raised.fetch_or(bit, std::memory_order_relaxed);
+    }
   }
-  kernel<<<grid, kThreads, smem, stream>>>(p);
+  Kernel<<<grid, kThreads, smem, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -619,24 +582,30 @@ dim3 grid_of(const AttnParams& p, int rows_per_block) {
               static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
 }
 
+// Rows read with 16-byte cp.async copies (q, k, v, dout) need 16-byte aligned rows: pointer and every stride.
+bool rows_aligned16(const AttnTensor& t) {
+  return aligned16(t.ptr) && t.batch_stride % 8 == 0 && t.row_stride % 8 == 0 && t.head_stride % 8 == 0;
+}
+
 bool valid_params(const AttnParams& p, DType dtype) {
   return (dtype == DType::kFloat16 || dtype == DType::kBFloat16) && p.batch > 0 && p.heads > 0 && p.max_seqlen > 0 &&
-         (p.dropout_p == 0.f || p.seed != nullptr) && p.dropout_p >= 0.f && p.dropout_p < 1.f;
+         (p.dropout_p == 0.f || p.seed != nullptr) && p.dropout_p >= 0.f && p.dropout_p < 1.f && rows_aligned16(p.q) &&
+         rows_aligned16(p.k) && rows_aligned16(p.v);
 }
 
 template <typename T, int D>
 cudaError_t fwd(const AttnParams& p, cudaStream_t stream) {
-  return launch(attention_fwd_kernel<T, D>, grid_of(p, FwdTile<D>::kM), FwdTile<D>::kSmem, stream, p);
+  return launch<attention_fwd_kernel<T, D>>(grid_of(p, FwdTile<D>::kM), FwdTile<D>::kSmem, stream, p);
 }
 
 template <typename T, int D>
 cudaError_t bwd(const AttnParams& p, cudaStream_t stream) {
   using Tile = BwdTile<D>;
-  cudaError_t err = launch(attention_bwd_delta_kernel<T, D>, grid_of(p, 64), 0, stream, p);
+  cudaError_t err = launch<attention_bwd_delta_kernel<T, D>>(grid_of(p, 64), 0, stream, p);
   if (err != cudaSuccess) return err;
-  err = launch(attention_bwd_dkdv_kernel<T, D>, grid_of(p, Tile::kN), Tile::kSmem, stream, p);
+  err = launch<attention_bwd_dkdv_kernel<T, D>>(grid_of(p, Tile::kN), Tile::kSmem, stream, p);
   if (err != cudaSuccess) return err;
-  return launch(attention_bwd_dq_kernel<T, D>, grid_of(p, Tile::kN), Tile::kSmem, stream, p);
+  return launch<attention_bwd_dq_kernel<T, D>>(grid_of(p, Tile::kN), Tile::kSmem, stream, p);
 }
 
 #define FASTENC_DISPATCH_ATTENTION(dtype, head_dim, FN, ...) \
@@ -669,11 +638,11 @@ cudaError_t attention_dropout_mask(const int64_t* seed, uint8_t* out, int batch,
                                    cudaStream_t stream) {
   if (seed == nullptr || batch < 0 || heads < 0 || seqlen < 0 || dropout_p < 0.f || dropout_p >= 1.f)
     return cudaErrorInvalidValue;
-  const int64_t quads = static_cast<int64_t>(batch) * heads * seqlen * ((seqlen + 3) / 4);
-  if (quads == 0) return cudaSuccess;
-  const int64_t blocks = (quads + 255) / 256;
+  const int64_t groups = static_cast<int64_t>(batch) * heads * seqlen * ((seqlen + 7) / 8);
+  if (groups == 0) return cudaSuccess;
+  const int64_t blocks = (groups + 255) / 256;
   attention_dropout_mask_kernel<<<static_cast<unsigned>(blocks < 65536 ? blocks : 65536), 256, 0, stream>>>(
-      seed, out, heads, seqlen, dropout_threshold24(dropout_p), quads);
+      seed, out, heads, seqlen, dropout_threshold16(dropout_p), groups);
   return cudaGetLastError();
 }
 
@@ -683,7 +652,8 @@ cudaError_t attention_fwd(const AttnParams& params, DType dtype, cudaStream_t st
 }
 
 cudaError_t attention_bwd(const AttnParams& params, DType dtype, cudaStream_t stream) {
-  if (!valid_params(params, dtype) || params.delta == nullptr) return cudaErrorInvalidValue;
+  if (!valid_params(params, dtype) || params.delta == nullptr || !rows_aligned16(params.dout))
+    return cudaErrorInvalidValue;
   FASTENC_DISPATCH_ATTENTION(dtype, params.head_dim, bwd, params, stream)
 }
 

@@ -100,8 +100,10 @@ __device__ __forceinline__ U32x4 philox4x32_10(U32x4 ctr, uint32_t key0, uint32_
   return ctr;
 }
 
+// Word i (0..3) of r; two levels of selects, so a run-time i compiles to three SELs rather than branches.
 __device__ __forceinline__ uint32_t pick(const U32x4& r, int i) {
-  return i == 0 ? r.x : i == 1 ? r.y : i == 2 ? r.z : r.w;
+  const uint32_t lo = (i & 1) ? r.y : r.x, hi = (i & 1) ? r.w : r.z;
+  return (i & 2) ? hi : lo;
 }
 
 // Dropout parameters as the kernels use them: keep an element when its 32-bit random number is >= threshold
@@ -117,7 +119,8 @@ constexpr uint32_t kRowwiseStream = 0x7e1u;
 constexpr uint32_t kAttentionStream = 0xa77u;
 
 // Keep flags of the N consecutive elements (row, c0 .. c0 + N - 1) of a row-wise op. Element (row, c) uses word
-// (c & 3) of Philox(counter = {c >> 2, row lo, row hi, stream}), whatever the vector width of the caller.
+// (c & 3) of Philox(counter = {c >> 2, row lo, row hi, stream}), whatever the vector width of the caller: the
+// scheme (and exact keep probability) that kernels/_common.py documents, so both backends draw the same mask.
 template <int N>
 __device__ __forceinline__ void rowwise_keep(uint32_t key0, uint32_t key1, uint32_t threshold, int64_t row, int64_t c0,
                                              bool (&keep)[N]) {

@@ -4,6 +4,9 @@
 // Trade-off: the table gradients are summed with fp32 atomicAdd into zero-filled fp32 buffers (a row id repeats
 // across the batch, and sorting ids to make the scatter deterministic costs more than the op), so dword /
 // dposition / dtoken_type are NOT bitwise deterministic from run to run; dweight / dbias are (fixed-order sums).
+// A token type table of at most kTokenTypeRegs rows (BERT's 2, RoBERTa's 1) is summed per block in registers when
+// each thread owns one chunk of the row, and each block adds its sums once at the end: every token would otherwise
+// hit the same one or two table rows with atomics.
 #include "layer_norm.cuh"
 
 namespace fastenc {
@@ -22,7 +25,7 @@ struct EmbeddingsFwdOp {
   int64_t e;
   int64_t word_rows, position_rows, token_type_rows;  // table sizes: ids are clamped into them
   DropoutParams drop;
-  int64_t word_id, pos_id, word_off, pos_off, tt_off;
+  int64_t word_id, pos_id, tt_id, word_off, pos_off, tt_off;
 
   // The op checks ids on the host (eagerly); a bad id that slips through (compiled / captured) reads a clamped
   // row instead of out-of-bounds memory.
@@ -33,7 +36,8 @@ struct EmbeddingsFwdOp {
     pos_id = clamp_id(pos_ids_ptr[row], position_rows);
     word_off = word_id * e;
     pos_off = pos_id * e;
-    tt_off = tt_ids_ptr != nullptr ? clamp_id(tt_ids_ptr[row], token_type_rows) * e : 0;
+    tt_id = tt_ids_ptr != nullptr ? clamp_id(tt_ids_ptr[row], token_type_rows) : 0;
+    tt_off = tt_id * e;
   }
 
   __device__ void load_h(int64_t, int64_t c0, float (&h)[VEC], bool) {
@@ -65,6 +69,8 @@ struct EmbeddingsFwdOp {
   }
 };
 
+constexpr int kTokenTypeRegs = 2;
+
 template <typename T, int VEC>
 struct EmbeddingsBwdOp {
   EmbeddingsFwdOp<T, VEC> fwd;                     // gathers h again (its y_ptr is unused)
@@ -74,6 +80,8 @@ struct EmbeddingsBwdOp {
   float* dtoken_type_ptr;                          // [T, e] fp32, zero-filled, or nullptr
   int64_t word_padding_idx, position_padding_idx;  // -1: none
   bool word_grad, pos_grad;
+  bool tt_in_regs;                        // token type gradient summed in tt_sum (one-chunk mode, small table)
+  float tt_sum[kTokenTypeRegs][VEC];      // this thread's chunk of the block's token type gradient
 
   __device__ void row_begin(int64_t row) {
     fwd.row_begin(row);
@@ -91,12 +99,26 @@ struct EmbeddingsBwdOp {
 #pragma unroll
     for (int k = 0; k < VEC; ++k) dy[k] = keep[k] ? dy[k] * fwd.drop.scale : 0.f;
   }
-  __device__ void store_dh(int64_t, int64_t c0, const float (&dh)[VEC], float*) {
+  __device__ void store_dh(int64_t, int64_t c0, const float (&dh)[VEC], float (&)[VEC]) {
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
       if (word_grad) atomicAdd(dword_ptr + fwd.word_off + c0 + k, dh[k]);
       if (pos_grad) atomicAdd(dposition_ptr + fwd.pos_off + c0 + k, dh[k]);
-      if (dtoken_type_ptr != nullptr) atomicAdd(dtoken_type_ptr + fwd.tt_off + c0 + k, dh[k]);
+      if (tt_in_regs) {
+#pragma unroll
+        for (int t = 0; t < kTokenTypeRegs; ++t) tt_sum[t][k] += fwd.tt_id == t ? dh[k] : 0.f;
+      } else if (dtoken_type_ptr != nullptr) {
+        atomicAdd(dtoken_type_ptr + fwd.tt_off + c0 + k, dh[k]);
+      }
+    }
+  }
+  __device__ void finish(int64_t c0) {
+    if (!tt_in_regs) return;
+#pragma unroll
+    for (int t = 0; t < kTokenTypeRegs; ++t) {
+      if (t >= fwd.token_type_rows) break;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) atomicAdd(dtoken_type_ptr + t * fwd.e + c0 + k, tt_sum[t][k]);
     }
   }
 };
@@ -117,6 +139,7 @@ EmbeddingsFwdOp<T, VEC> make_fwd_op(const int64_t* ids, const int64_t* pos_ids, 
                                  rows[1],
                                  rows[2],
                                  drop,
+                                 0,
                                  0,
                                  0,
                                  0,
@@ -177,7 +200,9 @@ cudaError_t embeddings_bwd(const void* dy, const int64_t* ids, const int64_t* po
               word_padding_idx,
               position_padding_idx,
               false,
-              false};
+              false,
+              token_type != nullptr && token_type_rows <= kTokenTypeRegs && bwd_one_chunk(e, VEC),
+              {}};
           return launch_layer_norm_bwd<T, P, VEC, 2>(op, static_cast<const P*>(weight), mean, rstd, partial, dweight,
                                                      dbias, nullptr, n, e, dtype, param_dtype, stream);
         })

@@ -55,7 +55,8 @@ struct GeluLayerNormBwdOp {
     for (int k = 0; k < VEC; ++k) h[k] = gelu(h[k], tanh_approx);
   }
   __device__ void load_dy(int64_t row, int64_t c0, float (&dy)[VEC]) { load_f<VEC>(dy_ptr + row * d + c0, dy); }
-  __device__ void store_dh(int64_t row, int64_t c0, const float (&dh)[VEC], float* extra) {
+  __device__ void finish(int64_t) {}
+  __device__ void store_dh(int64_t row, int64_t c0, const float (&dh)[VEC], float (&extra)[VEC]) {
     float da[VEC];
     load_preact<T, VEC>(x_ptr, x_bias_ptr, row * d + c0, c0, da);
 #pragma unroll
@@ -63,7 +64,7 @@ struct GeluLayerNormBwdOp {
     store_f<VEC>(dx_ptr + row * d + c0, da);
     if (x_bias_ptr != nullptr) {
 #pragma unroll
-      for (int k = 0; k < VEC; ++k) extra[c0 + k] += da[k];
+      for (int k = 0; k < VEC; ++k) extra[k] = da[k];
     }
   }
 };

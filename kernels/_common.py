@@ -1,12 +1,18 @@
 """Pieces the Triton kernels share: dropout from a seed, the GELU forms, row LayerNorm, launch sizes, registration.
 
-Dropout draws a Philox uniform per element from (seed, element index), so a backward kernel regenerates the
-forward mask from the 8-byte seed instead of reading a stored mask; the cost is recomputing a few integer rounds
-per element, which a memory-bound kernel hides. Row LayerNorm keeps a whole row in registers (BLOCK = next power
-of two of the hidden size, masked), which limits the hidden size to what fits (MAX_BLOCK) but reads every row
-once. Backward kernels that reduce over rows (dweight, dbias, dx_bias) run a fixed number of programs, each
-looping over many rows and keeping fp32 partial sums in registers; torch then sums the small [programs, D]
-partials, so no atomics sit on the hot path and the result is deterministic.
+Dropout of the row-wise ops (add_layer_norm, embeddings) is counter-based, so a backward kernel regenerates the forward
+mask from the 8-byte seed instead of reading a stored mask. The scheme, shared bit for bit with the CUDA kernels
+(csrc/common.cuh, rowwise_keep): element (row, c) of an op's [rows, D] tensor uses word c % 4 of Philox4x32-10 with key
+(seed & 0xffffffff, seed >> 32) and counter (c // 4, row & 0xffffffff, row >> 32, 0x7e1), and is kept iff word >= t, t =
+min(floor(p * 2**32 + 0.5), 2**32 - 1) (p as fp32): the exact keep probability is 1 - t / 2**32. Kept values are
+multiplied by 1 / (1 - p), computed once per program. One Philox call serves four elements, a few integer rounds per
+element that a memory-bound kernel hides. Row LayerNorm keeps a whole row in registers (BLOCK = next power of two of the
+hidden size, masked), which limits the hidden size to what fits (MAX_BLOCK) but reads every row once. Backward kernels
+that reduce over rows (dweight, dbias, dx_bias) run a fixed number of programs, each looping over many rows and keeping
+fp32 partial sums in registers; torch then sums the small [programs, D] partials, so no atomics sit on the hot path and
+the result is deterministic. Their row loops are software-pipelined (tl.range with num_stages=3: the next rows' loads
+land in shared memory while a row computes), which costs shared memory (about 2 x 2 bytes x BLOCK per loaded row vector)
+instead of stalling on every row's loads.
 
 Every launcher is also a torch.library custom op (namespace fastenc_triton) with a fake implementation, so
 torch.compile traces calls to it without graph breaks; in eager mode the launcher runs directly, skipping the
@@ -43,10 +49,23 @@ def row_support(op: str, max_hidden: int | None = MAX_BLOCK) -> dict[str, dict]:
 
 
 @triton.jit
-def dropout_keep(seed_ptr, offsets, p):
-    """Keep-mask (True = kept) for the elements at `offsets` (int64) of one call: P(keep) = 1 - p."""
+def dropout_keep(seed_ptr, row, p, BLOCK: tl.constexpr):
+    """[BLOCK] keep-mask (True = kept) of the elements (row, arange(BLOCK)) of a row-wise op (scheme in the module
+    doc): one Philox call per four columns, its four words in column order."""
     seed = tl.load(seed_ptr)
-    return tl.rand(seed, offsets) >= p
+    quads = tl.arange(0, BLOCK // 4)
+    row_lo = (tl.zeros_like(quads) + (row & 0xFFFFFFFF)).to(tl.uint32)
+    row_hi = (tl.zeros_like(quads) + (row >> 32)).to(tl.uint32)
+    r0, r1, r2, r3 = tl.philox(seed, quads.to(tl.uint32), row_lo, row_hi, tl.zeros_like(row_lo) + 0x7E1)
+    t = tl.minimum(tl.cast(p, tl.float64) * 4294967296.0 + 0.5, 4294967295.0).to(tl.uint32)
+    # column 4 q + w gets word w; comparing before the joins moves 1 byte per column, not 4, into the row's layout
+    return tl.reshape(tl.join(tl.join(r0 >= t, r2 >= t), tl.join(r1 >= t, r3 >= t)), [BLOCK])
+
+
+@triton.jit
+def dropout_scale(p):
+    """1 / (1 - p), correctly rounded like the CUDA kernels' host-computed scale; computed once per program."""
+    return tl.math.div_rn(1.0, 1.0 - p)
 
 
 @triton.jit
@@ -106,7 +125,7 @@ def row_layer_norm_bwd(dy, xhat, w, rstd, mask, D):
 
 def row_block(d: int, name: str = "the hidden size") -> int:
     """BLOCK for a kernel that keeps one row of `d` elements in registers."""
-    block = triton.next_power_of_2(d)
+    block = max(triton.next_power_of_2(d), 4)  # dropout_keep draws four columns per Philox call
     if block > MAX_BLOCK:
         raise ValueError(f"{name} {d} is larger than the Triton row kernels support ({MAX_BLOCK})")
     return block

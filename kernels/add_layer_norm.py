@@ -15,6 +15,7 @@ import triton.language as tl
 from fastenc.kernels import _fakes as fakes
 from fastenc.kernels._common import (
     dropout_keep,
+    dropout_scale,
     dummy,
     reduce_programs,
     reduce_warps,
@@ -58,8 +59,8 @@ def _add_layer_norm_fwd_kernel(
     if HAS_XB:
         h += tl.load(xb_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     if HAS_DROPOUT:
-        keep = dropout_keep(seed_ptr, row * D + cols, p)
-        h = tl.where(keep, h / (1.0 - p), 0.0)
+        keep = dropout_keep(seed_ptr, row, p, BLOCK_D)
+        h = tl.where(keep, h * dropout_scale(p), 0.0)
     if HAS_RES:
         h += tl.load(res_ptr + row * res_stride + cols, mask=mask, other=0.0).to(tl.float32)
     if STORE_H:
@@ -101,7 +102,7 @@ def _add_layer_norm_bwd_kernel(
     dw_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     db_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     dxb_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for row in range(pid.to(tl.int64), N, num_progs):
+    for row in tl.range(pid.to(tl.int64), N, num_progs, num_stages=3):  # loads of the next rows in flight
         dy = tl.load(dy_ptr + row * D + cols, mask=mask, other=0.0).to(tl.float32)
         h = tl.load(h_ptr + row * D + cols, mask=mask, other=0.0).to(tl.float32)
         mean = tl.load(mean_ptr + row)
@@ -112,8 +113,8 @@ def _add_layer_norm_bwd_kernel(
         dw_acc += dy * xhat
         db_acc += dy
         if HAS_DROPOUT:
-            keep = dropout_keep(seed_ptr, row * D + cols, p)
-            dx = tl.where(keep, dh / (1.0 - p), 0.0)
+            keep = dropout_keep(seed_ptr, row, p, BLOCK_D)
+            dx = tl.where(keep, dh * dropout_scale(p), 0.0)
             tl.store(dx_ptr + row * D + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
         else:
             dx = dh

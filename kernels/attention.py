@@ -1,10 +1,12 @@
 """Triton flash attention (FlashAttention-2 scheme) over padded [B, S, H, D] or packed [T, H, D] batches.
 
-Forward: one program per (query block, sequence, head) streams the key blocks with an online softmax in fp32 and
-base-2 exponentials, and saves the log-sum-exp per query row. Backward recomputes the probabilities from that lse:
-one kernel per key block accumulates dk, dv over the query blocks, a second per query block accumulates dq over the
-key blocks. Trade-off: the two backward kernels recompute q k^T and do v^T twice (7 matmuls instead of FA2's 5), in
-exchange for no atomics: dq, dk and dv are deterministic and need no fp32 scratch buffer.
+Forward: one program per (query block, sequence, head) streams the key blocks with an online softmax in fp32 and base-2
+exponentials (one FMA and one exp2 per score), and saves the log-sum-exp per query row. Backward recomputes the
+probabilities from that lse: one kernel per key block accumulates dk, dv over the query blocks, computing S^T = K Q^T so
+that P^T and dS^T are the A operands of its dots as they come, a second per query block accumulates dq over the key
+blocks. Without a key padding mask only the last, partial key block is masked (the loops over key blocks are split in
+two: full blocks, then the rest). Trade-off: the two backward kernels recompute q k^T and do v^T twice (7 matmuls
+instead of FA2's 5), in exchange for no atomics: dq, dk and dv are deterministic and need no fp32 scratch buffer.
 
 q, k, v are read in place through their strides (views of a fused QKV output need no copy). Head dims up to 128;
 BLOCK_D is the next power of two and the extra columns are masked. fp32 inputs use tf32 tensor cores only when
@@ -12,9 +14,12 @@ torch.backends.cuda.matmul.allow_tf32 is set (as torch's own matmuls do), else e
 interpreter always uses "ieee".
 
 Dropout: probability (b, h, i, j) (sequence, head, query, key; per-sequence coordinates in both layouts) is kept
-iff (w >> 8) / 2**24 >= dropout_p, where w is word j % 4 of Philox4x32-10 with key (seed & 0xffffffff, seed >> 32)
-and counter (j // 4, i, b, h). It does not depend on the block sizes, so the backward kernels regenerate the
-forward mask exactly, and `attention_dropout_mask` returns it as a tensor for tests.
+iff the 16-bit slice u = (w >> (16 * (j % 2))) & 0xffff satisfies u >= t, t = ceil(dropout_p * 2**16), where w is
+word (j % 8) // 2 of Philox4x32-10 with key (seed & 0xffffffff, seed >> 32) and counter (j // 8, i, b, h): one
+Philox call gives the decisions of 8 neighbouring keys. The exact keep probability is 1 - t / 2**16 (within 2**-16
+of 1 - dropout_p); kept probabilities are scaled by 1 / (1 - dropout_p), like torch's dropout. The scheme does not
+depend on the block sizes, so the backward kernels regenerate the forward mask exactly, the CUDA kernels
+(csrc/attention.cu) draw the same mask, and `attention_dropout_mask` returns it as a tensor for tests.
 
 Rows with no key to attend to give o = 0 and lse = +inf, so every recomputed probability of that row is 0 and its
 gradients are 0.
@@ -88,25 +93,60 @@ def _key_allowed(mask_ptr, b, mask_stride_b, mask_stride_s, cols, seqlen, HAS_MA
 
 
 @triton.jit
-def _dropout_keep(seed, b, h, rows, col_start, dropout_p, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """[BLOCK_M, BLOCK_N] bool keep-mask for query rows `rows`, key columns col_start + arange(BLOCK_N).
-
-    One Philox call gives four 32-bit numbers, used for four neighbouring keys (col_start is a multiple of 4)."""
-    groups = col_start // 4 + tl.arange(0, BLOCK_N // 4)
-    c0 = tl.zeros([BLOCK_M, BLOCK_N // 4], dtype=tl.int32) + groups[None, :]
-    c1 = tl.zeros([BLOCK_M, BLOCK_N // 4], dtype=tl.int32) + rows[:, None]
-    c2 = tl.zeros([BLOCK_M, BLOCK_N // 4], dtype=tl.int32) + b.to(tl.int32)
-    c3 = tl.zeros([BLOCK_M, BLOCK_N // 4], dtype=tl.int32) + h.to(tl.int32)
+def _dropout_keep(seed, b, h, rows, col_start, threshold, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[BLOCK_M, BLOCK_N] bool keep-mask for query rows `rows`, key columns col_start + arange(BLOCK_N) (col_start a
+    multiple of 8), against the integer `threshold` of _dropout_threshold: one Philox call per 8 keys (module doc)."""
+    groups = col_start // 8 + tl.arange(0, BLOCK_N // 8)
+    c0 = tl.zeros([BLOCK_M, BLOCK_N // 8], dtype=tl.int32) + groups[None, :]
+    c1 = tl.zeros([BLOCK_M, BLOCK_N // 8], dtype=tl.int32) + rows[:, None]
+    c2 = tl.zeros([BLOCK_M, BLOCK_N // 8], dtype=tl.int32) + b.to(tl.int32)
+    c3 = tl.zeros([BLOCK_M, BLOCK_N // 8], dtype=tl.int32) + h.to(tl.int32)
     r0, r1, r2, r3 = tl.philox(seed, c0, c1, c2, c3)
-    r = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), [BLOCK_M, BLOCK_N])  # key 4g + w gets word w
-    u = (r >> 8).to(tl.float32) * (1.0 / 16777216.0)
-    return u >= dropout_p
+    # key 8 g + 2 w + half gets bits [16 half, 16 half + 16) of word w: joins build the [.., 2 (w >> 1), 2 (w & 1),
+    # 2 (half)] order that the reshape flattens
+    lo = tl.join(tl.join(r0 & 0xFFFF, r2 & 0xFFFF), tl.join(r1 & 0xFFFF, r3 & 0xFFFF))
+    hi = tl.join(tl.join(r0 >> 16, r2 >> 16), tl.join(r1 >> 16, r3 >> 16))
+    u = tl.reshape(tl.join(lo, hi), [BLOCK_M, BLOCK_N])
+    return u.to(tl.int32) >= threshold
 
 
 @triton.jit
-def _dropped(x, keep, dropout_p):
-    """Dropout applied to x with a given keep-mask: kept entries scaled by 1 / (1 - p), the others 0."""
-    return tl.where(keep, x * (1.0 / (1.0 - dropout_p)), 0.0)
+def _dropout_threshold(dropout_p):
+    """t = ceil(dropout_p * 2**16) (exact in fp32): a 16-bit slice u is kept iff u >= t."""
+    return tl.math.ceil(dropout_p * 65536.0).to(tl.int32)
+
+
+@triton.jit
+def _dropped(x, keep, scale):
+    """Dropout applied to x with a given keep-mask: kept entries scaled by `scale` = 1 / (1 - p), the others 0."""
+    return tl.where(keep, x * scale, 0.0)
+
+
+@triton.jit
+def _attention_fwd_block(acc, l_i, m_i, q, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
+                         mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold,
+                         HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, MASK_KEYS: tl.constexpr,
+                         DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_N: tl.constexpr):
+    """One key block of the forward's online softmax: the updated (acc, l_i, m_i). qk_scale > 0, so the row max of
+    the raw scores gives the scaled one and each probability costs one FMA and one exp2. MASK_KEYS: the block may
+    hold keys past seqlen or masked out (only the last block without a key padding mask)."""
+    cols = col_start + tl.arange(0, BLOCK_N)
+    k = _load_rows(k_ptr, k_base, cols, seqlen, k_stride_s, offs_d, HEAD_DIM)
+    v = _load_rows(v_ptr, v_base, cols, seqlen, v_stride_s, offs_d, HEAD_DIM)
+    s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)
+    if MASK_KEYS:
+        allowed = _key_allowed(mask_ptr, b, mask_stride_b, mask_stride_s, cols, seqlen, HAS_MASK)
+        s = tl.where(allowed[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet: keep exp2 away from -inf + inf
+    alpha = tl.exp2(m_i - m_use)
+    p = tl.exp2(s * qk_scale - m_use[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if DROPOUT:
+        p = tl.where(_dropout_keep(seed, b, h, rows, col_start, threshold, BLOCK_M, BLOCK_N), p, 0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
+    return acc, l_i, m_new
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -156,29 +196,34 @@ def _attention_fwd_kernel(
     k_base = b * k_stride_b + start * k_stride_s + h * k_stride_h
     v_base = b * v_stride_b + start * v_stride_s + h * v_stride_h
     seed = tl.load(seed_ptr) if DROPOUT else 0
+    threshold = _dropout_threshold(dropout_p)
+
+    # softmax(s * scale) needs scale > 0 for the row max of raw scores: a negative scale moves its sign onto q (exact)
+    q = tl.where(qk_scale < 0, -q, q)
+    qk_scale = tl.abs(qk_scale)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for col_start in range(0, seqlen, BLOCK_N):
-        cols = col_start + tl.arange(0, BLOCK_N)
-        k = _load_rows(k_ptr, k_base, cols, seqlen, k_stride_s, offs_d, HEAD_DIM)
-        v = _load_rows(v_ptr, v_base, cols, seqlen, v_stride_s, offs_d, HEAD_DIM)
-        allowed = _key_allowed(mask_ptr, b, mask_stride_b, mask_stride_s, cols, seqlen, HAS_MASK)
-        s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
-        s = tl.where(allowed[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet: keep exp2 away from -inf + inf
-        alpha = tl.exp2(m_i - m_use)
-        p = tl.exp2(s - m_use[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if DROPOUT:
-            p = _dropped(p, _dropout_keep(seed, b, h, rows, col_start, dropout_p, BLOCK_M, BLOCK_N), dropout_p)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
-        m_i = m_new
+    masked_start = 0  # key blocks from here on need the key mask: all with a padding mask, else the last partial one
+    if not HAS_MASK:
+        masked_start = seqlen // BLOCK_N * BLOCK_N
+        for col_start in range(0, masked_start, BLOCK_N):
+            acc, l_i, m_i = _attention_fwd_block(
+                acc, l_i, m_i, q, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr, mask_stride_b,
+                mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, HEAD_DIM, HAS_MASK,
+                False, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+    for col_start in range(masked_start, seqlen, BLOCK_N):
+        acc, l_i, m_i = _attention_fwd_block(
+            acc, l_i, m_i, q, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr, mask_stride_b,
+            mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, HEAD_DIM, HAS_MASK,
+            True, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
 
     empty = l_i == 0.0
-    o = acc / tl.where(empty, 1.0, l_i)[:, None]
+    o_scale = 1.0 / tl.where(empty, 1.0, l_i)
+    if DROPOUT:
+        o_scale = o_scale * (1.0 / (1.0 - dropout_p))  # kept probabilities scaled once per row, not per element
+    o = acc * o_scale[:, None]
     o_ptrs = o_ptr + b * o_stride_b + (start + rows[:, None]) * o_stride_s + h * o_stride_h + offs_d[None, :]
     tl.store(o_ptrs, o.to(o_ptr.dtype.element_ty), mask=(rows[:, None] < seqlen) & (offs_d[None, :] < HEAD_DIM))
     lse = tl.where(empty, float("inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) / 1.4426950408889634)
@@ -222,10 +267,26 @@ def _row_stats(lse_ptr, delta_ptr, offs, rows, seqlen):
 
 
 @triton.jit
-def _attention_bwd_probs(q, k, lse2, allowed, qk_scale, INPUT_PRECISION: tl.constexpr):
-    """Recomputed probabilities p [BLOCK_M, BLOCK_N] of query rows q and key rows k, 0 where not allowed."""
-    s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
-    return tl.where(allowed[None, :], tl.exp2(s - lse2[:, None]), 0.0)
+def _attention_dq_block(dq, q, do, lse2, delta, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
+                        mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold,
+                        dropout_p, HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, MASK_KEYS: tl.constexpr,
+                        DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                        BLOCK_N: tl.constexpr):
+    """dq += dS K over one key block, with P recomputed from lse (one FMA and one exp2 per probability).
+    MASK_KEYS: the block may hold keys past seqlen or masked out (see _attention_fwd_block)."""
+    cols = col_start + tl.arange(0, BLOCK_N)
+    k = _load_rows(k_ptr, k_base, cols, seqlen, k_stride_s, offs_d, HEAD_DIM)
+    v = _load_rows(v_ptr, v_base, cols, seqlen, v_stride_s, offs_d, HEAD_DIM)
+    p = tl.exp2(tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale - lse2[:, None])
+    if MASK_KEYS:
+        allowed = _key_allowed(mask_ptr, b, mask_stride_b, mask_stride_s, cols, seqlen, HAS_MASK)
+        p = tl.where(allowed[None, :], p, 0.0)
+    dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
+    if DROPOUT:
+        dp = _dropped(dp, _dropout_keep(seed, b, h, rows, col_start, threshold, BLOCK_M, BLOCK_N),
+                      1.0 / (1.0 - dropout_p))
+    ds = p * (dp - delta[:, None])
+    return dq + tl.dot(ds.to(k.dtype), k, input_precision=INPUT_PRECISION)
 
 
 @triton.autotune(configs=_BWD_CONFIGS, key=_TUNE_KEY)
@@ -269,7 +330,10 @@ def _attention_bwd_dkdv_kernel(
     do_base = b * o_stride_b + start * o_stride_s + h * o_stride_h
     lse_base = b * lse_stride_b + h * lse_stride_h + start * lse_stride_s
     seed = tl.load(seed_ptr) if DROPOUT else 0
+    threshold = _dropout_threshold(dropout_p)
 
+    # Transposed orientation: rows are this program's keys, so P^T and dS^T come out of the dots as the A operands
+    # of dV += P^T dO and dK += dS^T Q, with no transpose of a register tile between the dots.
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     for row_start in range(0, seqlen, BLOCK_M):
@@ -277,20 +341,23 @@ def _attention_bwd_dkdv_kernel(
         q = _load_rows(q_ptr, q_base, rows, seqlen, q_stride_s, offs_d, HEAD_DIM)
         do = _load_rows(do_ptr, do_base, rows, seqlen, o_stride_s, offs_d, HEAD_DIM)
         lse2, delta = _row_stats(lse_ptr, delta_ptr, lse_base + rows * lse_stride_s, rows, seqlen)
-        p = _attention_bwd_probs(q, k, lse2, allowed, qk_scale, INPUT_PRECISION)
-        dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
-        p_kept = p
+        pt = tl.exp2(tl.dot(k, tl.trans(q), input_precision=INPUT_PRECISION) * qk_scale - lse2[None, :])
+        pt = tl.where(allowed[:, None], pt, 0.0)
+        dpt = tl.dot(v, tl.trans(do), input_precision=INPUT_PRECISION)
+        pt_kept = pt
         if DROPOUT:
-            keep = _dropout_keep(seed, b, h, rows, col_start, dropout_p, BLOCK_M, BLOCK_N)
-            p_kept = _dropped(p, keep, dropout_p)
-            dp = _dropped(dp, keep, dropout_p)
-        dv += tl.dot(tl.trans(p_kept.to(do.dtype)), do, input_precision=INPUT_PRECISION)
-        ds = p * (dp - delta[:, None])
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=INPUT_PRECISION)
+            keep = tl.trans(_dropout_keep(seed, b, h, rows, col_start, threshold, BLOCK_M, BLOCK_N))
+            pt_kept = tl.where(keep, pt, 0.0)  # scaled by 1 / (1 - p) once, on dv at the end
+            dpt = _dropped(dpt, keep, 1.0 / (1.0 - dropout_p))
+        dv += tl.dot(pt_kept.to(do.dtype), do, input_precision=INPUT_PRECISION)
+        dst = pt * (dpt - delta[None, :])
+        dk += tl.dot(dst.to(q.dtype), q, input_precision=INPUT_PRECISION)
 
     out_ptrs = b * o_stride_b + (start + cols[:, None]) * o_stride_s + h * o_stride_h + offs_d[None, :]
     out_mask = (cols[:, None] < seqlen) & (offs_d[None, :] < HEAD_DIM)
     tl.store(dk_ptr + out_ptrs, (dk * softmax_scale).to(dk_ptr.dtype.element_ty), mask=out_mask)
+    if DROPOUT:
+        dv = dv * (1.0 / (1.0 - dropout_p))
     tl.store(dv_ptr + out_ptrs, dv.to(dv_ptr.dtype.element_ty), mask=out_mask)
 
 
@@ -333,19 +400,22 @@ def _attention_bwd_dq_kernel(
     k_base = b * k_stride_b + start * k_stride_s + h * k_stride_h
     v_base = b * v_stride_b + start * v_stride_s + h * v_stride_h
     seed = tl.load(seed_ptr) if DROPOUT else 0
+    threshold = _dropout_threshold(dropout_p)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for col_start in range(0, seqlen, BLOCK_N):
-        cols = col_start + tl.arange(0, BLOCK_N)
-        k = _load_rows(k_ptr, k_base, cols, seqlen, k_stride_s, offs_d, HEAD_DIM)
-        v = _load_rows(v_ptr, v_base, cols, seqlen, v_stride_s, offs_d, HEAD_DIM)
-        allowed = _key_allowed(mask_ptr, b, mask_stride_b, mask_stride_s, cols, seqlen, HAS_MASK)
-        p = _attention_bwd_probs(q, k, lse2, allowed, qk_scale, INPUT_PRECISION)
-        dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
-        if DROPOUT:
-            dp = _dropped(dp, _dropout_keep(seed, b, h, rows, col_start, dropout_p, BLOCK_M, BLOCK_N), dropout_p)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=INPUT_PRECISION)
+    masked_start = 0  # key blocks from here on need the key mask (see the forward kernel)
+    if not HAS_MASK:
+        masked_start = seqlen // BLOCK_N * BLOCK_N
+        for col_start in range(0, masked_start, BLOCK_N):
+            dq = _attention_dq_block(
+                dq, q, do, lse2, delta, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr, mask_stride_b,
+                mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p, HEAD_DIM,
+                HAS_MASK, False, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+    for col_start in range(masked_start, seqlen, BLOCK_N):
+        dq = _attention_dq_block(
+            dq, q, do, lse2, delta, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr, mask_stride_b,
+            mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p, HEAD_DIM,
+            HAS_MASK, True, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
 
     dq_ptrs = dq_ptr + b * o_stride_b + (start + rows[:, None]) * o_stride_s + h * o_stride_h + offs_d[None, :]
     tl.store(dq_ptrs, (dq * softmax_scale).to(dq_ptr.dtype.element_ty),
@@ -369,7 +439,8 @@ def _attention_dropout_mask_kernel(
     h = bh % num_heads
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    keep = _dropout_keep(tl.load(seed_ptr), b, h, rows, pid_n * BLOCK_N, dropout_p, BLOCK_M, BLOCK_N)
+    keep = _dropout_keep(tl.load(seed_ptr), b, h, rows, pid_n * BLOCK_N, _dropout_threshold(dropout_p), BLOCK_M,
+                         BLOCK_N)
     ptrs = out_ptr + (bh * seqlen + rows[:, None]) * seqlen + cols[None, :]
     tl.store(ptrs, keep.to(tl.uint8), mask=(rows[:, None] < seqlen) & (cols[None, :] < seqlen))
 

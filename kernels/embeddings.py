@@ -21,6 +21,7 @@ import triton.language as tl
 from fastenc.kernels import _fakes as fakes
 from fastenc.kernels._common import (
     dropout_keep,
+    dropout_scale,
     dummy,
     reduce_programs,
     reduce_warps,
@@ -88,8 +89,8 @@ def _embeddings_fwd_kernel(
     b = tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     y = (h - mean) * rstd * w + b
     if HAS_DROPOUT:
-        keep = dropout_keep(seed_ptr, row * E + cols, p)
-        y = tl.where(keep, y / (1.0 - p), 0.0)
+        keep = dropout_keep(seed_ptr, row, p, BLOCK_E)
+        y = tl.where(keep, y * dropout_scale(p), 0.0)
     tl.store(y_ptr + row * E + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
     tl.store(mean_ptr + row, mean)
     tl.store(rstd_ptr + row, rstd)
@@ -139,15 +140,15 @@ def _embeddings_bwd_kernel(
     if TT_REGS:
         tt_rows = tl.arange(0, TT_REGS)
         tt_acc = tl.zeros([TT_REGS, BLOCK_E], dtype=tl.float32)
-    for row in range(prog.to(tl.int64), N, tl.num_programs(0)):
+    for row in tl.range(prog.to(tl.int64), N, tl.num_programs(0), num_stages=3):  # next rows' loads in flight
         wid, pid, tid, h = _gather_row(ids_ptr, word_ptr, pos_ids_ptr, pos_ptr, tt_ids_ptr, tt_ptr, row, cols,
                                        mask, word_stride, pos_stride, tt_stride, V, P, T, HAS_TT)
         rstd = tl.load(rstd_ptr + row)
         xhat = tl.where(mask, (h - tl.load(mean_ptr + row)) * rstd, 0.0)
         dy = tl.load(dy_ptr + row * E + cols, mask=mask, other=0.0).to(tl.float32)
         if HAS_DROPOUT:
-            keep = dropout_keep(seed_ptr, row * E + cols, p)
-            dy = tl.where(keep, dy / (1.0 - p), 0.0)
+            keep = dropout_keep(seed_ptr, row, p, BLOCK_E)
+            dy = tl.where(keep, dy * dropout_scale(p), 0.0)
         dh = row_layer_norm_bwd(dy, xhat, w, rstd, mask, E)
         dw_acc += dy * xhat
         db_acc += dy

@@ -85,7 +85,7 @@ def _gelu_layer_norm_bwd_kernel(
     dw_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     db_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     dxb_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for row in range(pid.to(tl.int64), N, tl.num_programs(0)):
+    for row in tl.range(pid.to(tl.int64), N, tl.num_programs(0), num_stages=3):  # next rows' loads in flight
         u = tl.load(x_ptr + row * D + cols, mask=mask, other=0.0).to(tl.float32)
         if HAS_XB:
             u += xb

@@ -273,17 +273,20 @@ def _philox4x32_10(seed: int, counters: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_dropout_mask_follows_the_documented_philox_scheme(backend):
-    """keep(b, h, i, j) = (word j % 4 of Philox(seed; j // 4, i, b, h)) >> 8 >= p * 2**24, in every sequence's own
-    coordinates: independent of the batch's padded length (and so of the layout and the kernels' block sizes)."""
+    """keep(b, h, i, j) = 16-bit slice j % 2 of word (j % 8) // 2 of Philox(seed; j // 8, i, b, h) >= ceil(p * 2**16),
+    in every sequence's own coordinates: independent of the batch's padded length (and so of the layout and the
+    kernels' block sizes)."""
     dev = device_for(backend)
-    seed_value, p = 2**33 + 77, 0.4
-    seed = torch.tensor([seed_value], dtype=torch.int64, device=dev)
-    keep = _dropout_mask_fn(backend)(seed, 2, 3, 21, p).cpu()
-    b, h, i, j = np.meshgrid(*(np.arange(n) for n in keep.shape), indexing="ij")
-    words = _philox4x32_10(seed_value, np.stack([j // 4, i, b, h], -1).astype(np.uint32))
-    word = np.take_along_axis(words, (j % 4)[..., None], -1)[..., 0]
-    expected = (word >> np.uint64(8)).astype(np.float64) / 2**24 >= p
-    assert torch.equal(keep, torch.from_numpy(expected))
+    seed_value = 2**33 + 77
+    for p in (0.4, 0.1 + 2**-18):  # p * 2**16 not an integer: the threshold rounds up
+        seed = torch.tensor([seed_value], dtype=torch.int64, device=dev)
+        keep = _dropout_mask_fn(backend)(seed, 2, 3, 21, p).cpu()
+        b, h, i, j = np.meshgrid(*(np.arange(n) for n in keep.shape), indexing="ij")
+        words = _philox4x32_10(seed_value, np.stack([j // 8, i, b, h], -1).astype(np.uint32))
+        word = np.take_along_axis(words, ((j % 8) // 2)[..., None], -1)[..., 0]
+        u = (word >> (np.uint64(16) * (j % 2).astype(np.uint64))) & np.uint64(0xFFFF)
+        expected = u >= math.ceil(np.float32(p) * 65536)
+        assert torch.equal(keep, torch.from_numpy(expected))
     shorter = _dropout_mask_fn(backend)(seed, 2, 3, 6, p).cpu()
     assert torch.equal(shorter, keep[:, :, :6, :6])
 

@@ -1,7 +1,7 @@
-"""Dropout inside the kernels (add_layer_norm: on x + x_bias before the residual; embeddings: on the LayerNorm
-output): keep rate, scaling, determinism for a fixed seed, independence across seeds, rows and calls, backward
-using the forward's mask (checked against a float64 reference that applies the recovered mask explicitly), and
-gradient checkpointing recomputing the same mask.
+"""Dropout inside the kernels (add_layer_norm: on x + x_bias before the residual; embeddings: on the LayerNorm output):
+the documented Philox scheme bit for bit (fastenc.kernels._common), keep rate, scaling, determinism for a fixed seed,
+independence across seeds, rows and calls, backward using the forward's mask (checked against a float64 reference that
+applies the recovered mask explicitly), and gradient checkpointing recomputing the same mask.
 
 On CPU the Triton kernels run in the interpreter: shapes are tiny.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,20 @@ def _keep_mask(backend, p, seed, shape=(64, 256)):
     keep = h != 0
     torch.testing.assert_close(h[keep], x[keep] / (1 - p), msg="kept elements are scaled by 1 / (1 - p)")
     return keep
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mask_is_the_documented_philox_scheme(backend):
+    """keep(row, c) = word c % 4 of Philox(seed; c // 4, row lo, row hi, 0x7e1) >= floor(p * 2**32 + 0.5), the same
+    mask in every backend; rows past 2**32 use the counter's high word."""
+    from tests.ops.test_attention import _philox4x32_10
+
+    seed, p, shape = 2**40 + 12345, 0.3 + 2**-30, (5, 70)
+    keep = _keep_mask(backend, p, seed, shape).cpu().numpy()
+    row, col = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    words = _philox4x32_10(seed, np.stack(np.broadcast_arrays(col // 4, row, 0, 0x7E1), -1).astype(np.uint32))
+    word = np.take_along_axis(words, (col % 4)[..., None], -1)[..., 0]
+    assert np.array_equal(keep, word >= math.floor(float(np.float32(p)) * 2**32 + 0.5))
 
 
 def _within_sigmas(observed: float, expected: float, n: int, sigmas: float = 5.0) -> bool:
