@@ -3,7 +3,7 @@
   (unset) / "off"  plain transformers (baseline)
   "classes"        every transformers model class that fastenc exports under the same name (fastenc.MODEL_CLASSES plus
                    any nn.Module subclass in dir(fastenc) that is also in dir(transformers)) is replaced by fastenc's
-                   class in `transformers`, `transformers.models.<family>` and `transformers.models.<family>.modeling_*`.
+                   class in `transformers`, `transformers.models.<family>` and its `modeling_*` module.
   "optimize"       those same transformers classes call `fastenc.optimize(self)` at the end of construction (outermost
                    constructor only, so a head's inner BertModel is not optimized twice). Decoder configs that
                    fastenc refuses (ValueError naming is_decoder / add_cross_attention) stay unoptimized.
