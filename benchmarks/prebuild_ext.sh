@@ -19,7 +19,17 @@ ARCHS=${FASTENC_CUDA_ARCHS:-90a}
 WORK=build/prebuild-torch$TORCH_VERSION-py$PYVER
 DEST=build/prebuilt
 NVCC=${NVCC:-$(command -v nvcc)}
-CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(readlink -f "$NVCC")")")}
+NVCC_CUDA=$("$NVCC" --version | sed -n 's/.*release \([0-9.]*\),.*/\1/p')
+if [ -z "${CUDA_HOME:-}" ]; then  # the toolkit holding cuda_runtime.h (nvcc may be a wrapper script elsewhere)
+    for root in "${CUDA_PATH:-}" "$(dirname "$(dirname "$(readlink -f "$NVCC")")")" "/usr/local/cuda-$NVCC_CUDA" \
+        /usr/local/cuda; do
+        [ -n "$root" ] && [ -f "$root/include/cuda_runtime.h" ] && CUDA_HOME=$root && break
+    done
+fi
+if [ -z "${CUDA_HOME:-}" ]; then
+    echo "prebuild_ext.sh: no CUDA toolkit with cuda_runtime.h found: set CUDA_HOME" >&2
+    exit 1
+fi
 if [ -z "${PYTHON_INCLUDE:-}" ]; then  # Python.h of the GPU machine's Python version (only its headers are used)
     PYTHON_INCLUDE=$("python$PYVER" -c 'import sysconfig; print(sysconfig.get_paths()["include"])') || {
         echo "prebuild_ext.sh: no python$PYVER here: set PYTHON_INCLUDE to a Python $PYVER include folder" >&2
@@ -39,13 +49,13 @@ fi
 unzip -q -o "$WHEEL" 'torch/include/*' 'torch/version.py' "${LIBS[@]/#/torch/lib/}" -d "$WORK"
 FULL_VERSION=$(sed -n "s/^__version__ = '\(.*\)'/\1/p" "$WORK/torch/version.py")
 TORCH_CUDA=$(sed -n "s/^cuda: Optional\[str\] = '\(.*\)'/\1/p" "$WORK/torch/version.py")
-NVCC_CUDA=$("$NVCC" --version | sed -n 's/.*release \([0-9.]*\),.*/\1/p')
 if [ "${TORCH_CUDA%%.*}" != "${NVCC_CUDA%%.*}" ]; then
     echo "prebuild_ext.sh: torch $FULL_VERSION wants CUDA $TORCH_CUDA, nvcc is $NVCC_CUDA" >&2
     exit 1
 fi
 echo "building fastenc._C for torch $FULL_VERSION, Python $PYVER, sm_$ARCHS with nvcc $NVCC_CUDA"
 
+rm -f "$WORK"/obj/*.o
 GENCODE=()
 for arch in ${ARCHS//;/ }; do GENCODE+=(-gencode "arch=compute_$arch,code=sm_$arch"); done
 OBJS=()

@@ -231,6 +231,7 @@ def target_driver(tgt: Target) -> Iterator[TargetDriver]:
         for t, c in zip(tuners, saved_cache, strict=True):
             t.cache_results = c
             t.cache.clear()  # fake timings picked these
+            t.__dict__.pop("do_bench", None)  # a cached property: it holds this driver's benchmarker
         backends.device_reasons = device_reasons
         driver.set_active(saved_driver)
         _forget_targets(objects)
