@@ -73,6 +73,8 @@ class KernelUse:
     name: str
     shared: int
     num_warps: int
+    num_stages: int
+    blocks: dict[str, int]  # the BLOCK_* constexprs of this binary
     regs: int = -1
     spill_bytes: int = -1
 
@@ -164,7 +166,11 @@ class TargetDriver:
     def launcher_cls(self, src, metadata):
         key = metadata.hash
         if key not in self.kernels:
-            self.kernels[key] = KernelUse(metadata.name, metadata.shared, metadata.num_warps)
+            names = src.fn.arg_names
+            consts = {names[k[0]] if isinstance(k, tuple) else k: v for k, v in src.constants.items()}
+            blocks = {k: v for k, v in consts.items() if isinstance(k, str) and k.startswith("BLOCK_")}
+            self.kernels[key] = KernelUse(metadata.name, metadata.shared, metadata.num_warps, metadata.num_stages,
+                                          blocks)
         self.pending = self.kernels[key]
         return lambda *args, **kwargs: None
 
@@ -332,7 +338,8 @@ class Report:
                  f"({'+'.join(self.modes)}): {self.compiled} kernels compiled, {len(self.kernels)} used, "
                  f"{self.cpu_s:.1f} CPU s, {self.wall_s:.1f} s wall, cache {self.cache_dir}"]
         for k in self.spilling():
-            lines.append(f"  spills: {k.name} {k.spill_bytes} B/thread, {k.regs} registers, {k.shared} B shared")
+            lines.append(f"  spills: {k.name} {k.blocks} {k.num_warps} warps: {k.spill_bytes} B/thread, {k.regs} "
+                         f"registers, {k.shared} B shared")
         for k in self.refused():
             lines.append(f"  over the shared memory of {self.target}: {k.name} {k.shared} B (skipped by the autotuner)")
         return "\n".join(lines)

@@ -28,14 +28,20 @@ KERNELS = ("fwd", "dkdv", "dq")
 TUNE_KEY = ["seqlen_bucket", "BLOCK_D", "HAS_MASK", "PACKED", "DROPOUT", "INPUT_PRECISION"]
 INTERPRETER_CONFIG = (16, 16, 1, 1)
 
-# fp16 / bf16 candidates by BLOCK_D (<= 64, 128). At head dim 128 only 8-warp configs stay clear of spills.
+# fp16 / bf16 candidates by BLOCK_D (<= 64, 128) for Hopper (sm_90); at head dim 128 only 8-warp configs stay clear
+# of spills. AMPERE replaces some for sm_80 / sm_86 / sm_89, where ptxas spills the 8-warp dk/dv and dq tiles that
+# Hopper's wgmma layouts hold in registers.
 CANDIDATES: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
     "fwd": {64: [(128, 64, 8, 3), (64, 64, 8, 2), (64, 32, 4, 2)],
-            128: [(64, 64, 8, 2), (64, 32, 8, 2), (32, 64, 8, 2)]},
+            128: [(64, 64, 8, 2), (64, 32, 8, 2)]},
     "dkdv": {64: [(32, 128, 8, 2), (32, 64, 8, 2), (32, 32, 8, 2)],
              128: [(32, 64, 8, 2), (32, 32, 8, 2), (16, 64, 8, 2)]},
     "dq": {64: [(128, 64, 8, 2), (64, 32, 4, 3), (64, 64, 8, 2)],
            128: [(32, 32, 8, 2)]},
+}
+AMPERE: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
+    "dkdv": {64: [(32, 32, 8, 2), (16, 32, 4, 2)]},
+    "dq": {64: [(128, 64, 8, 2), (64, 32, 4, 3)]},
 }
 FP32: dict[str, tuple[int, int, int, int]] = {"fwd": (32, 32, 4, 2), "dkdv": (16, 32, 4, 2), "dq": (32, 32, 4, 2)}
 
@@ -56,7 +62,8 @@ def configs(kernel: str) -> list[triton.Config]:
         raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
     if backends.triton_interpreter_on():
         return [_config(INTERPRETER_CONFIG)]
-    seen = dict.fromkeys([c for by_d in CANDIDATES[kernel].values() for c in by_d] + [FP32[kernel]])
+    lists = [*CANDIDATES[kernel].values(), *AMPERE.get(kernel, {}).values(), [FP32[kernel]]]
+    seen = dict.fromkeys(c for cs in lists for c in cs)
     return [_config(c) for c in seen]
 
 
@@ -74,32 +81,42 @@ def _owned_rows(kernel: str, c: tuple[int, int, int, int]) -> int:
     return c[1] if kernel == "dkdv" else c[0]
 
 
-def kept(kernel: str, dtype_bytes: int, block_d: int, seqlen_bucket: int, max_shared: int
+def candidates(kernel: str, block_d: int, arch: int) -> list[tuple[int, int, int, int]]:
+    """fp16 / bf16 candidates of `kernel` at this BLOCK_D on a GPU of compute capability `arch` (80, 86, 89, 90)."""
+    d = 64 if block_d <= 64 else 128
+    return AMPERE.get(kernel, {}).get(d, CANDIDATES[kernel][d]) if arch < 90 else CANDIDATES[kernel][d]
+
+
+def kept(kernel: str, dtype_bytes: int, block_d: int, seqlen_bucket: int, max_shared: int, arch: int
          ) -> list[tuple[int, int, int, int]]:
     """The candidates `prune` keeps for this call, best first (never empty)."""
     if dtype_bytes == 4:
         return [FP32[kernel]]
-    cands = CANDIDATES[kernel][64 if block_d <= 64 else 128]
+    cands = candidates(kernel, block_d, arch)
     fits = [c for c in cands if shared_estimate(kernel, c, block_d, dtype_bytes) <= max_shared]
     fits = fits or [min(cands, key=lambda c: shared_estimate(kernel, c, block_d, dtype_bytes))]
     short = [c for c in fits if _owned_rows(kernel, c) <= max(seqlen_bucket, 16)]
     return (short or [min(fits, key=lambda c: _owned_rows(kernel, c))])[:MAX_KEPT]
 
 
-def _device_max_shared() -> int:
+def _device() -> tuple[int, int]:
+    """(compute capability as Triton numbers it, opt-in shared memory per block) of the current device."""
     from triton.runtime.driver import driver
 
     active = driver.active
-    return int(active.utils.get_device_properties(active.get_current_device())["max_shared_mem"])
+    props = active.utils.get_device_properties(active.get_current_device())
+    return int(active.get_current_target().arch), int(props["max_shared_mem"])
 
 
 def prune(kernel: str) -> Callable:
-    """`early_config_prune` for `kernel`'s autotuner: reads dtype, BLOCK_D and seqlen_bucket of the call."""
+    """`early_config_prune` for `kernel`'s autotuner: reads the device, and dtype, BLOCK_D and seqlen_bucket of the
+    call."""
 
     def early_config_prune(cfgs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
         args = {**named_args, **kwargs}
-        keep = kept(kernel, args["q_ptr"].element_size(), args["BLOCK_D"], int(args["seqlen_bucket"]),
-                    _device_max_shared())
+        arch, max_shared = _device()
+        keep = kept(kernel, args["q_ptr"].element_size(), args["BLOCK_D"], int(args["seqlen_bucket"]), max_shared,
+                    arch)
         by_tuple = {_as_tuple(c): c for c in cfgs}
         return [by_tuple[c] for c in keep if c in by_tuple] or cfgs[:1]
 
