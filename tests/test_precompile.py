@@ -1,5 +1,6 @@
 """`fastenc precompile` on the CPU: it compiles a tiny model's kernels for sm_80 and sm_90a into the given Triton
-cache, reports what it compiled, and a second run for the same target finds everything in the cache.
+cache, reports what it compiled, and a second run for the same target finds everything in the cache, also after the
+cache was packed and moved as benchmarks/run_gpu.sh carries it.
 
 Runs in a subprocess without TRITON_INTERPRET (the compiler, not the interpreter), one process for all calls.
 """
@@ -53,6 +54,20 @@ def test_precompile_both_targets_then_hits_the_cache(tmp_path):
     assert "sm_80" in run.stdout and "kernels compiled" in run.stdout
     fp = train90["fingerprint"]
     assert set(fp) == {"triton", "triton_key", "python", "kernels"} and fp == P.cache_fingerprint()
+
+    # the cache as run_gpu.sh carries it (binaries, metadata, groups only; moved to another folder) still hits
+    from benchmarks import gpu_kit
+
+    gpu_kit.pack_cache(tmp_path / "cache", tmp_path / "triton-cache.tar.gz", 2**30)
+    gpu_kit.unpack_cache(tmp_path / "triton-cache.tar.gz", tmp_path / "carried")
+    assert gpu_kit.cache_matches(tmp_path / "carried")[0]
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "carried")
+    argv = [*calls[1], "--json", str(tmp_path / "carried.json")]
+    run = subprocess.run([sys.executable, "-m", "fastenc", *argv], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=1200)
+    assert run.returncode == 0, run.stderr[-4000:]
+    (carried,) = json.loads((tmp_path / "carried.json").read_text())
+    assert carried["compiled"] == 0 and len(carried["kernels"]) == len(train90["kernels"])
 
 
 def test_precompile_refuses_bad_arguments_and_the_interpreter(capsys):
