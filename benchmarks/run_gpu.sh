@@ -84,7 +84,7 @@ run_stage() {  # run_stage NAME LIMIT_S LOG command...: runs with a time limit, 
 }
 
 ensure_extension() {  # the extension in place: already there, prebuilt for this torch, or built now (limit $1)
-    [ -e fastenc/kernels ] || ln -s ../kernels fastenc/kernels  # what `pip install -e .` maps, for a bare checkout
+    [ $DRY = 1 ] || [ -e fastenc/kernels ] || ln -s ../kernels fastenc/kernels  # as `pip install -e .` maps it
     if [ $DRY = 0 ] && $PY -c "import fastenc._C" 2>/dev/null; then
         return
     fi
