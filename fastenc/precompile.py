@@ -391,11 +391,9 @@ def precompile(target_name: str, model: str = "bert-base", dtypes: Sequence[str]
                   cache_fingerprint(), sorted(fake.kernels.values(), key=lambda k: k.name))
 
 
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    from fastenc.bench.cli import _csv
+
     p = argparse.ArgumentParser(prog="fastenc precompile", description=__doc__.split("\n\n")[0],
                                 epilog="Set TRITON_CACHE_DIR to choose the cache to fill.")
     p.add_argument("--target", "--arch", dest="targets", type=_csv, default=["sm_90a"],
