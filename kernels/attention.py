@@ -34,29 +34,13 @@ import torch
 import triton
 import triton.language as tl
 
+from fastenc.kernels import _configs
 from fastenc.kernels import _fakes as fakes
 from fastenc.kernels._common import FLOAT_DTYPES, interpreter_on
 
 MAX_HEAD_DIM = 128
 _LOG2E = 1.4426950408889634
 _MAX_GRID_YZ = 65535  # CUDA limit of grid dims y (sequences) and z (heads)
-
-
-def _configs(pairs: list[tuple[int, int, int, int]]) -> list[triton.Config]:
-    """Autotune configs from (BLOCK_M, BLOCK_N, num_warps, num_stages); one small fixed config in the interpreter."""
-    if interpreter_on():
-        pairs = [(16, 16, 1, 1)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in pairs]
-
-
-# Sized for Ampere (164 KiB shared memory on A100, 100 KiB on sm_86) and Hopper (228 KiB); configs that do not fit
-# are skipped by the autotuner (out of resources). The last config of each list fits everywhere at head dim 128 in
-# fp32 (checked with triton.compile for sm_80: 74 KiB forward, 70 KiB dq).
-_FWD_CONFIGS = _configs([(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 32, 4, 4), (64, 64, 4, 3),
-                         (64, 64, 4, 4), (64, 128, 4, 2), (64, 32, 4, 2)])
-_BWD_CONFIGS = _configs([(64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 8, 2), (128, 64, 8, 2), (32, 64, 4, 3),
-                         (64, 32, 4, 3), (32, 32, 4, 2)])
-_TUNE_KEY = ["seqlen_bucket", "BLOCK_D", "HAS_MASK", "PACKED", "DROPOUT"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -153,7 +137,8 @@ def _attention_fwd_block(acc, l_i, m_i, q, k_ptr, v_ptr, k_base, v_base, k_strid
 # Kernels
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=_TUNE_KEY)
+@triton.autotune(configs=_configs.configs("fwd"), key=_configs.TUNE_KEY, cache_results=True,
+                 prune_configs_by={"early_config_prune": _configs.prune("fwd")})
 @triton.jit
 def _attention_fwd_kernel(
     q_ptr,  # [B, S, H, D] padded or [T, H, D] packed; unit stride on D
@@ -289,7 +274,8 @@ def _attention_dq_block(dq, q, do, lse2, delta, k_ptr, v_ptr, k_base, v_base, k_
     return dq + tl.dot(ds.to(k.dtype), k, input_precision=INPUT_PRECISION)
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=_TUNE_KEY)
+@triton.autotune(configs=_configs.configs("dkdv"), key=_configs.TUNE_KEY, cache_results=True,
+                 prune_configs_by={"early_config_prune": _configs.prune("dkdv")})
 @triton.jit
 def _attention_bwd_dkdv_kernel(
     q_ptr, k_ptr, v_ptr,  # like in the forward kernel
@@ -361,7 +347,8 @@ def _attention_bwd_dkdv_kernel(
     tl.store(dv_ptr + out_ptrs, dv.to(dv_ptr.dtype.element_ty), mask=out_mask)
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=_TUNE_KEY)
+@triton.autotune(configs=_configs.configs("dq"), key=_configs.TUNE_KEY, cache_results=True,
+                 prune_configs_by={"early_config_prune": _configs.prune("dq")})
 @triton.jit
 def _attention_bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr,  # like in the forward kernel

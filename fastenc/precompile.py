@@ -1,0 +1,419 @@
+"""`fastenc precompile`: fill Triton's kernel cache for a GPU target on a machine without a GPU.
+
+A stand-in Triton driver reports the target (compute capability, opt-in shared memory per block) and launches
+nothing. A model built from its transformers config (random weights, one layer: every layer runs the same kernels)
+then runs forward and/or a training step on CPU tensors with the triton backend, so the project's own launchers
+specialise, autotune and compile exactly the kernels that a GPU run of those shapes and dtypes needs, into
+TRITON_CACHE_DIR. The autotuner compiles every config it keeps; Triton's own loader check rejects configs over the
+target's shared memory (as on the GPU); timings are a constant and autotune results are not written to disk, so
+the GPU still picks its own best config, only without compiling. The stand-in loader reads each binary's registers
+and spills with the cuobjdump shipped in triton, so the report says which kernels spill.
+
+Trade-off: the host-side torch work (matmuls, the loss) really runs on the CPU, in exchange nothing about the
+kernels' specialisation (argument divisibility, constexprs, tuning keys, autocast dtypes) is re-derived by hand.
+CPU autocast is taken to cast like CUDA autocast for what reaches the kernels. Sizes reach the kernels only through
+their divisibility by 16 and the sequence-length bucket, so a small batch of the same sequence length compiles the
+same binaries: BERT-base 2x128 gave the 23 binaries of 32x128 in 16 instead of about 180 CPU seconds of host work.
+
+The cache helps only a GPU machine with the same triton build (triton's cache key hashes its own sources and
+libtriton, so the same version for the same Python) and the same kernel sources: `cache_fingerprint()` says which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import hashlib
+import importlib
+import json
+import os
+import pkgutil
+import re
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class Target:
+    """A GPU to compile for: Triton's compute capability, opt-in shared memory per block, SM count."""
+
+    name: str
+    arch: int
+    max_shared: int
+    sms: int
+
+
+TARGETS = {
+    "sm_80": Target("sm_80", 80, 166912, 108),  # A100
+    "sm_86": Target("sm_86", 86, 101376, 84),  # A10, RTX 30xx
+    "sm_89": Target("sm_89", 89, 101376, 128),  # L4, L40, RTX 40xx
+    "sm_90a": Target("sm_90a", 90, 232448, 132),  # H100, H200 (Triton emits sm_90a for capability 90)
+}
+TARGETS["sm_90"] = TARGETS["sm_90a"]
+MODES = ("train", "infer")
+
+
+def target(name: str) -> Target:
+    if name not in TARGETS:
+        raise ValueError(f"unknown target {name!r}; choose from {', '.join(TARGETS)}")
+    return TARGETS[name]
+
+
+@dataclass
+class KernelUse:
+    """One binary a launch asked for: its shared memory and warps; registers and local-memory bytes per thread
+    (spills) from cuobjdump, or -1 when Triton's loader refused it (shared memory over the target's)."""
+
+    name: str
+    shared: int
+    num_warps: int
+    num_stages: int
+    blocks: dict[str, int]  # the BLOCK_* constexprs of this binary
+    regs: int = -1
+    spill_bytes: int = -1
+
+    @property
+    def loaded(self) -> bool:
+        return self.regs >= 0
+
+
+@functools.cache
+def _cuobjdump() -> str:
+    import triton
+
+    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not path.exists():
+        raise FileNotFoundError(f"triton ships no cuobjdump at {path}")
+    return str(path)
+
+
+@functools.cache
+def resource_usage(cubin: bytes) -> tuple[int, int]:
+    """(registers, stack + local bytes per thread) of the single kernel in `cubin`, read by cuobjdump."""
+    digest = hashlib.sha256(cubin).hexdigest()[:16]
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"fastenc-{os.getpid()}-{digest}.cubin"
+    path.write_bytes(cubin)
+    try:
+        out = subprocess.run([_cuobjdump(), "--dump-resource-usage", str(path)], capture_output=True, text=True,
+                             check=True).stdout
+    finally:
+        path.unlink()
+    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", out)
+    if m is None:
+        raise RuntimeError(f"cannot read cuobjdump's resource usage:\n{out}")
+    return int(m[1]), int(m[2]) + int(m[3])
+
+
+class _Utils:  # the part of Triton's driver.utils that its loader calls
+    def __init__(self, tgt: Target, driver: TargetDriver):
+        self.tgt, self.driver = tgt, driver
+
+    def get_device_properties(self, device: int) -> dict[str, int]:
+        return {"max_shared_mem": self.tgt.max_shared, "multiprocessor_count": self.tgt.sms, "max_num_regs": 65536,
+                "warpSize": 32, "sm_clock_rate": 0, "mem_clock_rate": 0, "mem_bus_width": 0}
+
+    def load_binary(self, name: str, kernel: bytes, shared: int, device: int) -> tuple:
+        regs, spill = resource_usage(bytes(kernel))
+        use = self.driver.pending  # set by launcher_cls, which Triton's loader calls just before
+        use.regs, use.spill_bytes = regs, spill
+        # module None: Triton never unloads it (it would call the real driver after this one is gone)
+        return None, None, regs, spill // 4, 1024
+
+    def unload_module(self, module: object) -> None:
+        pass
+
+
+class TargetDriver:
+    """Triton driver stand-in: reports `tgt`, loads binaries only to read their resource usage, launches nothing."""
+
+    def __init__(self, tgt: Target):
+        from triton.backends.compiler import GPUTarget
+
+        self.tgt = tgt
+        self.kernels: dict[str, KernelUse] = {}  # by the compiled kernel's hash
+        self.pending: KernelUse | None = None
+        self.utils = _Utils(tgt, self)
+        self._gpu_target = GPUTarget("cuda", tgt.arch, 32)
+
+    @classmethod
+    def is_active(cls) -> bool:
+        return True
+
+    def get_current_target(self):
+        return self._gpu_target
+
+    def get_current_device(self) -> int:
+        return 0
+
+    def set_current_device(self, device: int) -> None:
+        pass
+
+    def get_current_stream(self, device: int | None = None) -> int:
+        return 0
+
+    def get_active_torch_device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def get_device_interface(self):
+        return torch.cpu
+
+    def launcher_cls(self, src, metadata):
+        key = metadata.hash
+        if key not in self.kernels:
+            names = src.fn.arg_names
+            consts = {names[k[0]] if isinstance(k, tuple) else k: v for k, v in src.constants.items()}
+            blocks = {k: v for k, v in consts.items() if isinstance(k, str) and k.startswith("BLOCK_")}
+            self.kernels[key] = KernelUse(metadata.name, metadata.shared, metadata.num_warps, metadata.num_stages,
+                                          blocks)
+        self.pending = self.kernels[key]
+        return lambda *args, **kwargs: None
+
+    def get_benchmarker(self):
+        def bench(fn, quantiles=None, **kwargs):
+            fn()  # compiles the config and runs Triton's loader checks (shared memory) through this driver
+            return [1.0] * len(quantiles) if quantiles else 1.0
+
+        return bench
+
+
+def _kernel_objects() -> list:
+    """Every module-level Triton object of fastenc.kernels (autotuners and jitted functions)."""
+    from triton.runtime.jit import KernelInterface
+
+    import fastenc.kernels as pkg
+
+    out = []
+    for info in pkgutil.iter_modules(pkg.__path__):
+        mod = importlib.import_module(f"{pkg.__name__}.{info.name}")
+        out += [v for v in vars(mod).values() if isinstance(v, KernelInterface)]
+    return out
+
+
+def _forget_targets(objects: list) -> None:
+    """Drop what each jitted function bound to the driver's target at first use (device 0 is every target here)."""
+    for obj in objects:
+        while not hasattr(obj, "device_caches") and hasattr(obj, "fn"):
+            obj = obj.fn
+        if hasattr(obj, "device_caches"):
+            obj.device_caches.clear()
+
+
+@contextlib.contextmanager
+def target_driver(tgt: Target) -> Iterator[TargetDriver]:
+    """Within: Triton compiles for `tgt` through the stand-in driver, the triton backend takes CPU tensors, and no
+    autotune result is written to disk (its timings are not real)."""
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.driver import driver
+
+    from fastenc import backends
+
+    if backends.triton_interpreter_on():
+        raise RuntimeError("fastenc precompile needs the Triton compiler: unset TRITON_INTERPRET")
+    fake = TargetDriver(tgt)
+    objects = _kernel_objects()
+    tuners = [t for t in objects if isinstance(t, Autotuner)]
+    saved_cache = [t.cache_results for t in tuners]
+    interpreter_check = backends.triton_interpreter_on
+    saved_driver = driver._active
+    driver.set_active(fake)
+    _forget_targets(objects)
+    backends.triton_interpreter_on = lambda: True  # the triton backend takes CPU tensors: the stand-in driver runs
+    for t in tuners:
+        t.cache_results = False
+    try:
+        yield fake
+    finally:
+        for t, c in zip(tuners, saved_cache, strict=True):
+            t.cache_results = c
+            t.cache.clear()  # fake timings picked these
+            t.__dict__.pop("do_bench", None)  # a cached property: it holds this driver's benchmarker
+        backends.triton_interpreter_on = interpreter_check
+        driver.set_active(saved_driver)
+        _forget_targets(objects)
+
+
+def _run_model(model: str, dtype: str, shape: str, mode: str, layers: int) -> None:
+    from transformers import AutoModel, AutoModelForMaskedLM
+
+    import fastenc
+    from fastenc.bench import cases as C
+    from fastenc.bench.runner import fastenc_twin, uses_sparse_mlm
+
+    config = C.model_config(model)
+    config.num_hidden_layers = min(layers, config.num_hidden_layers)
+    train = mode == "train"
+    torch.manual_seed(0)
+    hf = (AutoModelForMaskedLM if train else AutoModel).from_config(config)
+    hf = hf if train else hf.to(C.DTYPES[dtype])
+    twin = fastenc_twin(hf.train(train))
+    x = C.model_inputs(config, C.parse_shape(shape), torch.device("cpu"), mlm_labels=train)
+    with fastenc.use_backend("triton"):
+        if not train:
+            with torch.inference_mode():
+                twin(**x)
+            return
+        extra = {"sparse_prediction": True} if uses_sparse_mlm(twin, True) else {}
+        low = C.DTYPES[dtype] != torch.float32
+        with torch.autocast("cpu", dtype=C.DTYPES[dtype], enabled=low):
+            loss = twin(**x, **extra).loss
+        loss.backward()
+
+
+def compile_attention(target_name: str, dtype: str, head_dim: int, dropout: bool, packed: bool, seqlen: int,
+                      heads: int = 2) -> list[KernelUse]:
+    """Compile, for `target_name`, every attention kernel (and every config its autotuner keeps) that a forward and
+    backward call of this variant runs (padded layout with a key mask, or packed); return what each binary uses."""
+    from fastenc.bench import cases as C
+    from fastenc.kernels import attention as A
+
+    tgt = target(target_name)
+    if dtype not in C.DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(C.DTYPES)}, got {dtype!r}")
+    if not 0 < head_dim <= A.MAX_HEAD_DIM or seqlen < 1:
+        raise ValueError(f"head_dim must be in 1..{A.MAX_HEAD_DIM} and seqlen positive, got {head_dim}, {seqlen}")
+    g = torch.Generator().manual_seed(0)
+    lens = [seqlen, max(1, seqlen // 2)]
+    shape = (sum(lens), heads, head_dim) if packed else (len(lens), seqlen, heads, head_dim)
+    q, k, v, do = (torch.randn(shape, generator=g).to(C.DTYPES[dtype]) for _ in range(4))
+    cu = torch.tensor([0, lens[0], sum(lens)], dtype=torch.int32) if packed else None
+    mask = None if packed else torch.arange(seqlen)[None, :] < torch.tensor(lens)[:, None]
+    p = 0.1 if dropout else 0.0
+    seed = torch.tensor([1], dtype=torch.int64) if dropout else None
+    with target_driver(tgt) as fake:
+        o, lse = A.attention_fwd(q, k, v, mask, cu, seqlen, head_dim**-0.5, p, seed)
+        A.attention_bwd(do, q, k, v, o, lse, mask, cu, seqlen, head_dim**-0.5, p, seed)
+    return list(fake.kernels.values())
+
+
+def _cache_dir() -> Path:
+    from triton import knobs
+
+    return Path(knobs.cache.dir)
+
+
+def _cache_entries(root: Path) -> set[str]:
+    return {p.parent.name + "/" + p.name for p in root.glob("*/*.cubin")} if root.exists() else set()
+
+
+def _cpu_s() -> float:
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+@dataclass
+class Report:
+    """What one precompile did: new binaries in the cache, CPU and wall seconds, every kernel loaded."""
+
+    target: str
+    model: str
+    dtypes: list[str]
+    shapes: list[str]
+    modes: list[str]
+    cache_dir: str
+    compiled: int
+    cpu_s: float
+    wall_s: float
+    fingerprint: dict[str, str]
+    kernels: list[KernelUse] = field(default_factory=list)
+
+    def spilling(self) -> list[KernelUse]:
+        return [k for k in self.kernels if k.spill_bytes > 0]
+
+    def refused(self) -> list[KernelUse]:
+        return [k for k in self.kernels if not k.loaded]
+
+    def summary(self) -> str:
+        lines = [f"fastenc precompile {self.target}: {self.model} {','.join(self.dtypes)} {','.join(self.shapes)} "
+                 f"({'+'.join(self.modes)}): {self.compiled} kernels compiled, {len(self.kernels)} used, "
+                 f"{self.cpu_s:.1f} CPU s, {self.wall_s:.1f} s wall, cache {self.cache_dir}"]
+        for k in self.spilling():
+            lines.append(f"  spills: {k.name} {k.blocks} {k.num_warps} warps: {k.spill_bytes} B/thread, {k.regs} "
+                         f"registers, {k.shared} B shared")
+        for k in self.refused():
+            lines.append(f"  over the shared memory of {self.target}: {k.name} {k.shared} B (skipped by the autotuner)")
+        return "\n".join(lines)
+
+
+def cache_fingerprint() -> dict[str, str]:
+    """What a Triton cache built here is valid for: triton's version, its cache key (hashes its sources and
+    libtriton), the Python version, and the hash of fastenc's kernel sources."""
+    import triton
+    from triton.runtime.cache import triton_key
+
+    import fastenc.kernels as pkg
+
+    src = hashlib.sha256()
+    for path in sorted(Path(pkg.__path__[0]).glob("*.py")):
+        src.update(path.read_bytes())
+    return {"triton": triton.__version__, "triton_key": hashlib.sha256(triton_key().encode()).hexdigest()[:16],
+            "python": f"{sys.version_info.major}.{sys.version_info.minor}", "kernels": src.hexdigest()[:16]}
+
+
+def precompile(target_name: str, model: str = "bert-base", dtypes: Sequence[str] = ("fp16",),
+               shapes: Sequence[str] = ("32x128",), modes: Sequence[str] = MODES, layers: int = 1) -> Report:
+    """Compile, into Triton's cache, every kernel that `model` runs for these dtypes, shapes and modes on
+    `target_name` (see TARGETS). Needs no GPU."""
+    from fastenc.bench import cases as C
+
+    tgt = target(target_name)
+    for m in modes:
+        if m not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {m!r}")
+    for d in dtypes:
+        if d not in C.DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(C.DTYPES)}, got {d!r}")
+    for s in shapes:
+        C.parse_shape(s)
+    C.model_config(model)
+    if layers < 1:
+        raise ValueError(f"layers must be at least 1, got {layers}")
+    root = _cache_dir()
+    before = _cache_entries(root)
+    cpu0, wall0 = _cpu_s(), time.perf_counter()
+    with target_driver(tgt) as fake:
+        for mode in modes:
+            for dtype in dtypes:
+                for shape in shapes:
+                    _run_model(model, dtype, shape, mode, layers)
+    return Report(tgt.name, model, list(dtypes), list(shapes), list(modes), str(root),
+                  len(_cache_entries(root) - before), round(_cpu_s() - cpu0, 2), round(time.perf_counter() - wall0, 2),
+                  cache_fingerprint(), sorted(fake.kernels.values(), key=lambda k: k.name))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from fastenc.bench.cli import _csv
+
+    p = argparse.ArgumentParser(prog="fastenc precompile", description=__doc__.split("\n\n")[0],
+                                epilog="Set TRITON_CACHE_DIR to choose the cache to fill.")
+    p.add_argument("--target", "--arch", dest="targets", type=_csv, default=["sm_90a"],
+                   help=f"comma list of {', '.join(TARGETS)} (default sm_90a)")
+    p.add_argument("--model", default="bert-base", help="model config as in `fastenc bench` (default bert-base)")
+    p.add_argument("--dtypes", type=_csv, default=["fp16"], help="comma list of fp16, bf16, fp32 (default fp16)")
+    p.add_argument("--shapes", type=_csv, default=["32x128"],
+                   help="batch shapes BxS or 'var' (default 32x128; 2x128 compiles the same kernels, faster)")
+    p.add_argument("--modes", type=_csv, default=list(MODES), help="train and/or infer (default both)")
+    p.add_argument("--layers", type=int, default=1, help="encoder layers to build (default 1: all run alike)")
+    p.add_argument("--json", type=Path, help="also write the report(s) as JSON here")
+    args = p.parse_args(argv)
+    try:
+        reports = [precompile(t, args.model, args.dtypes, args.shapes, args.modes, args.layers) for t in args.targets]
+    except (ValueError, RuntimeError) as e:
+        print(f"fastenc precompile: {e}", file=sys.stderr)
+        return 2
+    for r in reports:
+        print(r.summary())
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in reports], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Autotune configs of the attention kernels, pruned per GPU, dtype, head dim and sequence length.
+
+Triton's autotuner compiles every config of a kernel variant on its first call (seconds each; minutes for a config
+that spills) and then times them all. So each kernel has a short candidate list per head-dim class, in order of
+preference, picked from what ptxas reports for sm_80 and sm_90 (registers, spills, shared memory;
+tests/test_configs.py compiles them again), and `prune` keeps, at call time:
+- fp16 / bf16: the candidates whose estimated shared memory fits the device (Triton's own loader check is the
+  backstop) and whose owned tile is no longer than the sequences, at most MAX_KEPT;
+- fp32: one small config (fp32 tiles take twice the registers and shared memory: larger ones spill kilobytes).
+Tuning results are cached on disk (cache_results), keyed by the tuning key below plus every tensor's dtype, so a
+new process times nothing it timed before. Trade-off: a variant may miss a config that a full search would rank
+first, in exchange for a first call that compiles at most MAX_KEPT configs instead of eight.
+
+Candidates are (BLOCK_M, BLOCK_N, num_warps, num_stages). In the forward and dq kernels a program owns BLOCK_M
+query rows and streams keys BLOCK_N at a time; in the dk/dv kernel it owns BLOCK_N key rows and streams queries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import triton
+
+from fastenc.kernels._common import interpreter_on
+
+MAX_KEPT = 3
+KERNELS = ("fwd", "dkdv", "dq")
+TUNE_KEY = ["seqlen_bucket", "BLOCK_D", "HAS_MASK", "PACKED", "DROPOUT", "INPUT_PRECISION"]
+INTERPRETER_CONFIG = (16, 16, 1, 1)
+
+# fp16 / bf16 candidates by BLOCK_D (<= 64, 128) for Hopper (sm_90); at head dim 128 only 8-warp configs stay clear
+# of spills. AMPERE replaces some for sm_80 / sm_86 / sm_89, where ptxas spills the 8-warp dk/dv and dq tiles that
+# Hopper's wgmma layouts hold in registers.
+CANDIDATES: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
+    "fwd": {64: [(128, 64, 8, 3), (64, 64, 8, 2), (64, 32, 4, 2)],
+            128: [(64, 64, 8, 2), (64, 32, 8, 2)]},
+    "dkdv": {64: [(32, 128, 8, 2), (32, 64, 8, 2), (32, 32, 8, 2)],
+             128: [(32, 64, 8, 2), (32, 32, 8, 2), (16, 64, 8, 2)]},
+    "dq": {64: [(128, 64, 8, 2), (64, 32, 4, 3), (64, 64, 8, 2)],
+           128: [(32, 32, 8, 2)]},
+}
+AMPERE: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
+    "dkdv": {64: [(32, 32, 8, 2), (16, 32, 4, 2)]},
+    "dq": {64: [(128, 64, 8, 2), (64, 32, 4, 3)]},
+}
+FP32: dict[str, tuple[int, int, int, int]] = {"fwd": (32, 32, 4, 2), "dkdv": (16, 32, 4, 2), "dq": (32, 32, 4, 2)}
+
+
+def _config(c: tuple[int, int, int, int]) -> triton.Config:
+    m, n, w, s = c
+    return triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+
+
+def _as_tuple(cfg: triton.Config) -> tuple[int, int, int, int]:
+    return cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages
+
+
+def configs(kernel: str) -> list[triton.Config]:
+    """Every candidate of `kernel` (the autotuner's list; `prune` picks from it per call); one small config
+    under the interpreter."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+    if interpreter_on():
+        return [_config(INTERPRETER_CONFIG)]
+    lists = [*CANDIDATES[kernel].values(), *AMPERE.get(kernel, {}).values(), [FP32[kernel]]]
+    seen = dict.fromkeys(c for cs in lists for c in cs)
+    return [_config(c) for c in seen]
+
+
+def shared_estimate(kernel: str, c: tuple[int, int, int, int], block_d: int, elt: int) -> int:
+    """Upper estimate of a config's shared memory in bytes: the owned tile, the streamed tiles times the pipeline
+    depth, and in the backward two fp32 [BLOCK_M, BLOCK_N] tiles that change layout (checked against ptxas's figures
+    for sm_80 and sm_90 by tests/test_configs.py)."""
+    m, n, _, stages = c
+    owned, streamed = {"fwd": (m, 2 * n), "dq": (2 * m, 2 * n), "dkdv": (2 * n, 2 * m)}[kernel]
+    extra = 0 if kernel == "fwd" else 2 * m * n * 4
+    return (owned + max(1, stages - 1) * streamed) * block_d * elt + extra
+
+
+def _owned_rows(kernel: str, c: tuple[int, int, int, int]) -> int:
+    return c[1] if kernel == "dkdv" else c[0]
+
+
+def candidates(kernel: str, block_d: int, arch: int) -> list[tuple[int, int, int, int]]:
+    """fp16 / bf16 candidates of `kernel` at this BLOCK_D on a GPU of compute capability `arch` (80, 86, 89, 90)."""
+    d = 64 if block_d <= 64 else 128
+    return AMPERE.get(kernel, {}).get(d, CANDIDATES[kernel][d]) if arch < 90 else CANDIDATES[kernel][d]
+
+
+def kept(kernel: str, dtype_bytes: int, block_d: int, seqlen_bucket: int, max_shared: int, arch: int
+         ) -> list[tuple[int, int, int, int]]:
+    """The candidates `prune` keeps for this call, best first (never empty)."""
+    if dtype_bytes == 4:
+        return [FP32[kernel]]
+    cands = candidates(kernel, block_d, arch)
+    fits = [c for c in cands if shared_estimate(kernel, c, block_d, dtype_bytes) <= max_shared]
+    fits = fits or [min(cands, key=lambda c: shared_estimate(kernel, c, block_d, dtype_bytes))]
+    short = [c for c in fits if _owned_rows(kernel, c) <= max(seqlen_bucket, 16)]
+    return (short or [min(fits, key=lambda c: _owned_rows(kernel, c))])[:MAX_KEPT]
+
+
+def _device() -> tuple[int, int]:
+    """(compute capability as Triton numbers it, opt-in shared memory per block) of the current device."""
+    from triton.runtime.driver import driver
+
+    active = driver.active
+    props = active.utils.get_device_properties(active.get_current_device())
+    return int(active.get_current_target().arch), int(props["max_shared_mem"])
+
+
+def prune(kernel: str) -> Callable:
+    """`early_config_prune` for `kernel`'s autotuner: reads the device, and dtype, BLOCK_D and seqlen_bucket of the
+    call."""
+
+    def early_config_prune(cfgs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+        args = {**named_args, **kwargs}
+        arch, max_shared = _device()
+        keep = kept(kernel, args["q_ptr"].element_size(), args["BLOCK_D"], int(args["seqlen_bucket"]), max_shared,
+                    arch)
+        by_tuple = {_as_tuple(c): c for c in cfgs}
+        return [by_tuple[c] for c in keep if c in by_tuple] or cfgs[:1]
+
+    return early_config_prune

@@ -1,0 +1,160 @@
+"""Attention autotune configs: what `kernels/_configs.py` keeps per GPU, dtype, head dim and sequence length, and
+that the kept configs compile for sm_80 and sm_90 without spills (fp16 / bf16) and within the GPU's shared memory
+(every dtype).
+
+The compile checks run Triton's compiler (no GPU: fastenc.precompile's stand-in driver) in a subprocess without the
+interpreter. The default run compiles a representative subset: per target, the worst case for registers (head dim
+128 with dropout on sm_90, head dim 64 packed with dropout on sm_80) at a short sequence, where one config per
+kernel is kept (about 30 s of CPU). FASTENC_SLOW=1 compiles every kept config of every variant of ALL_CASES (about
+300 binaries: 41 minutes on 2 shared cores).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+import torch
+
+from fastenc.kernels import _configs as C
+from fastenc.precompile import TARGETS
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BLOCK_DS = (16, 32, 64, 128)
+BUCKETS = (16, 64, 128, 512, 4096)
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_kept_configs_are_few_and_fit(target):
+    limit, arch = TARGETS[target].max_shared, TARGETS[target].arch
+    for kernel in C.KERNELS:
+        for block_d in BLOCK_DS:
+            for bucket in BUCKETS:
+                fp32 = C.kept(kernel, 4, block_d, bucket, limit, arch)
+                assert fp32 == [C.FP32[kernel]]
+                kept = C.kept(kernel, 2, block_d, bucket, limit, arch)
+                assert set(kept) <= set(C.candidates(kernel, block_d, arch))
+                assert 1 <= len(kept) <= C.MAX_KEPT <= 4, (kernel, block_d, bucket, kept)
+                assert len(set(kept)) == len(kept)
+                for c in kept + fp32:
+                    assert C.shared_estimate(kernel, c, block_d, 2 if c in kept else 4) <= limit, (kernel, c)
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+def test_short_sequences_keep_one_small_config(arch):
+    for kernel in C.KERNELS:
+        for block_d in BLOCK_DS:
+            cands = C.candidates(kernel, block_d, arch)
+            long = C.kept(kernel, 2, block_d, 512, TARGETS["sm_80"].max_shared, arch)
+            short = C.kept(kernel, 2, block_d, 16, TARGETS["sm_80"].max_shared, arch)
+            assert len(short) == 1 and short[0] in cands
+            owned = 1 if kernel == "dkdv" else 0
+            assert short[0][owned] == min(c[owned] for c in cands)
+            assert len(long) >= len(short)
+
+
+def test_ampere_and_hopper_lists_differ_where_ptxas_differs():
+    assert C.candidates("dkdv", 64, 80) != C.candidates("dkdv", 64, 90)
+    assert C.candidates("dkdv", 64, 86) == C.candidates("dkdv", 64, 80)
+    assert C.candidates("fwd", 128, 80) == C.candidates("fwd", 128, 90)
+
+
+def test_smaller_shared_memory_keeps_fewer_or_smaller_configs():
+    big, small = TARGETS["sm_90a"].max_shared, TARGETS["sm_86"].max_shared
+    for kernel in C.KERNELS:
+        kept_small = C.kept(kernel, 2, 128, 512, small, 86)
+        assert all(C.shared_estimate(kernel, c, 128, 2) <= small for c in kept_small)
+        assert len(kept_small) <= len(C.kept(kernel, 2, 128, 512, big, 86))
+    # a budget nothing fits: the config with the smallest estimate, never an empty list
+    tiny = C.kept("fwd", 2, 128, 512, 1024, 90)
+    assert tiny == [min(C.CANDIDATES["fwd"][128], key=lambda c: C.shared_estimate("fwd", c, 128, 2))]
+
+
+def test_prune_picks_from_the_autotuner_list(monkeypatch):
+    monkeypatch.setattr(C, "_device", lambda: (80, TARGETS["sm_80"].max_shared))
+    monkeypatch.setattr(C.backends, "triton_interpreter_on", lambda: False)
+    for kernel in C.KERNELS:
+        cfgs = C.configs(kernel)
+        assert len(cfgs) == len({C._as_tuple(c) for c in cfgs}) > 1
+        for dtype, block_d, bucket in ((torch.float16, 64, 512), (torch.bfloat16, 128, 128), (torch.float32, 128, 512)):
+            named = {"q_ptr": torch.empty(1, dtype=dtype), "seqlen_bucket": bucket}
+            got = C.prune(kernel)(cfgs, named, BLOCK_D=block_d, DROPOUT=True, INPUT_PRECISION="ieee")
+            assert all(any(g is c for c in cfgs) for g in got)
+            want = C.kept(kernel, dtype.itemsize, block_d, bucket, TARGETS["sm_80"].max_shared, 80)
+            assert [C._as_tuple(g) for g in got] == want
+
+
+def test_interpreter_gets_one_config_and_bad_names_fail():
+    assert [C._as_tuple(c) for c in C.configs("dq")] == [C.INTERPRETER_CONFIG]  # tests run under the interpreter
+    with pytest.raises(ValueError, match="kernel"):
+        C.configs("bwd")
+
+
+def test_attention_autotuners_use_the_pruned_lists_and_key():
+    from fastenc.kernels import attention as A
+
+    assert "INPUT_PRECISION" in C.TUNE_KEY
+    for kernel, tuner in (("fwd", A._attention_fwd_kernel), ("dkdv", A._attention_bwd_dkdv_kernel),
+                          ("dq", A._attention_bwd_dq_kernel)):
+        assert tuner.keys == C.TUNE_KEY
+        assert tuner.early_config_prune is not None
+        assert [C._as_tuple(c) for c in tuner.configs] == [C._as_tuple(c) for c in C.configs(kernel)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Compiled for sm_80 / sm_90 (no GPU)
+
+_SCRIPT = """
+import dataclasses, json, sys
+from fastenc.precompile import compile_attention
+out = []
+for case in json.loads(sys.argv[1]):
+    out.append([dataclasses.asdict(k) for k in compile_attention(*case)])
+print(json.dumps(out))
+"""
+
+# (target, dtype, head_dim, dropout, packed, seqlen)
+DEFAULT_CASES = [("sm_90a", "fp16", 128, True, False, 16), ("sm_80", "bf16", 64, True, True, 16)]
+ALL_CASES = [(t, dt, d, drop, packed, 512) for t in ("sm_80", "sm_90a") for dt in ("fp16", "bf16", "fp32")
+             for d in (32, 64, 128) for drop in (False, True) for packed in (drop,)]
+
+
+def _compile(cases: list[tuple]) -> list[list[dict]]:
+    triton_backends = pytest.importorskip("triton.backends")
+    if "nvidia" not in triton_backends.backends:
+        pytest.skip("triton has no nvidia backend here")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(cases)], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=3600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def _check(cases: list[tuple], results: list[list[dict]]) -> None:
+    problems = []
+    for case, kernels in zip(cases, results, strict=True):
+        names = Counter(k["name"] for k in kernels)
+        assert {"_attention_fwd_kernel", "_attention_bwd_dkdv_kernel", "_attention_bwd_dq_kernel"} <= set(names)
+        assert max(names.values()) <= C.MAX_KEPT, (case, names)
+        for k in kernels:
+            if k["regs"] < 0:
+                problems.append(f"{case}: {k['name']} needs {k['shared']} B of shared memory, over the target's")
+            elif k["spill_bytes"] > 0 and case[1] != "fp32":
+                problems.append(f"{case}: {k['name']} {k['blocks']} {k['num_warps']} warps {k['num_stages']} stages "
+                                f"spills {k['spill_bytes']} B/thread")
+    assert not problems, "\n".join(problems)
+
+
+def test_kept_configs_compile_without_spills_representative():
+    _check(DEFAULT_CASES, _compile(DEFAULT_CASES))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("FASTENC_SLOW") != "1", reason="set FASTENC_SLOW=1 (about 15 minutes)")
+def test_every_kept_config_compiles_without_spills():
+    _check(ALL_CASES, _compile(ALL_CASES))
