@@ -71,6 +71,19 @@ __global__ void layer_norm_fwd_rows_kernel(Op op,
   }
 }
 
+// Adds one chunk's terms of the row sums sum(g) and sum(g * xhat), g = dy * weight, that the LayerNorm backward needs.
+template <int VEC>
+__device__ __forceinline__ void layer_norm_bwd_sums(const float (&h)[VEC], const float (&dy)[VEC],
+                                                    const float (&wt)[VEC], float mean, float rstd, float& sum_g,
+                                                    float& sum_gx) {
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) {
+    const float gk = dy[k] * wt[k];
+    sum_g += gk;
+    sum_gx += gk * (h[k] - mean) * rstd;
+  }
+}
+
 // dh of one chunk from the row sums; adds dweight, dbias (and the op's extra gradient) terms to acc[a][k].
 template <int VEC, int NACC, class Op, class Acc>
 __device__ __forceinline__ void layer_norm_bwd_chunk(Op& op, int64_t row, int64_t c0, const float (&h)[VEC],
@@ -123,12 +136,7 @@ __global__ void layer_norm_bwd_rows_kernel(Op op,
       if (owner) {
         op.load_h(row, c0, h);
         op.load_dy(row, c0, dy);
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) {
-          const float gk = dy[k] * wt[k];
-          sum_g += gk;
-          sum_gx += gk * (h[k] - mean) * rstd;
-        }
+        layer_norm_bwd_sums<VEC>(h, dy, wt, mean, rstd, sum_g, sum_gx);
       }
       block_sum2(sum_g, sum_gx, scratch);
       if (owner) {
@@ -161,12 +169,7 @@ __global__ void layer_norm_bwd_rows_kernel(Op op,
         op.load_h(row, c0, h);
         op.load_dy(row, c0, dy);
         load_f<VEC>(weight_ptr + c0, wt);
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) {
-          const float gk = dy[k] * wt[k];
-          sum_g += gk;
-          sum_gx += gk * (h[k] - mean) * rstd;
-        }
+        layer_norm_bwd_sums<VEC>(h, dy, wt, mean, rstd, sum_g, sum_gx);
       }
       block_sum2(sum_g, sum_gx, scratch);
       for (int64_t c0 = static_cast<int64_t>(threadIdx.x) * VEC; c0 < d; c0 += step) {
