@@ -14,7 +14,7 @@ from fastenc.cuda_graphs import cuda_graphs
 
 __version__ = "0.1.0"
 
-_CONFIGS = ("AlbertConfig", "BertConfig", "ElectraConfig", "RobertaConfig")
+_CONFIGS = ("AlbertConfig", "BertConfig", "CamembertConfig", "ElectraConfig", "RobertaConfig", "XLMRobertaConfig")
 _MODELS = (
     "BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForNextSentencePrediction",
     "BertForSequenceClassification", "BertForMultipleChoice", "BertForTokenClassification",
@@ -25,7 +25,12 @@ _MODELS = (
     "AlbertForMultipleChoice", "AlbertForTokenClassification", "AlbertForQuestionAnswering",
     "ElectraModel", "ElectraForMaskedLM", "ElectraForPreTraining", "ElectraForSequenceClassification",
     "ElectraForMultipleChoice", "ElectraForTokenClassification", "ElectraForQuestionAnswering",
+    "XLMRobertaModel", "XLMRobertaForMaskedLM", "XLMRobertaForSequenceClassification", "XLMRobertaForMultipleChoice",
+    "XLMRobertaForTokenClassification", "XLMRobertaForQuestionAnswering",
+    "CamembertModel", "CamembertForMaskedLM", "CamembertForSequenceClassification", "CamembertForMultipleChoice",
+    "CamembertForTokenClassification", "CamembertForQuestionAnswering",
 )
+
 _AUTO = ("AutoModel", "AutoModelForMaskedLM", "AutoModelForPreTraining", "AutoModelForSequenceClassification",
          "AutoModelForTokenClassification", "AutoModelForQuestionAnswering", "AutoModelForMultipleChoice",
          "AutoModelForNextSentencePrediction")

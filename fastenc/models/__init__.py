@@ -29,13 +29,25 @@ from fastenc.models.electra import (
     ElectraModel,
 )
 from fastenc.models.heads import FastencModel
-from fastenc.models.roberta import (
+from fastenc.models.roberta import (  # noqa: F401  (made from a table there)
+    CamembertForMaskedLM,
+    CamembertForMultipleChoice,
+    CamembertForQuestionAnswering,
+    CamembertForSequenceClassification,
+    CamembertForTokenClassification,
+    CamembertModel,
     RobertaForMaskedLM,
     RobertaForMultipleChoice,
     RobertaForQuestionAnswering,
     RobertaForSequenceClassification,
     RobertaForTokenClassification,
     RobertaModel,
+    XLMRobertaForMaskedLM,
+    XLMRobertaForMultipleChoice,
+    XLMRobertaForQuestionAnswering,
+    XLMRobertaForSequenceClassification,
+    XLMRobertaForTokenClassification,
+    XLMRobertaModel,
 )
 
 MODEL_CLASSES: dict[str, type[FastencModel]] = {
@@ -49,6 +61,10 @@ MODEL_CLASSES: dict[str, type[FastencModel]] = {
         AlbertForMultipleChoice, AlbertForTokenClassification, AlbertForQuestionAnswering,
         ElectraModel, ElectraForMaskedLM, ElectraForPreTraining, ElectraForSequenceClassification,
         ElectraForMultipleChoice, ElectraForTokenClassification, ElectraForQuestionAnswering,
+        XLMRobertaModel, XLMRobertaForMaskedLM, XLMRobertaForSequenceClassification, XLMRobertaForMultipleChoice,
+        XLMRobertaForTokenClassification, XLMRobertaForQuestionAnswering,
+        CamembertModel, CamembertForMaskedLM, CamembertForSequenceClassification, CamembertForMultipleChoice,
+        CamembertForTokenClassification, CamembertForQuestionAnswering,
     )
 }
 

@@ -266,13 +266,14 @@ class _Encoder(_Swap):
         return out
 
 
-TARGETS = {  # transformers family -> {block class name: swap}
+TARGETS = {  # transformers family -> {block class name: swap}; XLM-RoBERTa and CamemBERT are RoBERTa's blocks
     "bert": {"BertEmbeddings": _Embeddings, "BertSelfAttention": _SelfAttention, "BertSelfOutput": _AddLayerNorm,
              "BertOutput": _AddLayerNorm, "BertIntermediate": _Intermediate, "BertEncoder": _Encoder,
              "BertPredictionHeadTransform": _HeadTransform},
-    "roberta": {"RobertaEmbeddings": _Embeddings, "RobertaSelfAttention": _SelfAttention,
-                "RobertaSelfOutput": _AddLayerNorm, "RobertaOutput": _AddLayerNorm,
-                "RobertaIntermediate": _Intermediate, "RobertaEncoder": _Encoder, "RobertaLMHead": _RobertaLMHead},
+    **{family: {f"{prefix}Embeddings": _Embeddings, f"{prefix}SelfAttention": _SelfAttention,
+                f"{prefix}SelfOutput": _AddLayerNorm, f"{prefix}Output": _AddLayerNorm,
+                f"{prefix}Intermediate": _Intermediate, f"{prefix}Encoder": _Encoder, f"{prefix}LMHead": _RobertaLMHead}
+       for family, prefix in (("roberta", "Roberta"), ("xlm_roberta", "XLMRoberta"), ("camembert", "Camembert"))},
     "electra": {"ElectraEmbeddings": _Embeddings, "ElectraSelfAttention": _SelfAttention,
                 "ElectraSelfOutput": _AddLayerNorm, "ElectraOutput": _AddLayerNorm,
                 "ElectraIntermediate": _Intermediate, "ElectraEncoder": _Encoder,

@@ -12,7 +12,7 @@ import transformers
 
 import fastenc
 
-VARIANTS = ("bert", "roberta", "albert", "electra")
+VARIANTS = ("bert", "roberta", "albert", "electra", "xlm_roberta", "camembert")
 
 _SHARED = ["Model", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering", "ForMaskedLM",
            "ForMultipleChoice"]
@@ -21,9 +21,12 @@ HEADS = {
     "roberta": _SHARED,
     "albert": [*_SHARED, "ForPreTraining"],
     "electra": [*_SHARED, "ForPreTraining"],
+    "xlm_roberta": _SHARED,
+    "camembert": _SHARED,
 }
 CHOICES = 2  # ForMultipleChoice inputs are [batch, CHOICES, seq]
-PREFIX = {"bert": "Bert", "roberta": "Roberta", "albert": "Albert", "electra": "Electra"}
+PREFIX = {"bert": "Bert", "roberta": "Roberta", "albert": "Albert", "electra": "Electra", "xlm_roberta": "XLMRoberta",
+          "camembert": "Camembert"}
 ALL_CLASSES = [PREFIX[v] + h for v in VARIANTS for h in HEADS[v]]
 
 COMMON = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
@@ -35,6 +38,8 @@ VARIANT_FIELDS = {
     "albert": dict(hidden_act="gelu_new", layer_norm_eps=1e-12, embedding_size=16, num_hidden_layers=3,
                    num_hidden_groups=2, inner_group_num=2),
     "electra": dict(hidden_act="silu", layer_norm_eps=1e-6, embedding_size=16),
+    "xlm_roberta": dict(hidden_act="gelu", layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2),
+    "camembert": dict(hidden_act="gelu_new", layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2),
 }
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0,
                   summary_last_dropout=0.0)

@@ -13,8 +13,8 @@ import fastenc
 from tests.models.harness import assert_close, assert_grads_close, build_hf, inputs
 
 
-def _right_padded(variant: str) -> dict[str, torch.Tensor]:
-    inp = inputs(variant, batch=3, seq=9)
+def _right_padded(name: str) -> dict[str, torch.Tensor]:
+    inp = inputs(name, batch=3, seq=9)
     inp["attention_mask"][2] = 1  # rows: full, right-padded, full (no left padding: auto packs)
     inp["attention_mask"][0, 6:] = 0
     return inp
@@ -37,7 +37,8 @@ def _labels(name: str, inp: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 CASES = ["BertForQuestionAnswering", "RobertaForQuestionAnswering", "AlbertForQuestionAnswering",
          "ElectraForQuestionAnswering", "BertForMaskedLM", "RobertaForMaskedLM", "ElectraForMaskedLM",
-         "BertForPreTraining", "AlbertForPreTraining", "BertForTokenClassification", "AlbertForTokenClassification"]
+         "BertForPreTraining", "AlbertForPreTraining", "BertForTokenClassification", "AlbertForTokenClassification",
+         "XLMRobertaForQuestionAnswering", "CamembertForMaskedLM", "XLMRobertaForTokenClassification"]
 
 
 @pytest.mark.parametrize("route", ["class", "optimize"])
@@ -46,7 +47,7 @@ def test_loss_and_grads_equal_transformers_on_padded_batches(name, route):
     hf = build_hf(name).train()
     twin = build_hf(name).train()
     ours = fastenc.from_hf(twin) if route == "class" else fastenc.optimize(twin)
-    inp = _right_padded(name.split("For")[0].lower())
+    inp = _right_padded(name)
     lab = _labels(name, inp)
     ref = hf(**inp, **lab).loss
     out = ours(**inp, **lab).loss
@@ -59,7 +60,7 @@ def test_loss_and_grads_equal_transformers_on_padded_batches(name, route):
 def test_labels_ignored_at_padding_still_pack():
     """The padded fallback is only for losses that read padding: -100 there keeps the packed path."""
     ours = fastenc.from_hf(build_hf("BertForTokenClassification")).eval()
-    inp = _right_padded("bert")
+    inp = _right_padded("BertForTokenClassification")
     lab = _labels("BertForTokenClassification", inp)
     lab["labels"] = lab["labels"].masked_fill(inp["attention_mask"] == 0, -100)
     with torch.no_grad():
