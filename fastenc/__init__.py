@@ -14,7 +14,8 @@ from fastenc.cuda_graphs import cuda_graphs
 
 __version__ = "0.1.0"
 
-_CONFIGS = ("AlbertConfig", "BertConfig", "CamembertConfig", "ElectraConfig", "RobertaConfig", "XLMRobertaConfig")
+_CONFIGS = ("AlbertConfig", "BertConfig", "CamembertConfig", "DistilBertConfig", "ElectraConfig", "RobertaConfig",
+            "XLMRobertaConfig")
 _MODELS = (
     "BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForNextSentencePrediction",
     "BertForSequenceClassification", "BertForMultipleChoice", "BertForTokenClassification",
@@ -29,6 +30,8 @@ _MODELS = (
     "XLMRobertaForTokenClassification", "XLMRobertaForQuestionAnswering",
     "CamembertModel", "CamembertForMaskedLM", "CamembertForSequenceClassification", "CamembertForMultipleChoice",
     "CamembertForTokenClassification", "CamembertForQuestionAnswering",
+    "DistilBertModel", "DistilBertForMaskedLM", "DistilBertForSequenceClassification", "DistilBertForMultipleChoice",
+    "DistilBertForTokenClassification", "DistilBertForQuestionAnswering",
 )
 
 _AUTO = ("AutoModel", "AutoModelForMaskedLM", "AutoModelForPreTraining", "AutoModelForSequenceClassification",

@@ -19,6 +19,14 @@ from fastenc.models.bert import (
     BertForTokenClassification,
     BertModel,
 )
+from fastenc.models.distilbert import (
+    DistilBertForMaskedLM,
+    DistilBertForMultipleChoice,
+    DistilBertForQuestionAnswering,
+    DistilBertForSequenceClassification,
+    DistilBertForTokenClassification,
+    DistilBertModel,
+)
 from fastenc.models.electra import (
     ElectraForMaskedLM,
     ElectraForMultipleChoice,
@@ -65,6 +73,8 @@ MODEL_CLASSES: dict[str, type[FastencModel]] = {
         XLMRobertaForTokenClassification, XLMRobertaForQuestionAnswering,
         CamembertModel, CamembertForMaskedLM, CamembertForSequenceClassification, CamembertForMultipleChoice,
         CamembertForTokenClassification, CamembertForQuestionAnswering,
+        DistilBertModel, DistilBertForMaskedLM, DistilBertForSequenceClassification, DistilBertForMultipleChoice,
+        DistilBertForTokenClassification, DistilBertForQuestionAnswering,
     )
 }
 

@@ -235,6 +235,60 @@ class _RobertaLMHead(_Swap):
         return self.decoder(linear_act_norm(features, self.dense, act, self.layer_norm))
 
 
+class _DistilEmbeddings(_Swap):
+    """DistilBERT's Embeddings (word + position, no token types) -> ops.embeddings."""
+
+    @staticmethod
+    def supports(module):
+        return type(module.word_embeddings) is nn.Embedding and type(module.position_embeddings) is nn.Embedding
+
+    def forward(self, input_ids, inputs_embeds=None, position_ids=None):
+        seq = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        if position_ids is None:
+            if seq > self.position_embeddings.num_embeddings:
+                name = "input_ids" if input_ids is not None else "inputs_embeds"
+                raise ValueError(f"{name} has sequence length {seq}, longer than the "
+                                 f"{self.position_embeddings.num_embeddings} positions of the model "
+                                 f"(max_position_embeddings)")
+            position_ids = self.position_ids[:, :seq]
+        ln = self.LayerNorm
+        return ops.embeddings(
+            input_ids if inputs_embeds is None else None, self.word_embeddings.weight, position_ids,
+            self.position_embeddings.weight, None, None, ln.weight, ln.bias, ln.eps,
+            dropout_p=_dropout_p(self, self.dropout), inputs_embeds=inputs_embeds,
+            word_padding_idx=self.word_embeddings.padding_idx,
+            backend="torch" if inputs_embeds is not None else None,
+        )
+
+
+class _DistilSelfAttention(_Swap):
+    """DistilBertSelfAttention: fused QKV + ops.attention. Returns the context BEFORE out_lin (with the
+    probabilities): the swapped TransformerBlock folds out_lin into its residual LayerNorm."""
+
+    def forward(self, hidden_states, attention_mask=None, cu_seqlens=None, max_seqlen=None, **kwargs):
+        q, k, v = qkv(self, hidden_states, ("q_lin", "k_lin", "v_lin"), self.n_heads)
+        ctx, probs = attend(q, k, v, attention_mask, _dropout_p(self, self.dropout), self.scaling, cu_seqlens,
+                            max_seqlen, with_probs=recording("attentions"))
+        return ctx.flatten(-2), probs
+
+
+class _DistilBlock(_Swap):
+    """DistilBERT's TransformerBlock: attention, LayerNorm(out_lin(ctx) + x), LayerNorm(dropout(lin2(act(lin1(h))))
+    + h), each closing step one add_layer_norm (feed-forward chunking is a memory saving only: not needed here)."""
+
+    @staticmethod
+    def supports(module):
+        return type(module.attention).__name__ == "DistilBertSelfAttention"
+
+    def forward(self, hidden_states, attention_mask=None, **kwargs):
+        ctx, _ = self.attention(hidden_states, attention_mask=attention_mask, **kwargs)
+        attn = self.attention
+        h = linear_add_norm(ctx, attn.out_lin, hidden_states, self.sa_layer_norm, 0.0)
+        ffn = self.ffn
+        return linear_add_norm(linear_act(h, ffn.lin1, ffn.activation), ffn.lin2, h, self.output_layer_norm,
+                               _dropout_p(ffn, ffn.dropout))
+
+
 class _Encoder(_Swap):
     """Bert/Roberta/ElectraEncoder and AlbertTransformer: run transformers' own layer loop (with its gradient
     checkpointing) in the packed layout when `fastenc.models.packing` chooses it."""
@@ -280,6 +334,8 @@ TARGETS = {  # transformers family -> {block class name: swap}; XLM-RoBERTa and 
                 "ElectraGeneratorPredictions": _HeadTransform},
     "albert": {"AlbertEmbeddings": _Embeddings, "AlbertAttention": _AlbertAttention, "AlbertLayer": _AlbertLayer,
                "AlbertTransformer": _Encoder, "AlbertMLMHead": _AlbertMLMHead},
+    "distilbert": {"Embeddings": _DistilEmbeddings, "DistilBertSelfAttention": _DistilSelfAttention,
+                   "TransformerBlock": _DistilBlock, "Transformer": _Encoder},
 }
 
 _swaps: dict[type, type] | None = None  # transformers block class -> swap mixin

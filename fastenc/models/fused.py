@@ -77,11 +77,12 @@ def linear_act_norm(x: torch.Tensor, dense: nn.Module, act: nn.Module, norm: nn.
                                approximate=approximate)
 
 
-def qkv(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Q, K, V of `module` (its query / key / value projections) as [..., heads, head_dim]: strided views of one
-    matmul over the concatenated weights when all three are plain Linears with biases, else three calls."""
-    heads, d = module.num_attention_heads, module.attention_head_size
-    lins = (module.query, module.key, module.value)
+def qkv(module: nn.Module, x: torch.Tensor, names: tuple[str, str, str] = ("query", "key", "value"),
+        heads: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q, K, V of `module` (its projections `names`) as [..., heads, head_dim]: strided views of one matmul over
+    the concatenated weights when all three are plain Linears with biases, else three calls."""
+    heads, d = heads or module.num_attention_heads, module.attention_head_size
+    lins = tuple(getattr(module, n) for n in names)
     if not all(is_plain_linear(m) and m.bias is not None for m in lins):
         return tuple(m(x).unflatten(-1, (heads, d)) for m in lins)
     params = (*(m.weight for m in lins), *(m.bias for m in lins))

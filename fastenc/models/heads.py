@@ -198,7 +198,7 @@ class FastencModel:
         rest = {k: v for k, v in kwargs.items() if k not in names}
         return_dict = rest.pop("return_dict", None)
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        outputs = self.base_model(**{k: arg(k) for k in inputs}, return_dict=True, **rest)
+        outputs = self.base_model(**{k: arg(k) for k in inputs if arg(k) is not None}, return_dict=True, **rest)
         rows, labels = mlm_rows(outputs.last_hidden_state, arg("labels"))
         result = self._fastenc_sparse_head(outputs, rows, labels, arg)
         return result if return_dict else result.to_tuple()

@@ -12,7 +12,7 @@ import transformers
 
 import fastenc
 
-VARIANTS = ("bert", "roberta", "albert", "electra", "xlm_roberta", "camembert")
+VARIANTS = ("bert", "roberta", "albert", "electra", "xlm_roberta", "camembert", "distilbert")
 
 _SHARED = ["Model", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering", "ForMaskedLM",
            "ForMultipleChoice"]
@@ -23,10 +23,11 @@ HEADS = {
     "electra": [*_SHARED, "ForPreTraining"],
     "xlm_roberta": _SHARED,
     "camembert": _SHARED,
+    "distilbert": _SHARED,
 }
 CHOICES = 2  # ForMultipleChoice inputs are [batch, CHOICES, seq]
 PREFIX = {"bert": "Bert", "roberta": "Roberta", "albert": "Albert", "electra": "Electra", "xlm_roberta": "XLMRoberta",
-          "camembert": "Camembert"}
+          "camembert": "Camembert", "distilbert": "DistilBert"}
 ALL_CLASSES = [PREFIX[v] + h for v in VARIANTS for h in HEADS[v]]
 
 COMMON = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
@@ -40,7 +41,12 @@ VARIANT_FIELDS = {
     "electra": dict(hidden_act="silu", layer_norm_eps=1e-6, embedding_size=16),
     "xlm_roberta": dict(hidden_act="gelu", layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2),
     "camembert": dict(hidden_act="gelu_new", layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2),
+    "distilbert": dict(hidden_act="gelu"),
 }
+# DistilBERT's config names its fields differently (and has no token types or layer_norm_eps).
+_DISTILBERT_NAMES = {"hidden_size": "dim", "num_hidden_layers": "n_layers", "num_attention_heads": "n_heads",
+                     "intermediate_size": "hidden_dim", "hidden_act": "activation", "hidden_dropout_prob": "dropout",
+                     "attention_probs_dropout_prob": "attention_dropout"}
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0,
                   summary_last_dropout=0.0)
 
@@ -53,6 +59,9 @@ def hf_config(variant: str, **overrides: Any) -> Any:
     fields = {**COMMON, **VARIANT_FIELDS[variant], **NO_DROPOUT, **overrides}
     if variant == "albert":
         fields["classifier_dropout_prob"] = fields.pop("classifier_dropout")
+    if variant == "distilbert":
+        fields = {_DISTILBERT_NAMES.get(k, k): v for k, v in fields.items() if k not in ("type_vocab_size",)}
+        fields["seq_classif_dropout"] = fields["qa_dropout"] = fields.pop("classifier_dropout")
     return getattr(transformers, PREFIX[variant] + "Config")(**fields)
 
 
@@ -108,6 +117,8 @@ def inputs(variant: str, batch: int = 4, seq: int = 10, seed: int = 1) -> dict[s
         mask[3] = 0
     ids = ids.masked_fill(mask == 0, pad)
     tt = torch.randint(0, 2, (batch, seq), generator=g)
+    if variant == "distilbert":  # no token types
+        return {"input_ids": ids, "attention_mask": mask}
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt}
 
 

@@ -38,7 +38,8 @@ def _labels(name: str, inp: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 CASES = ["BertForQuestionAnswering", "RobertaForQuestionAnswering", "AlbertForQuestionAnswering",
          "ElectraForQuestionAnswering", "BertForMaskedLM", "RobertaForMaskedLM", "ElectraForMaskedLM",
          "BertForPreTraining", "AlbertForPreTraining", "BertForTokenClassification", "AlbertForTokenClassification",
-         "XLMRobertaForQuestionAnswering", "CamembertForMaskedLM", "XLMRobertaForTokenClassification"]
+         "XLMRobertaForQuestionAnswering", "CamembertForMaskedLM", "XLMRobertaForTokenClassification",
+         "DistilBertForQuestionAnswering", "DistilBertForMaskedLM", "DistilBertForTokenClassification"]
 
 
 @pytest.mark.parametrize("route", ["class", "optimize"])

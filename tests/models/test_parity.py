@@ -101,7 +101,7 @@ def test_unknown_activation_is_a_clear_error():
         fastenc.BertModel(fastenc.BertConfig(hidden_size=32, num_attention_heads=4, hidden_act="nope"))
 
 
-@pytest.mark.parametrize("name", ["BertModel", "AlbertModel"])
+@pytest.mark.parametrize("name", ["BertModel", "AlbertModel", "DistilBertModel"])
 def test_output_attentions_match_eager_transformers(name):
     """transformers' sdpa returns no attentions (it warns); fastenc returns the probabilities that transformers'
     eager attention returns, with the same hidden states."""
@@ -146,3 +146,21 @@ def test_inputs_embeds_and_position_ids_match_transformers():
             pos = torch.randint(2, 50, (3, 10))
             assert_outputs_close(ours(inputs_embeds=embeds, position_ids=pos, **inp),
                                  hf(inputs_embeds=embeds, position_ids=pos, **inp), 1e-5)
+
+
+def test_distilbert_sinusoidal_positions_and_flattened_kwargs():
+    """DistilBERT's sinusoidal position table is only an initialisation; its encoder gets no position_ids, so a
+    flattened batch comes in through DataCollatorWithFlattening's cu_seq_lens_q."""
+    from transformers import DataCollatorWithFlattening
+
+    hf = build_hf("DistilBertForMaskedLM", sinusoidal_pos_embds=True)
+    ours = fastenc.from_hf(hf)
+    inp = inputs("DistilBertForMaskedLM")
+    with torch.no_grad():
+        assert_outputs_close(ours(**inp), hf(**inp), 1e-5)
+    seqs = [[5, 6, 7, 8], [9, 10, 11]]
+    batch = DataCollatorWithFlattening(return_flash_attn_kwargs=True)([{"input_ids": s} for s in seqs])
+    with torch.no_grad():
+        flat = ours(**batch).logits[0]
+        alone = torch.cat([hf(input_ids=torch.tensor([s])).logits[0] for s in seqs])
+    assert_close(flat, alone, 1e-5, "flattened logits")
