@@ -246,7 +246,7 @@ def test_triton_backend_through_optimize():
 
 
 def test_errors():
-    with pytest.raises(TypeError, match="found no BERT"):
+    with pytest.raises(TypeError, match="found no encoder fastenc covers"):
         optimize(torch.nn.Sequential(torch.nn.Linear(2, 2)))
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         optimize("bert-base-uncased")

@@ -39,7 +39,7 @@ def _pretrained_models(model: nn.Module) -> tuple[list[nn.Module], list[nn.Modul
 
 
 def optimize(model: nn.Module, *, unpad: bool = True) -> nn.Module:
-    """Switch a transformers BERT / RoBERTa / ALBERT / ELECTRA model (base or head, or a sentence-transformers or
+    """Switch a transformers encoder of the families fastenc covers (base or head, or a sentence-transformers or
     PEFT wrapper around one) to fastenc, in place; returns `model`. Same parameters, buffers, state_dict keys and
     call signature. Undo with `fastenc.restore(model)`. Calling it again only updates `unpad`.
 
@@ -55,14 +55,15 @@ def optimize(model: nn.Module, *, unpad: bool = True) -> nn.Module:
     for m in every:
         check_encoder_config(m.config, f"model ({type(m).__name__})")
     if not roots or not (install_blocks(model) or has_blocks(model)):
-        raise TypeError(f"model: found no BERT / RoBERTa / ALBERT / ELECTRA encoder from transformers inside "
+        raise TypeError(f"model: found no encoder fastenc covers (BERT, RoBERTa, ALBERT, ELECTRA, XLM-RoBERTa, "
+                        f"CamemBERT, DistilBERT) from transformers inside "
                         f"{type(model).__name__}")
     for m in every:
         twin = twin_of(type(m))
         if twin is not None:
             adopt(m, twin)
-    for root in roots:
-        if root.config._attn_implementation != ATTN_IMPLEMENTATION:
+    for root in roots:  # eager is kept, as fastenc's classes keep it: asked for, for attention probabilities
+        if root.config._attn_implementation not in (ATTN_IMPLEMENTATION, "eager"):
             root._fastenc_attn_implementation = root.config._attn_implementation
             root.set_attn_implementation(ATTN_IMPLEMENTATION)
     for m in model.modules():
