@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from fastenc import is_optimized, optimize
 
 WORLD = 2
-TIMEOUT_S = 120
+TIMEOUT_S = 400  # two worker processes each import torch and transformers; slow on a loaded 2-core machine
 
 
 def _model() -> tf.BertForSequenceClassification:
