@@ -129,6 +129,8 @@ class FastencModel:
             return args[i] if i < len(args) else None
 
         self._fastenc_check_inputs(arg)
+        if sparse_prediction is not None and not self._fastenc_sparse:
+            raise TypeError(f"{type(self).__name__}.forward got sparse_prediction, which only the MLM heads take")
         if unpad is not None and not isinstance(unpad, bool):
             raise TypeError(f"unpad must be a bool or None, got {type(unpad).__name__}")
         if unpad is None:

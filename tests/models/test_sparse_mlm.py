@@ -116,6 +116,9 @@ def test_bad_arguments():
         ours(**inp, labels=lab, sparse_prediction="yes")
     with pytest.raises(ValueError, match="labels"):
         ours(**inp, labels=lab[:, :5], sparse_prediction=True)
+    classifier = fastenc.from_hf(build_hf("RobertaForSequenceClassification"))
+    with pytest.raises(TypeError, match="only the MLM heads"):
+        classifier(**inp, sparse_prediction=True)
 
 
 def test_bench_training_step_uses_and_records_sparse_mlm():
