@@ -195,7 +195,8 @@ def test_auto_classes_resolve_to_fastenc(tmp_path):
     assert type(base) is fastenc.ElectraModel and base.config.num_hidden_layers == 1
     assert type(fastenc.AutoModel.from_config(hf_config("albert"))) is fastenc.AlbertModel
     with pytest.raises(ValueError, match="no class for"):
-        fastenc.AutoModel.from_config(transformers.DistilBertConfig(dim=32, n_heads=4, n_layers=1, hidden_dim=37))
+        fastenc.AutoModel.from_config(transformers.MPNetConfig(hidden_size=32, num_attention_heads=4,
+                                                               num_hidden_layers=1, intermediate_size=37))
 
 
 def test_pretrained_model_api_through_fastenc():
