@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers.models.albert import modeling_albert as hf
 
-from fastenc.models.heads import FastencModel
+from fastenc.models.heads import FastencModel, pretraining_loss
 
 
 class AlbertModel(FastencModel, hf.AlbertModel):
@@ -30,10 +29,7 @@ class AlbertForPreTraining(FastencModel, hf.AlbertForPreTraining):
     def _fastenc_sparse_head(self, outputs: Any, rows: torch.Tensor, labels: torch.Tensor, arg: Any) -> Any:
         scores = self.predictions(rows)
         sop = self.sop_classifier(outputs.pooler_output)
-        sop_label = arg("sentence_order_label")
-        loss = None
-        if sop_label is not None:
-            loss = F.cross_entropy(scores, labels) + F.cross_entropy(sop.view(-1, 2), sop_label.view(-1))
+        loss = pretraining_loss(scores, labels, sop, arg("sentence_order_label"))
         return hf.AlbertForPreTrainingOutput(loss=loss, prediction_logits=scores, sop_logits=sop,
                                              hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers.models.bert import modeling_bert as hf
 
-from fastenc.models.heads import FastencModel
+from fastenc.models.heads import FastencModel, pretraining_loss
 
 
 class BertModel(FastencModel, hf.BertModel):
@@ -30,10 +29,7 @@ class BertForPreTraining(FastencModel, hf.BertForPreTraining):
 
     def _fastenc_sparse_head(self, outputs: Any, rows: torch.Tensor, labels: torch.Tensor, arg: Any) -> Any:
         scores, nsp = self.cls(rows, outputs.pooler_output)
-        nsp_label = arg("next_sentence_label")
-        loss = None
-        if nsp_label is not None:
-            loss = F.cross_entropy(scores, labels) + F.cross_entropy(nsp.view(-1, 2), nsp_label.view(-1))
+        loss = pretraining_loss(scores, labels, nsp, arg("next_sentence_label"))
         return hf.BertForPreTrainingOutput(loss=loss, prediction_logits=scores, seq_relationship_logits=nsp,
                                            hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 

@@ -25,11 +25,10 @@ from __future__ import annotations
 import importlib
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fastenc import ops
-from fastenc.models.fused import EXACT_GELU, is_plain_linear, linear_act, linear_act_norm, linear_add_norm, qkv
+from fastenc.models.fused import EXACT_GELU, linear_act, linear_act_norm, linear_add_norm, qkv
 from fastenc.models.packing import (
     choose_packing,
     packing_from_kwargs,
@@ -39,6 +38,13 @@ from fastenc.models.packing import (
 )
 
 ATTN_IMPLEMENTATION = "fastenc"
+
+
+def _check_length(input_ids, seq: int, limit: int) -> None:
+    if seq > limit:
+        name = "input_ids" if input_ids is not None else "inputs_embeds"
+        raise ValueError(f"{name} has sequence length {seq}, longer than the {limit} positions of the model "
+                         f"(max_position_embeddings)")
 
 
 def _dropout_p(module: nn.Module, dropout: nn.Module) -> float:
@@ -132,10 +138,7 @@ class _Embeddings(_Swap):
         if position_ids is None:
             offset = self.padding_idx + 1 if hasattr(self, "create_position_ids_from_input_ids") else 0
             limit = self.position_embeddings.num_embeddings - offset - past_key_values_length
-            if shape[1] > limit:
-                name = "input_ids" if input_ids is not None else "inputs_embeds"
-                raise ValueError(f"{name} has sequence length {shape[1]}, longer than the {limit} positions of the "
-                                 f"model (max_position_embeddings)")
+            _check_length(input_ids, shape[1], limit)
             if hasattr(self, "create_position_ids_from_input_ids"):  # RoBERTa: positions count from padding_idx + 1
                 position_ids = (self.create_position_ids_from_input_ids(input_ids, self.padding_idx,
                                                                         past_key_values_length)
@@ -231,8 +234,7 @@ class _RobertaLMHead(_Swap):
     """RobertaLMHead: decoder(layer_norm(gelu(dense(x)))), exact GELU."""
 
     def forward(self, features, **kwargs):
-        act = EXACT_GELU if is_plain_linear(self.dense) else F.gelu
-        return self.decoder(linear_act_norm(features, self.dense, act, self.layer_norm))
+        return self.decoder(linear_act_norm(features, self.dense, EXACT_GELU, self.layer_norm))
 
 
 class _DistilEmbeddings(_Swap):
@@ -245,11 +247,7 @@ class _DistilEmbeddings(_Swap):
     def forward(self, input_ids, inputs_embeds=None, position_ids=None):
         seq = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         if position_ids is None:
-            if seq > self.position_embeddings.num_embeddings:
-                name = "input_ids" if input_ids is not None else "inputs_embeds"
-                raise ValueError(f"{name} has sequence length {seq}, longer than the "
-                                 f"{self.position_embeddings.num_embeddings} positions of the model "
-                                 f"(max_position_embeddings)")
+            _check_length(input_ids, seq, self.position_embeddings.num_embeddings)
             position_ids = self.position_ids[:, :seq]
         ln = self.LayerNorm
         return ops.embeddings(

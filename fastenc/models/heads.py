@@ -69,6 +69,15 @@ def adopt(model: Any, cls: type) -> None:
     _CAN_RECORD_REGISTRY[model] = model._can_record_outputs
 
 
+def pretraining_loss(scores: torch.Tensor, labels: torch.Tensor, pair_logits: torch.Tensor,
+                     pair_label: torch.Tensor | None) -> torch.Tensor | None:
+    """BERT / ALBERT pre-training loss on the sparse path: MLM over the labelled rows plus the two-way sentence
+    objective (NSP / SOP); None without the sentence label, as transformers."""
+    if pair_label is None:
+        return None
+    return F.cross_entropy(scores, labels) + F.cross_entropy(pair_logits.view(-1, 2), pair_label.view(-1))
+
+
 def _transformers_forward(cls: type) -> Callable:
     """The forward of the first class after FastencModel in cls's MRO that defines one (transformers' class)."""
     mro = cls.__mro__
