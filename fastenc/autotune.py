@@ -41,6 +41,7 @@ log = logging.getLogger("fastenc")
 KEY_FIELDS = ("op", "device", "dtype", "head_dim", "hidden", "layout", "dropout", "bucket")
 DEFAULT_ORDER = {"cuda": ("cuda", "triton", "sdpa", "torch"), "other": ("sdpa", "torch")}
 TABLE_PATH = Path(__file__).with_name("auto_table.json")
+_TUNED = "tuned on this device"
 
 Timer = Callable[[str, Callable[[], Any], torch.device], float]  # (backend, call, device) -> milliseconds
 
@@ -218,20 +219,20 @@ def _capturing(call: backends.Call) -> bool:
 
 def _ranking(call: backends.Call, key: tuple, run: Callable[[str], Any] | None,
              supported: list[str]) -> tuple[tuple[str, ...], str, dict[str, float]]:
+    """The ranking of `key`, computed once per key (again only when tuning is on and the key has no timing)."""
+    measure = run is not None and tuning_on() and len(supported) > 1 and not _capturing(call)
+    cached = _rankings.get(key)
+    if cached is not None and not (measure and cached[1] != _TUNED):
+        return cached
     ks = _key_str(key)
     tuned = _tuned_entries().get(ks)
-    if tuned is None and run is not None and tuning_on() and len(supported) > 1 and not _capturing(call):
+    if tuned is None and measure:
         tuned = _measure(call, run, supported)
         _tuned_entries()[ks] = tuned
         _save_tuned()
     if tuned:
-        order = tuple(sorted(tuned, key=tuned.__getitem__))
-        return order, "tuned on this device", tuned
-    cached = _rankings.get(key)
-    if cached is not None:
-        return cached
-    entry = _table_entry(key)
-    if entry is not None:
+        result = tuple(sorted(tuned, key=tuned.__getitem__)), _TUNED, tuned
+    elif (entry := _table_entry(key)) is not None:
         result = tuple(entry["order"]), f"table (run {entry['source']})", dict(entry.get("ms", {}))
     else:
         result = DEFAULT_ORDER["cuda" if key[1].startswith("sm_") else "other"], "default preference (no run)", {}

@@ -158,10 +158,16 @@ def _launchers_module_name(name: str, op: str) -> str:
 setattr(_launchers_module_name, _DYNAMO_CONSTANT_FLAG, True)
 
 
+_modules: dict[tuple[str, str], ModuleType] = {}
+
+
 def launchers(name: str, op: str) -> ModuleType:
     """The module of backend `name` for `op`: its launchers (`<op>_fwd` / `<op>_bwd`, or `<op>` for sdpa) and its
     SUPPORT declaration. Traceable by torch.compile (fullgraph): the import happens once, outside the graph."""
-    return sys.modules[_launchers_module_name(name, op)]
+    module = _modules.get((name, op))
+    if module is None:
+        module = _modules[(name, op)] = sys.modules[_launchers_module_name(name, op)]
+    return module
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -181,6 +187,12 @@ class Call:
                  features: tuple[str, ...] = ()) -> None:
         self.op, self.tensors, self.layout, self.head_dim, self.hidden = op, tensors, layout, head_dim, hidden
         self.dropout, self.features, self.length = dropout, features, length
+
+    def signature(self) -> tuple:
+        """Everything a SUPPORT declaration can look at: op, layout, sizes, dropout, features, and each present
+        tensor's device and dtype."""
+        return (self.op, self.layout, self.head_dim, self.hidden, self.dropout, self.features,
+                tuple((t.device, t.dtype) for t in self.tensors.values() if t is not None))
 
     def present(self) -> list[torch.Tensor]:
         return [t for t in self.tensors.values() if t is not None]
@@ -254,9 +266,13 @@ def _declared_reasons(support: Mapping[str, Any], call: Call) -> list[str]:
     return out
 
 
+_declared: dict[tuple, list[str]] = {}  # (backend, call.signature()) -> declared reasons: metadata only, so cached
+
+
 def not_supported_reasons(name: str, call: Call) -> list[str]:
     """Why backend `name` cannot run `call` ([] = it can): availability, then the backend's declared support for
-    the op, then the backend's own hook."""
+    the op (cached per call signature), then the backend's own hook (run on every call: it reads what a signature
+    leaves out, such as alignment)."""
     if name == "torch":
         return []
     if name not in IMPLEMENTS[call.op]:
@@ -265,7 +281,11 @@ def not_supported_reasons(name: str, call: Call) -> list[str]:
     if reason:
         return [reason]
     module = launchers(name, call.op)
-    out = _declared_reasons(module.SUPPORT[call.op], call)
+    key = (name, call.signature())
+    declared = _declared.get(key)
+    if declared is None:
+        declared = _declared[key] = _declared_reasons(module.SUPPORT[call.op], call)
+    out = list(declared)
     if name == "triton" and call.device.type == "cpu" and not triton_interpreter_on():
         out.append("CPU tensors need the Triton interpreter (TRITON_INTERPRET=1 set before triton is imported)")
     hook = getattr(module, "not_supported_reasons", None)

@@ -34,7 +34,7 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -140,6 +140,7 @@ class TargetDriver:
         self.tgt = tgt
         self.kernels: dict[str, KernelUse] = {}  # by the compiled kernel's hash
         self.pending: KernelUse | None = None
+        self.on_launch: Callable[[], None] = lambda: None  # called per (stubbed) launch: `fastenc bench --host` counts
         self.utils = _Utils(tgt, self)
         self._gpu_target = GPUTarget("cuda", tgt.arch, 32)
 
@@ -174,7 +175,7 @@ class TargetDriver:
             self.kernels[key] = KernelUse(metadata.name, metadata.shared, metadata.num_warps, metadata.num_stages,
                                           blocks)
         self.pending = self.kernels[key]
-        return lambda *args, **kwargs: None
+        return lambda *args, **kwargs: self.on_launch()
 
     def get_benchmarker(self):
         def bench(fn, quantiles=None, **kwargs):

@@ -123,9 +123,19 @@ def row_layer_norm_bwd(dy, xhat, w, rstd, mask, D):
 # Host helpers.
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for launch grids: plain Python (triton.cdiv costs several microseconds per host call)."""
+    return -(-a // b)
+
+
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1), in plain Python like `cdiv`."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
 def row_block(d: int, name: str = "the hidden size") -> int:
     """BLOCK for a kernel that keeps one row of `d` elements in registers."""
-    block = max(triton.next_power_of_2(d), 4)  # dropout_keep draws four columns per Philox call
+    block = max(next_pow2(d), 4)  # dropout_keep draws four columns per Philox call
     if block > MAX_BLOCK:
         raise ValueError(f"{name} {d} is larger than the Triton row kernels support ({MAX_BLOCK})")
     return block

@@ -25,7 +25,8 @@ Rows with no key to attend to give o = 0 and lse = +inf, so every recomputed pro
 gradients are 0.
 
 Launchers (the contract of fastenc.ops.attention) are torch.library custom ops with fake implementations, so that
-torch.compile traces them as single opaque nodes without graph breaks.
+torch.compile traces them as single opaque nodes without graph breaks; in eager mode they are called directly (the
+dispatcher's Python custom-op path costs about 100 us a call).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import triton.language as tl
 
 from fastenc.kernels import _configs
 from fastenc.kernels import _fakes as fakes
-from fastenc.kernels._common import FLOAT_DTYPES, interpreter_on
+from fastenc.kernels._common import FLOAT_DTYPES, cdiv, interpreter_on, next_pow2, register
 
 MAX_HEAD_DIM = 128
 _LOG2E = 1.4426950408889634
@@ -437,7 +438,7 @@ def _attention_dropout_mask_kernel(
 
 
 def _block_d(head_dim: int) -> int:
-    return max(16, triton.next_power_of_2(head_dim))
+    return max(16, next_pow2(head_dim))
 
 
 def _input_precision(dtype: torch.dtype) -> str:
@@ -482,7 +483,7 @@ class _Layout:
         return (0, lse.stride(0), lse.stride(1)) if self.packed else (lse.stride(0), lse.stride(1), lse.stride(2))
 
     def grid(self, block: str):
-        return lambda meta: (triton.cdiv(self.seqlen, meta[block]), self.batch, self.heads)
+        return lambda meta: (cdiv(self.seqlen, meta[block]), self.batch, self.heads)
 
 
 def _check_seed(dropout_p: float, seed: torch.Tensor | None) -> None:
@@ -490,8 +491,7 @@ def _check_seed(dropout_p: float, seed: torch.Tensor | None) -> None:
         raise ValueError(f"seed must be an int64 tensor of shape [1] when dropout_p > 0, got {seed!r}")
 
 
-@torch.library.custom_op("fastenc::triton_attention_fwd", mutates_args=())
-def attention_fwd(
+def _fwd_impl(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -514,17 +514,13 @@ def attention_fwd(
         q, k, v, lay.mask, lay.cu_seqlens, seed if dropout_p > 0 else q, o, lse,
         *_strides(q, lay.packed), *_strides(k, lay.packed), *_strides(v, lay.packed), *_strides(o, lay.packed),
         *lay.mask_strides, *lay.lse_strides(lse),
-        lay.seqlen, triton.next_power_of_2(lay.seqlen), softmax_scale * _LOG2E, dropout_p,
+        lay.seqlen, next_pow2(lay.seqlen), softmax_scale * _LOG2E, dropout_p,
         DROPOUT=dropout_p > 0, **lay.consts,
     )
     return o, lse
 
 
-attention_fwd.register_fake(fakes.attention_fwd)
-
-
-@torch.library.custom_op("fastenc::triton_attention_bwd", mutates_args=())
-def attention_bwd(
+def _bwd_impl(
     do: torch.Tensor,
     q: torch.Tensor,
     k: torch.Tensor,
@@ -549,14 +545,14 @@ def attention_bwd(
     delta = torch.empty_like(lse)
     o_strides, lse_strides = _strides(o, lay.packed), lay.lse_strides(lse)
     preprocess_block = 16 if interpreter_on() else 64
-    _attention_bwd_preprocess_kernel[(triton.cdiv(lay.seqlen, preprocess_block), lay.batch, lay.heads)](
+    _attention_bwd_preprocess_kernel[(cdiv(lay.seqlen, preprocess_block), lay.batch, lay.heads)](
         o, do, delta, lay.cu_seqlens, *o_strides, *lse_strides, lay.seqlen,
         HEAD_DIM=lay.head_dim, BLOCK_D=lay.consts["BLOCK_D"], PACKED=lay.packed, BLOCK_M=preprocess_block,
     )
     common = (
         *_strides(q, lay.packed), *_strides(k, lay.packed), *_strides(v, lay.packed), *o_strides,
         *lay.mask_strides, *lse_strides,
-        lay.seqlen, triton.next_power_of_2(lay.seqlen), softmax_scale * _LOG2E, dropout_p, softmax_scale,
+        lay.seqlen, next_pow2(lay.seqlen), softmax_scale * _LOG2E, dropout_p, softmax_scale,
     )
     seed_arg = seed if dropout_p > 0 else q
     _attention_bwd_dkdv_kernel[lay.grid("BLOCK_N")](
@@ -570,7 +566,9 @@ def attention_bwd(
     return dq, dk, dv
 
 
-attention_bwd.register_fake(fakes.attention_bwd)
+# The launchers (contract: fastenc/ops/attention.py): custom ops while torch.compile traces, direct calls otherwise.
+attention_fwd = register("attention_fwd", _fwd_impl, fakes.attention_fwd)
+attention_bwd = register("attention_bwd", _bwd_impl, fakes.attention_bwd)
 
 
 def attention_dropout_mask(seed: torch.Tensor, batch: int, heads: int, seqlen: int, dropout_p: float) -> torch.Tensor:
@@ -581,7 +579,7 @@ def attention_dropout_mask(seed: torch.Tensor, batch: int, heads: int, seqlen: i
     _check_seed(max(dropout_p, 1e-9), seed)
     out = torch.empty(batch, heads, seqlen, seqlen, dtype=torch.uint8, device=seed.device)
     block = 16 if interpreter_on() else 64
-    grid = (triton.cdiv(seqlen, block), triton.cdiv(seqlen, block), batch * heads)
+    grid = (cdiv(seqlen, block), cdiv(seqlen, block), batch * heads)
     _attention_dropout_mask_kernel[grid](seed, out, heads, seqlen, dropout_p, BLOCK_M=block, BLOCK_N=block)
     return out.bool()
 

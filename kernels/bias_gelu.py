@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 from fastenc.kernels import _fakes as fakes
-from fastenc.kernels._common import dummy, gelu, gelu_and_grad, register, row_support
+from fastenc.kernels._common import cdiv, dummy, gelu, gelu_and_grad, register, row_support
 
 _BLOCK_M = 16
 _BLOCK_N = 256
@@ -89,7 +89,7 @@ def _fwd_impl(x: torch.Tensor, bias: torch.Tensor | None, tanh_approx: bool) -> 
     n, d = x.shape
     y = torch.empty((n, d), device=x.device, dtype=x.dtype)
     if y.numel():
-        grid = (triton.cdiv(n, _BLOCK_M), triton.cdiv(d, _BLOCK_N))
+        grid = (cdiv(n, _BLOCK_M), cdiv(d, _BLOCK_N))
         _bias_gelu_fwd_kernel[grid](
             x, bias, y, n, d, x.stride(0), HAS_BIAS=bias is not None, APPROX_TANH=tanh_approx,
             BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, num_warps=_WARPS,
@@ -105,10 +105,10 @@ def _bwd_impl(
         raise ValueError(f"dy and x must be contiguous and of one shape, got {tuple(dy.shape)} and {tuple(x.shape)}")
     n, d = x.shape
     dx = torch.empty_like(x)
-    m_blocks = triton.cdiv(n, _BWD_BLOCK_M)
+    m_blocks = cdiv(n, _BWD_BLOCK_M)
     parts = torch.zeros(m_blocks, d, device=x.device, dtype=torch.float32) if bias is not None else None
     if dx.numel():
-        _bias_gelu_bwd_kernel[(m_blocks, triton.cdiv(d, _BWD_BLOCK_N))](
+        _bias_gelu_bwd_kernel[(m_blocks, cdiv(d, _BWD_BLOCK_N))](
             dy, x, bias, dx, parts, n, d, HAS_BIAS=bias is not None, APPROX_TANH=tanh_approx,
             BLOCK_M=_BWD_BLOCK_M, BLOCK_N=_BWD_BLOCK_N, num_warps=_WARPS,
         )

@@ -23,6 +23,7 @@ from fastenc.kernels._common import (
     dropout_keep,
     dropout_scale,
     dummy,
+    next_pow2,
     reduce_programs,
     reduce_warps,
     register,
@@ -250,7 +251,7 @@ def _bwd_impl(
     dpos = torch.zeros(position.shape, **f32)
     # a small token type table (BERT's has 2 rows) is hit by every token: summing it per program in registers
     # avoids N-way atomic contention on its few rows
-    tt_regs = triton.next_power_of_2(token_type.shape[0]) if has_tt and token_type.shape[0] <= _MAX_TT_REGS else 0
+    tt_regs = next_pow2(token_type.shape[0]) if has_tt and token_type.shape[0] <= _MAX_TT_REGS else 0
     if tt_regs:
         dtt = torch.zeros(progs, tt_regs, e, **f32)
     else:

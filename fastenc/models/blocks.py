@@ -6,12 +6,12 @@ attention -> `attention`; dense + dropout + residual + LayerNorm -> `add_layer_n
 dense + GELU -> `bias_gelu`; MLM transforms -> `gelu_layer_norm`; the encoder packs the real tokens
 (`fastenc.models.packing`). No parameter, buffer or submodule is created, moved or renamed, so state_dict keys,
 Parameter objects (optimizer state, DDP buckets, hooks, PEFT LoRA wrappers) and save_pretrained stay as they were,
-and `remove_blocks` undoes it. The layer classes (BertLayer...) are kept: transformers' GradientCheckpointingLayer
-wraps their forward, so gradient checkpointing keeps working on the swapped sub-blocks.
+and `remove_blocks` undoes it. The layers (BertLayer...) stay subclasses of transformers' GradientCheckpointingLayer,
+whose __call__ wraps their forward, so gradient checkpointing keeps working on the swapped blocks.
 
 The attention implementation "fastenc" is registered with transformers (AttentionInterface and
-AttentionMaskInterface): its mask is the 2-D key padding mask itself, or None when nothing is padded, which is what
-the encoder packs by. A 4-D mask (from the caller, or another attention implementation's mask function) runs as an
+AttentionMaskInterface): its mask is the 2-D key padding mask itself, which the encoder packs by (its one host read
+also says whether anything is padded: a batch without padding runs with no mask). A 4-D mask (from the caller, or another attention implementation's mask function) runs as an
 additive bias on the reference attention. Recorded attentions (output_attentions) come from the reference path,
 which returns the probabilities transformers' eager attention gives.
 
@@ -26,6 +26,7 @@ import importlib
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import apply_chunking_to_forward
 
 from fastenc import ops
 from fastenc.models.fused import EXACT_GELU, linear_act, linear_act_norm, linear_add_norm, qkv
@@ -68,13 +69,11 @@ def recording(key: str) -> bool:
 
 def _padding_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None,
                   attention_mask=None, **kwargs):
-    """transformers mask interface: the 2-D bool key padding mask, or None when no position is padded."""
+    """transformers mask interface: the 2-D bool key padding mask as it is (whether anything is padded is read
+    once, by the encoder's layout choice, not here: no host sync)."""
     if attention_mask is None:
         return None
-    attention_mask = attention_mask[:, -kv_length:].bool()
-    if not tracing(attention_mask) and bool(attention_mask.all()):
-        return None
-    return attention_mask
+    return attention_mask[:, -kv_length:].bool()
 
 
 def _bias_from_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -188,6 +187,22 @@ class _Intermediate(_Swap):
 
     def forward(self, hidden_states):
         return linear_act(hidden_states, self.dense, self.intermediate_act_fn)
+
+
+class _Layer(_Swap):
+    """Bert/Roberta/ElectraLayer of an encoder: attention, then the feed-forward called directly when feed-forward
+    chunking is off (transformers' chunking helper inspects a signature on every call: ~0.1 ms a layer)."""
+
+    @staticmethod
+    def supports(module):
+        return not module.is_decoder and not hasattr(module, "crossattention")
+
+    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, **kwargs):
+        attention_output, _ = self.attention(hidden_states, attention_mask, **kwargs)
+        if self.chunk_size_feed_forward:
+            return apply_chunking_to_forward(self.feed_forward_chunk, self.chunk_size_feed_forward, self.seq_len_dim,
+                                             attention_output)
+        return self.feed_forward_chunk(attention_output)
 
 
 class _AlbertAttention(_Swap):
@@ -306,10 +321,10 @@ class _Encoder(_Swap):
                 return super().forward(hidden_states, None, *args, cu_seqlens=flat.cu_seqlens,
                                        max_seqlen=flat.max_seqlen, **kwargs)
         packing = None
-        unpad = scoped_unpad(self._fastenc_unpad)
-        if (unpad is not False and attention_mask is not None and attention_mask.dim() == 2
-                and not recording("hidden_states") and not recording("attentions")):
-            packing = choose_packing(attention_mask, unpad)
+        unpad, labels = scoped_unpad(self._fastenc_unpad)
+        if (attention_mask is not None and attention_mask.dim() == 2 and not recording("hidden_states")
+                and not recording("attentions")):
+            packing, attention_mask = choose_packing(attention_mask, unpad, labels)
         if packing is None:
             return super().forward(hidden_states, attention_mask, *args, **kwargs)
         out = super().forward(packing.pack(hidden_states), None, *args, cu_seqlens=packing.cu_seqlens,
@@ -320,15 +335,17 @@ class _Encoder(_Swap):
 
 TARGETS = {  # transformers family -> {block class name: swap}; XLM-RoBERTa and CamemBERT are RoBERTa's blocks
     "bert": {"BertEmbeddings": _Embeddings, "BertSelfAttention": _SelfAttention, "BertSelfOutput": _AddLayerNorm,
+             "BertLayer": _Layer,
              "BertOutput": _AddLayerNorm, "BertIntermediate": _Intermediate, "BertEncoder": _Encoder,
              "BertPredictionHeadTransform": _HeadTransform},
     **{family: {f"{prefix}Embeddings": _Embeddings, f"{prefix}SelfAttention": _SelfAttention,
                 f"{prefix}SelfOutput": _AddLayerNorm, f"{prefix}Output": _AddLayerNorm,
-                f"{prefix}Intermediate": _Intermediate, f"{prefix}Encoder": _Encoder, f"{prefix}LMHead": _RobertaLMHead}
+                f"{prefix}Intermediate": _Intermediate, f"{prefix}Layer": _Layer, f"{prefix}Encoder": _Encoder,
+                f"{prefix}LMHead": _RobertaLMHead}
        for family, prefix in (("roberta", "Roberta"), ("xlm_roberta", "XLMRoberta"), ("camembert", "Camembert"))},
     "electra": {"ElectraEmbeddings": _Embeddings, "ElectraSelfAttention": _SelfAttention,
                 "ElectraSelfOutput": _AddLayerNorm, "ElectraOutput": _AddLayerNorm,
-                "ElectraIntermediate": _Intermediate, "ElectraEncoder": _Encoder,
+                "ElectraIntermediate": _Intermediate, "ElectraLayer": _Layer, "ElectraEncoder": _Encoder,
                 "ElectraGeneratorPredictions": _HeadTransform},
     "albert": {"AlbertEmbeddings": _Embeddings, "AlbertAttention": _AlbertAttention, "AlbertLayer": _AlbertLayer,
                "AlbertTransformer": _Encoder, "AlbertMLMHead": _AlbertMLMHead},

@@ -13,7 +13,8 @@ transformers' signature and adds keyword arguments:
     [num_labelled, vocab] in (batch, seq) order; the loss and every gradient are the same.
 
 Losses never change with the layout: when a loss reads padded positions (QA span losses; token labels that are not
--100 at a padded position), the forward stays padded, which costs one host read of the labels.
+-100 at a padded position), the forward stays padded. The labels are checked in the encoder's one host read of the
+mask, with no read of their own.
 
 Trade-off: the added keywords cost a Python wrapper per call (a dict lookup per argument) in front of transformers'
 forward; in exchange every transformers feature is inherited rather than re-implemented.
@@ -144,12 +145,14 @@ class FastencModel:
             raise TypeError(f"unpad must be a bool or None, got {type(unpad).__name__}")
         if unpad is None:
             unpad = getattr(self.config, "fastenc_unpad", None)
-        if unpad is not False and self._fastenc_loss_reads_padding(arg):
-            unpad = False
+        labels = None
+        if unpad is not False:
+            reads = self._fastenc_loss_reads_padding(arg)
+            unpad, labels = (False, None) if reads is True else (unpad, reads if reads is not False else None)
         sparse = self._fastenc_sparse and sparse_prediction_flag(self.config, sparse_prediction)
         if torch.compiler.is_compiling():  # traced calls stay padded: no scope needed (dynamo cannot trace one)
             return parent(self, *args, **kwargs)
-        with unpad_scope(unpad):
+        with unpad_scope(unpad, labels):
             if sparse and arg("labels") is not None:
                 return self._fastenc_sparse_forward(names, args, kwargs, arg)
             return parent(self, *args, **kwargs)
@@ -190,8 +193,10 @@ class FastencModel:
         else:
             raise ValueError(f"attention_mask must be {dims}-D [batch, seq] or 4-D, got shape {tuple(mask.shape)}")
 
-    def _fastenc_loss_reads_padding(self, arg: Callable[[str], Any]) -> bool:
-        """Whether this call's loss reads padded positions (then the forward stays padded)."""
+    def _fastenc_loss_reads_padding(self, arg: Callable[[str], Any]) -> bool | torch.Tensor:
+        """Whether this call's loss reads padded positions (then the forward stays padded): True, False, or the
+        token labels when it depends on their values (-100 at every padded position or not), which the encoder
+        checks in its one host read (`fastenc.models.packing.choose_packing`)."""
         if self._fastenc_padded_loss == "spans":
             return arg("start_positions") is not None and arg("end_positions") is not None
         if self._fastenc_padded_loss != "labels":
@@ -201,7 +206,7 @@ class FastencModel:
             return False
         if mask.dim() != 2 or labels.shape != mask.shape:
             return True  # cannot tell which labels sit on padding: keep transformers' layout
-        return bool(((labels != -100) & (mask.to(labels.device) == 0)).any())
+        return labels
 
     def _fastenc_sparse_forward(self, names: list[str], args: tuple, kwargs: dict, arg: Callable) -> Any:
         """The MLM head on labelled positions only; the base model runs as in transformers' forward."""

@@ -27,29 +27,31 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-# The unpad decision of the outermost fastenc forward in progress: None (auto), True or False. Unset outside one.
-_UNPAD: contextvars.ContextVar[bool | None] = contextvars.ContextVar("fastenc_unpad")
+# The layout decision of the outermost fastenc forward in progress: (unpad: None / True / False, labels whose loss
+# reads padded positions unless they are -100 there, or None). Unset outside one.
+_UNPAD: contextvars.ContextVar[tuple[bool | None, torch.Tensor | None]] = contextvars.ContextVar("fastenc_unpad")
 _UNSET = object()
 
 
 @contextlib.contextmanager
-def unpad_scope(unpad: bool | None) -> Iterator[None]:
-    """Make `unpad` the decision for the encoders run inside, unless an outer scope already decided."""
+def unpad_scope(unpad: bool | None, labels: torch.Tensor | None = None) -> Iterator[None]:
+    """Make `unpad` the decision for the encoders run inside, unless an outer scope already decided. `labels`
+    ([B, S] token labels of a loss): the encoder packs only if every label at a padded position is -100."""
     if _UNPAD.get(_UNSET) is not _UNSET:
         yield
         return
-    token = _UNPAD.set(unpad)
+    token = _UNPAD.set((unpad, labels))
     try:
         yield
     finally:
         _UNPAD.reset(token)
 
 
-def scoped_unpad(default: bool | None) -> bool | None:
-    """The decision in force: the enclosing unpad_scope's when it is True or False, else `default` (the encoder's
-    own setting: False after optimize(unpad=False), else None)."""
-    value = _UNPAD.get(None)
-    return default if value is None else value
+def scoped_unpad(default: bool | None) -> tuple[bool | None, torch.Tensor | None]:
+    """(decision, labels) in force: the enclosing unpad_scope's decision when it is True or False, else `default`
+    (the encoder's own setting: False after optimize(unpad=False), else None)."""
+    value, labels = _UNPAD.get((None, None))
+    return (default if value is None else value), labels
 
 
 def tracing(t: torch.Tensor) -> bool:
@@ -67,11 +69,17 @@ class Packing:
         self.cu_seqlens, self.max_seqlen, self.index = cu_seqlens, max_seqlen, index
 
     @classmethod
-    def from_keep(cls, keep: torch.Tensor) -> Packing:
-        """Keep the True positions of a [B, S] mask, one sequence per row."""
+    def from_keep(cls, keep: torch.Tensor, max_seqlen: int, tokens: int) -> Packing:
+        """Keep the True positions of a [B, S] mask (`tokens` of them, at most `max_seqlen` per row), one sequence
+        per row. No host sync: the counts come from the caller's one read, and the row index of each kept token
+        is scattered from a running count instead of `nonzero` (whose output size the host would have to read)."""
         lens = keep.sum(1, dtype=torch.int32)
         cu = F.pad(lens.cumsum(0, dtype=torch.int32), (1, 0))
-        return cls(*keep.shape, cu, max(1, int(lens.max())), keep.reshape(-1).nonzero().squeeze(1))
+        flat = keep.reshape(-1)
+        slot = torch.where(flat, flat.cumsum(0) - 1, tokens)  # padded positions go to a spare slot, dropped below
+        index = torch.empty(tokens + 1, dtype=torch.long, device=keep.device)
+        index.scatter_(0, slot, torch.arange(flat.numel(), device=keep.device))
+        return cls(*keep.shape, cu, max(1, max_seqlen), index[:tokens])
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """[B, S, H] -> [1, T, H]: one row of tokens, so sequence-dim code (feed-forward chunking) still applies."""
@@ -85,36 +93,46 @@ class Packing:
         return x.view(self.batch, self.seq, x.shape[-1])
 
 
-def choose_packing(keep: torch.Tensor, unpad: bool | None) -> Packing | None:
-    """The packed layout for a 2-D keep mask [B, S] (True = real token), or None for the padded layout.
-    unpad=True packs, False never does; None (auto) packs when the batch has padding and every row starts with a
-    real token, in eager mode only (the check reads the mask: one host sync)."""
-    if unpad is False:
-        return None
-    if unpad is None:
-        if tracing(keep):
-            return None
-        has_padding, first_real = torch.stack([~keep.all(), keep[:, 0].all()]).tolist()
-        if not (has_padding and first_real):
-            return None
-    return Packing.from_keep(keep)
+def choose_packing(keep: torch.Tensor, unpad: bool | None, labels: torch.Tensor | None = None
+                   ) -> tuple[Packing | None, torch.Tensor | None]:
+    """The layout for a 2-D keep mask [B, S] (True = real token): (Packing, None) for the packed layout, or
+    (None, mask) for the padded one, mask None when no position is padded. unpad=True packs, False never does;
+    None (auto) packs when the batch has padding and every row starts with a real token, in eager mode only.
+    Never packs when `labels` (token labels of the loss) are not -100 at some padded position.
+
+    Host syncs: none for unpad=False or while tracing; otherwise exactly one read, of everything at once
+    (whether anything is padded, the first column, the longest row, the token count, the labels check)."""
+    if unpad is False or tracing(keep):
+        return None, keep
+    stats = [~keep.all(), keep[:, 0].all(), keep.sum(1).max(), keep.sum()]
+    if labels is not None:
+        stats.append(((labels != -100) & ~keep.to(labels.device)).any().to(keep.device))
+    has_padding, first_real, max_len, tokens, *labels_on_padding = torch.stack([t.long() for t in stats]).tolist()
+    if any(labels_on_padding) or (unpad is None and not (has_padding and first_real)):
+        return None, keep if has_padding else None
+    return Packing.from_keep(keep, max_len, tokens), None
 
 
 def packing_from_positions(position_ids: torch.Tensor, batch: int, seq: int) -> Packing | None:
     """Flattened sequences: a new sequence starts wherever a row's position id returns to the row's first value,
     and positions count up by one inside a sequence. None when position_ids show no such restart (ordinary
-    positions) or are not of this form, and while tracing."""
+    positions) or are not of this form, and while tracing. One host read."""
     if position_ids.dim() != 2 or tracing(position_ids):
         return None
     pos = position_ids.expand(batch, seq)
     start = pos == pos[:, :1]
     consecutive = (pos[:, 1:] - pos[:, :-1] == 1) | start[:, 1:]
-    restarts, valid = torch.stack([start[:, 1:].any(), consecutive.all()]).tolist()
+    longest = (pos - pos[:, :1]).max() + 1  # a sequence's positions run from the row's first value
+    restarts, valid, sequences, max_len = torch.stack(
+        [start[:, 1:].any().long(), consecutive.all().long(), start.sum(), longest.long()]).tolist()
     if not (restarts and valid):
         return None
-    starts = start.reshape(-1).nonzero().squeeze(1).to(torch.int32)
-    cu = torch.cat([starts, starts.new_tensor([batch * seq])])
-    return Packing(batch, seq, cu, int((cu[1:] - cu[:-1]).max()), None)
+    flat = start.reshape(-1)
+    slot = torch.where(flat, flat.cumsum(0) - 1, sequences)  # as Packing.from_keep: no nonzero, no second read
+    cu = torch.empty(sequences + 1, dtype=torch.long, device=flat.device)
+    cu.scatter_(0, slot, torch.arange(flat.numel(), device=flat.device))
+    cu[sequences] = flat.numel()  # the spare slot becomes the end of the last sequence
+    return Packing(batch, seq, cu.to(torch.int32), max_len, None)
 
 
 def packing_from_kwargs(kwargs: dict, batch: int, seq: int) -> Packing | None:

@@ -19,6 +19,12 @@ def dropout_seed(device: torch.device) -> torch.Tensor:
     return torch.randint(0, 2**31 - 1, (1,), device=device, dtype=torch.int64)
 
 
+def grad_needed(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd must record an op on these inputs: grad mode on and one of them requires grad. When it
+    need not (inference), the op calls its launcher directly: no autograd.Function, no saved tensors."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def check_dropout_p(p: float, name: str = "dropout_p") -> float:
     p = float(p)
     if not 0.0 <= p < 1.0:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from fastenc import backends
-from fastenc.ops._common import check_dropout_p, check_last_dim, check_same_dtype, dropout_seed
+from fastenc.ops._common import check_dropout_p, check_last_dim, check_same_dtype, dropout_seed, grad_needed
 
 
 def add_layer_norm_ref(
@@ -46,23 +46,28 @@ def add_layer_norm_ref(
     return F.layer_norm(h, (h.shape[-1],), weight, bias, eps)
 
 
+def _forward(x, residual, weight, bias, eps, x_bias, dropout_p, backend, store_h):
+    """The launch both paths share: (y like x, h, mean, rstd, seed)."""
+    d = x.shape[-1]
+    x2 = x.reshape(-1, d).contiguous()
+    r2 = None if residual is None else residual.reshape(-1, d).contiguous()
+    seed = dropout_seed(x.device) if dropout_p > 0 else None
+    x_bias = None if x_bias is None else x_bias.contiguous()
+    y, h, mean, rstd = backends.launchers(backend, "add_layer_norm").add_layer_norm_fwd(
+        x2, r2, x_bias, weight.contiguous(), bias.contiguous(), float(eps), dropout_p, seed, store_h)
+    return y.view(x.shape), h, mean, rstd, seed
+
+
 class AddLayerNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, residual, weight, bias, eps, x_bias, dropout_p, backend):
-        impl = backends.launchers(backend, "add_layer_norm")
-        d = x.shape[-1]
-        x2 = x.reshape(-1, d).contiguous()
-        r2 = None if residual is None else residual.reshape(-1, d).contiguous()
-        seed = dropout_seed(x.device) if dropout_p > 0 else None
         # forward runs with grad mode off; needs_input_grad says whether backward can be called
         store_h = any(ctx.needs_input_grad[i] for i in (0, 1, 2, 3, 5))
-        x_bias = None if x_bias is None else x_bias.contiguous()
-        weight, bias = weight.contiguous(), bias.contiguous()
-        y, h, mean, rstd = impl.add_layer_norm_fwd(x2, r2, x_bias, weight, bias, float(eps), dropout_p, seed, store_h)
-        ctx.save_for_backward(h, weight, mean, rstd, seed)
+        y, h, mean, rstd, seed = _forward(x, residual, weight, bias, eps, x_bias, dropout_p, backend, store_h)
+        ctx.save_for_backward(h, weight.contiguous(), mean, rstd, seed)
         ctx.dropout_p, ctx.backend = dropout_p, backend
         ctx.has_residual, ctx.has_x_bias = residual is not None, x_bias is not None
-        return y.view(x.shape)
+        return y
 
     @staticmethod
     def backward(ctx, dy):
@@ -107,4 +112,6 @@ def add_layer_norm(
     name = backends.choose(call, backend, run)
     if name == "torch":
         return add_layer_norm_ref(x, residual, weight, bias, eps, x_bias, dropout_p)
+    if not grad_needed(x, residual, weight, bias, x_bias):
+        return _forward(x, residual, weight, bias, eps, x_bias, dropout_p, name, False)[0]
     return AddLayerNormFn.apply(x, residual, weight, bias, eps, x_bias, dropout_p, name)

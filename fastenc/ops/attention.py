@@ -26,7 +26,7 @@ import math
 import torch
 
 from fastenc import backends
-from fastenc.ops._common import check_dropout_p, dropout_seed
+from fastenc.ops._common import check_dropout_p, dropout_seed, grad_needed
 
 
 def _pad(x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,5 +184,9 @@ def attention(
     if key_padding_mask is not None:  # the kernels read a contiguous bool mask
         key_padding_mask = (key_padding_mask if key_padding_mask.dtype == torch.bool else key_padding_mask != 0)
         key_padding_mask = key_padding_mask.contiguous()
+    if not grad_needed(q, k, v):
+        seed = dropout_seed(q.device) if dropout_p > 0 else None
+        return backends.launchers(name, "attention").attention_fwd(
+            q, k, v, key_padding_mask, cu_seqlens, int(max_seqlen or q.shape[1]), scale, dropout_p, seed)[0]
     return AttentionFn.apply(q, k, v, key_padding_mask, cu_seqlens, int(max_seqlen or q.shape[1]), scale, dropout_p,
                              name)

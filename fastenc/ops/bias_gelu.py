@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from fastenc import backends
-from fastenc.ops._common import check_last_dim, check_same_dtype
+from fastenc.ops._common import check_last_dim, check_same_dtype, grad_needed
 
 APPROXIMATIONS = ("none", "tanh")
 
@@ -26,16 +26,21 @@ def bias_gelu_ref(x: torch.Tensor, bias: torch.Tensor | None = None, approximate
     return F.gelu(x if bias is None else x + bias, approximate=approximate)
 
 
+def _forward(x, bias, approximate, backend):
+    """The launch both paths share: (y like x, x as rows, bias contiguous)."""
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    bias = None if bias is None else bias.contiguous()
+    y = backends.launchers(backend, "bias_gelu").bias_gelu_fwd(x2, bias, approximate == "tanh")
+    return y.view(x.shape), x2, bias
+
+
 class BiasGeluFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, bias, approximate, backend):
-        impl = backends.launchers(backend, "bias_gelu")
-        x2 = x.reshape(-1, x.shape[-1]).contiguous()
-        bias = None if bias is None else bias.contiguous()
-        y = impl.bias_gelu_fwd(x2, bias, approximate == "tanh")
+        y, x2, bias = _forward(x, bias, approximate, backend)
         ctx.save_for_backward(x2, bias)
         ctx.tanh, ctx.backend = approximate == "tanh", backend
-        return y.view(x.shape)
+        return y
 
     @staticmethod
     def backward(ctx, dy):
@@ -59,4 +64,6 @@ def bias_gelu(
     name = backends.choose(call, backend, lambda name: bias_gelu(x, bias, approximate, backend=name))
     if name == "torch":
         return bias_gelu_ref(x, bias, approximate)
+    if not grad_needed(x, bias):
+        return _forward(x, bias, approximate, name)[0]
     return BiasGeluFn.apply(x, bias, approximate, name)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from fastenc import backends
-from fastenc.ops._common import check_dropout_p, check_last_dim, dropout_seed
+from fastenc.ops._common import check_dropout_p, check_last_dim, dropout_seed, grad_needed
 
 
 def embeddings_ref(
@@ -70,11 +70,19 @@ def _check_ids(ids: torch.Tensor | None, name: str, shape: torch.Size) -> torch.
 
 
 def _check_id_ranges(checks: list[tuple[torch.Tensor | None, str, int, str]]) -> None:
-    """Every (ids, name, table size, table name) in range, with one host read for all of them (a GPU sync)."""
+    """Every (ids, name, table size, table name) in range. CPU ids: an IndexError naming the argument and the id.
+    GPU ids: an on-device assert per argument (no host sync; as torch's embedding on a GPU, a failure is a
+    device-side assert naming the argument, raised at the next sync), queued ahead of the kernel so that no
+    kernel ever reads outside a table. Also while torch.compile traces or a CUDA graph captures."""
     checks = [c for c in checks if c[0] is not None and c[0].numel()]
-    if not checks or torch.compiler.is_compiling():
+    if not checks:
         return
-    if checks[0][0].is_cuda and torch.cuda.is_current_stream_capturing():
+    if checks[0][0].device.type != "cpu":
+        for ids, name, num, table in checks:
+            torch._assert_async((ids.min() >= 0) & (ids.max() < num),
+                                f"{name} holds an id outside [0, {num}) of the {table} table")
+        return
+    if torch.compiler.is_compiling():
         return
     bounds = torch.stack([torch.stack([ids.min(), ids.max()]).long() for ids, *_ in checks]).tolist()
     for (lo, hi), (_, name, num, table) in zip(bounds, checks, strict=True):
@@ -83,19 +91,24 @@ def _check_id_ranges(checks: list[tuple[torch.Tensor | None, str, int, str]]) ->
             raise IndexError(f"{name} holds id {bad}, outside [0, {num}) of the {table} table (size {num})")
 
 
+def _forward(ids, pos_ids, tt_ids, word, pos, tt, weight, bias, eps, dropout_p, backend):
+    """The launch both paths share: (y [*ids.shape, E], the saved tensors, seed)."""
+    flat = [None if t is None else t.reshape(-1).contiguous().long() for t in (ids, pos_ids, tt_ids)]
+    seed = dropout_seed(word.device) if dropout_p > 0 else None
+    word, pos, weight, bias = word.contiguous(), pos.contiguous(), weight.contiguous(), bias.contiguous()
+    tt = None if tt is None else tt.contiguous()
+    y, mean, rstd = backends.launchers(backend, "embeddings").embeddings_fwd(
+        *flat, word, pos, tt, weight, bias, float(eps), dropout_p, seed)
+    return y.view(*ids.shape, word.shape[-1]), (*flat, word, pos, tt, weight, mean, rstd, seed)
+
+
 class EmbeddingsFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, ids, pos_ids, tt_ids, word, pos, tt, weight, bias, eps, dropout_p, pads, backend):
-        impl = backends.launchers(backend, "embeddings")
-        shape = ids.shape
-        flat = [None if t is None else t.reshape(-1).contiguous().long() for t in (ids, pos_ids, tt_ids)]
-        seed = dropout_seed(word.device) if dropout_p > 0 else None
-        word, pos, weight, bias = word.contiguous(), pos.contiguous(), weight.contiguous(), bias.contiguous()
-        tt = None if tt is None else tt.contiguous()
-        y, mean, rstd = impl.embeddings_fwd(*flat, word, pos, tt, weight, bias, float(eps), dropout_p, seed)
-        ctx.save_for_backward(*flat, word, pos, tt, weight, mean, rstd, seed)
+        y, saved = _forward(ids, pos_ids, tt_ids, word, pos, tt, weight, bias, eps, dropout_p, backend)
+        ctx.save_for_backward(*saved)
         ctx.dropout_p, ctx.pads, ctx.backend = dropout_p, pads, backend
-        return y.view(*shape, word.shape[-1])
+        return y
 
     @staticmethod
     def backward(ctx, dy):
@@ -169,6 +182,9 @@ def embeddings(
             input_ids, word_embeddings, position_ids, position_embeddings, token_type_ids, token_type_embeddings,
             weight, bias, eps, dropout_p, inputs_embeds, word_padding_idx, position_padding_idx,
         )
+    if not grad_needed(word_embeddings, position_embeddings, token_type_embeddings, weight, bias):
+        return _forward(input_ids, position_ids, token_type_ids, word_embeddings, position_embeddings,
+                        token_type_embeddings, weight, bias, eps, dropout_p, name)[0]
     pads = tuple(-1 if i is None else i for i in (word_padding_idx, position_padding_idx))
     return EmbeddingsFn.apply(
         input_ids, position_ids, token_type_ids, word_embeddings, position_embeddings, token_type_embeddings,

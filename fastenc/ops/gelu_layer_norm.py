@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from fastenc import backends
-from fastenc.ops._common import check_last_dim, check_same_dtype
+from fastenc.ops._common import check_last_dim, check_same_dtype, grad_needed
 from fastenc.ops.bias_gelu import APPROXIMATIONS
 
 
@@ -33,17 +33,23 @@ def gelu_layer_norm_ref(
     return F.layer_norm(h, (h.shape[-1],), weight, bias, eps)
 
 
+def _forward(x, weight, bias, eps, x_bias, approximate, backend):
+    """The launch both paths share: (y like x, x as rows, x_bias, weight, mean, rstd)."""
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    x_bias = None if x_bias is None else x_bias.contiguous()
+    weight, bias = weight.contiguous(), bias.contiguous()
+    y, mean, rstd = backends.launchers(backend, "gelu_layer_norm").gelu_layer_norm_fwd(
+        x2, x_bias, weight, bias, float(eps), approximate == "tanh")
+    return y.view(x.shape), x2, x_bias, weight, mean, rstd
+
+
 class GeluLayerNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps, x_bias, approximate, backend):
-        impl = backends.launchers(backend, "gelu_layer_norm")
-        x2 = x.reshape(-1, x.shape[-1]).contiguous()
-        x_bias = None if x_bias is None else x_bias.contiguous()
-        weight, bias = weight.contiguous(), bias.contiguous()
-        y, mean, rstd = impl.gelu_layer_norm_fwd(x2, x_bias, weight, bias, float(eps), approximate == "tanh")
-        ctx.save_for_backward(x2, x_bias, weight, mean, rstd)
+        y, *saved = _forward(x, weight, bias, eps, x_bias, approximate, backend)
+        ctx.save_for_backward(*saved)
         ctx.tanh, ctx.backend = approximate == "tanh", backend
-        return y.view(x.shape)
+        return y
 
     @staticmethod
     def backward(ctx, dy):
@@ -83,4 +89,6 @@ def gelu_layer_norm(
     name = backends.choose(call, backend, run)
     if name == "torch":
         return gelu_layer_norm_ref(x, weight, bias, eps, x_bias, approximate)
+    if not grad_needed(x, weight, bias, x_bias):
+        return _forward(x, weight, bias, eps, x_bias, approximate, name)[0]
     return GeluLayerNormFn.apply(x, weight, bias, eps, x_bias, approximate, name)

@@ -114,12 +114,33 @@ def test_choose_packing_rule():
     right = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
     left = torch.tensor([[1, 1, 1], [0, 1, 1]], dtype=torch.bool)
     full = torch.ones(2, 3, dtype=torch.bool)
-    packed = choose_packing(right, None)
-    assert packed is not None and packed.cu_seqlens.tolist() == [0, 3, 5] and packed.max_seqlen == 3
-    assert choose_packing(left, None) is None  # the pooler would read a padded position 0
-    assert choose_packing(full, None) is None  # nothing to gain
-    assert choose_packing(right, False) is None
-    assert choose_packing(left, True) is not None  # asked for explicitly
+    packed, mask = choose_packing(right, None)
+    assert mask is None and packed.cu_seqlens.tolist() == [0, 3, 5] and packed.max_seqlen == 3
+    assert packed.index.tolist() == [0, 1, 2, 3, 4]
+    assert choose_packing(left, None) == (None, left)  # the pooler would read a padded position 0
+    assert choose_packing(full, None) == (None, None)  # nothing to gain, and no mask to apply
+    assert choose_packing(right, False) == (None, right)  # padded, without reading the mask
+    assert choose_packing(left, True)[0].index.tolist() == [0, 1, 2, 4, 5]  # asked for explicitly
+    labels = torch.full((2, 3), -100)
+    labels[1, 2] = 7  # a label on a padded position: the loss reads it, so the layout stays padded
+    assert choose_packing(right, True, labels) == (None, right)
+    labels[1, 2] = -100
+    assert choose_packing(right, None, labels)[0] is not None
+
+
+def test_packing_index_matches_nonzero_on_random_masks():
+    """The scattered row index (no host read of its size) equals nonzero's, on random right-padded masks."""
+    from fastenc.models.packing import choose_packing
+
+    g = torch.Generator().manual_seed(3)
+    for _ in range(5):
+        lens = torch.randint(1, 9, (4,), generator=g)
+        keep = torch.arange(8)[None, :] < lens[:, None]
+        if bool(keep.all()):
+            continue
+        packed, _ = choose_packing(keep, None)
+        assert packed.index.tolist() == keep.reshape(-1).nonzero().squeeze(1).tolist()
+        assert packed.max_seqlen == int(lens.max()) and packed.cu_seqlens.tolist() == [0, *lens.cumsum(0).tolist()]
 
 
 def test_left_padded_batch_keeps_transformers_values_at_every_position():

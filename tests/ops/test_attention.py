@@ -338,10 +338,10 @@ def test_custom_ops_pass_opcheck():
     seed = torch.tensor([5], device=dev)
     packed = (None, cu, 9, 0.2, 0.1, seed)
     o, lse = impl.attention_fwd(q, k, v, *packed)
-    torch.library.opcheck(impl.attention_fwd, (q, k, v, *packed))
-    torch.library.opcheck(impl.attention_bwd, (torch.randn_like(o), q, k, v, o, lse, *packed))
+    torch.library.opcheck(impl.attention_fwd.op, (q, k, v, *packed))
+    torch.library.opcheck(impl.attention_bwd.op, (torch.randn_like(o), q, k, v, o, lse, *packed))
     qp, kp, vp = _fused_qkv((2, 7, 2, 24), torch.float32, dev)
-    torch.library.opcheck(impl.attention_fwd, (qp, kp, vp, _key_mask("random", 2, 7, dev), None, 7, 0.2, 0.0, None))
+    torch.library.opcheck(impl.attention_fwd.op, (qp, kp, vp, _key_mask("random", 2, 7, dev), None, 7, 0.2, 0.0, None))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
