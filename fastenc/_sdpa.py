@@ -8,10 +8,11 @@ GPUs, its fused flash kernel on CPUs). Rows with no key give zeros, as the refer
 Packed layout: on CUDA, torch.nn.attention.varlen.varlen_attn (torch >= 2.10), FlashAttention's varlen kernel on
 the packed tokens, where it supports the call (fp16 / bf16, head dim a multiple of 8 up to 256, compute capability
 8.0+, and no dropout: varlen_attn has no dropout argument). It has no CPU kernel (torch 2.13:
-aten::_flash_attention_forward is CUDA-only), so on CPU the tokens are scattered to [B, max_seqlen, H, D] with a
-key mask, run through SDPA and gathered back. That costs two copies of O(tokens x hidden); a block-diagonal mask
-over all tokens would cost O(tokens^2) compute and memory, a loop over sequences a host sync and one call per
-sequence. Everything is differentiable by torch's autograd: no backward of our own.
+aten::_flash_attention_forward is CUDA-only), so on CPU SDPA runs once per sequence on views of the packed tokens
+(reading cu_seqlens is no sync on the CPU): no compute on padding and no copy in, one concatenation out, at one
+call per sequence. Padding to [B, max_seqlen, H, D] instead costs two copies of every tensor per layer and the
+padded compute, which ate what packing saved; a block-diagonal mask costs O(tokens^2). Everything is
+differentiable by torch's autograd: no backward of our own.
 """
 
 from __future__ import annotations
@@ -71,14 +72,13 @@ def _padded(q, k, v, key_padding_mask, attn_bias, softmax_scale, dropout_p):
     return out.transpose(1, 2).contiguous()
 
 
-def _scatter_index(cu_seqlens: torch.Tensor, tokens: int, max_seqlen: int):
-    """(sequence, position) of every packed token, and the key mask [B, max_seqlen]; no host sync."""
-    idx = torch.arange(tokens, device=cu_seqlens.device)
-    seq = torch.searchsorted(cu_seqlens[1:].long(), idx, right=True)
-    pos = idx - cu_seqlens.long()[seq]
-    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    keep = torch.arange(max_seqlen, device=cu_seqlens.device)[None, :] < lens[:, None]
-    return seq, pos, keep
+def _packed_per_sequence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                         softmax_scale: float, dropout_p: float) -> torch.Tensor:
+    """CPU packed layout: one SDPA call per sequence on views of the packed tokens, outputs concatenated."""
+    bounds = cu_seqlens.tolist()  # CPU tensors: a plain read, no device to wait for
+    outs = [_padded(q[a:b][None], k[a:b][None], v[a:b][None], None, None, softmax_scale, dropout_p)[0]
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+    return torch.cat(outs) if outs else torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None,
@@ -89,11 +89,4 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mas
         return _padded(q, k, v, key_padding_mask, attn_bias, softmax_scale, dropout_p)
     if q.is_cuda:
         return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=softmax_scale)
-    seq, pos, keep = _scatter_index(cu_seqlens, q.shape[0], max_seqlen)
-    batch = cu_seqlens.shape[0] - 1
-
-    def scatter(t: torch.Tensor) -> torch.Tensor:
-        return t.new_zeros(batch, max_seqlen, *t.shape[1:]).index_put((seq, pos), t)
-
-    out = _padded(scatter(q), scatter(k), scatter(v), keep, None, softmax_scale, dropout_p)
-    return out[seq, pos]
+    return _packed_per_sequence(q, k, v, cu_seqlens, softmax_scale, dropout_p)

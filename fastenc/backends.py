@@ -271,27 +271,29 @@ _declared: dict[tuple, list[str]] = {}  # (backend, call.signature()) -> declare
 
 def not_supported_reasons(name: str, call: Call) -> list[str]:
     """Why backend `name` cannot run `call` ([] = it can): availability, then the backend's declared support for
-    the op (cached per call signature), then the backend's own hook (run on every call: it reads what a signature
-    leaves out, such as alignment)."""
+    the op (both cached per call signature), then the backend's own hook (run on every call: it reads what a
+    signature leaves out, such as alignment)."""
     if name == "torch":
         return []
+    key = (name, call.signature())
+    declared = _declared.get(key)
+    if declared is None:
+        declared = _declared[key] = _static_reasons(name, call)
+    if declared:
+        return list(declared)
+    if name == "triton" and call.device.type == "cpu" and not triton_interpreter_on():
+        return ["CPU tensors need the Triton interpreter (TRITON_INTERPRET=1 set before triton is imported)"]
+    hook = getattr(_modules[(name, call.op)], "not_supported_reasons", None)
+    return hook(call.op, call) if hook is not None else []
+
+
+def _static_reasons(name: str, call: Call) -> list[str]:
     if name not in IMPLEMENTS[call.op]:
         return [f"does not implement {call.op}"]
     reason = unavailable_reason(name)
     if reason:
         return [reason]
-    module = launchers(name, call.op)
-    key = (name, call.signature())
-    declared = _declared.get(key)
-    if declared is None:
-        declared = _declared[key] = _declared_reasons(module.SUPPORT[call.op], call)
-    out = list(declared)
-    if name == "triton" and call.device.type == "cpu" and not triton_interpreter_on():
-        out.append("CPU tensors need the Triton interpreter (TRITON_INTERPRET=1 set before triton is imported)")
-    hook = getattr(module, "not_supported_reasons", None)
-    if not out and hook is not None:
-        out += hook(call.op, call)
-    return out
+    return _declared_reasons(launchers(name, call.op).SUPPORT[call.op], call)
 
 
 def _error(call: Call, name: str) -> BackendNotSupportedError:

@@ -171,6 +171,12 @@ def reduce_programs(device: torch.device, rows: int, warps: int) -> int:
     return max(1, min(rows, _sm_count(index) * per_sm))
 
 
+def partials(*shape: int, rows: int, device: torch.device) -> torch.Tensor:
+    """fp32 buffer of per-program partial sums: every program of a launch writes its whole slice, so it starts
+    uninitialised (no fill kernel), except when there are no rows, no program runs, and the sums must be zeros."""
+    return (torch.empty if rows else torch.zeros)(shape, device=device, dtype=torch.float32)
+
+
 def sum_partials(parts: torch.Tensor, *dtypes: torch.dtype) -> list[torch.Tensor]:
     """Reduce fp32 partials [k, programs, D] over programs into separate (non-aliasing) tensors, the i-th in
     dtypes[i]; extra dtypes (for partials a call does not have) are ignored."""

@@ -17,13 +17,14 @@ from fastenc.kernels._common import (
     dropout_keep,
     dropout_scale,
     dummy,
+    partials,
     reduce_programs,
     reduce_warps,
     register,
-    row_support,
     row_block,
     row_layer_norm_bwd,
     row_stats,
+    row_support,
     row_warps,
     sum_partials,
 )
@@ -189,7 +190,7 @@ def _bwd_impl(
     progs = reduce_programs(h.device, n, warps)
     dh = torch.empty_like(h)
     dx = torch.empty_like(h) if has_dropout else None
-    parts = torch.zeros(3 if has_x_bias else 2, progs, d, device=h.device, dtype=torch.float32)
+    parts = partials(3 if has_x_bias else 2, progs, d, rows=n, device=h.device)
     if n:
         _add_layer_norm_bwd_kernel[(progs,)](
             dy, h, weight, mean, rstd, seed if has_dropout else None, dh, dx, parts[0], parts[1],

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 from fastenc.kernels import _fakes as fakes
-from fastenc.kernels._common import cdiv, dummy, gelu, gelu_and_grad, register, row_support
+from fastenc.kernels._common import cdiv, dummy, gelu, gelu_and_grad, partials, register, row_support
 
 _BLOCK_M = 16
 _BLOCK_N = 256
@@ -106,7 +106,7 @@ def _bwd_impl(
     n, d = x.shape
     dx = torch.empty_like(x)
     m_blocks = cdiv(n, _BWD_BLOCK_M)
-    parts = torch.zeros(m_blocks, d, device=x.device, dtype=torch.float32) if bias is not None else None
+    parts = partials(m_blocks, d, rows=n, device=x.device) if bias is not None else None
     if dx.numel():
         _bias_gelu_bwd_kernel[(m_blocks, cdiv(d, _BWD_BLOCK_N))](
             dy, x, bias, dx, parts, n, d, HAS_BIAS=bias is not None, APPROX_TANH=tanh_approx,

@@ -24,13 +24,14 @@ from fastenc.kernels._common import (
     dropout_scale,
     dummy,
     next_pow2,
+    partials,
     reduce_programs,
     reduce_warps,
     register,
-    row_support,
     row_block,
     row_layer_norm_bwd,
     row_stats,
+    row_support,
     row_warps,
     sum_partials,
 )
@@ -112,7 +113,7 @@ def _embeddings_bwd_kernel(
     seed_ptr,  # [1] int64 dropout seed, or None
     dword_ptr,  # [V, E] fp32 out (zero-filled): word table gradient, accumulated atomically
     dpos_ptr,  # [P, E] fp32 out (zero-filled): position table gradient
-    dtt_ptr,  # fp32 out (zero-filled), token type table gradient: [programs, TT_REGS, E] per-program partial sums
+    dtt_ptr,  # fp32 out, token type table gradient: [programs, TT_REGS, E] per-program partial sums
     #           if TT_REGS, else [T, E] accumulated atomically; None without token types
     dw_part_ptr,  # [programs, E] fp32 out: per-program partial sums of dweight
     db_part_ptr,  # [programs, E] fp32 out: per-program partial sums of dbias
@@ -253,10 +254,10 @@ def _bwd_impl(
     # avoids N-way atomic contention on its few rows
     tt_regs = next_pow2(token_type.shape[0]) if has_tt and token_type.shape[0] <= _MAX_TT_REGS else 0
     if tt_regs:
-        dtt = torch.zeros(progs, tt_regs, e, **f32)
+        dtt = partials(progs, tt_regs, e, rows=n, device=word.device)
     else:
         dtt = torch.zeros(token_type.shape, **f32) if has_tt else None
-    parts = torch.zeros(2, progs, e, **f32)
+    parts = partials(2, progs, e, rows=n, device=word.device)
     if n:
         _embeddings_bwd_kernel[(progs,)](
             dy, input_ids, position_ids, token_type_ids, word, position, token_type, weight, mean, rstd,

@@ -15,13 +15,14 @@ from fastenc.kernels import _fakes as fakes
 from fastenc.kernels._common import (
     gelu,
     gelu_and_grad,
+    partials,
     reduce_programs,
     reduce_warps,
     register,
-    row_support,
     row_block,
     row_layer_norm_bwd,
     row_stats,
+    row_support,
     row_warps,
     sum_partials,
 )
@@ -150,7 +151,7 @@ def _bwd_impl(
     progs = reduce_programs(x.device, n, warps)
     has_xb = x_bias is not None
     dx = torch.empty_like(x)
-    parts = torch.zeros(3 if has_xb else 2, progs, d, device=x.device, dtype=torch.float32)
+    parts = partials(3 if has_xb else 2, progs, d, rows=n, device=x.device)
     if n:
         _gelu_layer_norm_bwd_kernel[(progs,)](
             dy, x, x_bias, weight, mean, rstd, dx, parts[0], parts[1], parts[2] if has_xb else None, n, d,

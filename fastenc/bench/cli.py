@@ -62,6 +62,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--var-batch", type=int, help="batch size of the 'var' shape")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--render", type=Path, metavar="JSON", help="only render an earlier results.json into --out")
+    p.add_argument("--host", action="store_true",
+                   help="measure the host path instead (fastenc.bench.host): host time per layer with every Triton "
+                        "launch stubbed, launches and syncs counted, and the CPU path against transformers")
+    p.add_argument("--no-cpu-path", action="store_true", help="with --host: skip the BERT-base CPU comparison")
     return p
 
 
@@ -105,6 +109,10 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.host:
+        from fastenc.bench.host import main as host_main
+
+        return host_main(args.out, cpu=not args.no_cpu_path)
     if args.render:
         doc = json.loads(args.render.read_text())
     else:

@@ -11,13 +11,12 @@ whose __call__ wraps their forward, so gradient checkpointing keeps working on t
 
 The attention implementation "fastenc" is registered with transformers (AttentionInterface and
 AttentionMaskInterface): its mask is the 2-D key padding mask itself, which the encoder packs by (its one host read
-also says whether anything is padded: a batch without padding runs with no mask). A 4-D mask (from the caller, or another attention implementation's mask function) runs as an
-additive bias on the reference attention. Recorded attentions (output_attentions) come from the reference path,
-which returns the probabilities transformers' eager attention gives.
-
-Trade-off: swapping classes instead of owning the modules keeps transformers' module layout, loading, saving and
-every PreTrainedModel feature, and keeps every reference a caller holds valid; the price is that fastenc's forward
-follows transformers' block boundaries (one op boundary per block) and its keyword plumbing.
+also says whether anything is padded: a batch without padding runs with no mask). A 4-D mask (from the caller, or
+another attention implementation's mask function) runs as an additive bias on the reference attention. Recorded
+attentions (output_attentions) come from the reference path, which returns the probabilities transformers' eager
+attention gives. Trade-off: swapping classes instead of owning the modules keeps transformers' module layout,
+loading, saving and every PreTrainedModel feature, and keeps every reference a caller holds valid; the price is that
+fastenc's forward follows transformers' block boundaries (one op boundary per block) and its keyword plumbing.
 """
 
 from __future__ import annotations
@@ -99,7 +98,7 @@ def attend(q, k, v, mask, dropout_p, scale, cu_seqlens=None, max_seqlen=None, wi
     if cu_seqlens is not None:  # the packed layout [T, H, D] is a view of the rows
         out = ops.attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), cu_seqlens=cu_seqlens,
                             max_seqlen=max_seqlen, dropout_p=dropout_p, softmax_scale=scale)
-        return out.view(q.shape), None
+        return out.view(*q.shape), None
     return ops.attention(q, k, v, key_padding_mask=mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
                          dropout_p=dropout_p, softmax_scale=scale), None
 

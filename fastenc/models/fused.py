@@ -1,9 +1,10 @@
 """Fused linear helpers: a transformers Linear followed by its activation or its residual LayerNorm, as one fastenc op.
 
 The matmul runs without its bias and the bias is folded into the next fused op (bias_gelu, add_layer_norm,
-gelu_layer_norm); Q, K and V come out of one matmul over the concatenated weights as strided views. Only a plain
-nn.Linear is taken apart this way: any other projection (a LoRA or quantised wrapper) is called as a module, so its
-own forward (and delta) still applies, and only the op after it is fused.
+gelu_layer_norm) when fastenc's kernels run that op; on the reference path (CPU tensors under "auto") the bias stays
+in the matmul, which adds it for free. Q, K and V come out of one matmul over the concatenated weights as strided
+views. Only a plain nn.Linear is taken apart this way: any other projection (a LoRA or quantised wrapper) is called
+as a module, so its own forward (and delta) still applies, and only the op after it is fused.
 
 Trade-off: the concatenated QKV weight is a copy. It is cached, keyed by the three weights' storage and version,
 while gradients are off; with gradients on it is rebuilt every call (one weight-sized copy per layer and step, small
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastenc import ops
+from fastenc import backends, ops
 
 _GELU_TANH = ("NewGELUActivation", "GELUTanh", "PytorchGELUTanh", "FastGELUActivation")
 
@@ -44,9 +45,16 @@ def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     return t if t is None or t.dtype == dtype else t.to(dtype)
 
 
+def kernels_run(x: torch.Tensor) -> bool:
+    """Whether fastenc's kernels (not the reference) will run the row ops on x's device. Only then is a bias taken
+    out of its matmul: the reference would add it in a pass of its own, where torch's matmul adds it for free."""
+    backend = backends.get_backend()
+    return backend != "torch" and (x.device.type != "cpu" or backend != "auto")
+
+
 def linear_act(x: torch.Tensor, dense: nn.Module, act: nn.Module) -> torch.Tensor:
     """act(dense(x)); one bias_gelu after a bias-free matmul for the GELU family on a plain Linear."""
-    approximate = gelu_form(act) if is_plain_linear(dense) else None
+    approximate = gelu_form(act) if is_plain_linear(dense) and kernels_run(x) else None
     if approximate is None:
         return act(dense(x))
     y = F.linear(x, dense.weight)
@@ -56,7 +64,7 @@ def linear_act(x: torch.Tensor, dense: nn.Module, act: nn.Module) -> torch.Tenso
 def linear_add_norm(x: torch.Tensor, dense: nn.Module, residual: torch.Tensor | None, norm: nn.LayerNorm,
                     dropout_p: float) -> torch.Tensor:
     """norm(dropout(dense(x)) + residual) in one add_layer_norm, the bias folded in for a plain Linear."""
-    if is_plain_linear(dense):
+    if is_plain_linear(dense) and kernels_run(x):
         y, x_bias = F.linear(x, dense.weight), dense.bias
     else:
         y, x_bias = dense(x), None
@@ -69,7 +77,7 @@ def linear_add_norm(x: torch.Tensor, dense: nn.Module, residual: torch.Tensor | 
 
 def linear_act_norm(x: torch.Tensor, dense: nn.Module, act: nn.Module, norm: nn.LayerNorm) -> torch.Tensor:
     """norm(act(dense(x))), the MLM / generator head transform; one gelu_layer_norm for the GELU family."""
-    approximate = gelu_form(act) if is_plain_linear(dense) else None
+    approximate = gelu_form(act) if is_plain_linear(dense) and kernels_run(x) else None
     if approximate is None:
         return ops.add_layer_norm(linear_act(x, dense, act), None, norm.weight, norm.bias, norm.eps)
     y = F.linear(x, dense.weight)

@@ -55,7 +55,7 @@ def _forward(x, residual, weight, bias, eps, x_bias, dropout_p, backend, store_h
     x_bias = None if x_bias is None else x_bias.contiguous()
     y, h, mean, rstd = backends.launchers(backend, "add_layer_norm").add_layer_norm_fwd(
         x2, r2, x_bias, weight.contiguous(), bias.contiguous(), float(eps), dropout_p, seed, store_h)
-    return y.view(x.shape), h, mean, rstd, seed
+    return y.view(*x.shape), h, mean, rstd, seed
 
 
 class AddLayerNormFn(torch.autograd.Function):
@@ -77,8 +77,8 @@ class AddLayerNormFn(torch.autograd.Function):
             dy.reshape(h.shape).contiguous(), h, weight, mean, rstd, ctx.dropout_p, seed, ctx.has_x_bias
         )
         dx = dx if ctx.dropout_p > 0 else dh
-        dresidual = dh.view(dy.shape) if ctx.has_residual else None
-        return dx.view(dy.shape), dresidual, dweight, dbias, None, dx_bias if ctx.has_x_bias else None, None, None
+        dresidual = dh.view(*dy.shape) if ctx.has_residual else None
+        return dx.view(*dy.shape), dresidual, dweight, dbias, None, dx_bias if ctx.has_x_bias else None, None, None
 
 
 def add_layer_norm(

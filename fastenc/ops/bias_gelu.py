@@ -31,7 +31,7 @@ def _forward(x, bias, approximate, backend):
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     bias = None if bias is None else bias.contiguous()
     y = backends.launchers(backend, "bias_gelu").bias_gelu_fwd(x2, bias, approximate == "tanh")
-    return y.view(x.shape), x2, bias
+    return y.view(*x.shape), x2, bias
 
 
 class BiasGeluFn(torch.autograd.Function):
@@ -47,7 +47,7 @@ class BiasGeluFn(torch.autograd.Function):
         x2, bias = ctx.saved_tensors
         impl = backends.launchers(ctx.backend, "bias_gelu")
         dx, dbias = impl.bias_gelu_bwd(dy.reshape(x2.shape).contiguous(), x2, bias, ctx.tanh)
-        return dx.view(dy.shape), dbias if bias is not None else None, None, None
+        return dx.view(*dy.shape), dbias if bias is not None else None, None, None
 
 
 def bias_gelu(

@@ -40,7 +40,7 @@ def _forward(x, weight, bias, eps, x_bias, approximate, backend):
     weight, bias = weight.contiguous(), bias.contiguous()
     y, mean, rstd = backends.launchers(backend, "gelu_layer_norm").gelu_layer_norm_fwd(
         x2, x_bias, weight, bias, float(eps), approximate == "tanh")
-    return y.view(x.shape), x2, x_bias, weight, mean, rstd
+    return y.view(*x.shape), x2, x_bias, weight, mean, rstd
 
 
 class GeluLayerNormFn(torch.autograd.Function):
@@ -58,7 +58,7 @@ class GeluLayerNormFn(torch.autograd.Function):
         dx, dx_bias, dweight, dbias = impl.gelu_layer_norm_bwd(
             dy.reshape(x2.shape).contiguous(), x2, x_bias, weight, mean, rstd, ctx.tanh
         )
-        return dx.view(dy.shape), dweight, dbias, None, dx_bias if x_bias is not None else None, None, None
+        return dx.view(*dy.shape), dweight, dbias, None, dx_bias if x_bias is not None else None, None, None
 
 
 def gelu_layer_norm(
