@@ -14,9 +14,11 @@ AttentionMaskInterface): its mask is the 2-D key padding mask itself, which the 
 also says whether anything is padded: a batch without padding runs with no mask). A 4-D mask (from the caller, or
 another attention implementation's mask function) runs as an additive bias on the reference attention. Recorded
 attentions (output_attentions) come from the reference path, which returns the probabilities transformers' eager
-attention gives. Trade-off: swapping classes instead of owning the modules keeps transformers' module layout,
-loading, saving and every PreTrainedModel feature, and keeps every reference a caller holds valid; the price is that
-fastenc's forward follows transformers' block boundaries (one op boundary per block) and its keyword plumbing.
+attention gives.
+
+Trade-off: swapping classes instead of owning the modules keeps transformers' module layout, loading, saving and
+every PreTrainedModel feature, and keeps every reference a caller holds valid; the price is that fastenc's forward
+follows transformers' block boundaries (one op boundary per block) and its keyword plumbing.
 """
 
 from __future__ import annotations
