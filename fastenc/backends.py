@@ -119,7 +119,7 @@ def _import_reason(module: str, what: str) -> str | None:
         if module == "fastenc._cuda" and not _cuda_ext_warned:
             _cuda_ext_warned = True
             warnings.warn(f"fastenc: CUDA extension fastenc._C is not available, backend 'cuda' is off ({e})",
-                          stacklevel=4)
+                          stacklevel=5)
         return f"{what} ({e})"
     return None
 

@@ -18,6 +18,7 @@ query rows and streams keys BLOCK_N at a time; in the dk/dv kernel it owns BLOCK
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import triton
 
@@ -121,3 +122,25 @@ def prune(kernel: str) -> Callable:
         return [by_tuple[c] for c in keep if c in by_tuple] or cfgs[:1]
 
     return early_config_prune
+
+
+# The autotuners' choices by tuning key. Triton's Autotuner.run rebuilds its key from every argument on every call
+# (tens of microseconds of host time per launch); a call whose key was already met launches the jitted kernel
+# directly with the chosen config. The key given must determine the autotuner's own (TUNE_KEY and the arguments'
+# dtypes). `forget` drops the choices (fastenc.precompile does, as its stand-in timings pick them).
+_chosen: dict[tuple, triton.Config] = {}
+
+
+def launch(tuner: Any, grid: Any, key: tuple, *args: Any, **consts: Any) -> None:
+    """tuner[grid](*args, **consts), through the autotuner only the first time `key` is met for this tuner."""
+    cfg = _chosen.get((tuner, key))
+    if cfg is None:
+        tuner[grid](*args, **consts)
+        _chosen[(tuner, key)] = tuner.best_config
+        return
+    tuner.fn.run(*args, grid=grid, warmup=False, **consts, **cfg.all_kwargs())
+
+
+def forget() -> None:
+    _chosen.clear()
+

@@ -476,11 +476,16 @@ class _Layout:
         self.mask = mask if mask is not None else q
         self.mask_strides = (mask.stride(0), mask.stride(1)) if mask is not None else (0, 0)
         self.lse_shape = (self.heads, q.shape[0]) if self.packed else (self.batch, self.heads, self.seqlen)
+        self.bucket, self.dtype = next_pow2(self.seqlen), q.dtype
         self.consts = dict(HEAD_DIM=self.head_dim, BLOCK_D=_block_d(self.head_dim), HAS_MASK=mask is not None,
                            PACKED=self.packed, INPUT_PRECISION=_input_precision(q.dtype))
 
     def lse_strides(self, lse: torch.Tensor) -> tuple[int, int, int]:
         return (0, lse.stride(0), lse.stride(1)) if self.packed else (lse.stride(0), lse.stride(1), lse.stride(2))
+
+    def tuning_key(self, dropout_p: float) -> tuple:
+        """What decides the autotuners' keys (TUNE_KEY and the arguments' dtypes): see _configs.launch."""
+        return (self.bucket, self.dtype, dropout_p > 0, *self.consts.values())
 
     def grid(self, block: str):
         return lambda meta: (cdiv(self.seqlen, meta[block]), self.batch, self.heads)
@@ -510,11 +515,12 @@ def _fwd_impl(
     lse = torch.empty(lay.lse_shape, dtype=torch.float32, device=q.device)
     if q.numel() == 0:
         return o, lse
-    _attention_fwd_kernel[lay.grid("BLOCK_M")](
+    _configs.launch(
+        _attention_fwd_kernel, lay.grid("BLOCK_M"), lay.tuning_key(dropout_p),
         q, k, v, lay.mask, lay.cu_seqlens, seed if dropout_p > 0 else q, o, lse,
         *_strides(q, lay.packed), *_strides(k, lay.packed), *_strides(v, lay.packed), *_strides(o, lay.packed),
         *lay.mask_strides, *lay.lse_strides(lse),
-        lay.seqlen, next_pow2(lay.seqlen), softmax_scale * _LOG2E, dropout_p,
+        lay.seqlen, lay.bucket, softmax_scale * _LOG2E, dropout_p,
         DROPOUT=dropout_p > 0, **lay.consts,
     )
     return o, lse
@@ -552,14 +558,16 @@ def _bwd_impl(
     common = (
         *_strides(q, lay.packed), *_strides(k, lay.packed), *_strides(v, lay.packed), *o_strides,
         *lay.mask_strides, *lse_strides,
-        lay.seqlen, next_pow2(lay.seqlen), softmax_scale * _LOG2E, dropout_p, softmax_scale,
+        lay.seqlen, lay.bucket, softmax_scale * _LOG2E, dropout_p, softmax_scale,
     )
     seed_arg = seed if dropout_p > 0 else q
-    _attention_bwd_dkdv_kernel[lay.grid("BLOCK_N")](
+    _configs.launch(
+        _attention_bwd_dkdv_kernel, lay.grid("BLOCK_N"), lay.tuning_key(dropout_p),
         q, k, v, do, lse, delta, lay.mask, lay.cu_seqlens, seed_arg, dk, dv, *common,
         DROPOUT=dropout_p > 0, **lay.consts,
     )
-    _attention_bwd_dq_kernel[lay.grid("BLOCK_M")](
+    _configs.launch(
+        _attention_bwd_dq_kernel, lay.grid("BLOCK_M"), lay.tuning_key(dropout_p),
         q, k, v, do, lse, delta, lay.mask, lay.cu_seqlens, seed_arg, dq, *common,
         DROPOUT=dropout_p > 0, **lay.consts,
     )

@@ -53,12 +53,16 @@ def _dropout_p(module: nn.Module, dropout: nn.Module) -> float:
     return dropout.p if module.training else 0.0
 
 
+try:
+    from transformers.utils.output_capturing import _active_collector
+except ImportError:  # unknown transformers internals: assume recording, which only disables packing
+    _active_collector = None
+
+
 def recording(key: str) -> bool:
     """Whether transformers is recording `key` ("hidden_states" / "attentions") for this forward call."""
-    try:
-        from transformers.utils.output_capturing import _active_collector
-    except ImportError:
-        return True  # unknown transformers internals: assume recording, which only disables packing
+    if _active_collector is None:
+        return True
     collected = _active_collector.get()
     return collected is not None and key in collected
 
