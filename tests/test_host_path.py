@@ -103,3 +103,12 @@ def test_sdpa_packed_cpu_runs_each_sequence_alone(dropout_p):
     out[:5].sum().backward()  # the first sequence only
     assert q.grad[5:].abs().max() == 0 and k.grad[5:].abs().max() == 0 and v.grad[5:].abs().max() == 0
     assert q.grad[:5].abs().max() > 0
+
+
+def test_cpu_path_comparison_runs_on_a_tiny_model():
+    config = host.tiny_bert_config(2)
+    doc = host.cpu_path(reps=1, warmup=0, config=config, shape=(3, 16), min_len=4)
+    cases = {c["case"]: c for c in doc["cases"]}
+    assert set(cases) == {"fixed", "padded"} and cases["fixed"]["lengths"] == [16] * 3
+    for c in cases.values():
+        assert c["transformers_sdpa_ms"] > 0 and c["fastenc_ms"] > 0 and c["fastenc_torch_kernels"] > 0

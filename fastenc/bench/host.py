@@ -264,30 +264,48 @@ def _host_overhead(reps: int, warmup: int, layers: int) -> dict[str, Any]:
             "transformers_sdpa_ms": hf_ms, "records": [asdict(r) for r in records]}
 
 
-def cpu_path(reps: int = 5, warmup: int = 1) -> dict[str, Any]:
-    """The second part of the module doc: fastenc's default on CPU tensors against transformers' sdpa model."""
+def cpu_path(reps: int = 5, warmup: int = 1, config: Any = None, shape: tuple[int, int] = CPU_SHAPE,
+             min_len: int = CPU_MIN_LEN) -> dict[str, Any]:
+    """The second part of the module doc: fastenc's default on CPU tensors against transformers' sdpa model
+    (BERT-base unless `config` is given), every row full and rows of lengths min_len..seq."""
     import transformers
 
     import fastenc
 
-    config = transformers.BertConfig()
+    name = "bert-base" if config is None else "custom"
+    config = transformers.BertConfig() if config is None else config
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
     hf = transformers.BertModel(config).eval()
     twin = fastenc.from_hf(hf).eval()
-    batch, seq = CPU_SHAPE
+    batch, seq = shape
     g = torch.Generator().manual_seed(1)
     cases = {"fixed": [seq] * batch,
-             "padded": torch.randint(CPU_MIN_LEN, seq + 1, (batch,), generator=g).tolist()}
+             "padded": torch.randint(min_len, seq + 1, (batch,), generator=g).tolist()}
     out = []
-    for name, lengths in cases.items():
+    for case, lengths in cases.items():
         x = _inputs(batch, seq, lengths, config.vocab_size)
+        runs = {"transformers": functools.partial(hf, **x), "fastenc": functools.partial(twin, **x)}
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        ops = {}
         with torch.inference_mode():
-            hf_ms = _median_ms(functools.partial(hf, **x), reps, warmup)
-            fe_ms = _median_ms(functools.partial(twin, **x), reps, warmup)
-        out.append({"case": name, "lengths": lengths, "transformers_sdpa_ms": round(hf_ms, 2),
-                    "fastenc_ms": round(fe_ms, 2), "speedup": round(hf_ms / fe_ms, 3)})
-    return {"model": "bert-base", "shape": f"{batch}x{seq}", "threads": torch.get_num_threads(), "cases": out}
+            for k, fn in runs.items():
+                for _ in range(warmup):
+                    fn()
+                counts = Counts()
+                with _counting(counts):
+                    fn()
+                ops[k] = counts.torch_kernels
+            for _ in range(reps):  # alternated, so drift in the machine's speed hits both alike
+                for k, fn in runs.items():
+                    t0 = time.perf_counter()
+                    fn()
+                    times[k].append(time.perf_counter() - t0)
+        hf_ms, fe_ms = (1e3 * statistics.median(times[k]) for k in runs)
+        out.append({"case": case, "lengths": lengths, "transformers_sdpa_ms": round(hf_ms, 2),
+                    "fastenc_ms": round(fe_ms, 2), "speedup": round(hf_ms / fe_ms, 3),
+                    "transformers_torch_kernels": ops["transformers"], "fastenc_torch_kernels": ops["fastenc"]})
+    return {"model": name, "shape": f"{batch}x{seq}", "threads": torch.get_num_threads(), "cases": out}
 
 
 def render(doc: dict[str, Any]) -> str:
@@ -311,9 +329,10 @@ def render(doc: dict[str, Any]) -> str:
     cpu = doc.get("cpu")
     if cpu:
         lines += ["", f"CPU path, {cpu['model']} {cpu['shape']}, inference, {cpu['threads']} threads:", "",
-                  "| case | transformers sdpa ms | fastenc ms | speed-up |", "|---|---|---|---|"]
-        lines += [f"| {c['case']} | {c['transformers_sdpa_ms']} | {c['fastenc_ms']} | {c['speedup']}x |"
-                  for c in cpu["cases"]]
+                  "| case | transformers sdpa ms | fastenc ms | speed-up | torch kernels (transformers / fastenc) |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {c['case']} | {c['transformers_sdpa_ms']} | {c['fastenc_ms']} | {c['speedup']}x | "
+                  f"{c['transformers_torch_kernels']} / {c['fastenc_torch_kernels']} |" for c in cpu["cases"]]
     return "\n".join(lines)
 
 
