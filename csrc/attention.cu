@@ -2,14 +2,23 @@
 // mma.sync.m16n8k16 (fp16 / bf16 in, fp32 accumulate), for sm_80 and newer. Padded [B, S, H, D] with a key mask
 // and packed [T, H, D] with cu_seqlens share every kernel: only the row addressing differs (see AttnTensor).
 //
-// Forward (one block of 4 warps per 64 queries of one (batch, head); each warp owns 16 query rows): stream the
-// key / value tiles through shared memory with cp.async (the V tile lands while Q K^T runs, the next K tile in a
-// second buffer while the softmax and P V run), online softmax in the exp2 domain, P converted in registers to the
-// A operand of P V. It writes o and the fp32 log-sum-exp.
+// Forward (one block of 4 warps per 128 queries of one (batch, head), each warp owning two 16-row tiles, so every
+// K / V fragment it loads with ldmatrix feeds two mma; 64 queries and one tile per warp at head dim 128): stream
+// the key / value tiles through shared memory with cp.async (the V tile lands while Q K^T runs, the next K tile in
+// a second buffer while the softmax and P V run), online softmax in the exp2 domain, P converted in registers to
+// the A operand of P V. It writes o and the fp32 log-sum-exp.
+// Row tiles per warp, from the static figures (nvcc 13.0, fp16, registers / spill bytes / ldmatrix per mma):
+//   d32: 1 tile 96 regs, 2 tiles 158 regs, ldmatrix per mma 0.56 -> 0.31, no spill;
+//   d64: 124 -> 241 regs, 0.56 -> 0.31, no spill (2 blocks of 4 warps per SM: the same 256 query rows in flight);
+//   d128: 2 tiles would take 255 registers and spill (sm_80: 12 bytes), so it keeps one.
+// Shared memory per block: (rows + 3 * 64) * (D + 8) * 2 bytes: 25 / 45 / 68 KiB for d32 / 64 / 128, within the
+// opt-in limits of sm_80 (163 KiB) and sm_90 (227 KiB).
 // Backward is deterministic, without atomics: a preprocess kernel computes delta = rowsum(dO * O); one kernel per
 // key tile accumulates dK and dV over all query tiles (it computes S^T = K Q^T, so its warps own key rows); a
 // separate kernel per query tile recomputes P and dP and accumulates dQ. The dQ pass re-does two of the five
-// matmuls: the price of determinism.
+// matmuls: the price of determinism. Both double-buffer the tiles they stream (the next query tile's Q and dO,
+// the next key tile's K and V land while the current one computes): 30 / 54 / 68 KiB of shared memory. Their
+// warps keep one 16-row tile each (two were not tried: they already hold 160-250 registers at one).
 // Dropout follows the Philox scheme of fastenc.kernels.attention (counter {j / 8, i, b, h}, 16-bit slice j % 8,
 // kept iff slice >= ceil(p * 2^16)), so the mask depends on the element only: backward regenerates forward's mask
 // exactly, and attention_dropout_mask returns it for tests. The 8 keys of one call lie in the 4 lanes of a quad

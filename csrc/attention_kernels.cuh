@@ -31,27 +31,34 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
 // ---- Warp-level tile products --------------------------------------------------------------------------------
 // Accumulator layout of one m16n8 tile (lane = 4 * g + t): acc[0..1] = row g, cols 2t, 2t+1; acc[2..3] = row g+8.
 
-// acc[16 x 8*NT] += A[16 x KDIM] * B[8*NT x KDIM]^T, A and B row-major in shared memory (row stride LD).
-template <typename T, int NT, int KDIM, int LD>
-__device__ __forceinline__ void mma_abt(float (&acc)[NT][4], const T* s_a, const T* s_b, int lane) {
+// acc[rt][16 x 8*NT] += A_rt[16 x KDIM] * B[8*NT x KDIM]^T for RT row tiles A_rt = rows 16 rt .. 16 rt + 15 of
+// s_a; A and B row-major in shared memory (row stride LD). Each B fragment is loaded once and feeds the RT tiles.
+template <typename T, int NT, int KDIM, int LD, int RT>
+__device__ __forceinline__ void mma_abt(float (&acc)[RT][NT][4], const T* s_a, const T* s_b, int lane) {
   static_assert(NT % 2 == 0 && KDIM % 16 == 0, "tile shape");
 #pragma unroll
   for (int kk = 0; kk < KDIM / 16; ++kk) {
-    uint32_t a[4];
-    ldmatrix_x4(a, s_a + (lane & 15) * LD + kk * 16 + (lane >> 4) * 8);
+    uint32_t a[RT][4];
+#pragma unroll
+    for (int rt = 0; rt < RT; ++rt) ldmatrix_x4(a[rt], s_a + (rt * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
 #pragma unroll
     for (int nt = 0; nt < NT; nt += 2) {
       uint32_t b[4];
       ldmatrix_x4(b, s_b + (nt * 8 + (lane & 7) + ((lane >> 4) << 3)) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
-      mma_16816<T>(acc[nt], a, b[0], b[1]);
-      mma_16816<T>(acc[nt + 1], a, b[2], b[3]);
+#pragma unroll
+      for (int rt = 0; rt < RT; ++rt) {
+        mma_16816<T>(acc[rt][nt], a[rt], b[0], b[1]);
+        mma_16816<T>(acc[rt][nt + 1], a[rt], b[2], b[3]);
+      }
     }
   }
 }
 
-// acc[16 x 8*DT] += A[16 x 16*KT] * B[16*KT x 8*DT], A in registers (A fragments), B row-major in shared memory.
-template <typename T, int KT, int DT, int LD>
-__device__ __forceinline__ void mma_ab(float (&acc)[DT][4], const uint32_t (&a)[KT][4], const T* s_b, int lane) {
+// acc[rt][16 x 8*DT] += A_rt[16 x 16*KT] * B[16*KT x 8*DT], A in registers (A fragments), B row-major in shared
+// memory; each B fragment is loaded once and feeds the RT tiles.
+template <typename T, int KT, int DT, int LD, int RT>
+__device__ __forceinline__ void mma_ab(float (&acc)[RT][DT][4], const uint32_t (&a)[RT][KT][4], const T* s_b,
+                                       int lane) {
   static_assert(DT % 2 == 0, "tile shape");
 #pragma unroll
   for (int kk = 0; kk < KT; ++kk) {
@@ -59,10 +66,25 @@ __device__ __forceinline__ void mma_ab(float (&acc)[DT][4], const uint32_t (&a)[
     for (int dt = 0; dt < DT; dt += 2) {
       uint32_t b[4];
       ldmatrix_x4_trans(b, s_b + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + dt * 8 + (lane >> 4) * 8);
-      mma_16816<T>(acc[dt], a[kk], b[0], b[1]);
-      mma_16816<T>(acc[dt + 1], a[kk], b[2], b[3]);
+#pragma unroll
+      for (int rt = 0; rt < RT; ++rt) {
+        mma_16816<T>(acc[rt][dt], a[rt][kk], b[0], b[1]);
+        mma_16816<T>(acc[rt][dt + 1], a[rt][kk], b[2], b[3]);
+      }
     }
   }
+}
+
+// The same for one row tile.
+template <typename T, int NT, int KDIM, int LD>
+__device__ __forceinline__ void mma_abt(float (&acc)[NT][4], const T* s_a, const T* s_b, int lane) {
+  mma_abt<T, NT, KDIM, LD>(reinterpret_cast<float (&)[1][NT][4]>(acc), s_a, s_b, lane);
+}
+
+template <typename T, int KT, int DT, int LD>
+__device__ __forceinline__ void mma_ab(float (&acc)[DT][4], const uint32_t (&a)[KT][4], const T* s_b, int lane) {
+  mma_ab<T, KT, DT, LD>(reinterpret_cast<float (&)[1][DT][4]>(acc), reinterpret_cast<const uint32_t (&)[1][KT][4]>(a),
+                        s_b, lane);
 }
 
 // Accumulators of a 16 x 8*NT tile as the A fragments of a 16 x 8*NT (k = 8*NT) operand.
@@ -119,6 +141,18 @@ __device__ __forceinline__ void load_tile_async(T* s_dst, const AttnTensor& t, i
   }
 }
 
+// Rows row0 .. row0 + ROWS - 1 of x, then of y, into s_dst ([ROWS, LD] each) as one cp.async group: the next
+// step's tiles of a double buffer. Past the sequence the group is empty, so every step commits one group.
+template <typename T, int ROWS, int D, int LD>
+__device__ __forceinline__ void prefetch_pair_async(T* s_dst, const AttnTensor& x, const AttnTensor& y, int b,
+                                                    const Seq& seq, int h, int row0, int tid) {
+  if (row0 < seq.len) {
+    load_tile_async<T, ROWS, D, LD>(s_dst, x, b, seq, h, row0, tid);
+    load_tile_async<T, ROWS, D, LD>(s_dst + ROWS * LD, y, b, seq, h, row0, tid);
+  }
+  cp_async_commit();
+}
+
 __device__ __forceinline__ bool key_allowed(const AttnParams& p, int b, const Seq& seq, int j) {
   return j < seq.len && (p.key_mask == nullptr || p.key_mask[b * p.mask_batch_stride + j] != 0);
 }
@@ -147,25 +181,30 @@ __device__ __forceinline__ float* lse_ptr(const AttnParams& p, float* base, int 
 
 // ---- Forward ---------------------------------------------------------------------------------------------------
 
+// kRowTiles 16-row query tiles per warp: with two, every K / V fragment loaded by ldmatrix feeds two mma (half
+// the shared-memory traffic per mma) and a block covers 128 queries. d128 keeps one (64 queries per block): two
+// tiles of its 16 x 128 fp32 output would not fit in the 255 registers of a thread (see attention.cu's header).
 template <int D>
 struct FwdTile {
-  static constexpr int kM = 64, kN = 64, kLd = D + 8;
+  static constexpr int kRowTiles = D == 128 ? 1 : 2;
+  static constexpr int kM = 64 * kRowTiles, kN = 64, kLd = D + 8;
   static constexpr size_t kSmem = static_cast<size_t>(kM + 3 * kN) * kLd * 2;  // Q, two K buffers, V
 };
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const AttnParams p) {
   using Tile = FwdTile<D>;
-  constexpr int kM = Tile::kM, kN = Tile::kN, kLd = Tile::kLd, kNT = kN / 8, kDT = D / 8;
-  T* s_q = dynamic_smem<T>();  // [kM, kLd]
-  T* s_k = s_q + kM * kLd;        // [2][kN, kLd]: the tile's K, and the next tile's landing
-  T* s_v = s_k + 2 * kN * kLd;    // [kN, kLd]
+  constexpr int kRT = Tile::kRowTiles, kM = Tile::kM, kN = Tile::kN, kLd = Tile::kLd, kNT = kN / 8, kDT = D / 8;
+  T* s_q = dynamic_smem<T>();   // [kM, kLd]
+  T* s_k = s_q + kM * kLd;      // [2][kN, kLd]: the tile's K, and the next tile's landing
+  T* s_v = s_k + 2 * kN * kLd;  // [kN, kLd]
   __shared__ bool s_key_ok[kN];
 
   const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kM;
   const Seq seq = seq_of(p, b);
   if (m0 >= seq.len) return;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+  const int row0 = m0 + warp * 16 * kRT;  // the warp's rows: row0 .. row0 + 16 kRT - 1, tile rt from row0 + 16 rt
   const DropoutState drop = dropout_state(p);
   const float scale_log2 = p.softmax_scale * kLog2e;
 
@@ -173,10 +212,15 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const AttnParam
   load_tile_async<T, kN, D, kLd>(s_k, p.k, b, seq, h, 0, tid);
   cp_async_commit();
 
-  float o[kDT][4];
-  zero(o);
-  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
-  const T* s_q_warp = s_q + warp * 16 * kLd;
+  float o[kRT][kDT][4];
+  float row_max[kRT][2], row_sum[kRT][2];  // rows g (r = 0) and g + 8 (r = 1) of each tile
+#pragma unroll
+  for (int rt = 0; rt < kRT; ++rt) {
+    zero(o[rt]);
+    row_max[rt][0] = row_max[rt][1] = -INFINITY;
+    row_sum[rt][0] = row_sum[rt][1] = 0.f;
+  }
+  const T* s_q_warp = s_q + (row0 - m0) * kLd;
 
   // cp.async groups in flight at each wait: {K(n0), V(n0)} before Q K^T, then {V(n0), K(n0 + kN)} before P V.
   for (int n0 = 0, buf = 0; n0 < seq.len; n0 += kN, buf ^= 1) {
@@ -187,73 +231,79 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const AttnParam
     cp_async_wait<1>();  // Q and this tile's K have landed; V may still be in flight
     __syncthreads();
 
-    float s[kNT][4];
-    zero(s);
+    float s[kRT][kNT][4];
+#pragma unroll
+    for (int rt = 0; rt < kRT; ++rt) zero(s[rt]);
     mma_abt<T, kNT, D, kLd>(s, s_q_warp, s_k + buf * kN * kLd, lane);
     // The next tile's K lands in the other buffer during the softmax and P V (rows past the sequence: zeros).
     if (n0 + kN < seq.len) load_tile_async<T, kN, D, kLd>(s_k + (buf ^ 1) * kN * kLd, p.k, b, seq, h, n0 + kN, tid);
     cp_async_commit();  // possibly empty: keeps the group count of every iteration the same
 
-    // Online softmax over this tile, rows g (r = 0) and g + 8 (r = 1) of the warp's 16.
+    uint32_t pa[kRT][kNT / 2][4];
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = -INFINITY;
+    for (int rt = 0; rt < kRT; ++rt) {
+      // Online softmax over this tile.
 #pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) {
+      for (int r = 0; r < 2; ++r) {
+        float mx = -INFINITY;
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& x = s[nt][2 * r + e];
-          x = s_key_ok[nt * 8 + 2 * tq + e] ? x * scale_log2 : -INFINITY;
-          mx = fmaxf(mx, x);
+        for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float& x = s[rt][nt][2 * r + e];
+            x = s_key_ok[nt * 8 + 2 * tq + e] ? x * scale_log2 : -INFINITY;
+            mx = fmaxf(mx, x);
+          }
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float new_max = fmaxf(row_max[rt][r], mx);
+        const float ref = new_max == -INFINITY ? 0.f : new_max;  // a row with no key yet: every p is 0
+        const float corr = exp2_approx(row_max[rt][r] - ref);
+        row_max[rt][r] = new_max;
+        row_sum[rt][r] *= corr;
+#pragma unroll
+        for (int dt = 0; dt < kDT; ++dt) {
+          o[rt][dt][2 * r] *= corr;
+          o[rt][dt][2 * r + 1] *= corr;
+        }
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float& x = s[rt][nt][2 * r + e];
+            x = exp2_approx(x - ref);
+            row_sum[rt][r] += x;
+          }
         }
       }
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float new_max = fmaxf(row_max[r], mx);
-      const float ref = new_max == -INFINITY ? 0.f : new_max;  // a row with no key yet: every p is 0
-      const float corr = exp2_approx(row_max[r] - ref);
-      row_max[r] = new_max;
-      row_sum[r] *= corr;
-#pragma unroll
-      for (int dt = 0; dt < kDT; ++dt) {
-        o[dt][2 * r] *= corr;
-        o[dt][2 * r + 1] *= corr;
+      if (drop.on) {
+        uint32_t slice[kNT][4];
+        dropout_slices_query_rows<kNT>(drop, b, h, row0 + 16 * rt + g, n0, lane, slice);
+        apply_dropout(s[rt], slice, drop.threshold);
       }
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& x = s[nt][2 * r + e];
-          x = exp2_approx(x - ref);
-          row_sum[r] += x;
-        }
-      }
+      acc_to_a<T, kNT>(s[rt], pa[rt]);
     }
-    if (drop.on) {
-      uint32_t slice[kNT][4];
-      dropout_slices_query_rows<kNT>(drop, b, h, m0 + warp * 16 + g, n0, lane, slice);
-      apply_dropout(s, slice, drop.threshold);
-    }
-
-    uint32_t pa[kNT / 2][4];
-    acc_to_a<T, kNT>(s, pa);
     cp_async_wait<1>();  // V has landed; the next K may still be in flight
     __syncthreads();
     mma_ab<T, kNT / 2, kDT, kLd>(o, pa, s_v, lane);
   }
 
-  float row_scale[2];
   float* lse = lse_ptr(p, p.lse, b, seq, h);
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float l = row_sum[r];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    row_scale[r] = l > 0.f ? drop.scale / l : 0.f;
-    const int row = m0 + warp * 16 + g + 8 * r;
-    if (tq == 0 && row < seq.len) lse[row] = l > 0.f ? (row_max[r] + log2_approx(l)) * kLn2 : INFINITY;
+  for (int rt = 0; rt < kRT; ++rt) {
+    float row_scale[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float l = row_sum[rt][r];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      row_scale[r] = l > 0.f ? drop.scale / l : 0.f;
+      const int row = row0 + 16 * rt + g + 8 * r;
+      if (tq == 0 && row < seq.len) lse[row] = l > 0.f ? (row_max[rt][r] + log2_approx(l)) * kLn2 : INFINITY;
+    }
+    store_rows<T, kDT>(o[rt], row_scale, p.o, b, seq, h, row0 + 16 * rt, lane);
   }
-  store_rows<T, kDT>(o, row_scale, p.o, b, seq, h, m0 + warp * 16, lane);
 }
 
 // ---- Backward ----------------------------------------------------------------------------------------------------
@@ -282,7 +332,8 @@ struct BwdTile {
   static constexpr int kM = D == 128 ? 32 : 64;  // query rows per step (dK / dV pass), key rows per step (dQ pass)
   static constexpr int kN = 64;                  // rows owned by a block: keys (dK / dV pass), queries (dQ pass)
   static constexpr int kLd = D + 8;
-  static constexpr size_t kSmem = static_cast<size_t>(2 * kM + 2 * kN) * kLd * 2;
+  // dK / dV pass: its K, V and two buffers of Q, dO; dQ pass: its Q, dO and two buffers of K, V.
+  static constexpr size_t kSmem = static_cast<size_t>(2 * kN + 4 * kM) * kLd * 2;
 };
 
 // One block per 64 keys of one (batch, head): loops over every query tile and accumulates dK, dV.
@@ -291,9 +342,8 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const Attn
   using Tile = BwdTile<D>;
   constexpr int kM = Tile::kM, kN = Tile::kN, kLd = Tile::kLd, kMT = kM / 8, kDT = D / 8;
   T* s_k = dynamic_smem<T>();  // [kN, kLd]
-  T* s_v = s_k + kN * kLd;                   // [kN, kLd]
-  T* s_q = s_v + kN * kLd;                   // [kM, kLd]
-  T* s_do = s_q + kM * kLd;                  // [kM, kLd]
+  T* s_v = s_k + kN * kLd;     // [kN, kLd]
+  T* s_qdo = s_v + kN * kLd;   // [2][Q [kM, kLd], dO [kM, kLd]]: the tile's, and the next tile's landing
   __shared__ float s_lse2[kM], s_delta[kM];
 
   const int b = blockIdx.z, h = blockIdx.y, n0 = blockIdx.x * kN;
@@ -307,7 +357,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const Attn
 
   load_tile_async<T, kN, D, kLd>(s_k, p.k, b, seq, h, n0, tid);
   load_tile_async<T, kN, D, kLd>(s_v, p.v, b, seq, h, n0, tid);
-  cp_async_commit();
+  prefetch_pair_async<T, kM, D, kLd>(s_qdo, p.q, p.dout, b, seq, h, 0, tid);
   const int j_row = n0 + warp * 16 + g;  // this lane's key rows: j_row and j_row + 8
   const bool key_ok[2] = {key_allowed(p, b, seq, j_row), key_allowed(p, b, seq, j_row + 8)};
 
@@ -317,18 +367,19 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const Attn
   const T* s_k_warp = s_k + warp * 16 * kLd;
   const T* s_v_warp = s_v + warp * 16 * kLd;
 
-  for (int m0 = 0; m0 < seq.len; m0 += kM) {
-    __syncthreads();  // the previous query tile is no longer read
-    load_tile_async<T, kM, D, kLd>(s_q, p.q, b, seq, h, m0, tid);
-    load_tile_async<T, kM, D, kLd>(s_do, p.dout, b, seq, h, m0, tid);
-    cp_async_commit();
+  // One cp.async group per query tile, issued a tile ahead: the next tile's Q and dO land while this one computes.
+  for (int m0 = 0, buf = 0; m0 < seq.len; m0 += kM, buf ^= 1) {
+    __syncthreads();  // buffer buf ^ 1 and the previous tile's lse / delta are no longer read
+    prefetch_pair_async<T, kM, D, kLd>(s_qdo + (buf ^ 1) * 2 * kM * kLd, p.q, p.dout, b, seq, h, m0 + kM, tid);
     for (int i = tid; i < kM; i += kThreads) {
       const bool valid = m0 + i < seq.len;
       s_lse2[i] = valid ? lse[m0 + i] * kLog2e : INFINITY;  // +inf: a row with no key (p = 0)
       s_delta[i] = valid ? delta[m0 + i] : 0.f;
     }
-    cp_async_wait<0>();
+    cp_async_wait<1>();  // K, V and this tile's Q, dO have landed; the next tile's may still be in flight
     __syncthreads();
+    const T* s_q = s_qdo + buf * 2 * kM * kLd;
+    const T* s_do = s_q + kM * kLd;
 
     // P^T = exp(S^T - lse) with S^T = K Q^T: rows are this warp's keys, columns the tile's queries.
     float pt[kMT][4];
@@ -388,9 +439,8 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const AttnPa
   using Tile = BwdTile<D>;
   constexpr int kM = Tile::kN, kN = Tile::kM, kLd = Tile::kLd, kNT = kN / 8, kDT = D / 8;
   T* s_q = dynamic_smem<T>();  // [kM, kLd]
-  T* s_do = s_q + kM * kLd;                  // [kM, kLd]
-  T* s_k = s_do + kM * kLd;                  // [kN, kLd]
-  T* s_v = s_k + kN * kLd;                   // [kN, kLd]
+  T* s_do = s_q + kM * kLd;    // [kM, kLd]
+  T* s_kv = s_do + kM * kLd;   // [2][K [kN, kLd], V [kN, kLd]]: the tile's, and the next tile's landing
   __shared__ bool s_key_ok[kN];
 
   const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kM;
@@ -402,7 +452,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const AttnPa
 
   load_tile_async<T, kM, D, kLd>(s_q, p.q, b, seq, h, m0, tid);
   load_tile_async<T, kM, D, kLd>(s_do, p.dout, b, seq, h, m0, tid);
-  cp_async_commit();
+  prefetch_pair_async<T, kN, D, kLd>(s_kv, p.k, p.v, b, seq, h, 0, tid);
   const int i_row = m0 + warp * 16 + g;  // this lane's query rows: i_row and i_row + 8
   float lse2[2], dlt[2];
   const float* lse = lse_ptr(p, p.lse, b, seq, h);
@@ -419,14 +469,15 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const AttnPa
   const T* s_q_warp = s_q + warp * 16 * kLd;
   const T* s_do_warp = s_do + warp * 16 * kLd;
 
-  for (int n0 = 0; n0 < seq.len; n0 += kN) {
-    __syncthreads();
-    load_tile_async<T, kN, D, kLd>(s_k, p.k, b, seq, h, n0, tid);
-    load_tile_async<T, kN, D, kLd>(s_v, p.v, b, seq, h, n0, tid);
-    cp_async_commit();
+  // One cp.async group per key tile, issued a tile ahead: the next tile's K and V land while this one computes.
+  for (int n0 = 0, buf = 0; n0 < seq.len; n0 += kN, buf ^= 1) {
+    __syncthreads();  // buffer buf ^ 1 and the previous tile's key flags are no longer read
+    prefetch_pair_async<T, kN, D, kLd>(s_kv + (buf ^ 1) * 2 * kN * kLd, p.k, p.v, b, seq, h, n0 + kN, tid);
     for (int j = tid; j < kN; j += kThreads) s_key_ok[j] = key_allowed(p, b, seq, n0 + j);
-    cp_async_wait<0>();
+    cp_async_wait<1>();  // Q, dO and this tile's K, V have landed; the next tile's may still be in flight
     __syncthreads();
+    const T* s_k = s_kv + buf * 2 * kN * kLd;
+    const T* s_v = s_k + kN * kLd;
 
     float s[kNT][4], dp[kNT][4];
     zero(s);
