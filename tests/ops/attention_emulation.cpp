@@ -4,7 +4,9 @@
 // shuffles) meet at a barrier, and the warp's lanes trade their operands through shared slots. cp.async is
 // deferred: at issue it poisons its 16 destination bytes with NaNs and copies only when a cp.async.wait_group
 // covers its group, so a tile read before its wait, or overwritten while another warp still reads it, shows up
-// as NaN or wrong values in the outputs. Shared memory has a guard zone after the launcher's size.
+// as NaN or wrong values in the outputs. Every ldmatrix row and cp.async destination must be 16-byte aligned and
+// inside the launcher's shared memory size (a guard zone after it catches other writes); ldmatrix matrices whose
+// 8 rows share a bank group are counted and printed ("ldmatrix_conflicts N").
 //
 // Usage: attention_emulation DIR, with DIR/params.txt
 //   "dtype(h|b) head_dim batch heads max_seqlen rows packed scale dropout_p seed backward" (rows: tokens when
@@ -12,6 +14,7 @@
 // and the raw inputs DIR/{q,k,v,dout}.bin (16-bit, [B, S, H, D] or [T, H, D], contiguous), mask.bin (uint8 [B, S], when masked),
 // cu.bin (int32 [B + 1]). Writes o.bin, lse.bin (fp32) and with backward dq.bin, dk.bin, dv.bin.
 // tests/ops/test_attention_emulation.py compares them with a float64 attention.
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -62,6 +65,27 @@ thread_local std::vector<Copy> open_group;
 thread_local std::deque<std::vector<Copy>> committed;
 
 unsigned char* smem = nullptr;
+size_t smem_bytes = 0;
+std::atomic<long> ldmatrix_conflicts{0};
+
+[[noreturn]] void fail(const char* what, const void* p) {
+  std::fprintf(stderr, "%s: %p (shared memory %p + %zu bytes)\n", what, p, static_cast<void*>(smem), smem_bytes);
+  std::exit(4);
+}
+
+// A shared-memory access of 16 bytes at p: inside the launcher's dynamic shared memory and 16-byte aligned.
+void check_smem16(const void* p, const char* what) {
+  const auto* c = static_cast<const unsigned char*>(p);
+  if (c < smem || c + 16 > smem + smem_bytes || reinterpret_cast<uintptr_t>(p) % 16 != 0) fail(what, p);
+}
+
+// The 8 row addresses of one ldmatrix 8x8 matrix are served in one shared-memory wavefront iff their 16-byte
+// chunks fall in 8 different groups of 4 banks.
+void count_conflicts(const void* const* rows) {
+  unsigned seen = 0;
+  for (int r = 0; r < 8; ++r) seen |= 1u << ((static_cast<const unsigned char*>(rows[r]) - smem) / 16 % 8);
+  if (seen != 0xffu) ++ldmatrix_conflicts;
+}
 }  // namespace emu
 
 inline thread_local emu::Dim threadIdx{0, 0, 0}, blockIdx{0, 0, 0};
@@ -98,9 +122,18 @@ inline uint32_t load_b16x2(const void* p) {
 
 // ldmatrix .x4: lane 8 m + r gives the address of row r of matrix m (8 16-bit values); lane l receives, of matrix
 // m, row l / 4 columns 2 (l % 4) and 2 (l % 4) + 1 (.trans: column l / 4, rows 2 (l % 4) and 2 (l % 4) + 1).
+// Each lane checks its own row address; lane 0 counts bank conflicts for the warp.
+inline void ldmatrix_rows_check(const void* p, const void* const* s) {
+  emu::check_smem16(p, "ldmatrix row address");
+  if ((emu::tid & 31) == 0) {
+    for (int m = 0; m < 4; ++m) emu::count_conflicts(s + 8 * m);
+  }
+}
+
 inline void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
   const int l = emu::tid & 31;
   emu::warp_collective(p, [&](const void* const* s) {
+    ldmatrix_rows_check(p, s);
     for (int m = 0; m < 4; ++m) r[m] = load_b16x2(static_cast<const uint16_t*>(s[8 * m + l / 4]) + 2 * (l % 4));
   });
 }
@@ -108,6 +141,7 @@ inline void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
 inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
   const int l = emu::tid & 31;
   emu::warp_collective(p, [&](const void* const* s) {
+    ldmatrix_rows_check(p, s);
     for (int m = 0; m < 4; ++m) {
       const uint16_t lo = static_cast<const uint16_t*>(s[8 * m + 2 * (l % 4)])[l / 4];
       const uint16_t hi = static_cast<const uint16_t*>(s[8 * m + 2 * (l % 4) + 1])[l / 4];
@@ -152,6 +186,8 @@ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) 
 }
 
 inline void cp_async_16(void* dst, const void* src, bool valid) {
+  emu::check_smem16(dst, "cp.async destination");
+  if (valid && reinterpret_cast<uintptr_t>(src) % 16 != 0) emu::fail("cp.async source not 16-byte aligned", src);
   std::memset(dst, 0xff, 16);  // NaN in fp16 and bf16 until the copy is waited for
   emu::open_group.push_back({dst, src, valid});
 }
@@ -190,6 +226,7 @@ void launch(const std::function<void(const fastenc::AttnParams&)>& kernel, int b
             const fastenc::AttnParams& p) {
   std::vector<unsigned char> smem(smem_bytes + kGuard, kGuardByte);
   emu::smem = smem.data();
+  emu::smem_bytes = smem_bytes;
   std::barrier<> block(emu::kBlockThreads);
   std::deque<std::barrier<>> warps;
   for (int w = 0; w < emu::kWarps; ++w) emu::warp_barrier[w] = &warps.emplace_back(32);
@@ -304,5 +341,6 @@ int main(int argc, char** argv) {
   } else {
     run_dim<__nv_bfloat16>(d, dir, p, rows, packed != 0, backward != 0);
   }
+  std::printf("ldmatrix_conflicts %ld\n", emu::ldmatrix_conflicts.load());
   return 0;
 }

@@ -1,6 +1,7 @@
 """The CUDA attention kernels (csrc/attention_kernels.cuh) run unchanged on the CPU over an emulation of their PTX
 (tests/ops/attention_emulation.cpp: a host thread per CUDA thread, ldmatrix / mma.sync fragments from the PTX ISA's
-layouts, deferred cp.async that poisons its destination until waited for), and their outputs must match a float64
+layouts, deferred cp.async that poisons its destination until waited for; shared-memory bounds, alignment and
+ldmatrix bank conflicts checked), and their outputs must match a float64
 attention: o and the log-sum-exp, and dQ, dK, dV with key masks, packed sequences, dropout (the documented Philox
 mask) and rows with no key. This checks what no nvcc build can: which rows each warp's row tiles cover, where the
 per-row softmax statistics live, which shared-memory rows each tile reads and writes, and the cp.async / barrier
@@ -68,6 +69,7 @@ def _emulate(exe: Path, workdir: Path, q, k, v, do, *, dtype, mask=None, cu=None
         cu.numpy().tofile(workdir / "cu.bin")
     run = subprocess.run([str(exe), str(workdir)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split() == ["ldmatrix_conflicts", "0"], run.stdout  # the padded rows (D + 8) keep them apart
 
     def read(name, dt, shape):
         raw = np.fromfile(workdir / f"{name}.bin", dtype=np.int16 if dt != torch.float32 else np.float32)
