@@ -17,8 +17,10 @@
 // key tile accumulates dK and dV over all query tiles (it computes S^T = K Q^T, so its warps own key rows); a
 // separate kernel per query tile recomputes P and dP and accumulates dQ. The dQ pass re-does two of the five
 // matmuls: the price of determinism. Both double-buffer the tiles they stream (the next query tile's Q and dO,
-// the next key tile's K and V land while the current one computes): 30 / 54 / 68 KiB of shared memory. Their
-// warps keep one 16-row tile each (two were not tried: they already hold 160-250 registers at one).
+// the next key tile's K and V land while the current one computes). dK / dV warps own one 16-row key tile (their
+// dK and dV take 160-250 registers already). dQ warps own two 16-row query tiles at d32 only (229 registers; per
+// mma 0.58 -> 0.33 ldmatrix): at d64 two spill on sm_90a (255 registers, 4 bytes), at d128 their 102 KiB of
+// shared memory would leave one block per A100 SM. Shared memory: dK / dV 30 / 54 / 68 KiB, dQ 40 / 54 / 68 KiB.
 // Dropout follows the Philox scheme of fastenc.kernels.attention (counter {j / 8, i, b, h}, 16-bit slice j % 8,
 // kept iff slice >= ceil(p * 2^16)), so the mask depends on the element only: backward regenerates forward's mask
 // exactly, and attention_dropout_mask returns it for tests. The 8 keys of one call lie in the 4 lanes of a quad
@@ -83,9 +85,9 @@ cudaError_t bwd(const AttnParams& p, cudaStream_t stream) {
   using Tile = BwdTile<D>;
   cudaError_t err = launch<attention_bwd_delta_kernel<T, D>>(grid_of(p, 64), 0, stream, p);
   if (err != cudaSuccess) return err;
-  err = launch<attention_bwd_dkdv_kernel<T, D>>(grid_of(p, Tile::kN), Tile::kSmem, stream, p);
+  err = launch<attention_bwd_dkdv_kernel<T, D>>(grid_of(p, Tile::kN), Tile::kSmemDkDv, stream, p);
   if (err != cudaSuccess) return err;
-  return launch<attention_bwd_dq_kernel<T, D>>(grid_of(p, Tile::kN), Tile::kSmem, stream, p);
+  return launch<attention_bwd_dq_kernel<T, D>>(grid_of(p, Tile::kDqRows), Tile::kSmemDq, stream, p);
 }
 
 #define FASTENC_DISPATCH_ATTENTION(dtype, head_dim, FN, ...) \

@@ -332,8 +332,12 @@ struct BwdTile {
   static constexpr int kM = D == 128 ? 32 : 64;  // query rows per step (dK / dV pass), key rows per step (dQ pass)
   static constexpr int kN = 64;                  // rows owned by a block: keys (dK / dV pass), queries (dQ pass)
   static constexpr int kLd = D + 8;
+  // 16-row query tiles per warp in the dQ pass: two only at d32 (why: attention.cu's header).
+  static constexpr int kDqRowTiles = D == 32 ? 2 : 1;
+  static constexpr int kDqRows = 64 * kDqRowTiles;  // queries owned by a dQ block
   // dK / dV pass: its K, V and two buffers of Q, dO; dQ pass: its Q, dO and two buffers of K, V.
-  static constexpr size_t kSmem = static_cast<size_t>(2 * kN + 4 * kM) * kLd * 2;
+  static constexpr size_t kSmemDkDv = static_cast<size_t>(2 * kN + 4 * kM) * kLd * 2;
+  static constexpr size_t kSmemDq = static_cast<size_t>(2 * kDqRows + 4 * kM) * kLd * 2;
 };
 
 // One block per 64 keys of one (batch, head): loops over every query tile and accumulates dK, dV.
@@ -433,11 +437,13 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const Attn
   store_rows<T, kDT>(dv, dv_scale, p.dv, b, seq, h, n0 + warp * 16, lane);
 }
 
-// One block per 64 queries of one (batch, head): loops over every key tile and accumulates dQ.
+// One block per kDqRows queries of one (batch, head), each warp owning kDqRowTiles 16-row tiles: loops over every
+// key tile and accumulates dQ.
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const AttnParams p) {
   using Tile = BwdTile<D>;
-  constexpr int kM = Tile::kN, kN = Tile::kM, kLd = Tile::kLd, kNT = kN / 8, kDT = D / 8;
+  constexpr int kRT = Tile::kDqRowTiles, kM = Tile::kDqRows, kN = Tile::kM, kLd = Tile::kLd, kNT = kN / 8,
+                kDT = D / 8;
   T* s_q = dynamic_smem<T>();  // [kM, kLd]
   T* s_do = s_q + kM * kLd;    // [kM, kLd]
   T* s_kv = s_do + kM * kLd;   // [2][K [kN, kLd], V [kN, kLd]]: the tile's, and the next tile's landing
@@ -447,27 +453,31 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const AttnPa
   const Seq seq = seq_of(p, b);
   if (m0 >= seq.len) return;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+  const int row0 = m0 + warp * 16 * kRT;  // the warp's rows: row0 .. row0 + 16 kRT - 1, tile rt from row0 + 16 rt
   const DropoutState drop = dropout_state(p);
   const float scale_log2 = p.softmax_scale * kLog2e;
 
   load_tile_async<T, kM, D, kLd>(s_q, p.q, b, seq, h, m0, tid);
   load_tile_async<T, kM, D, kLd>(s_do, p.dout, b, seq, h, m0, tid);
   prefetch_pair_async<T, kN, D, kLd>(s_kv, p.k, p.v, b, seq, h, 0, tid);
-  const int i_row = m0 + warp * 16 + g;  // this lane's query rows: i_row and i_row + 8
-  float lse2[2], dlt[2];
+  float lse2[kRT][2], dlt[kRT][2];  // rows row0 + 16 rt + g (r = 0) and + 8 (r = 1)
   const float* lse = lse_ptr(p, p.lse, b, seq, h);
   const float* delta = lse_ptr(p, p.delta, b, seq, h);
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const bool valid = i_row + 8 * r < seq.len;
-    lse2[r] = valid ? lse[i_row + 8 * r] * kLog2e : INFINITY;
-    dlt[r] = valid ? delta[i_row + 8 * r] : 0.f;
+  for (int rt = 0; rt < kRT; ++rt) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = row0 + 16 * rt + g + 8 * r;
+      lse2[rt][r] = row < seq.len ? lse[row] * kLog2e : INFINITY;
+      dlt[rt][r] = row < seq.len ? delta[row] : 0.f;
+    }
   }
 
-  float dq[kDT][4];
-  zero(dq);
-  const T* s_q_warp = s_q + warp * 16 * kLd;
-  const T* s_do_warp = s_do + warp * 16 * kLd;
+  float dq[kRT][kDT][4];
+#pragma unroll
+  for (int rt = 0; rt < kRT; ++rt) zero(dq[rt]);
+  const T* s_q_warp = s_q + (row0 - m0) * kLd;
+  const T* s_do_warp = s_do + (row0 - m0) * kLd;
 
   // One cp.async group per key tile, issued a tile ahead: the next tile's K and V land while this one computes.
   for (int n0 = 0, buf = 0; n0 < seq.len; n0 += kN, buf ^= 1) {
@@ -479,39 +489,47 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const AttnPa
     const T* s_k = s_kv + buf * 2 * kN * kLd;
     const T* s_v = s_k + kN * kLd;
 
-    float s[kNT][4], dp[kNT][4];
-    zero(s);
-    zero(dp);
+    float s[kRT][kNT][4], dp[kRT][kNT][4];
+#pragma unroll
+    for (int rt = 0; rt < kRT; ++rt) {
+      zero(s[rt]);
+      zero(dp[rt]);
+    }
     mma_abt<T, kNT, D, kLd>(s, s_q_warp, s_k, lane);
     mma_abt<T, kNT, D, kLd>(dp, s_do_warp, s_v, lane);
+    uint32_t a[kRT][kNT / 2][4];
 #pragma unroll
-    for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[nt][e] = s_key_ok[nt * 8 + 2 * tq + (e & 1)] ? exp2_approx(s[nt][e] * scale_log2 - lse2[e >> 1]) : 0.f;
-      }
-    }
-    if (drop.on) {
+    for (int rt = 0; rt < kRT; ++rt) {
 #pragma unroll
       for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) dp[nt][e] *= drop.scale;
+        for (int e = 0; e < 4; ++e) {
+          const bool ok = s_key_ok[nt * 8 + 2 * tq + (e & 1)];
+          s[rt][nt][e] = ok ? exp2_approx(s[rt][nt][e] * scale_log2 - lse2[rt][e >> 1]) : 0.f;
+        }
       }
-      uint32_t slice[kNT][4];
-      dropout_slices_query_rows<kNT>(drop, b, h, i_row, n0, lane, slice);
-      apply_dropout(dp, slice, drop.threshold);
-    }
+      if (drop.on) {
 #pragma unroll
-    for (int nt = 0; nt < kNT; ++nt) {
+        for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) s[nt][e] *= dp[nt][e] - dlt[e >> 1];
+          for (int e = 0; e < 4; ++e) dp[rt][nt][e] *= drop.scale;
+        }
+        uint32_t slice[kNT][4];
+        dropout_slices_query_rows<kNT>(drop, b, h, row0 + 16 * rt + g, n0, lane, slice);
+        apply_dropout(dp[rt], slice, drop.threshold);
+      }
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[rt][nt][e] *= dp[rt][nt][e] - dlt[rt][e >> 1];
+      }
+      acc_to_a<T, kNT>(s[rt], a[rt]);
     }
-    uint32_t a[kNT / 2][4];
-    acc_to_a<T, kNT>(s, a);
     mma_ab<T, kNT / 2, kDT, kLd>(dq, a, s_k, lane);  // dQ += dS K
   }
   const float dq_scale[2] = {p.softmax_scale, p.softmax_scale};
-  store_rows<T, kDT>(dq, dq_scale, p.dq, b, seq, h, m0 + warp * 16, lane);
+#pragma unroll
+  for (int rt = 0; rt < kRT; ++rt) store_rows<T, kDT>(dq[rt], dq_scale, p.dq, b, seq, h, row0 + 16 * rt, lane);
 }
 
 // ---- The dropout mask as a tensor (tests replay the kernels' dropout with it) -------------------------------------

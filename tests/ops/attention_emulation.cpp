@@ -306,8 +306,8 @@ void run(const std::string& dir, fastenc::AttnParams p, int64_t rows, bool packe
   write_file(dir + "/lse.bin", lse.data(), lse.size() * 4);
   if (!backward) return;
   launch(attention_bwd_delta_kernel<T, D>, blocks_for(p.max_seqlen, 64), 0, p);
-  launch(attention_bwd_dkdv_kernel<T, D>, blocks_for(p.max_seqlen, Bwd::kN), Bwd::kSmem, p);
-  launch(attention_bwd_dq_kernel<T, D>, blocks_for(p.max_seqlen, Bwd::kN), Bwd::kSmem, p);
+  launch(attention_bwd_dkdv_kernel<T, D>, blocks_for(p.max_seqlen, Bwd::kN), Bwd::kSmemDkDv, p);
+  launch(attention_bwd_dq_kernel<T, D>, blocks_for(p.max_seqlen, Bwd::kDqRows), Bwd::kSmemDq, p);
   write_file(dir + "/dq.bin", dq.data(), dq.size() * 2);
   write_file(dir + "/dk.bin", dk.data(), dk.size() * 2);
   write_file(dir + "/dv.bin", dv.data(), dv.size() * 2);
