@@ -11,7 +11,8 @@
 // Usage: attention_emulation DIR, with DIR/params.txt
 //   "dtype(h|b) head_dim batch heads max_seqlen rows packed scale dropout_p seed backward" (rows: tokens when
 //   packed, else max_seqlen)
-// and the raw inputs DIR/{q,k,v,dout}.bin (16-bit, [B, S, H, D] or [T, H, D], contiguous), mask.bin (uint8 [B, S], when masked),
+// and the raw inputs DIR/{q,k,v,dout}.bin (16-bit, [B, S, H, D] or [T, H, D], contiguous; or q, k, v as views of
+// one DIR/qkv.bin [B, S, 3, H, D] or [T, 3, H, D], as a fused projection makes them), mask.bin (uint8 [B, S], when masked),
 // cu.bin (int32 [B + 1]). Writes o.bin, lse.bin (fp32) and with backward dq.bin, dk.bin, dv.bin.
 // tests/ops/test_attention_emulation.py compares them with a float64 attention.
 #include <atomic>
@@ -273,6 +274,7 @@ template <typename T, int D>
 void run(const std::string& dir, fastenc::AttnParams p, int64_t rows, bool packed, bool backward) {
   using namespace fastenc;
   const int64_t n = (packed ? rows : rows * p.batch) * p.heads * D;
+  std::vector<char> qkv = read_file(dir + "/qkv.bin");  // fused [rows, 3, H, D] (q, k, v views), else q / k / v
   std::vector<char> q = read_file(dir + "/q.bin"), k = read_file(dir + "/k.bin"), v = read_file(dir + "/v.bin");
   std::vector<char> dout = read_file(dir + "/dout.bin"), mask = read_file(dir + "/mask.bin");
   std::vector<char> cu = read_file(dir + "/cu.bin");
@@ -280,12 +282,16 @@ void run(const std::string& dir, fastenc::AttnParams p, int64_t rows, bool packe
   const int64_t lse_n = packed ? p.heads * rows : static_cast<int64_t>(p.batch) * p.heads * p.max_seqlen;
   std::vector<float> lse(lse_n, NAN), delta(lse_n, NAN);
   const int64_t seq_rows = packed ? rows : p.max_seqlen;
-  auto tensor = [&](void* ptr) {
-    return AttnTensor{ptr, packed ? 0 : seq_rows * p.heads * D, static_cast<int64_t>(p.heads) * D, D};
+  auto tensor = [&](void* ptr, int64_t views = 1) {  // views: rows interleaved with views - 1 other tensors
+    const int64_t row = views * p.heads * D;
+    return AttnTensor{ptr, packed ? 0 : seq_rows * row, row, D};
   };
-  p.q = tensor(q.data());
-  p.k = tensor(k.data());
-  p.v = tensor(v.data());
+  auto input = [&](std::vector<char>& own, int64_t which) {
+    return qkv.empty() ? tensor(own.data()) : tensor(qkv.data() + which * p.heads * D * 2, 3);
+  };
+  p.q = input(q, 0);
+  p.k = input(k, 1);
+  p.v = input(v, 2);
   p.o = tensor(o.data());
   p.dout = tensor(dout.data());
   p.dq = tensor(dq.data());
