@@ -11,8 +11,9 @@
 //   d32: 1 tile 96 regs, 2 tiles 158 regs, ldmatrix per mma 0.56 -> 0.31, no spill;
 //   d64: 124 -> 241 regs, 0.56 -> 0.31, no spill (2 blocks of 4 warps per SM: the same 256 query rows in flight);
 //   d128: 2 tiles would take 255 registers and spill (sm_80: 12 bytes), so it keeps one.
-// Shared memory per block: (rows + 3 * 64) * (D + 8) * 2 bytes: 25 / 45 / 68 KiB for d32 / 64 / 128, within the
-// opt-in limits of sm_80 (163 KiB) and sm_90 (227 KiB).
+// Shared memory per block: (rows + 3 * 64) * (D + 8) * 2 bytes: 25 / 45 / 68 KiB for d32 / 64 / 128. Every kernel's
+// stays within the smallest opt-in limit of the GPUs the builds run on (sm_86 / sm_89: 99 KiB; sm_80: 163 KiB,
+// sm_90: 227 KiB): launch() static_asserts it.
 // Backward is deterministic, without atomics: a preprocess kernel computes delta = rowsum(dO * O); one kernel per
 // key tile accumulates dK and dV over all query tiles (it computes S^T = K Q^T, so its warps own key rows); a
 // separate kernel per query tile recomputes P and dP and accumulates dQ. The dQ pass re-does two of the five
@@ -39,23 +40,29 @@ namespace {
 
 // ---- Launch ------------------------------------------------------------------------------------------------------
 
-// Launches Kernel; the first launch on each device raises its dynamic shared memory limit when it needs more than
-// the default 48 KiB (an attribute of the function on that device, set once rather than before every launch).
-template <auto Kernel>
-cudaError_t launch(dim3 grid, size_t smem, cudaStream_t stream, const AttnParams& p) {
-  if (smem > 48 * 1024) {
+// The smallest opt-in shared memory limit of the GPUs these sm_80 / sm_90a builds run on is sm_86 / sm_89's
+// 99 KiB per block; 3 KiB of it stay for the kernels' static arrays.
+constexpr size_t kMaxDynamicSmem = 96 * 1024;
+
+// Launches Kernel with kSmem bytes of dynamic shared memory; the first launch on each device raises the kernel's
+// limit when it needs more than the default 48 KiB (an attribute of the function on that device, set once rather
+// than before every launch).
+template <auto Kernel, size_t kSmem>
+cudaError_t launch(dim3 grid, cudaStream_t stream, const AttnParams& p) {
+  static_assert(kSmem <= kMaxDynamicSmem, "a tile's shared memory exceeds the opt-in limit of sm_86 / sm_89");
+  if constexpr (kSmem > 48 * 1024) {
     static std::atomic<uint64_t> raised{0};  // bit d: done on device d (devices 64 and up: every launch)
     int device = 0;
     cudaError_t err = cudaGetDevice(&device);
     if (err != cudaSuccess) return err;
     const uint64_t bit = device < 64 ? uint64_t{1} << device : 0u;
     if ((raised.load(std::memory_order_relaxed) & bit) == 0u) {
-      err = cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+      err = cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem));
       if (err != cudaSuccess) return err;
       raised.fetch_or(bit, std::memory_order_relaxed);
     }
   }
-  Kernel<<<grid, kThreads, smem, stream>>>(p);
+  Kernel<<<grid, kThreads, kSmem, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -77,17 +84,17 @@ bool valid_params(const AttnParams& p, DType dtype) {
 
 template <typename T, int D>
 cudaError_t fwd(const AttnParams& p, cudaStream_t stream) {
-  return launch<attention_fwd_kernel<T, D>>(grid_of(p, FwdTile<D>::kM), FwdTile<D>::kSmem, stream, p);
+  return launch<attention_fwd_kernel<T, D>, FwdTile<D>::kSmem>(grid_of(p, FwdTile<D>::kM), stream, p);
 }
 
 template <typename T, int D>
 cudaError_t bwd(const AttnParams& p, cudaStream_t stream) {
   using Tile = BwdTile<D>;
-  cudaError_t err = launch<attention_bwd_delta_kernel<T, D>>(grid_of(p, 64), 0, stream, p);
+  cudaError_t err = launch<attention_bwd_delta_kernel<T, D>, 0>(grid_of(p, 64), stream, p);
   if (err != cudaSuccess) return err;
-  err = launch<attention_bwd_dkdv_kernel<T, D>>(grid_of(p, Tile::kN), Tile::kSmemDkDv, stream, p);
+  err = launch<attention_bwd_dkdv_kernel<T, D>, Tile::kSmemDkDv>(grid_of(p, Tile::kN), stream, p);
   if (err != cudaSuccess) return err;
-  return launch<attention_bwd_dq_kernel<T, D>>(grid_of(p, Tile::kDqRows), Tile::kSmemDq, stream, p);
+  return launch<attention_bwd_dq_kernel<T, D>, Tile::kSmemDq>(grid_of(p, Tile::kDqRows), stream, p);
 }
 
 #define FASTENC_DISPATCH_ATTENTION(dtype, head_dim, FN, ...) \

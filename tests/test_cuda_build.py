@@ -1,7 +1,8 @@
 """Build checks of the CUDA backend that run without a GPU.
 
-- every csrc/*.cu compiles with nvcc alone (no torch headers) for sm_80 and sm_90a, and to compute_90 PTX (skipped
-  only without nvcc);
+- every csrc/*.cu compiles with nvcc alone (no torch headers) for sm_80 and sm_90a, and to compute_90 PTX, and no
+  kernel spills registers (ptxas -v) (skipped only without nvcc); the attention kernels' shared memory fits every
+  target's opt-in limit (a static_assert in csrc/attention.cu);
 - csrc/bindings.cpp parses against torch's headers (skipped without the CUDA runtime headers);
 - the op schemas of bindings.cpp and the fake implementations of fastenc/_cuda.py agree with the launcher contracts
   (checked on meta tensors against a stand-in for fastenc._C; the registered ops are the launchers);
@@ -55,6 +56,8 @@ def test_every_cu_file_compiles_with_nvcc_alone(tmp_path):
             *GENCODE,
             "-Werror",
             "all-warnings",
+            "-Xptxas",
+            "-v",
             "-o",
             str(tmp_path / (src.stem + ".o")),
             str(src),
@@ -67,6 +70,11 @@ def test_every_cu_file_compiles_with_nvcc_alone(tmp_path):
     assert not failed, "nvcc failed:\n" + "\n".join(failed)
     for src, _ in results:
         assert (tmp_path / (src.stem + ".o")).stat().st_size > 0
+    reports = [line for _, res in results for line in res.stderr.splitlines() if "bytes spill stores" in line]
+    assert reports, "ptxas -v printed no register report"
+    spills = [f"{src.name}: {line.strip()}" for src, res in results for line in res.stderr.splitlines()
+              if "bytes spill stores" in line and not re.search(r"\b0 bytes spill stores, 0 bytes spill loads", line)]
+    assert not spills, "register spills:\n" + "\n".join(spills)
 
 
 def test_bindings_parse_against_torch_headers():
