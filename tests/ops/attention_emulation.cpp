@@ -12,8 +12,8 @@
 //   "dtype(h|b) head_dim batch heads max_seqlen rows packed scale dropout_p seed backward" (rows: tokens when
 //   packed, else max_seqlen)
 // and the raw inputs DIR/{q,k,v,dout}.bin (16-bit, [B, S, H, D] or [T, H, D], contiguous; or q, k, v as views of
-// one DIR/qkv.bin [B, S, 3, H, D] or [T, 3, H, D], as a fused projection makes them), mask.bin (uint8 [B, S], when masked),
-// cu.bin (int32 [B + 1]). Writes o.bin, lse.bin (fp32) and with backward dq.bin, dk.bin, dv.bin.
+// one DIR/qkv.bin [B, S, 3, H, D] or [T, 3, H, D], as a fused projection makes them), mask.bin (uint8 [B, S], when
+// masked), cu.bin (int32 [B + 1]). Writes o.bin, lse.bin (fp32) and with backward dq.bin, dk.bin, dv.bin.
 // tests/ops/test_attention_emulation.py compares them with a float64 attention.
 #include <atomic>
 #include <barrier>
@@ -174,7 +174,9 @@ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) 
     auto half_of = [&](int lane, int reg, int hi) {
       return b16_to_float<T>(static_cast<uint16_t>(static_cast<const uint32_t*>(s[lane])[reg] >> (16 * hi)));
     };
-    auto a_at = [&](int row, int col) { return half_of(4 * (row % 8) + (col % 8) / 2, (row >= 8) + 2 * (col >= 8), col % 2); };
+    auto a_at = [&](int row, int col) {
+      return half_of(4 * (row % 8) + (col % 8) / 2, (row >= 8) + 2 * (col >= 8), col % 2);
+    };
     auto b_at = [&](int k, int n) { return half_of(4 * n + (k % 8) / 2, 4 + (k >= 8), k % 2); };
     for (int e = 0; e < 4; ++e) {
       const int row = g + 8 * (e >> 1), col = 2 * t + (e & 1);
