@@ -2,14 +2,26 @@
 // mma.sync.m16n8k16 (fp16 / bf16 in, fp32 accumulate), for sm_80 and newer. Padded [B, S, H, D] with a key mask
 // and packed [T, H, D] with cu_seqlens share every kernel: only the row addressing differs (see AttnTensor).
 //
-// Forward (one block of 4 warps per 64 queries of one (batch, head); each warp owns 16 query rows): stream the
-// key / value tiles through shared memory with cp.async (the V tile lands while Q K^T runs, the next K tile in a
-// second buffer while the softmax and P V run), online softmax in the exp2 domain, P converted in registers to the
-// A operand of P V. It writes o and the fp32 log-sum-exp.
+// Forward (one block of 4 warps per 128 queries of one (batch, head), each warp owning two 16-row tiles, so every
+// K / V fragment it loads with ldmatrix feeds two mma; 64 queries and one tile per warp at head dim 128): stream
+// the key / value tiles through shared memory with cp.async (the V tile lands while Q K^T runs, the next K tile in
+// a second buffer while the softmax and P V run), online softmax in the exp2 domain, P converted in registers to
+// the A operand of P V. It writes o and the fp32 log-sum-exp.
+// Row tiles per warp, from the static figures (nvcc 13.0, fp16, registers / spill bytes / ldmatrix per mma):
+//   d32: 1 tile 96 regs, 2 tiles 158 regs, ldmatrix per mma 0.56 -> 0.31, no spill;
+//   d64: 124 -> 241 regs, 0.56 -> 0.31, no spill (2 blocks of 4 warps per SM: the same 256 query rows in flight);
+//   d128: 2 tiles would take 255 registers and spill (sm_80: 12 bytes), so it keeps one.
+// Shared memory per block: (rows + 3 * 64) * (D + 8) * 2 bytes: 25 / 45 / 68 KiB for d32 / 64 / 128. Every kernel's
+// stays within the smallest opt-in limit of the GPUs the builds run on (sm_86 / sm_89: 99 KiB; sm_80: 163 KiB,
+// sm_90: 227 KiB): launch() static_asserts it.
 // Backward is deterministic, without atomics: a preprocess kernel computes delta = rowsum(dO * O); one kernel per
 // key tile accumulates dK and dV over all query tiles (it computes S^T = K Q^T, so its warps own key rows); a
 // separate kernel per query tile recomputes P and dP and accumulates dQ. The dQ pass re-does two of the five
-// matmuls: the price of determinism.
+// matmuls: the price of determinism. Both double-buffer the tiles they stream (the next query tile's Q and dO,
+// the next key tile's K and V land while the current one computes). dK / dV warps own one 16-row key tile (their
+// dK and dV take 160-250 registers already). dQ warps own two 16-row query tiles at d32 only (229 registers; per
+// mma 0.58 -> 0.33 ldmatrix): at d64 two spill on sm_90a (255 registers, 4 bytes), at d128 their 102 KiB of
+// shared memory would leave one block per A100 SM. Shared memory: dK / dV 30 / 54 / 68 KiB, dQ 40 / 54 / 68 KiB.
 // Dropout follows the Philox scheme of fastenc.kernels.attention (counter {j / 8, i, b, h}, 16-bit slice j % 8,
 // kept iff slice >= ceil(p * 2^16)), so the mask depends on the element only: backward regenerates forward's mask
 // exactly, and attention_dropout_mask returns it for tests. The 8 keys of one call lie in the 4 lanes of a quad
@@ -18,562 +30,39 @@
 // tile as a bit set and apply it to P and dP.
 // Not done: wgmma / TMA for sm_90a (the sm_90a build runs these mma.sync kernels), split-KV, causal masks.
 #include <atomic>
-#include <type_traits>
 
-#include "attention_dropout.cuh"
-#include "common.cuh"
+#include "attention_ptx.cuh"
+#include "attention_kernels.cuh"
 
 namespace fastenc {
 
 namespace {
 
-constexpr int kThreads = 128;  // 4 warps in every attention kernel
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
-
-// ---- PTX wrappers -----------------------------------------------------------------------------------------------
-
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(p)));
-}
-
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(p)));
-}
-
-// d += a (16x16, row-major) * b (16x8, column-major), fp32 accumulators.
-template <typename T>
-__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  if constexpr (std::is_same_v<T, __half>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
-
-// 16-byte global -> shared copy; zero-fills the destination when !valid (nothing is read then).
-__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(valid ? 16 : 0));
-}
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-__device__ __forceinline__ float exp2_approx(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
-// Two fp32 values as one register of two 16-bit values, lo in the low half (the lower column of a fragment).
-template <typename T>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  if constexpr (std::is_same_v<T, __half>) {
-    __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-  } else {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-  }
-}
-
-// ---- Warp-level tile products --------------------------------------------------------------------------------
-// Accumulator layout of one m16n8 tile (lane = 4 * g + t): acc[0..1] = row g, cols 2t, 2t+1; acc[2..3] = row g+8.
-
-// acc[16 x 8*NT] += A[16 x KDIM] * B[8*NT x KDIM]^T, A and B row-major in shared memory (row stride LD).
-template <typename T, int NT, int KDIM, int LD>
-__device__ __forceinline__ void mma_abt(float (&acc)[NT][4], const T* s_a, const T* s_b, int lane) {
-  static_assert(NT % 2 == 0 && KDIM % 16 == 0, "tile shape");
-#pragma unroll
-  for (int kk = 0; kk < KDIM / 16; ++kk) {
-    uint32_t a[4];
-    ldmatrix_x4(a, s_a + (lane & 15) * LD + kk * 16 + (lane >> 4) * 8);
-#pragma unroll
-    for (int nt = 0; nt < NT; nt += 2) {
-      uint32_t b[4];
-      ldmatrix_x4(b, s_b + (nt * 8 + (lane & 7) + ((lane >> 4) << 3)) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
-      mma_16816<T>(acc[nt], a, b[0], b[1]);
-      mma_16816<T>(acc[nt + 1], a, b[2], b[3]);
-    }
-  }
-}
-
-// acc[16 x 8*DT] += A[16 x 16*KT] * B[16*KT x 8*DT], A in registers (A fragments), B row-major in shared memory.
-template <typename T, int KT, int DT, int LD>
-__device__ __forceinline__ void mma_ab(float (&acc)[DT][4], const uint32_t (&a)[KT][4], const T* s_b, int lane) {
-  static_assert(DT % 2 == 0, "tile shape");
-#pragma unroll
-  for (int kk = 0; kk < KT; ++kk) {
-#pragma unroll
-    for (int dt = 0; dt < DT; dt += 2) {
-      uint32_t b[4];
-      ldmatrix_x4_trans(b, s_b + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + dt * 8 + (lane >> 4) * 8);
-      mma_16816<T>(acc[dt], a[kk], b[0], b[1]);
-      mma_16816<T>(acc[dt + 1], a[kk], b[2], b[3]);
-    }
-  }
-}
-
-// Accumulators of a 16 x 8*NT tile as the A fragments of a 16 x 8*NT (k = 8*NT) operand.
-template <typename T, int NT>
-__device__ __forceinline__ void acc_to_a(const float (&s)[NT][4], uint32_t (&a)[NT / 2][4]) {
-#pragma unroll
-  for (int kk = 0; kk < NT / 2; ++kk) {
-    a[kk][0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
-    a[kk][1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
-    a[kk][2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-    a[kk][3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-  }
-}
-
-template <int NT>
-__device__ __forceinline__ void zero(float (&acc)[NT][4]) {
-#pragma unroll
-  for (int i = 0; i < NT; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-}
-
-// ---- Layout ----------------------------------------------------------------------------------------------------
-
-struct Seq {
-  int64_t start;  // first token of the sequence (packed) or 0
-  int len;
-};
-
-__device__ __forceinline__ Seq seq_of(const AttnParams& p, int b) {
-  if (p.cu_seqlens != nullptr) {
-    const int s = p.cu_seqlens[b], e = p.cu_seqlens[b + 1];
-    const int len = e - s;
-    return Seq{s, len < p.max_seqlen ? len : p.max_seqlen};
-  }
-  return Seq{0, p.max_seqlen};
-}
-
-// Row `row` of sequence b, head h.
-template <typename T>
-__device__ __forceinline__ T* row_ptr(const AttnTensor& t, int b, const Seq& seq, int h, int64_t row) {
-  return static_cast<T*>(t.ptr) + b * t.batch_stride + (seq.start + row) * t.row_stride + h * t.head_stride;
-}
-
-// ROWS x D tile of rows row0 .. row0+ROWS-1 into shared memory (row stride LD); rows past the sequence are zeros.
-template <typename T, int ROWS, int D, int LD>
-__device__ __forceinline__ void load_tile_async(T* s_dst, const AttnTensor& t, int b, const Seq& seq, int h, int row0,
-                                                int tid) {
-  constexpr int kChunks = D / 8;
-  const T* base = row_ptr<T>(t, b, seq, h, 0);
-#pragma unroll
-  for (int i = tid; i < ROWS * kChunks; i += kThreads) {
-    const int r = i / kChunks, c = (i % kChunks) * 8;
-    const bool valid = row0 + r < seq.len;
-    cp_async_16(s_dst + r * LD + c, valid ? base + (row0 + r) * t.row_stride + c : base, valid);
-  }
-}
-
-__device__ __forceinline__ bool key_allowed(const AttnParams& p, int b, const Seq& seq, int j) {
-  return j < seq.len && (p.key_mask == nullptr || p.key_mask[b * p.mask_batch_stride + j] != 0);
-}
-
-// Writes a warp's 16 x D accumulator tile, scaled per row, to rows row0 + g (+ 8) that lie in the sequence.
-template <typename T, int DT>
-__device__ __forceinline__ void store_rows(const float (&acc)[DT][4], const float (&row_scale)[2], const AttnTensor& t,
-                                           int b, const Seq& seq, int h, int row0, int lane) {
-  const int g = lane >> 2, tq = lane & 3;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = row0 + g + 8 * r;
-    if (row >= seq.len) continue;
-    T* out = row_ptr<T>(t, b, seq, h, row);
-#pragma unroll
-    for (int dt = 0; dt < DT; ++dt) {
-      *reinterpret_cast<uint32_t*>(out + dt * 8 + 2 * tq) =
-          pack2<T>(acc[dt][2 * r] * row_scale[r], acc[dt][2 * r + 1] * row_scale[r]);
-    }
-  }
-}
-
-__device__ __forceinline__ float* lse_ptr(const AttnParams& p, float* base, int b, const Seq& seq, int h) {
-  return base + b * p.lse_batch_stride + h * p.lse_head_stride + seq.start;
-}
-
-// ---- Forward ---------------------------------------------------------------------------------------------------
-
-template <int D>
-struct FwdTile {
-  static constexpr int kM = 64, kN = 64, kLd = D + 8;
-  static constexpr size_t kSmem = static_cast<size_t>(kM + 3 * kN) * kLd * 2;  // Q, two K buffers, V
-};
-
-template <typename T, int D>
-__global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const AttnParams p) {
-  using Tile = FwdTile<D>;
-  constexpr int kM = Tile::kM, kN = Tile::kN, kLd = Tile::kLd, kNT = kN / 8, kDT = D / 8;
-  extern __shared__ __align__(16) unsigned char attn_smem[];
-  T* s_q = reinterpret_cast<T*>(attn_smem);  // [kM, kLd]
-  T* s_k = s_q + kM * kLd;        // [2][kN, kLd]: the tile's K, and the next tile's landing
-  T* s_v = s_k + 2 * kN * kLd;    // [kN, kLd]
-  __shared__ bool s_key_ok[kN];
-
-  const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kM;
-  const Seq seq = seq_of(p, b);
-  if (m0 >= seq.len) return;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
-  const DropoutState drop = dropout_state(p);
-  const float scale_log2 = p.softmax_scale * kLog2e;
-
-  load_tile_async<T, kM, D, kLd>(s_q, p.q, b, seq, h, m0, tid);
-  load_tile_async<T, kN, D, kLd>(s_k, p.k, b, seq, h, 0, tid);
-  cp_async_commit();
-
-  float o[kDT][4];
-  zero(o);
-  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
-  const T* s_q_warp = s_q + warp * 16 * kLd;
-
-  // cp.async groups in flight at each wait: {K(n0), V(n0)} before Q K^T, then {V(n0), K(n0 + kN)} before P V.
-  for (int n0 = 0, buf = 0; n0 < seq.len; n0 += kN, buf ^= 1) {
-    __syncthreads();  // the previous tile's V and key flags, and K buffer buf ^ 1, are no longer read
-    load_tile_async<T, kN, D, kLd>(s_v, p.v, b, seq, h, n0, tid);
-    cp_async_commit();
-    for (int j = tid; j < kN; j += kThreads) s_key_ok[j] = key_allowed(p, b, seq, n0 + j);
-    cp_async_wait<1>();  // Q and this tile's K have landed; V may still be in flight
-    __syncthreads();
-
-    float s[kNT][4];
-    zero(s);
-    mma_abt<T, kNT, D, kLd>(s, s_q_warp, s_k + buf * kN * kLd, lane);
-    // The next tile's K lands in the other buffer during the softmax and P V (rows past the sequence: zeros).
-    if (n0 + kN < seq.len) load_tile_async<T, kN, D, kLd>(s_k + (buf ^ 1) * kN * kLd, p.k, b, seq, h, n0 + kN, tid);
-    cp_async_commit();  // possibly empty: keeps the group count of every iteration the same
-
-    // Online softmax over this tile, rows g (r = 0) and g + 8 (r = 1) of the warp's 16.
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& x = s[nt][2 * r + e];
-          x = s_key_ok[nt * 8 + 2 * tq + e] ? x * scale_log2 : -INFINITY;
-          mx = fmaxf(mx, x);
-        }
-      }
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float new_max = fmaxf(row_max[r], mx);
-      const float ref = new_max == -INFINITY ? 0.f : new_max;  // a row with no key yet: every p is 0
-      const float corr = exp2_approx(row_max[r] - ref);
-      row_max[r] = new_max;
-      row_sum[r] *= corr;
-#pragma unroll
-      for (int dt = 0; dt < kDT; ++dt) {
-        o[dt][2 * r] *= corr;
-        o[dt][2 * r + 1] *= corr;
-      }
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& x = s[nt][2 * r + e];
-          x = exp2_approx(x - ref);
-          row_sum[r] += x;
-        }
-      }
-    }
-    if (drop.on) {
-      uint32_t slice[kNT][4];
-      dropout_slices_query_rows<kNT>(drop, b, h, m0 + warp * 16 + g, n0, lane, slice);
-      apply_dropout(s, slice, drop.threshold);
-    }
-
-    uint32_t pa[kNT / 2][4];
-    acc_to_a<T, kNT>(s, pa);
-    cp_async_wait<1>();  // V has landed; the next K may still be in flight
-    __syncthreads();
-    mma_ab<T, kNT / 2, kDT, kLd>(o, pa, s_v, lane);
-  }
-
-  float row_scale[2];
-  float* lse = lse_ptr(p, p.lse, b, seq, h);
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float l = row_sum[r];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    row_scale[r] = l > 0.f ? drop.scale / l : 0.f;
-    const int row = m0 + warp * 16 + g + 8 * r;
-    if (tq == 0 && row < seq.len) lse[row] = l > 0.f ? (row_max[r] + __log2f(l)) * kLn2 : INFINITY;
-  }
-  store_rows<T, kDT>(o, row_scale, p.o, b, seq, h, m0 + warp * 16, lane);
-}
-
-// ---- Backward ----------------------------------------------------------------------------------------------------
-
-// delta[i] = sum_d dO[i, d] * O[i, d]; one warp per row, 64 rows per block.
-template <typename T, int D>
-__global__ void __launch_bounds__(kThreads) attention_bwd_delta_kernel(const AttnParams p) {
-  constexpr int kRows = 64, kPer = D / 32;
-  const int b = blockIdx.z, h = blockIdx.y;
-  const Seq seq = seq_of(p, b);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  float* delta = lse_ptr(p, p.delta, b, seq, h);
-  for (int row = blockIdx.x * kRows + warp; row < seq.len && row < (blockIdx.x + 1) * kRows; row += kThreads / 32) {
-    const T* o = row_ptr<T>(p.o, b, seq, h, row);
-    const T* d_o = row_ptr<T>(p.dout, b, seq, h, row);
-    float acc = 0.f;
-#pragma unroll
-    for (int k = 0; k < kPer; ++k) acc += to_float(o[lane * kPer + k]) * to_float(d_o[lane * kPer + k]);
-    acc = warp_sum(acc);
-    if (lane == 0) delta[row] = acc;
-  }
-}
-
-template <int D>
-struct BwdTile {
-  static constexpr int kM = D == 128 ? 32 : 64;  // query rows per step (dK / dV pass), key rows per step (dQ pass)
-  static constexpr int kN = 64;                  // rows owned by a block: keys (dK / dV pass), queries (dQ pass)
-  static constexpr int kLd = D + 8;
-  static constexpr size_t kSmem = static_cast<size_t>(2 * kM + 2 * kN) * kLd * 2;
-};
-
-// One block per 64 keys of one (batch, head): loops over every query tile and accumulates dK, dV.
-template <typename T, int D>
-__global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const AttnParams p) {
-  using Tile = BwdTile<D>;
-  constexpr int kM = Tile::kM, kN = Tile::kN, kLd = Tile::kLd, kMT = kM / 8, kDT = D / 8;
-  extern __shared__ __align__(16) unsigned char attn_smem[];
-  T* s_k = reinterpret_cast<T*>(attn_smem);  // [kN, kLd]
-  T* s_v = s_k + kN * kLd;                   // [kN, kLd]
-  T* s_q = s_v + kN * kLd;                   // [kM, kLd]
-  T* s_do = s_q + kM * kLd;                  // [kM, kLd]
-  __shared__ float s_lse2[kM], s_delta[kM];
-
-  const int b = blockIdx.z, h = blockIdx.y, n0 = blockIdx.x * kN;
-  const Seq seq = seq_of(p, b);
-  if (n0 >= seq.len) return;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
-  const DropoutState drop = dropout_state(p);
-  const float scale_log2 = p.softmax_scale * kLog2e;
-  const float* lse = lse_ptr(p, p.lse, b, seq, h);
-  const float* delta = lse_ptr(p, p.delta, b, seq, h);
-
-  load_tile_async<T, kN, D, kLd>(s_k, p.k, b, seq, h, n0, tid);
-  load_tile_async<T, kN, D, kLd>(s_v, p.v, b, seq, h, n0, tid);
-  cp_async_commit();
-  const int j_row = n0 + warp * 16 + g;  // this lane's key rows: j_row and j_row + 8
-  const bool key_ok[2] = {key_allowed(p, b, seq, j_row), key_allowed(p, b, seq, j_row + 8)};
-
-  float dk[kDT][4], dv[kDT][4];
-  zero(dk);
-  zero(dv);
-  const T* s_k_warp = s_k + warp * 16 * kLd;
-  const T* s_v_warp = s_v + warp * 16 * kLd;
-
-  for (int m0 = 0; m0 < seq.len; m0 += kM) {
-    __syncthreads();  // the previous query tile is no longer read
-    load_tile_async<T, kM, D, kLd>(s_q, p.q, b, seq, h, m0, tid);
-    load_tile_async<T, kM, D, kLd>(s_do, p.dout, b, seq, h, m0, tid);
-    cp_async_commit();
-    for (int i = tid; i < kM; i += kThreads) {
-      const bool valid = m0 + i < seq.len;
-      s_lse2[i] = valid ? lse[m0 + i] * kLog2e : INFINITY;  // +inf: a row with no key (p = 0)
-      s_delta[i] = valid ? delta[m0 + i] : 0.f;
-    }
-    cp_async_wait<0>();
-    __syncthreads();
-
-    // P^T = exp(S^T - lse) with S^T = K Q^T: rows are this warp's keys, columns the tile's queries.
-    float pt[kMT][4];
-    zero(pt);
-    mma_abt<T, kMT, D, kLd>(pt, s_k_warp, s_q, lane);
-#pragma unroll
-    for (int nt = 0; nt < kMT; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int i = nt * 8 + 2 * tq + (e & 1);
-        pt[nt][e] = key_ok[e >> 1] ? exp2_approx(pt[nt][e] * scale_log2 - s_lse2[i]) : 0.f;
-      }
-    }
-    // dP^T = V dO^T (then dropped like P).
-    float dpt[kMT][4];
-    zero(dpt);
-    mma_abt<T, kMT, D, kLd>(dpt, s_v_warp, s_do, lane);
-
-    uint32_t a[kMT / 2][4];
-    if (drop.on) {
-      uint32_t slice[kMT][4];  // one mask for P and dP
-      dropout_slices_key_rows<kMT>(drop, b, h, j_row, m0, lane, slice);
-      float pdrop[kMT][4];
-#pragma unroll
-      for (int nt = 0; nt < kMT; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          pdrop[nt][e] = pt[nt][e];  // 1 / (1 - p) is applied to dV once, at the end
-          dpt[nt][e] *= drop.scale;
-        }
-      }
-      apply_dropout(pdrop, slice, drop.threshold);
-      apply_dropout(dpt, slice, drop.threshold);
-      acc_to_a<T, kMT>(pdrop, a);
-    } else {
-      acc_to_a<T, kMT>(pt, a);
-    }
-    mma_ab<T, kMT / 2, kDT, kLd>(dv, a, s_do, lane);  // dV += P_dropped^T dO
-
-    // dS^T = P^T * (dP^T - delta), dK += dS^T Q.
-#pragma unroll
-    for (int nt = 0; nt < kMT; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) pt[nt][e] *= dpt[nt][e] - s_delta[nt * 8 + 2 * tq + (e & 1)];
-    }
-    acc_to_a<T, kMT>(pt, a);
-    mma_ab<T, kMT / 2, kDT, kLd>(dk, a, s_q, lane);
-  }
-  const float dk_scale[2] = {p.softmax_scale, p.softmax_scale}, dv_scale[2] = {drop.scale, drop.scale};
-  store_rows<T, kDT>(dk, dk_scale, p.dk, b, seq, h, n0 + warp * 16, lane);
-  store_rows<T, kDT>(dv, dv_scale, p.dv, b, seq, h, n0 + warp * 16, lane);
-}
-
-// One block per 64 queries of one (batch, head): loops over every key tile and accumulates dQ.
-template <typename T, int D>
-__global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const AttnParams p) {
-  using Tile = BwdTile<D>;
-  constexpr int kM = Tile::kN, kN = Tile::kM, kLd = Tile::kLd, kNT = kN / 8, kDT = D / 8;
-  extern __shared__ __align__(16) unsigned char attn_smem[];
-  T* s_q = reinterpret_cast<T*>(attn_smem);  // [kM, kLd]
-  T* s_do = s_q + kM * kLd;                  // [kM, kLd]
-  T* s_k = s_do + kM * kLd;                  // [kN, kLd]
-  T* s_v = s_k + kN * kLd;                   // [kN, kLd]
-  __shared__ bool s_key_ok[kN];
-
-  const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kM;
-  const Seq seq = seq_of(p, b);
-  if (m0 >= seq.len) return;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
-  const DropoutState drop = dropout_state(p);
-  const float scale_log2 = p.softmax_scale * kLog2e;
-
-  load_tile_async<T, kM, D, kLd>(s_q, p.q, b, seq, h, m0, tid);
-  load_tile_async<T, kM, D, kLd>(s_do, p.dout, b, seq, h, m0, tid);
-  cp_async_commit();
-  const int i_row = m0 + warp * 16 + g;  // this lane's query rows: i_row and i_row + 8
-  float lse2[2], dlt[2];
-  const float* lse = lse_ptr(p, p.lse, b, seq, h);
-  const float* delta = lse_ptr(p, p.delta, b, seq, h);
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const bool valid = i_row + 8 * r < seq.len;
-    lse2[r] = valid ? lse[i_row + 8 * r] * kLog2e : INFINITY;
-    dlt[r] = valid ? delta[i_row + 8 * r] : 0.f;
-  }
-
-  float dq[kDT][4];
-  zero(dq);
-  const T* s_q_warp = s_q + warp * 16 * kLd;
-  const T* s_do_warp = s_do + warp * 16 * kLd;
-
-  for (int n0 = 0; n0 < seq.len; n0 += kN) {
-    __syncthreads();
-    load_tile_async<T, kN, D, kLd>(s_k, p.k, b, seq, h, n0, tid);
-    load_tile_async<T, kN, D, kLd>(s_v, p.v, b, seq, h, n0, tid);
-    cp_async_commit();
-    for (int j = tid; j < kN; j += kThreads) s_key_ok[j] = key_allowed(p, b, seq, n0 + j);
-    cp_async_wait<0>();
-    __syncthreads();
-
-    float s[kNT][4], dp[kNT][4];
-    zero(s);
-    zero(dp);
-    mma_abt<T, kNT, D, kLd>(s, s_q_warp, s_k, lane);
-    mma_abt<T, kNT, D, kLd>(dp, s_do_warp, s_v, lane);
-#pragma unroll
-    for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[nt][e] = s_key_ok[nt * 8 + 2 * tq + (e & 1)] ? exp2_approx(s[nt][e] * scale_log2 - lse2[e >> 1]) : 0.f;
-      }
-    }
-    if (drop.on) {
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) dp[nt][e] *= drop.scale;
-      }
-      uint32_t slice[kNT][4];
-      dropout_slices_query_rows<kNT>(drop, b, h, i_row, n0, lane, slice);
-      apply_dropout(dp, slice, drop.threshold);
-    }
-#pragma unroll
-    for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[nt][e] *= dp[nt][e] - dlt[e >> 1];
-    }
-    uint32_t a[kNT / 2][4];
-    acc_to_a<T, kNT>(s, a);
-    mma_ab<T, kNT / 2, kDT, kLd>(dq, a, s_k, lane);  // dQ += dS K
-  }
-  const float dq_scale[2] = {p.softmax_scale, p.softmax_scale};
-  store_rows<T, kDT>(dq, dq_scale, p.dq, b, seq, h, m0 + warp * 16, lane);
-}
-
-// ---- The dropout mask as a tensor (tests replay the kernels' dropout with it) -------------------------------------
-
-__global__ void attention_dropout_mask_kernel(const int64_t* __restrict__ seed_ptr,  // [1] int64
-                                              uint8_t* __restrict__ out_ptr,         // [B, H, S, S] keep flags
-                                              int heads, int seqlen, uint32_t threshold, int64_t groups) {
-  const int64_t groups_per_row = (seqlen + 7) / 8;
-  DropoutState d{true, 0u, 0u, threshold, 1.f};
-  read_seed(seed_ptr, d.key0, d.key1);
-  for (int64_t q = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; q < groups;
-       q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t row = q / groups_per_row;  // (b * heads + h) * seqlen + i
-    const int j0 = static_cast<int>(q % groups_per_row) * 8, i = static_cast<int>(row % seqlen);
-    const int64_t bh = row / seqlen;
-    const U32x4 w = dropout_words(d.key0, d.key1, static_cast<int>(bh / heads), static_cast<int>(bh % heads), i, j0);
-    for (int k = 0; k < 8 && j0 + k < seqlen; ++k) {
-      out_ptr[row * seqlen + j0 + k] = ((pick(w, k >> 1) >> (16 * (k & 1))) & 0xffffu) >= threshold;
-    }
-  }
-}
-
 // ---- Launch ------------------------------------------------------------------------------------------------------
 
-// Launches Kernel; the first launch on each device raises its dynamic shared memory limit when it needs more than
-// the default 48 KiB (an attribute of the function on that device, set once rather than before every launch).
-template <auto Kernel>
-cudaError_t launch(dim3 grid, size_t smem, cudaStream_t stream, const AttnParams& p) {
-  if (smem > 48 * 1024) {
+// The smallest opt-in shared memory limit of the GPUs these sm_80 / sm_90a builds run on is sm_86 / sm_89's
+// 99 KiB per block; 3 KiB of it stay for the kernels' static arrays.
+constexpr size_t kMaxDynamicSmem = 96 * 1024;
+
+// Launches Kernel with kSmem bytes of dynamic shared memory; the first launch on each device raises the kernel's
+// limit when it needs more than the default 48 KiB (an attribute of the function on that device, set once rather
+// than before every launch).
+template <auto Kernel, size_t kSmem>
+cudaError_t launch(dim3 grid, cudaStream_t stream, const AttnParams& p) {
+  static_assert(kSmem <= kMaxDynamicSmem, "a tile's shared memory exceeds the opt-in limit of sm_86 / sm_89");
+  if constexpr (kSmem > 48 * 1024) {
     static std::atomic<uint64_t> raised{0};  // bit d: done on device d (devices 64 and up: every launch)
     int device = 0;
     cudaError_t err = cudaGetDevice(&device);
     if (err != cudaSuccess) return err;
     const uint64_t bit = device < 64 ? uint64_t{1} << device : 0u;
     if ((raised.load(std::memory_order_relaxed) & bit) == 0u) {
-      err = cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+      err = cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem));
       if (err != cudaSuccess) return err;
       raised.fetch_or(bit, std::memory_order_relaxed);
     }
   }
-  Kernel<<<grid, kThreads, smem, stream>>>(p);
+  Kernel<<<grid, kThreads, kSmem, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -595,17 +84,17 @@ bool valid_params(const AttnParams& p, DType dtype) {
 
 template <typename T, int D>
 cudaError_t fwd(const AttnParams& p, cudaStream_t stream) {
-  return launch<attention_fwd_kernel<T, D>>(grid_of(p, FwdTile<D>::kM), FwdTile<D>::kSmem, stream, p);
+  return launch<attention_fwd_kernel<T, D>, FwdTile<D>::kSmem>(grid_of(p, FwdTile<D>::kM), stream, p);
 }
 
 template <typename T, int D>
 cudaError_t bwd(const AttnParams& p, cudaStream_t stream) {
   using Tile = BwdTile<D>;
-  cudaError_t err = launch<attention_bwd_delta_kernel<T, D>>(grid_of(p, 64), 0, stream, p);
+  cudaError_t err = launch<attention_bwd_delta_kernel<T, D>, 0>(grid_of(p, 64), stream, p);
   if (err != cudaSuccess) return err;
-  err = launch<attention_bwd_dkdv_kernel<T, D>>(grid_of(p, Tile::kN), Tile::kSmem, stream, p);
+  err = launch<attention_bwd_dkdv_kernel<T, D>, Tile::kSmemDkDv>(grid_of(p, Tile::kN), stream, p);
   if (err != cudaSuccess) return err;
-  return launch<attention_bwd_dq_kernel<T, D>>(grid_of(p, Tile::kN), Tile::kSmem, stream, p);
+  return launch<attention_bwd_dq_kernel<T, D>, Tile::kSmemDq>(grid_of(p, Tile::kDqRows), stream, p);
 }
 
 #define FASTENC_DISPATCH_ATTENTION(dtype, head_dim, FN, ...) \

@@ -323,6 +323,15 @@ fastenc::AttnTensor attn_tensor(const Tensor& t, bool packed) {
   return {t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)};
 }
 
+// The kernels read q, k, v and dout with 16-byte cp.async copies: data pointer and every stride but the last (unit)
+// one must keep rows 16-byte aligned.
+void check_rows_aligned16(const Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK_VALUE(t.stride(-1) == 1, "fastenc.", op, ": ", name, " must have a unit-stride last dim");
+  bool aligned = reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+  for (int64_t i = 0; i + 1 < t.dim(); ++i) aligned = aligned && t.stride(i) % 8 == 0;
+  TORCH_CHECK_VALUE(aligned, "fastenc.", op, ": ", name, " must have 16-byte aligned rows (data pointer and strides)");
+}
+
 // q, k, v: one shape and dtype (fp16 / bf16), head dim 32 / 64 / 128, unit last stride, 16-byte aligned rows.
 AttnLayout check_attention_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const OptTensor& key_mask,
                                   const OptTensor& cu_seqlens, int64_t max_seqlen, const char* op) {
@@ -339,11 +348,7 @@ AttnLayout check_attention_inputs(const Tensor& q, const Tensor& k, const Tensor
     TORCH_CHECK_VALUE(t->sizes() == q.sizes(), "fastenc.", op, ": ", name, " must have q's shape ", q.sizes(), ", got ",
                       t->sizes());
     TORCH_CHECK_TYPE(t->scalar_type() == q.scalar_type(), "fastenc.", op, ": ", name, " must have q's dtype");
-    TORCH_CHECK_VALUE(t->stride(-1) == 1, "fastenc.", op, ": ", name, " must have a unit-stride last dim");
-    bool aligned = reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0;
-    for (int64_t i = 0; i + 1 < t->dim(); ++i) aligned = aligned && t->stride(i) % 8 == 0;
-    TORCH_CHECK_VALUE(aligned, "fastenc.", op, ": ", name,
-                      " must have 16-byte aligned rows (data pointer and strides)");
+    check_rows_aligned16(*t, op, name);
   }
   lay.head_dim = q.size(-1);
   lay.heads = q.size(-2);
@@ -425,6 +430,7 @@ std::tuple<Tensor, Tensor, Tensor> attention_bwd(const Tensor& dout, const Tenso
   const char* op = "attention_bwd";
   const AttnLayout lay = check_attention_inputs(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, op);
   check_tensor(dout, q, op, "dout", q.sizes(), q.scalar_type());
+  check_rows_aligned16(dout, op, "dout");  // o and lse are read element by element: contiguity is enough
   check_tensor(o, q, op, "o", q.sizes(), q.scalar_type());
   check_tensor(lse, q, op, "lse", lse_shape(lay), at::kFloat);
   const int64_t* sp = seed_ptr(seed, dropout_p, q, op);

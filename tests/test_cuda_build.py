@@ -1,7 +1,8 @@
 """Build checks of the CUDA backend that run without a GPU.
 
-- every csrc/*.cu compiles with nvcc alone (no torch headers) for sm_80 and sm_90a, and to compute_90 PTX (skipped
-  only without nvcc);
+- every csrc/*.cu compiles with nvcc alone (no torch headers) for sm_80 and sm_90a, and to compute_90 PTX, and no
+  kernel spills registers (ptxas -v) (skipped only without nvcc); the attention kernels' shared memory fits every
+  target's opt-in limit (a static_assert in csrc/attention.cu);
 - csrc/bindings.cpp parses against torch's headers (skipped without the CUDA runtime headers);
 - the op schemas of bindings.cpp and the fake implementations of fastenc/_cuda.py agree with the launcher contracts
   (checked on meta tensors against a stand-in for fastenc._C; the registered ops are the launchers);
@@ -55,6 +56,8 @@ def test_every_cu_file_compiles_with_nvcc_alone(tmp_path):
             *GENCODE,
             "-Werror",
             "all-warnings",
+            "-Xptxas",
+            "-v",
             "-o",
             str(tmp_path / (src.stem + ".o")),
             str(src),
@@ -67,6 +70,11 @@ def test_every_cu_file_compiles_with_nvcc_alone(tmp_path):
     assert not failed, "nvcc failed:\n" + "\n".join(failed)
     for src, _ in results:
         assert (tmp_path / (src.stem + ".o")).stat().st_size > 0
+    reports = [line for _, res in results for line in res.stderr.splitlines() if "bytes spill stores" in line]
+    assert reports, "ptxas -v printed no register report"
+    spills = [f"{src.name}: {line.strip()}" for src, res in results for line in res.stderr.splitlines()
+              if "bytes spill stores" in line and not re.search(r"\b0 bytes spill stores, 0 bytes spill loads", line)]
+    assert not spills, "register spills:\n" + "\n".join(spills)
 
 
 def test_bindings_parse_against_torch_headers():
@@ -209,6 +217,29 @@ def test_attention_support_reasons(cuda_module):
     assert any("aligned" in r for r in reasons(strided, ok, ok))
 
 
+def _function_body(text: str, signature_start: str) -> str:
+    start = text.index(signature_start)
+    end = text.index("\n}\n", start)
+    return text[start:end]
+
+
+def test_attention_checks_every_cp_async_input_for_alignment():
+    """Each tensor the attention kernels read with 16-byte cp.async copies (q, k, v; dout in backward) goes through
+    the one check that names the argument, before any launch (a misaligned one otherwise gets only the kernels'
+    generic invalid-argument error). Without a GPU the check cannot run here: test_gpu_misaligned_dout_is_named
+    runs it on a device; this pins the source path."""
+    text = (CSRC / "bindings.cpp").read_text()
+    check = _function_body(text, "void check_rows_aligned16(")
+    assert "% 16 == 0" in check and "stride(i) % 8 == 0" in check and "must have 16-byte aligned rows" in check
+    inputs = _function_body(text, "AttnLayout check_attention_inputs(")
+    assert re.search(r'\{&q, "q"\}, \{&k, "k"\}, \{&v, "v"\}', inputs)
+    assert "check_rows_aligned16(*t, op, name);" in inputs
+    bwd = _function_body(text, "std::tuple<Tensor, Tensor, Tensor> attention_bwd(")
+    launch = bwd.index("fastenc::attention_bwd(")
+    assert 0 <= bwd.find('check_rows_aligned16(dout, op, "dout");') < launch
+    assert bwd.index("check_attention_inputs(") < launch
+
+
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -329,3 +360,14 @@ def test_gpu_attention_dropout_mask_is_the_documented_scheme():
     ours = _cuda.attention_dropout_mask(seed, 2, 3, 37, 0.35)
     assert torch.equal(ours, triton_attention.attention_dropout_mask(seed, 2, 3, 37, 0.35))
     assert abs(ours.float().mean().item() - 0.65) < 0.03
+
+
+@pytest.mark.gpu
+@needs_cuda_backend
+def test_gpu_misaligned_dout_is_named():
+    dev = torch.device("cuda")
+    q, k, v = (torch.randn(1, 8, 2, 64, dtype=torch.float16, device=dev) for _ in range(3))
+    o, lse = torch.ops.fastenc.attention_fwd(q, k, v, None, None, 8, 0.125, 0.0, None)
+    dout = torch.randn(q.numel() + 1, dtype=torch.float16, device=dev)[1:].view(q.shape)  # contiguous, 2 bytes off
+    with pytest.raises(ValueError, match="dout must have 16-byte aligned rows"):
+        torch.ops.fastenc.attention_bwd(dout, q, k, v, o, lse, None, None, 8, 0.125, 0.0, None)

@@ -1,0 +1,153 @@
+"""The CUDA attention kernels (csrc/attention_kernels.cuh) run unchanged on the CPU over an emulation of their PTX
+(tests/ops/attention_emulation.cpp: a host thread per CUDA thread, ldmatrix / mma.sync fragments from the PTX ISA's
+layouts, deferred cp.async that poisons its destination until waited for; shared-memory bounds, alignment and
+ldmatrix bank conflicts checked), and their outputs must match a float64 attention: o and the log-sum-exp, and dQ,
+dK, dV with key masks, packed sequences, dropout (the documented Philox mask), rows with no key, and q / k / v as
+strided views of one fused projection (padded cases). This checks what no nvcc build can: which rows each warp's row
+tiles cover, where the per-row softmax statistics live, which shared-memory rows each tile reads and writes, and the
+cp.async / barrier order of the double buffers.
+
+Needs g++ (C++20) and the CUDA headers; skipped without them. Shapes are a few blocks per kernel (a host thread per
+CUDA thread is slow): about 30-60 s for the file on a 2-core machine, compile included.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fastenc.ops import attention_ref
+from tests.helpers import assert_close_to_ref
+from tests.ops.test_attention import _philox4x32_10
+from tests.test_cuda_build import _cuda_include
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory) -> Path:
+    gxx, cuda_inc = shutil.which("g++"), _cuda_include()
+    if gxx is None or cuda_inc is None:
+        pytest.skip("needs g++ and the CUDA headers")
+    exe = tmp_path_factory.mktemp("attention_emulation") / "emulate"
+    cmd = [gxx, "-std=c++20", "-O1", "-fno-strict-aliasing", "-pthread", "-I", str(ROOT / "csrc"), "-I",
+           str(cuda_inc), "-o", str(exe), str(ROOT / "tests" / "ops" / "attention_emulation.cpp")]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode != 0 and "barrier" in run.stderr:
+        pytest.skip("the host compiler lacks C++20 <barrier>")
+    assert run.returncode == 0, run.stderr[-3000:]
+    return exe
+
+
+def _dropout_keep(seed: int, p: float, batch: int, heads: int, seqlen: int) -> torch.Tensor:
+    """[B, H, S, S] keep mask of the documented scheme (fastenc.kernels.attention)."""
+    b, h, i, j = np.meshgrid(*(np.arange(n) for n in (batch, heads, seqlen, seqlen)), indexing="ij")
+    words = _philox4x32_10(seed, np.stack([j // 8, i, b, h], -1).astype(np.uint32))
+    word = np.take_along_axis(words, ((j % 8) // 2)[..., None], -1)[..., 0]
+    slice16 = (word >> (np.uint64(16) * (j % 2).astype(np.uint64))) & np.uint64(0xFFFF)
+    return torch.from_numpy(slice16 >= math.ceil(np.float32(p) * 65536))
+
+
+def _emulate(exe: Path, workdir: Path, q, k, v, do, *, dtype, mask=None, cu=None, max_seqlen, scale, p, seed,
+             fused):
+    packed = cu is not None
+    batch = cu.numel() - 1 if packed else q.shape[0]
+    heads, d = q.shape[-2], q.shape[-1]
+    rows = q.shape[0] if packed else q.shape[1]
+    code = "h" if dtype == torch.float16 else "b"
+    (workdir / "params.txt").write_text(f"{code} {d} {batch} {heads} {max_seqlen} {rows} {int(packed)} "
+                                        f"{scale!r} {p!r} {seed} 1\n")
+    inputs = [("qkv", torch.stack([q, k, v], -3))] if fused else [("q", q), ("k", k), ("v", v)]
+    for name, t in [*inputs, ("dout", do)]:
+        t.contiguous().view(torch.int16).numpy().tofile(workdir / f"{name}.bin")
+    if mask is not None:
+        mask.to(torch.uint8).numpy().tofile(workdir / "mask.bin")
+    if cu is not None:
+        cu.numpy().tofile(workdir / "cu.bin")
+    run = subprocess.run([str(exe), str(workdir)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split() == ["ldmatrix_conflicts", "0"], run.stdout  # the padded rows (D + 8) keep them apart
+
+    def read(name, dt, shape):
+        raw = np.fromfile(workdir / f"{name}.bin", dtype=np.int16 if dt != torch.float32 else np.float32)
+        return torch.from_numpy(raw).view(dt).reshape(shape)
+
+    lse_shape = (heads, rows) if packed else (batch, heads, max_seqlen)
+    return [read(n, dtype, q.shape) for n in ("o", "dq", "dk", "dv")], read("lse", torch.float32, lse_shape)
+
+
+def _reference(q, k, v, do, dtype, **kw):
+    leaves = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+    out = attention_ref(*leaves, **kw)
+    out.backward(do.to(dtype))
+    return [out.detach(), *(t.grad for t in leaves)]
+
+
+def _lse64(q, k, scale, mask, cu, max_seqlen):
+    """Natural-log log-sum-exp of the scaled scores, +inf for a row with no key; the kernels' lse layout."""
+    if cu is not None:
+        lens = (cu[1:] - cu[:-1]).long()
+        mask = torch.arange(max_seqlen)[None, :] < lens[:, None]
+        qp = q.new_zeros(len(lens), max_seqlen, *q.shape[1:])
+        kp = qp.clone()
+        qp[mask], kp[mask] = q, k
+        q, k = qp, kp
+    s = torch.einsum("bihd,bjhd->bhij", q.double(), k.double()) * scale
+    if mask is not None:
+        s = s.masked_fill(~mask.bool()[:, None, None, :], -math.inf)
+    lse = torch.logsumexp(s, -1)
+    lse = torch.where(torch.isneginf(lse), math.inf, lse)
+    return lse.permute(1, 0, 2)[:, mask] if cu is not None else lse
+
+
+CASES = {
+    # name: dtype, head_dim, layout, dropout_p
+    "fp16-d64-padded-dropout": (torch.float16, 64, "padded", 0.3),
+    "bf16-d32-packed-dropout": (torch.bfloat16, 32, "packed", 0.1),
+    "fp16-d128-padded": (torch.float16, 128, "padded", 0.0),
+    "bf16-d128-packed-dropout": (torch.bfloat16, 128, "packed", 0.2),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_emulated_cuda_kernels_match_float64(emulator, tmp_path, case):
+    dtype, d, layout, p = CASES[case]
+    gen = torch.Generator().manual_seed(len(case) * 1000 + d)
+    heads, seed = (2 if d == 32 else 1), 2**33 + 77
+    if layout == "packed":
+        lens = [140, 1, 67] if d != 128 else [70, 9]
+        cu = torch.tensor([0, *np.cumsum(lens)], dtype=torch.int32)
+        shape, mask, max_seqlen, batch = (sum(lens), heads, d), None, max(lens), len(lens)
+        kw = dict(cu_seqlens=cu, max_seqlen=max_seqlen)
+    else:
+        batch, max_seqlen = 2, (150 if d != 128 else 80)
+        cu, shape = None, (batch, max_seqlen, heads, d)
+        mask = torch.rand(batch, max_seqlen, generator=gen) > 0.3
+        mask[0, 0] = True
+        mask[-1, :] = False  # a batch row with no key at all
+        kw = dict(key_padding_mask=mask)
+    q, k, v, do = (torch.randn(shape, generator=gen).to(dtype) for _ in range(4))
+    scale = 1.0 / math.sqrt(d)
+    got, lse = _emulate(emulator, tmp_path, q, k, v, do, dtype=dtype, mask=mask, cu=cu, max_seqlen=max_seqlen,
+                        scale=scale, p=p, seed=seed, fused=layout == "padded")
+    ref_kw = dict(kw, softmax_scale=scale)
+    if p > 0:
+        ref_kw.update(dropout_p=p, dropout_mask=_dropout_keep(seed, p, batch, heads, max_seqlen))
+    ref64 = _reference(q, k, v, do, torch.float64, **ref_kw)
+    at_dtype = _reference(q, k, v, do, dtype, **ref_kw)
+    atol = 2e-3 if dtype == torch.float16 else 1e-2
+    for name, g, r, t in zip(("o", "dq", "dk", "dv"), got, ref64, at_dtype, strict=True):
+        assert_close_to_ref(g, r, t, atol=atol, name=name)
+    lse_ref = _lse64(q, k, scale, mask, cu, max_seqlen)
+    finite = torch.isfinite(lse_ref)
+    assert torch.equal(torch.isfinite(lse), finite) and (lse[~finite] > 0).all(), "lse: rows with no key must be +inf"
+    torch.testing.assert_close(lse[finite].double(), lse_ref[finite], atol=1e-4, rtol=1e-5)
+    if layout == "padded":
+        for t in got:
+            assert t[-1].abs().max() == 0  # the batch row with no key: zero output and zero gradients
