@@ -62,14 +62,16 @@ def test_short_sequences_keep_one_small_config(arch):
 def test_ampere_and_hopper_lists_differ_where_ptxas_differs():
     assert C.candidates("dkdv", 64, 80) != C.candidates("dkdv", 64, 90)
     assert C.candidates("dkdv", 64, 86) == C.candidates("dkdv", 64, 80)
-    assert C.candidates("fwd", 64, 89) == C.candidates("fwd", 64, 80) != C.candidates("fwd", 64, 90)
+    assert C.candidates("fwd", 128, 89) == C.candidates("fwd", 128, 80) != C.candidates("fwd", 128, 90)
+    assert C.candidates("dq", 128, 80) == C.candidates("dq", 128, 90)
 
 
+@pytest.mark.parametrize("arch", [80, 90])
 @pytest.mark.parametrize("kernel", C.KERNELS)
-def test_ampere_candidates_give_each_warp_its_own_rows(kernel):
-    # mma.sync: a dot chained into another puts every warp along the owned rows, 16 rows each (see _configs)
+def test_candidates_give_each_warp_its_own_rows(kernel, arch):
+    # a dot chained into another puts every warp along the owned rows, 16 rows each (see _configs)
     for block_d in (64, 128):
-        for c in C.candidates(kernel, block_d, 80):
+        for c in C.candidates(kernel, block_d, arch):
             assert C._owned_rows(kernel, c) >= 16 * c[2], (kernel, block_d, c)
 
 
