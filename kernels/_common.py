@@ -148,8 +148,9 @@ def row_warps(block: int) -> int:
 
 def reduce_warps(block: int) -> int:
     """Warps for a row-looping backward kernel: about 4 fp32 elements per thread, 1 to 16 warps. Its three fp32
-    accumulators and the row temporaries need the extra threads: at 8 elements per thread ptxas (sm_90) uses 168
-    registers for add_layer_norm's backward at BLOCK 1024, at 4 it uses 94, with no spills up to BLOCK 4096."""
+    accumulators and the row temporaries need the extra threads: with the pipelined row loop ptxas (sm_80 / sm_90a)
+    gives the add_layer_norm and gelu_layer_norm backward 48 to 64 registers at 4 elements per thread (embeddings:
+    72 to 120), 96 to 128 at 8 (BLOCK 4096, where the 16-warp cap applies), and no spills."""
     return min(max(block // 128, 1), 16)
 
 
@@ -158,16 +159,19 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def reduce_programs(device: torch.device, rows: int, warps: int) -> int:
-    """Programs for a row-looping backward kernel: as many as stay resident together (16 warps per SM, which the
-    register use of these kernels allows), so they finish in one wave; the SM count is cached per device.
+def reduce_programs(device: torch.device, rows: int, warps: int, regs: int = 64) -> int:
+    """Programs for a row-looping backward kernel: as many as stay resident together, so they finish in one wave; the
+    SM count is cached per device. Residency is bounded by the 64K registers of an SM: `regs` is an upper bound of the
+    kernel's registers per thread (ptxas for sm_80 / sm_90a: 48 to 64 for the LayerNorm-family kernels at up to 4
+    elements per thread, so 32 warps per SM; 72 to 120 for the embeddings backward), and by 16 programs per SM (the
+    block limit of sm_86). More programs than stay resident would run a second, partial wave.
 
     Under the CPU interpreter a few programs, so the looping and the partial-sum reduction are still exercised.
     """
     if device.type != "cuda":
         return max(1, min(rows, 3))
     index = device.index if device.index is not None else torch.cuda.current_device()
-    per_sm = max(1, 16 // warps)
+    per_sm = max(1, min(16, 65536 // (regs * 32 * warps)))
     return max(1, min(rows, _sm_count(index) * per_sm))
 
 

@@ -29,20 +29,32 @@ KERNELS = ("fwd", "dkdv", "dq")
 TUNE_KEY = ["seqlen_bucket", "BLOCK_D", "HAS_MASK", "PACKED", "DROPOUT", "INPUT_PRECISION"]
 INTERPRETER_CONFIG = (16, 16, 1, 1)
 
-# fp16 / bf16 candidates by BLOCK_D (<= 64, 128) for Hopper (sm_90); at head dim 128 only 8-warp configs stay clear
-# of spills. AMPERE replaces some for sm_80 / sm_86 / sm_89, where ptxas spills the 8-warp dk/dv and dq tiles that
-# Hopper's wgmma layouts hold in registers.
+# fp16 / bf16 candidates by BLOCK_D (<= 64, 128); AMPERE replaces some for sm_80 / sm_86 / sm_89, where ptxas spills
+# tiles that Hopper's wgmma layouts hold in registers. Triton lays a dot that feeds another dot (all three kernels
+# chain theirs) out with every warp along the rows of the first dot's tile, 16 rows per warp (mma.sync; a wgmma
+# warpgroup takes 64): the rows a program owns (BLOCK_M queries in fwd / dq, BLOCK_N keys in dk/dv, whose first dot
+# is S^T = K Q^T) are kept >= 16 x num_warps, else warps repeat each other's dots. ptxas, fp16, loop SASS
+# instructions x warps per 1024 (query, key) pairs, no dropout / dropout, against the lists these replaced:
+# - sm_80 dk/dv d64 776-978 / 1366-1576 (was 1608-1800 / 2784-3096), d128 1324-1704 / 2044-2608 (was 2248-3152 /
+#   3064-4744); fwd d128 1126 / 1884 (was 1202-1936 / 2082-2904); dq d128 758-866 / 1506-1694 (was 1600 / 3008);
+# - sm_90a dk/dv d64 435-968 / 1084-1576 (was 546-1808 / 1218-3048), d128 1024-1372 / 1868-2088 (was 1788-2744 /
+#   2948-4480); fwd d128 523-750 / 1053-1346 (was 1018-1360 / 1816-2128); dq d128 666 / 1278 (was 1576 / 2936).
+# None spills, fp16 or bf16 (with dropout, dq d64 (128, 64, 8, 2) spills 32-72 B on sm_80, where (128, 32, 8, 2)
+# takes its place at 498 / 1134; in bf16, fwd d128 (64, 64, 4, 2) spills on sm_80, dq d128 (32, 32, 2, 2) on sm_90a).
 CANDIDATES: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
-    "fwd": {64: [(128, 64, 8, 3), (64, 64, 8, 2), (64, 32, 4, 2)],
-            128: [(64, 64, 8, 2), (64, 32, 8, 2)]},
-    "dkdv": {64: [(32, 128, 8, 2), (32, 64, 8, 2), (32, 32, 8, 2)],
-             128: [(32, 64, 8, 2), (32, 32, 8, 2), (16, 64, 8, 2)]},
-    "dq": {64: [(128, 64, 8, 2), (64, 32, 4, 3), (64, 64, 8, 2)],
-           128: [(32, 32, 8, 2)]},
+    "fwd": {64: [(128, 64, 8, 3), (64, 32, 4, 2)],
+            128: [(128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)]},
+    "dkdv": {64: [(64, 128, 8, 2), (16, 64, 4, 2), (32, 32, 2, 2)],
+             128: [(16, 128, 8, 2), (16, 64, 4, 2), (16, 32, 2, 2)]},
+    "dq": {64: [(128, 64, 8, 2), (64, 32, 4, 3)],
+           128: [(64, 32, 4, 2)]},
 }
 AMPERE: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
-    "dkdv": {64: [(32, 32, 8, 2), (16, 32, 4, 2)]},
-    "dq": {64: [(128, 64, 8, 2), (64, 32, 4, 3)]},
+    "fwd": {128: [(64, 32, 4, 2)]},
+    "dkdv": {64: [(32, 128, 8, 2), (16, 64, 4, 2), (32, 32, 2, 2)],
+             128: [(16, 64, 4, 2), (16, 32, 2, 2)]},
+    "dq": {64: [(128, 32, 8, 2), (64, 32, 4, 3)],
+           128: [(64, 32, 4, 2), (32, 32, 2, 2)]},
 }
 FP32: dict[str, tuple[int, int, int, int]] = {"fwd": (32, 32, 4, 2), "dkdv": (16, 32, 4, 2), "dq": (32, 32, 4, 2)}
 

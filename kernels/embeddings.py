@@ -246,7 +246,7 @@ def _bwd_impl(
     has_tt = token_type is not None
     block = row_block(e, "the embedding size")
     warps = reduce_warps(block)
-    progs = reduce_programs(word.device, n, warps)
+    progs = reduce_programs(word.device, n, warps, regs=128)
     f32 = dict(device=word.device, dtype=torch.float32)
     dword = torch.zeros(word.shape, **f32)
     dpos = torch.zeros(position.shape, **f32)

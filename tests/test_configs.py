@@ -1,6 +1,7 @@
 """Attention autotune configs: what `kernels/_configs.py` keeps per GPU, dtype, head dim and sequence length, and
 that the kept configs compile for sm_80 and sm_90 without spills (fp16 / bf16) and within the GPU's shared memory
-(every dtype).
+(every dtype). Also that the programs per SM that reduce_programs gives the row-op backward kernels fit the register
+file of an SM, as ptxas compiles them for sm_80.
 
 The compile checks run Triton's compiler (no GPU: fastenc.precompile's stand-in driver) in a subprocess without the
 interpreter. The default run compiles a representative subset: per target, the worst case for registers (head dim
@@ -61,7 +62,16 @@ def test_short_sequences_keep_one_small_config(arch):
 def test_ampere_and_hopper_lists_differ_where_ptxas_differs():
     assert C.candidates("dkdv", 64, 80) != C.candidates("dkdv", 64, 90)
     assert C.candidates("dkdv", 64, 86) == C.candidates("dkdv", 64, 80)
-    assert C.candidates("fwd", 128, 80) == C.candidates("fwd", 128, 90)
+    assert C.candidates("fwd", 128, 89) == C.candidates("fwd", 128, 80) != C.candidates("fwd", 128, 90)
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+@pytest.mark.parametrize("kernel", C.KERNELS)
+def test_candidates_give_each_warp_its_own_rows(kernel, arch):
+    # a dot chained into another puts every warp along the owned rows, 16 rows each (see _configs)
+    for block_d in (64, 128):
+        for c in C.candidates(kernel, block_d, arch):
+            assert C._owned_rows(kernel, c) >= 16 * c[2], (kernel, block_d, c)
 
 
 def test_smaller_shared_memory_keeps_fewer_or_smaller_configs():
@@ -124,15 +134,20 @@ ALL_CASES = [(t, dt, d, drop, packed, 512) for t in ("sm_80", "sm_90a") for dt i
              for d in (32, 64, 128) for drop in (False, True) for packed in (drop,)]
 
 
-def _compile(cases: list[tuple]) -> list[list[dict]]:
+def _run(script: str, *args: str):
+    """JSON printed last by `script`, run with Triton's compiler (no interpreter) in a subprocess."""
     triton_backends = pytest.importorskip("triton.backends")
     if "nvidia" not in triton_backends.backends:
         pytest.skip("triton has no nvidia backend here")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(cases)], env=env, cwd=ROOT, capture_output=True,
-                         text=True, timeout=3600)
+    run = subprocess.run([sys.executable, "-c", script, *args], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=3600)
     assert run.returncode == 0, run.stderr[-4000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def _compile(cases: list[tuple]) -> list[list[dict]]:
+    return _run(_SCRIPT, json.dumps(cases))
 
 
 def _check(cases: list[tuple], results: list[list[dict]]) -> None:
@@ -158,3 +173,40 @@ def test_kept_configs_compile_without_spills_representative():
 @pytest.mark.skipif(os.environ.get("FASTENC_SLOW") != "1", reason="set FASTENC_SLOW=1 (about 15 minutes)")
 def test_every_kept_config_compiles_without_spills():
     _check(ALL_CASES, _compile(ALL_CASES))
+
+
+_ROW_SCRIPT = """
+import json, torch
+from fastenc.kernels import _common, add_layer_norm as A, embeddings as E, gelu_layer_norm as G
+from fastenc.precompile import target, target_driver
+_common._sm_count = lambda index: 1
+programs = {}
+for mod, name in ((A, "_add_layer_norm_bwd_kernel"), (E, "_embeddings_bwd_kernel"), (G, "_gelu_layer_norm_bwd_kernel")):
+    def per_sm(device, rows, warps, name=name, **kw):
+        programs[name] = _common.reduce_programs(torch.device("cuda", 0), 1 << 30, warps, **kw)
+        return 2
+    mod.reduce_programs = per_sm
+n, d = 8, 768
+g = torch.Generator().manual_seed(0)
+r = lambda *shape: torch.randn(*shape, generator=g).half()
+seed, mean, rstd = torch.tensor([1]), torch.zeros(n), torch.ones(n)
+ids = torch.randint(0, 16, (n,), generator=g)
+with target_driver(target("sm_80")) as fake:
+    A._bwd_impl(r(n, d), r(n, d), r(d), mean, rstd, 0.1, seed, True)
+    G._bwd_impl(r(n, d), r(n, d), r(d), r(d), mean, rstd, False)
+    E._bwd_impl(r(n, d), ids, torch.arange(n), ids % 2, r(16, d), r(n, d), r(2, d), r(d), mean, rstd, 0.1, seed, 0, -1)
+print(json.dumps([dict(name=k.name, regs=k.regs, warps=k.num_warps, programs=programs[k.name])
+                  for k in fake.kernels.values()]))
+"""
+
+
+def test_row_backward_programs_per_sm_fit_the_register_file():
+    kernels = _run(_ROW_SCRIPT)
+    assert len(kernels) == 3
+    for k in kernels:
+        assert k["regs"] > 0
+        per_warp = -(-k["regs"] * 32 // 256) * 256  # registers are allocated per warp in units of 256
+        assert per_warp * k["warps"] * k["programs"] <= 65536, k
+        assert k["warps"] * k["programs"] >= 16, k  # at least the 16 warps per SM these kernels had before
+    assert {k["name"]: k["warps"] * k["programs"] for k in kernels if "layer_norm" in k["name"]} == {
+        "_add_layer_norm_bwd_kernel": 32, "_gelu_layer_norm_bwd_kernel": 32}
