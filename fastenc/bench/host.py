@@ -296,8 +296,8 @@ def cpu_path(reps: int = 5, warmup: int = 1, config: Any = None, shape: tuple[in
                 with _counting(counts):
                     fn()
                 ops[k] = counts.torch_kernels
-            for _ in range(reps):  # alternated, so drift in the machine's speed hits both alike
-                for k, fn in runs.items():
+            for i in range(reps):  # alternated, and in turn first: drift and order effects hit both alike
+                for k, fn in (runs.items() if i % 2 == 0 else reversed(runs.items())):
                     t0 = time.perf_counter()
                     fn()
                     times[k].append(time.perf_counter() - t0)

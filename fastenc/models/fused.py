@@ -88,10 +88,12 @@ def linear_act_norm(x: torch.Tensor, dense: nn.Module, act: nn.Module, norm: nn.
 def qkv(module: nn.Module, x: torch.Tensor, names: tuple[str, str, str] = ("query", "key", "value"),
         heads: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Q, K, V of `module` (its projections `names`) as [..., heads, head_dim]: strided views of one matmul over
-    the concatenated weights when all three are plain Linears with biases, else three calls."""
+    the concatenated weights when all three are plain Linears with biases and fastenc's kernels run, else three
+    calls (on the CPU reference path three matmuls and contiguous q, k, v measured faster than one: 3.79 vs 3.94 s
+    of addmm and 83 vs 121 ms of copies in BERT-base 8x128 forwards)."""
     heads, d = heads or module.num_attention_heads, module.attention_head_size
     lins = tuple(getattr(module, n) for n in names)
-    if not all(is_plain_linear(m) and m.bias is not None for m in lins):
+    if not (kernels_run(x) and all(is_plain_linear(m) and m.bias is not None for m in lins)):
         return tuple(m(x).unflatten(-1, (heads, d)) for m in lins)
     params = (*(m.weight for m in lins), *(m.bias for m in lins))
     if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
