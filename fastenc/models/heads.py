@@ -148,7 +148,10 @@ class FastencModel:
         labels = None
         if unpad is not False:
             reads = self._fastenc_loss_reads_padding(arg)
-            unpad, labels = (False, None) if reads is True else (unpad, reads if reads is not False else None)
+            if reads is True:
+                unpad = False
+            elif reads is not False:
+                labels = reads  # the encoder's layout read checks them
         sparse = self._fastenc_sparse and sparse_prediction_flag(self.config, sparse_prediction)
         if torch.compiler.is_compiling():  # traced calls stay padded: no scope needed (dynamo cannot trace one)
             return parent(self, *args, **kwargs)

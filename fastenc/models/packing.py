@@ -59,6 +59,15 @@ def tracing(t: torch.Tensor) -> bool:
     return torch.compiler.is_compiling() or (t.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
+def true_positions(flat: torch.Tensor, count: int) -> torch.Tensor:
+    """The indices of the `count` True entries of a 1-D bool tensor, in order, like `flat.nonzero()` but with no
+    host sync (the count is known): each True entry is scattered to its running count, the others to a spare slot
+    that is dropped."""
+    slot = torch.where(flat, flat.cumsum(0) - 1, count)
+    out = torch.empty(count + 1, dtype=torch.long, device=flat.device)
+    return out.scatter_(0, slot, torch.arange(flat.numel(), device=flat.device))[:count]
+
+
 class Packing:
     """The packed layout of a [B, S] batch: cu_seqlens [n + 1] int32, max_seqlen, and the flat row index of each
     kept token (None when every position is kept: packing is then a reshape)."""
@@ -69,17 +78,11 @@ class Packing:
         self.cu_seqlens, self.max_seqlen, self.index = cu_seqlens, max_seqlen, index
 
     @classmethod
-    def from_keep(cls, keep: torch.Tensor, max_seqlen: int, tokens: int) -> Packing:
-        """Keep the True positions of a [B, S] mask (`tokens` of them, at most `max_seqlen` per row), one sequence
-        per row. No host sync: the counts come from the caller's one read, and the row index of each kept token
-        is scattered from a running count instead of `nonzero` (whose output size the host would have to read)."""
-        lens = keep.sum(1, dtype=torch.int32)
+    def from_keep(cls, keep: torch.Tensor, lens: torch.Tensor, max_seqlen: int, tokens: int) -> Packing:
+        """Keep the True positions of a [B, S] mask (row lengths `lens`, `tokens` in all, at most `max_seqlen` per
+        row), one sequence per row. No host sync: the counts come from the caller's one read."""
         cu = F.pad(lens.cumsum(0, dtype=torch.int32), (1, 0))
-        flat = keep.reshape(-1)
-        slot = torch.where(flat, flat.cumsum(0) - 1, tokens)  # padded positions go to a spare slot, dropped below
-        index = torch.empty(tokens + 1, dtype=torch.long, device=keep.device)
-        index.scatter_(0, slot, torch.arange(flat.numel(), device=keep.device))
-        return cls(*keep.shape, cu, max(1, max_seqlen), index[:tokens])
+        return cls(*keep.shape, cu, max(1, max_seqlen), true_positions(keep.reshape(-1), tokens))
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """[B, S, H] -> [1, T, H]: one row of tokens, so sequence-dim code (feed-forward chunking) still applies."""
@@ -104,13 +107,14 @@ def choose_packing(keep: torch.Tensor, unpad: bool | None, labels: torch.Tensor 
     (whether anything is padded, the first column, the longest row, the token count, the labels check)."""
     if unpad is False or tracing(keep):
         return None, keep
-    stats = [~keep.all(), keep[:, 0].all(), keep.sum(1).max(), keep.sum()]
+    lens = keep.sum(1, dtype=torch.int32)
+    stats = [~keep.all(), keep[:, 0].all(), lens.max(), lens.sum()]
     if labels is not None:
         stats.append(((labels != -100) & ~keep.to(labels.device)).any().to(keep.device))
     has_padding, first_real, max_len, tokens, *labels_on_padding = torch.stack([t.long() for t in stats]).tolist()
     if any(labels_on_padding) or (unpad is None and not (has_padding and first_real)):
         return None, keep if has_padding else None
-    return Packing.from_keep(keep, max_len, tokens), None
+    return Packing.from_keep(keep, lens, max_len, tokens), None
 
 
 def packing_from_positions(position_ids: torch.Tensor, batch: int, seq: int) -> Packing | None:
@@ -127,12 +131,9 @@ def packing_from_positions(position_ids: torch.Tensor, batch: int, seq: int) -> 
         [start[:, 1:].any().long(), consecutive.all().long(), start.sum(), longest.long()]).tolist()
     if not (restarts and valid):
         return None
-    flat = start.reshape(-1)
-    slot = torch.where(flat, flat.cumsum(0) - 1, sequences)  # as Packing.from_keep: no nonzero, no second read
-    cu = torch.empty(sequences + 1, dtype=torch.long, device=flat.device)
-    cu.scatter_(0, slot, torch.arange(flat.numel(), device=flat.device))
-    cu[sequences] = flat.numel()  # the spare slot becomes the end of the last sequence
-    return Packing(batch, seq, cu.to(torch.int32), max_len, None)
+    starts = true_positions(start.reshape(-1), sequences)
+    cu = F.pad(starts.to(torch.int32), (0, 1), value=batch * seq)
+    return Packing(batch, seq, cu, max_len, None)
 
 
 def packing_from_kwargs(kwargs: dict, batch: int, seq: int) -> Packing | None:
