@@ -43,6 +43,22 @@ def _cuda_include() -> Path | None:
     return None
 
 
+def build_host_emulation(source: Path, out_dir: Path, *flags: str) -> Path:
+    """Compile a CPU emulation of CUDA device code (`source`, a tests/ C++20 file including csrc/ headers) with
+    g++ into `out_dir`; skips without g++, the CUDA headers or C++20 <barrier>."""
+    gxx, cuda_inc = shutil.which("g++"), _cuda_include()
+    if gxx is None or cuda_inc is None:
+        pytest.skip("needs g++ and the CUDA headers")
+    exe = out_dir / source.stem
+    cmd = [gxx, "-std=c++20", "-O1", *flags, "-pthread", "-I", str(CSRC), "-I", str(cuda_inc), "-o", str(exe),
+           str(source)]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode != 0 and "barrier" in run.stderr:
+        pytest.skip("the host compiler lacks C++20 <barrier>")
+    assert run.returncode == 0, run.stderr[-3000:]
+    return exe
+
+
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found")
 def test_every_cu_file_compiles_with_nvcc_alone(tmp_path):
     sources = sorted(CSRC.glob("*.cu"))

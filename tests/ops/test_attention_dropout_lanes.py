@@ -9,7 +9,6 @@ Needs g++ (C++20) and the CUDA headers (nvcc's include folder); skipped without 
 from __future__ import annotations
 
 import math
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests.ops.test_attention import _philox4x32_10
-from tests.test_cuda_build import _cuda_include
+from tests.test_cuda_build import build_host_emulation
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,17 +41,8 @@ def _expected_bits(kind: str, nt: int, b: int, h: int, row0: int, col0: int, see
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory) -> Path:
-    gxx, cuda_inc = shutil.which("g++"), _cuda_include()
-    if gxx is None or cuda_inc is None:
-        pytest.skip("needs g++ and the CUDA headers")
-    exe = tmp_path_factory.mktemp("lanes") / "lanes"
-    cmd = [gxx, "-std=c++20", "-O1", "-pthread", "-I", str(ROOT / "csrc"), "-I", str(cuda_inc), "-o", str(exe),
-           str(ROOT / "tests" / "ops" / "attention_dropout_lanes.cpp")]
-    run = subprocess.run(cmd, capture_output=True, text=True)
-    if run.returncode != 0 and "barrier" in run.stderr:
-        pytest.skip("the host compiler lacks C++20 <barrier>")
-    assert run.returncode == 0, run.stderr[-3000:]
-    return exe
+    return build_host_emulation(ROOT / "tests" / "ops" / "attention_dropout_lanes.cpp",
+                                tmp_path_factory.mktemp("lanes"))
 
 
 def test_every_lane_gets_the_documented_mask(harness):

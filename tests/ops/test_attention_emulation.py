@@ -14,7 +14,6 @@ CUDA thread is slow): about 30-60 s for the file on a 2-core machine, compile in
 from __future__ import annotations
 
 import math
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -25,24 +24,15 @@ import torch
 from fastenc.ops import attention_ref
 from tests.helpers import assert_close_to_ref
 from tests.ops.test_attention import _philox4x32_10
-from tests.test_cuda_build import _cuda_include
+from tests.test_cuda_build import build_host_emulation
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory) -> Path:
-    gxx, cuda_inc = shutil.which("g++"), _cuda_include()
-    if gxx is None or cuda_inc is None:
-        pytest.skip("needs g++ and the CUDA headers")
-    exe = tmp_path_factory.mktemp("attention_emulation") / "emulate"
-    cmd = [gxx, "-std=c++20", "-O1", "-fno-strict-aliasing", "-pthread", "-I", str(ROOT / "csrc"), "-I",
-           str(cuda_inc), "-o", str(exe), str(ROOT / "tests" / "ops" / "attention_emulation.cpp")]
-    run = subprocess.run(cmd, capture_output=True, text=True)
-    if run.returncode != 0 and "barrier" in run.stderr:
-        pytest.skip("the host compiler lacks C++20 <barrier>")
-    assert run.returncode == 0, run.stderr[-3000:]
-    return exe
+    return build_host_emulation(ROOT / "tests" / "ops" / "attention_emulation.cpp",
+                                tmp_path_factory.mktemp("attention_emulation"), "-fno-strict-aliasing")
 
 
 def _dropout_keep(seed: int, p: float, batch: int, heads: int, seqlen: int) -> torch.Tensor:
