@@ -266,7 +266,8 @@ def _declared_reasons(support: Mapping[str, Any], call: Call) -> list[str]:
     return out
 
 
-_declared: dict[tuple, list[str]] = {}  # (backend, call.signature()) -> declared reasons: metadata only, so cached
+# (backend, call.signature()) -> (declared reasons, the backend's hook or None): metadata only, so cached
+_declared: dict[tuple, tuple[list[str], Callable | None]] = {}
 
 
 def not_supported_reasons(name: str, call: Call) -> list[str]:
@@ -275,15 +276,17 @@ def not_supported_reasons(name: str, call: Call) -> list[str]:
     signature leaves out, such as alignment)."""
     if name == "torch":
         return []
-    key = (name, call.signature())
-    declared = _declared.get(key)
-    if declared is None:
-        declared = _declared[key] = _static_reasons(name, call)
+    signature = call.signature()
+    entry = _declared.get((name, signature))
+    if entry is None:
+        declared = _static_reasons(name, call)
+        hook = None if declared else getattr(_modules[(name, call.op)], "not_supported_reasons", None)
+        entry = _declared[(name, signature)] = (declared, hook)
+    declared, hook = entry
     if declared:
         return list(declared)
-    if name == "triton" and call.device.type == "cpu" and not triton_interpreter_on():
+    if name == "triton" and signature[-1][0][0].type == "cpu" and not triton_interpreter_on():
         return ["CPU tensors need the Triton interpreter (TRITON_INTERPRET=1 set before triton is imported)"]
-    hook = getattr(_modules[(name, call.op)], "not_supported_reasons", None)
     return hook(call.op, call) if hook is not None else []
 
 

@@ -70,7 +70,9 @@ def test_host_benchmark_counts_stubbed_launches(tmp_path):
     assert records["padded", "forward+backward"]["counts"]["launches"] == (1 + 4 * 2) + (1 + 6 * 2)
     for r in records.values():
         assert r["host_ms"] > 0 and r["per_layer_ms"] == pytest.approx(r["host_ms"] / 2, rel=0.01)
-        assert r["counts"]["torch_kernels"] > 0
+        assert r["counts"]["torch_kernels"] > 0 and r["torch_kernel_ms"] > 0
+        assert r["other_per_layer_ms"] == pytest.approx((r["host_ms"] - r["torch_kernel_ms"]) / 2, abs=1e-3)
+    assert set(doc["transformers_other_per_layer_ms"]) == {"forward", "forward+backward"}
     assert all(v > 0 for v in doc["transformers_sdpa_ms"].values())
     text = host.render({"host": doc})
     assert "| padded | forward |" in text and "| packed | forward+backward |" in text
@@ -112,3 +114,19 @@ def test_cpu_path_comparison_runs_on_a_tiny_model():
     assert set(cases) == {"fixed", "padded"} and cases["fixed"]["lengths"] == [16] * 3
     for c in cases.values():
         assert c["transformers_sdpa_ms"] > 0 and c["fastenc_ms"] > 0 and c["fastenc_torch_kernels"] > 0
+
+
+def test_replay_runs_the_recorded_kernels_alone():
+    """The torch-kernel share of the host figure is the recorded kernels replayed: the same ops, same count."""
+    torch.manual_seed(0)
+    model = fastenc.BertModel(host.tiny_bert_config(1)).train()
+    x = host._inputs(2, 8, [8, 5], model.config.vocab_size)
+    counts, calls = host.Counts(), []
+    with fastenc.use_backend("triton"), host._counting(counts, calls):
+        host._step(model, x, True, None)()
+    assert len(calls) == counts.torch_kernels > 10
+    replayed = host.Counts()
+    with host._counting(replayed):
+        host._replay(calls)
+    assert replayed.torch_kernels == counts.torch_kernels
+    assert {c[0] for c in calls} >= {torch.ops.aten.mm.default}  # the matmuls and their backward are in

@@ -16,6 +16,13 @@ that are not views, allocations or scalar reads) and host syncs (ops whose resul
 GPU: item / bool() / int() / tolist, nonzero, boolean indexing). The baseline, timed in the same run, is
 transformers' own sdpa model at the same shape, whole forward on the CPU, compute included.
 
+Each figure is split in two. The torch kernels' share: the counted call records them (op and arguments) and they
+are replayed alone, in order, from Python (timing each inside the counting mode would add its own cost, about 6 us
+an op). The rest ("other"): Python, torch's dispatch of views and allocations, autograd, fastenc's op calls and
+transformers' module calls: the host cost a GPU run pays whatever its kernels cost. On this CPU the torch kernels
+are real compute (tiny matmuls take 10-30 us each); on a GPU they are launches. The same split of transformers'
+model says what its own Python costs.
+
 The second part compares the CPU path itself: fastenc's default backends against transformers' sdpa model,
 BERT-base at 8x128, every row full and with lengths 64..128, inference, side by side.
 
@@ -76,9 +83,10 @@ def _short(path: str) -> str:
 class _Counter(TorchDispatchMode):
     """Counts torch kernels and host syncs of the ops dispatched inside."""
 
-    def __init__(self, counts: Counts) -> None:
+    def __init__(self, counts: Counts, calls: list | None = None) -> None:
         super().__init__()
         self.counts = counts
+        self.calls = calls  # when a list: the kernels' (op, args, kwargs), to replay (_replay)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -91,11 +99,13 @@ class _Counter(TorchDispatchMode):
             self.counts.add_sync(name)
         if not view and name not in _ALLOCATIONS:
             self.counts.torch_kernels += 1
+            if self.calls is not None:
+                self.calls.append((func, args, kwargs))
         return func(*args, **kwargs)
 
 
 @contextlib.contextmanager
-def _counting(counts: Counts) -> Iterator[None]:
+def _counting(counts: Counts, calls: list | None = None) -> Iterator[None]:
     """Count inside: dispatched ops (above) and Tensor.tolist, which reads data without dispatching on the CPU."""
     tolist = torch.Tensor.tolist
 
@@ -105,10 +115,18 @@ def _counting(counts: Counts) -> Iterator[None]:
 
     torch.Tensor.tolist = counted_tolist
     try:
-        with _Counter(counts):
+        with _Counter(counts, calls):
             yield
     finally:
         torch.Tensor.tolist = tolist
+
+
+def _replay(calls: list) -> None:
+    """The recorded torch kernels again, alone and in order, called from Python like the model's own torch calls:
+    their own time, without the counting mode's (which costs several microseconds per op)."""
+    with torch.inference_mode():
+        for func, args, kwargs in calls:
+            func(*args, **kwargs)
 
 
 class _Stub:
@@ -211,7 +229,25 @@ class HostRecord:
     mode: str
     host_ms: float
     per_layer_ms: float
+    torch_kernel_ms: float  # of host_ms: the torch kernels' own time (replayed alone, median)
+    other_per_layer_ms: float  # (host_ms - torch_kernel_ms) / layers: Python, dispatch, autograd, fastenc's ops
     counts: Counts
+
+
+def _split(step: Callable[[], Any], reset: Callable[[], None], reps: int, warmup: int,
+           stub: _Stub | None = None) -> tuple[float, float, Counts]:
+    """(median host ms of step, median ms of its torch kernels replayed alone, counts of one call)."""
+    ms = _median_ms(step, reps, warmup, time.thread_time, reset)
+    counts, calls = Counts(), []
+    if stub is not None:
+        stub.launches = 0
+    reset()
+    with _counting(counts, calls):
+        step()
+    if stub is not None:
+        counts.launches = stub.launches
+    kernel_ms = _median_ms(functools.partial(_replay, calls), reps, warmup, time.thread_time)
+    return ms, kernel_ms, counts
 
 
 def host_overhead(reps: int = 30, warmup: int = 3, layers: int = LAYERS) -> dict[str, Any]:
@@ -240,28 +276,23 @@ def _host_overhead(reps: int, warmup: int, layers: int) -> dict[str, Any]:
             train = mode != "forward"
             model.train(train)
             for layout, unpad in (("padded", False), ("packed", None)):
-                step, reset = _step(model, x, train, unpad), _reset(model)
-                ms = _median_ms(step, reps, warmup, time.thread_time, reset)
-                counts = Counts()
-                stub.launches = 0
-                reset()
-                with _counting(counts):
-                    step()
-                counts.launches = stub.launches
-                records.append(HostRecord(layout, mode, round(ms, 3), round(ms / layers, 4), counts))
+                ms, kernel_ms, counts = _split(_step(model, x, train, unpad), _reset(model), reps, warmup, stub)
+                records.append(HostRecord(layout, mode, round(ms, 3), round(ms / layers, 4), round(kernel_ms, 3),
+                                          round((ms - kernel_ms) / layers, 4), counts))
     hf_config = tiny_bert_config(layers)
     hf_config._attn_implementation = "sdpa"
     torch.manual_seed(0)
     hf = transformers.BertModel(hf_config)
-    hf_ms = {}
+    hf_ms, hf_other = {}, {}
     for mode in ("forward", "forward+backward"):
         hf.train(mode != "forward")
-        hf_ms[mode] = round(_median_ms(_step(_Plain(hf), x, mode != "forward", None), reps, warmup, time.thread_time,
-                                       _reset(hf)), 3)
+        ms, kernel_ms, _ = _split(_step(_Plain(hf), x, mode != "forward", None), _reset(hf), reps, warmup)
+        hf_ms[mode], hf_other[mode] = round(ms, 3), round((ms - kernel_ms) / layers, 4)
     gc.collect()
     return {"stub": stub.kind, "layers": layers, "shape": f"{BATCH}x{SEQ}, lengths {SEQ},{SEQ // 2}",
             "hidden": HIDDEN, "threads": torch.get_num_threads(),
-            "transformers_sdpa_ms": hf_ms, "records": [asdict(r) for r in records]}
+            "transformers_sdpa_ms": hf_ms, "transformers_other_per_layer_ms": hf_other,
+            "records": [asdict(r) for r in records]}
 
 
 def cpu_path(reps: int = 5, warmup: int = 1, config: Any = None, shape: tuple[int, int] = CPU_SHAPE,
@@ -317,15 +348,20 @@ def render(doc: dict[str, Any]) -> str:
              f"Host time with every Triton launch stubbed ({h['stub']} stub), {h['layers']}-layer BERT, hidden "
              f"{h['hidden']}, batch {h['shape']}, {h['threads']} thread(s), CPU time of the calling thread; "
              f"transformers' sdpa model on the CPU, compute included: forward {base['forward']} ms, forward+backward "
-             f"{base['forward+backward']} ms.", "",
-             "| layout | mode | host ms | ms / layer | / transformers same mode | Triton launches | torch kernels | "
-             "syncs |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"{base['forward+backward']} ms. Torch kernels: the aten ops that would be GPU kernels (not views or "
+             f"allocations), their own CPU time here (replayed alone); other: everything else (Python, torch's dispatch and "
+             f"autograd, fastenc's op calls, transformers' module calls).", "",
+             "| layout | mode | host ms | ms / layer | / transformers same mode | torch kernels ms | other ms / layer "
+             "| other, transformers | Triton launches | torch kernels | syncs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    other = h.get("transformers_other_per_layer_ms", {})
     for r in h["records"]:
         c = r["counts"]
         syncs = f"{c['syncs']} ({', '.join(c['sync_ops'])})" if c["syncs"] else "0"
         lines.append(f"| {r['layout']} | {r['mode']} | {r['host_ms']} | {r['per_layer_ms']} | "
-                     f"{r['host_ms'] / base[r['mode']]:.2f} | {c['launches']} | {c['torch_kernels']} | {syncs} |")
+                     f"{r['host_ms'] / base[r['mode']]:.2f} | {r.get('torch_kernel_ms', '-')} | "
+                     f"{r.get('other_per_layer_ms', '-')} | {other.get(r['mode'], '-')} | {c['launches']} | "
+                     f"{c['torch_kernels']} | {syncs} |")
     cpu = doc.get("cpu")
     if cpu:
         lines += ["", f"CPU path, {cpu['model']} {cpu['shape']}, inference, {cpu['threads']} threads:", "",

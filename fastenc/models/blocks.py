@@ -174,8 +174,8 @@ class _SelfAttention(_Swap):
     def forward(self, hidden_states, attention_mask=None, past_key_values=None, cu_seqlens=None, max_seqlen=None,
                 **kwargs):
         q, k, v = qkv(self, hidden_states)
-        out, probs = attend(q, k, v, attention_mask, _dropout_p(self, self.dropout), self.scaling, cu_seqlens,
-                            max_seqlen, with_probs=recording("attentions"))
+        out, probs = attend(q, k, v, attention_mask, _dropout_p(self, self._modules["dropout"]), self.scaling,
+                            cu_seqlens, max_seqlen, with_probs=recording("attentions"))
         return out.flatten(-2), probs
 
 
@@ -183,27 +183,53 @@ class _AddLayerNorm(_Swap):
     """Bert/Roberta/Electra SelfOutput and Output: LayerNorm(dropout(dense(x)) + input) -> ops.add_layer_norm."""
 
     def forward(self, hidden_states, input_tensor):
-        return linear_add_norm(hidden_states, self.dense, input_tensor, self.LayerNorm,
-                               _dropout_p(self, self.dropout))
+        m = self._modules  # not self.<name>: nn.Module.__getattr__ is slow (see fastenc.models.fused)
+        return linear_add_norm(hidden_states, m["dense"], input_tensor, m["LayerNorm"], _dropout_p(self, m["dropout"]))
 
 
 class _Intermediate(_Swap):
     """Bert/Roberta/ElectraIntermediate: act(dense(x)) -> ops.bias_gelu for the gelu family."""
 
     def forward(self, hidden_states):
-        return linear_act(hidden_states, self.dense, self.intermediate_act_fn)
+        m = self._modules
+        return linear_act(hidden_states, m["dense"], m.get("intermediate_act_fn") or self.intermediate_act_fn)
+
+
+_GLOBAL_HOOKS = tuple(getattr(nn.modules.module, n) for n in (
+    "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"))
+
+
+def _no_hooks(module: nn.Module) -> bool:
+    """Whether calling `module.forward` directly skips nothing `module(...)` would run: no hooks but transformers'
+    output-capturing ones (no-ops unless their key is recorded, which the caller checks). The global hook dicts are
+    checked by the caller, once."""
+    if module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks:
+        return False
+    return all(getattr(h, "__name__", None) == "output_capturing_hook" for h in module._forward_hooks.values())
 
 
 class _Layer(_Swap):
-    """Bert/Roberta/ElectraLayer of an encoder: attention, then the feed-forward called directly when feed-forward
-    chunking is off (transformers' chunking helper inspects a signature on every call: ~0.1 ms a layer)."""
+    """Bert/Roberta/Electra/XLM-R/CamemBERT Layer of an encoder. When its blocks are all swapped, carry no hooks and
+    attentions are not recorded, their forwards are called directly (fastenc's ops, not transformers' module calls
+    and attention wrapper); else transformers' path, with the feed-forward called directly when chunking is off
+    (transformers' chunking helper inspects a signature on every call: ~0.1 ms a layer). The layer's own __call__
+    (hooks, hidden-state capture, gradient checkpointing) runs either way."""
 
     @staticmethod
     def supports(module):
         return not module.is_decoder and not hasattr(module, "crossattention")
 
     def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, **kwargs):
-        attention_output, _ = self.attention(hidden_states, attention_mask, **kwargs)
+        m = self._modules
+        attention, intermediate, output = m["attention"], m["intermediate"], m["output"]
+        attn, attn_out = attention._modules["self"], attention._modules["output"]
+        if (isinstance(attn, _SelfAttention) and isinstance(attn_out, _AddLayerNorm)
+                and isinstance(intermediate, _Intermediate) and isinstance(output, _AddLayerNorm)
+                and not self.chunk_size_feed_forward and not any(_GLOBAL_HOOKS) and not recording("attentions")
+                and all(_no_hooks(m) for m in (attention, attn, attn_out, intermediate, output))):
+            a = attn_out.forward(attn.forward(hidden_states, attention_mask, **kwargs)[0], hidden_states)
+            return output.forward(intermediate.forward(a), a)
+        attention_output, _ = attention(hidden_states, attention_mask, **kwargs)
         if self.chunk_size_feed_forward:
             return apply_chunking_to_forward(self.feed_forward_chunk, self.chunk_size_feed_forward, self.seq_len_dim,
                                              attention_output)

@@ -6,6 +6,10 @@ in the matmul, which adds it for free. Q, K and V come out of one matmul over th
 views. Only a plain nn.Linear is taken apart this way: any other projection (a LoRA or quantised wrapper) is called
 as a module, so its own forward (and delta) still applies, and only the op after it is fused.
 
+Submodules and parameters are read from the modules' `_modules` / `_parameters` dicts: `module.name` for those
+goes through nn.Module.__getattr__, a Python fallback that costs about a microsecond each, tens of times a layer.
+Nothing is cached across calls, so a projection replaced or wrapped later (PEFT) is seen at the next call.
+
 Trade-off: the concatenated QKV weight is a copy. It is cached, keyed by the three weights' storage and version,
 while gradients are off; with gradients on it is rebuilt every call (one weight-sized copy per layer and step, small
 next to the matmul), so the autograd graph reaches the original Parameters.
@@ -37,7 +41,14 @@ def gelu_form(act: object) -> str | None:
 
 
 def is_plain_linear(m: nn.Module) -> bool:
-    return type(m) is nn.Linear
+    """An nn.Linear itself (no subclass, wrapper or parametrisation) with no hooks: its weight and bias can be used
+    without calling it."""
+    return type(m) is nn.Linear and not (m._forward_pre_hooks or m._forward_hooks)
+
+
+def _params(lin: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    p = lin._parameters
+    return p["weight"], p["bias"]
 
 
 def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -57,21 +68,24 @@ def linear_act(x: torch.Tensor, dense: nn.Module, act: nn.Module) -> torch.Tenso
     approximate = gelu_form(act) if is_plain_linear(dense) and kernels_run(x) else None
     if approximate is None:
         return act(dense(x))
-    y = F.linear(x, dense.weight)
-    return ops.bias_gelu(y, _cast(dense.bias, y.dtype), approximate)
+    weight, bias = _params(dense)
+    y = F.linear(x, weight)
+    return ops.bias_gelu(y, _cast(bias, y.dtype), approximate)
 
 
 def linear_add_norm(x: torch.Tensor, dense: nn.Module, residual: torch.Tensor | None, norm: nn.LayerNorm,
                     dropout_p: float) -> torch.Tensor:
     """norm(dropout(dense(x)) + residual) in one add_layer_norm, the bias folded in for a plain Linear."""
     if is_plain_linear(dense) and kernels_run(x):
-        y, x_bias = F.linear(x, dense.weight), dense.bias
+        weight, x_bias = _params(dense)
+        y = F.linear(x, weight)
     else:
         y, x_bias = dense(x), None
     if residual is not None and residual.dtype != y.dtype:  # autocast: fp16 output beside an fp32 residual
         dtype = torch.promote_types(residual.dtype, y.dtype)
         y, residual = y.to(dtype), residual.to(dtype)
-    return ops.add_layer_norm(y, residual, norm.weight, norm.bias, norm.eps, x_bias=_cast(x_bias, y.dtype),
+    p = norm._parameters
+    return ops.add_layer_norm(y, residual, p["weight"], p["bias"], norm.eps, x_bias=_cast(x_bias, y.dtype),
                               dropout_p=dropout_p)
 
 
@@ -80,8 +94,9 @@ def linear_act_norm(x: torch.Tensor, dense: nn.Module, act: nn.Module, norm: nn.
     approximate = gelu_form(act) if is_plain_linear(dense) and kernels_run(x) else None
     if approximate is None:
         return ops.add_layer_norm(linear_act(x, dense, act), None, norm.weight, norm.bias, norm.eps)
-    y = F.linear(x, dense.weight)
-    return ops.gelu_layer_norm(y, norm.weight, norm.bias, norm.eps, x_bias=_cast(dense.bias, y.dtype),
+    weight, bias = _params(dense)
+    y = F.linear(x, weight)
+    return ops.gelu_layer_norm(y, norm.weight, norm.bias, norm.eps, x_bias=_cast(bias, y.dtype),
                                approximate=approximate)
 
 
@@ -92,17 +107,18 @@ def qkv(module: nn.Module, x: torch.Tensor, names: tuple[str, str, str] = ("quer
     calls (on the CPU reference path three matmuls and contiguous q, k, v measured faster than one: 3.79 vs 3.94 s
     of addmm and 83 vs 121 ms of copies in BERT-base 8x128 forwards)."""
     heads, d = heads or module.num_attention_heads, module.attention_head_size
-    lins = tuple(getattr(module, n) for n in names)
-    if not (kernels_run(x) and all(is_plain_linear(m) and m.bias is not None for m in lins)):
+    subs = module._modules
+    lins = (subs[names[0]], subs[names[1]], subs[names[2]])
+    if not (kernels_run(x) and all(is_plain_linear(m) and m._parameters["bias"] is not None for m in lins)):
         return tuple(m(x).unflatten(-1, (heads, d)) for m in lins)
-    params = (*(m.weight for m in lins), *(m.bias for m in lins))
+    params = (*(m._parameters["weight"] for m in lins), *(m._parameters["bias"] for m in lins))
     if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
         weight, bias = torch.cat(params[:3]), torch.cat(params[3:])
-    else:
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+    else:  # a tensor's storage pointer and version change with any in-place update, .to() or reassignment
+        key = (*(p.data_ptr() for p in params), *(p._version for p in params), params[0].dtype, params[0].device)
         cache = module.__dict__.get("_fastenc_qkv")
         if cache is None or cache[0] != key:
             with torch.no_grad():
                 cache = module.__dict__["_fastenc_qkv"] = (key, torch.cat(params[:3]), torch.cat(params[3:]))
         weight, bias = cache[1], cache[2]
-    return F.linear(x, weight, bias).unflatten(-1, (3, heads, d)).unbind(-3)
+    return F.linear(x, weight, bias).view(*x.shape[:-1], 3, heads, d).unbind(-3)

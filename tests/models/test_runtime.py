@@ -74,3 +74,32 @@ def test_dropout_only_in_train_mode():
     for unpad in (False, True):
         c, d = ours(**inp, unpad=unpad).logits, ours(**inp, unpad=unpad).logits
         assert torch.isfinite(c).all() and (c - d).abs().max() > 1e-3
+
+
+def test_layers_call_their_blocks_directly_unless_hooked(monkeypatch):
+    """With no hooks, a swapped layer runs its blocks' forwards itself (transformers' attention wrapper is not
+    called); a hook on any block sends that layer through the module calls and the hook runs
+    (a pre-hook that changes a Linear's input changes the output exactly as in transformers: the Linear is called)."""
+    hf = build_hf("BertModel")
+    ours = fastenc.from_hf(hf)
+    inp = inputs("bert", batch=3)
+    wrapper = type(ours.encoder.layer[0].attention)
+    calls = []
+    forward = wrapper.forward
+    monkeypatch.setattr(wrapper, "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
+    with torch.no_grad(), fastenc.use_backend("triton"):
+        out = ours(**inp)
+        assert calls == []  # (transformers' own model calls it: checked before hf runs)
+        assert_outputs_close(out, hf(**inp), 1e-5)
+        calls.clear()
+        seen = []
+        for model in (ours, hf):  # fastenc.from_hf shares the parameters, not the modules
+            model.encoder.layer[1].output.register_forward_hook(lambda m, a, out: seen.append(out.shape))
+            model.encoder.layer[0].intermediate.dense.register_forward_pre_hook(lambda m, a: (a[0] * 1.5,))
+        out = ours(**inp)
+        assert calls == [1] and len(seen) == 1  # layer 1 through the modules, its hook ran; layer 0 calls its
+        # hooked projection as a module (the fused path only reads the weights of a Linear with no hooks)
+        assert_outputs_close(out, hf(**inp), 1e-5)
+        plain = build_hf("BertModel")
+        plain.load_state_dict(hf.state_dict())
+        assert (out.last_hidden_state - plain(**inp).last_hidden_state).abs().max() > 1e-3  # the pre-hook acted
