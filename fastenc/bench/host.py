@@ -349,8 +349,8 @@ def render(doc: dict[str, Any]) -> str:
              f"{h['hidden']}, batch {h['shape']}, {h['threads']} thread(s), CPU time of the calling thread; "
              f"transformers' sdpa model on the CPU, compute included: forward {base['forward']} ms, forward+backward "
              f"{base['forward+backward']} ms. Torch kernels: the aten ops that would be GPU kernels (not views or "
-             f"allocations), their own CPU time here (replayed alone); other: everything else (Python, torch's dispatch and "
-             f"autograd, fastenc's op calls, transformers' module calls).", "",
+             f"allocations), their own CPU time here (replayed alone); other: everything else (Python, torch's "
+             f"dispatch and autograd, fastenc's op calls, transformers' module calls).", "",
              "| layout | mode | host ms | ms / layer | / transformers same mode | torch kernels ms | other ms / layer "
              "| other, transformers | Triton launches | torch kernels | syncs |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
