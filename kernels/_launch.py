@@ -11,17 +11,20 @@ in Triton's order (every parameter, constexprs included, defaults filled), the g
 The key mirrors what triton 3.9 specialises a binary on (native_specialize_impl, compute_cache_key): per positional
 argument, a tensor's dtype and whether its data pointer is 16-byte aligned; None; an int's value when it is 1 (a
 constexpr for Triton), else its width (i32 / i64 / u64) and whether it is divisible by 16; a bool or a float only by
-type; every keyword argument's exact value (constexprs and options such as num_warps, num_stages); the knobs Triton
-adds to the options (debug, instrumentation mode, fpsan casts); the active driver object and its current device.
+type; every keyword argument's value (constexprs and options such as num_warps, num_stages; values equal in Python,
+True and 1, share a key, as constexprs share Triton's); the knobs Triton adds to the options (debug, instrumentation
+mode, fpsan casts); the active driver object (fastenc.precompile swaps in stand-ins) and its current device.
 Whatever this module cannot mirror goes through JITFunction.run every time: the interpreter (no CompiledKernel),
 kernels with do_not_specialize(_on_alignment) lists or non-constexpr annotations, constexprs passed positionally,
 non-constexpr parameters passed by keyword, argument types other than those above, pre-run hooks, launch
-enter/exit hooks, a stages-inspection hook, and changed global values (Triton then raises its own error).
+enter/exit hooks, a stages-inspection hook, and changed global values (Triton then raises its own error). Triton's
+launch_metadata is passed as None: Triton builds it only for the enter/exit hooks, which are empty on this path.
 
 Trade-off: a per-kernel table of at most MAX_ENTRIES compiled kernels (cleared when full, so pathological use never
-grows it) and a mirror of Triton's specialisation rules that must follow triton upgrades (tests/test_triton_launch.py
-checks it against JITFunction.run through fastenc.precompile's stand-in driver), in exchange for a few microseconds
-of host time per launch instead of tens.
+grows it) and a mirror of Triton's specialisation rules that must follow triton upgrades (another triton release
+takes the normal path until MIRRORED is raised; tests/test_triton_launch.py checks the mirror against JITFunction.run
+through fastenc.precompile's stand-in driver, and fails on another release), in exchange for a few microseconds of
+host time per launch instead of tens.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import triton
 from triton import knobs
 from triton.compiler import CompiledKernel
 from triton.knobs import HookChain
@@ -36,6 +40,7 @@ from triton.runtime.driver import driver
 from triton.runtime.jit import JITFunction
 
 MAX_ENTRIES = 64  # compiled kernels kept per jitted function; the table is cleared when it is full
+MIRRORED = "3.9."  # the triton release whose specialisation rules the key mirrors; any other takes the normal path
 
 _Tensor = torch.Tensor
 _I32 = range(-(2**31), 2**31)
@@ -80,7 +85,8 @@ class _Kernel:
 
     def __init__(self, fn: Any):
         self.fn = fn  # held, so the id this is filed under is never reused
-        self.ok = isinstance(fn, JITFunction) and not fn.do_not_specialize and not fn.do_not_specialize_on_alignment \
+        self.ok = triton.__version__.startswith(MIRRORED) and isinstance(fn, JITFunction) \
+            and not fn.do_not_specialize and not fn.do_not_specialize_on_alignment \
             and all(p.is_constexpr or not p.annotation for p in fn.params)
         self.names = [p.name for p in fn.params] if self.ok else []
         self.plans: dict[tuple, _Plan | None] = {}

@@ -56,11 +56,13 @@ def _same_launch(ours: tuple, theirs: tuple) -> None:
 
 
 def _stub_checks() -> None:
+    import triton
     from triton import knobs
     from triton.runtime.driver import driver
 
     from fastenc import precompile as P
 
+    assert triton.__version__.startswith(_launch.MIRRORED), "recheck _launch's mirror of Triton's rules, then MIRRORED"
     kern = A._add_layer_norm_fwd_kernel
     received: list[tuple] = []
     launcher_cls = P.TargetDriver.launcher_cls
@@ -131,7 +133,7 @@ def _stub_checks() -> None:
         assert kernels["int64"].src.signature["x_stride"] == "i64"
         assert fast(*_inputs())[0] is base
 
-        # (3) launch hooks, a pre-run hook, a stages-inspection hook: every call goes through JITFunction.run
+        # (3) launch hooks, a pre-run hook: every call goes through JITFunction.run
         def hook(metadata):
             pass
 
@@ -142,6 +144,13 @@ def _stub_checks() -> None:
         assert fast(*_inputs())[2]
         kern.pre_run_hooks.clear()
         assert not fast(*_inputs())[2]
+        # call forms the key does not cover: a non-constexpr parameter by keyword, constexprs positionally
+        args, kw = _inputs()
+        by_keyword = (args[:-1], {**kw, "p": args[-1]})
+        positional = ([*args, *(kw[n] for n in ("HAS_RES", "HAS_XB", "HAS_DROPOUT", "STORE_H", "BLOCK_D"))],
+                      {"num_warps": kw["num_warps"]})
+        for call in (by_keyword, positional):
+            assert fast(*call)[2] and fast(*call)[2]
 
         # another driver (another target) never gets a kernel kept for this one
         d80 = P.TargetDriver(P.TARGETS["sm_80"])
