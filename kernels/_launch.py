@@ -77,7 +77,8 @@ class _Plan:
     """How one call form (number of positional arguments, keyword names in order) maps to Triton's parameters."""
 
     def __init__(self, tail: list[tuple[str, Any]]):
-        self.tail = tail  # (name, default) of every parameter after the positional ones, in order
+        # names and defaults of every parameter after the positional ones, in order
+        self.tail_names, self.tail_defaults = [n for n, _ in tail], [d for _, d in tail]
 
 
 class _Kernel:
@@ -157,7 +158,7 @@ def launch(fn: Any, grid: Any, *args: Any, **kwargs: Any) -> Any:
                 k.compiled.clear()
             k.compiled[key] = kernel
         return kernel
-    full = (*args, *[kwargs.get(name, default) for name, default in plan.tail])
+    full = (*args, *map(kwargs.get, plan.tail_names, plan.tail_defaults))
     if callable(grid):
         grid = grid(dict(zip(k.names, full, strict=True)))
     n = len(grid)
