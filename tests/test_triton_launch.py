@@ -188,9 +188,10 @@ def test_fast_launch_matches_jit_run_under_the_stand_in_driver():
 def test_interpreter_launches_through_run(monkeypatch):
     kern = A._add_layer_norm_fwd_kernel
     calls = []
-    monkeypatch.setattr(kern, "run", lambda *a, **k: calls.append(k["grid"]))
+    # on the class: an instance attribute would outlive the test (monkeypatch restores it as one)
+    monkeypatch.setattr(type(kern), "run", lambda fn, *a, **k: calls.append((fn, k["grid"])))
     args, kw = _inputs()
     for _ in range(2):
         _launch.launch(kern, (N,), *args, **kw)
-    assert calls == [(N,), (N,)]
+    assert calls == [(kern, (N,)), (kern, (N,))]
     assert not _launch._kernels[id(kern)].ok
