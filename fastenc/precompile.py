@@ -215,7 +215,7 @@ def target_driver(tgt: Target) -> Iterator[TargetDriver]:
     from triton.runtime.driver import driver
 
     from fastenc import backends
-    from fastenc.kernels import _configs
+    from fastenc.kernels import _configs, _launch
 
     if backends.triton_interpreter_on():
         raise RuntimeError("fastenc precompile needs the Triton compiler: unset TRITON_INTERPRET")
@@ -239,6 +239,7 @@ def target_driver(tgt: Target) -> Iterator[TargetDriver]:
             t.__dict__.pop("do_bench", None)  # a cached property: it holds this driver's benchmarker
         backends.triton_interpreter_on = interpreter_check
         _configs.forget()  # choices made on fake timings
+        _launch.forget()  # the kernels kept for this driver (the driver is in its key: never launched by another)
         driver.set_active(saved_driver)
         _forget_targets(objects)
 

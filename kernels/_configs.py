@@ -23,6 +23,7 @@ from typing import Any
 import triton
 
 from fastenc.kernels._common import interpreter_on
+from fastenc.kernels._launch import launch as launch_jit
 
 MAX_KEPT = 3
 KERNELS = ("fwd", "dkdv", "dq")
@@ -138,8 +139,9 @@ def prune(kernel: str) -> Callable:
 
 # The autotuners' choices by tuning key. Triton's Autotuner.run rebuilds its key from every argument on every call
 # (tens of microseconds of host time per launch); a call whose key was already met launches the jitted kernel
-# directly with the chosen config. The key given must determine the autotuner's own (TUNE_KEY and the arguments'
-# dtypes). `forget` drops the choices (fastenc.precompile does, as its stand-in timings pick them).
+# directly with the chosen config (through _launch, which also skips JITFunction.run's binding where it can). The
+# key given must determine the autotuner's own (TUNE_KEY and the arguments' dtypes). `forget` drops the choices
+# (fastenc.precompile does, as its stand-in timings pick them).
 _chosen: dict[tuple, triton.Config] = {}
 
 
@@ -150,7 +152,7 @@ def launch(tuner: Any, grid: Any, key: tuple, *args: Any, **consts: Any) -> None
         tuner[grid](*args, **consts)
         _chosen[(tuner, key)] = tuner.best_config
         return
-    tuner.fn.run(*args, grid=grid, warmup=False, **consts, **cfg.all_kwargs())
+    launch_jit(tuner.fn, grid, *args, **consts, **cfg.all_kwargs())
 
 
 def forget() -> None:

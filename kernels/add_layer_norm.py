@@ -28,6 +28,7 @@ from fastenc.kernels._common import (
     row_warps,
     sum_partials,
 )
+from fastenc.kernels._launch import launch
 
 
 @triton.jit
@@ -159,7 +160,8 @@ def _fwd_impl(
     mean = torch.empty(n, device=x.device, dtype=torch.float32)
     rstd = torch.empty(n, device=x.device, dtype=torch.float32)
     if n:
-        _add_layer_norm_fwd_kernel[(n,)](
+        launch(
+            _add_layer_norm_fwd_kernel, (n,),
             x, residual, x_bias, weight, bias, y, h, mean, rstd, seed if has_dropout else None,
             x.stride(0), residual.stride(0) if residual is not None else 0, d, eps, dropout_p,
             HAS_RES=residual is not None, HAS_XB=x_bias is not None, HAS_DROPOUT=has_dropout, STORE_H=store_h,
@@ -192,7 +194,8 @@ def _bwd_impl(
     dx = torch.empty_like(h) if has_dropout else None
     parts = partials(3 if has_x_bias else 2, progs, d, rows=n, device=h.device)
     if n:
-        _add_layer_norm_bwd_kernel[(progs,)](
+        launch(
+            _add_layer_norm_bwd_kernel, (progs,),
             dy, h, weight, mean, rstd, seed if has_dropout else None, dh, dx, parts[0], parts[1],
             parts[2] if has_x_bias else None, n, d, dropout_p,
             HAS_DROPOUT=has_dropout, HAS_XB=has_x_bias, BLOCK_D=block, num_warps=warps,

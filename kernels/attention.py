@@ -40,6 +40,7 @@ import triton.language as tl
 from fastenc.kernels import _configs
 from fastenc.kernels import _fakes as fakes
 from fastenc.kernels._common import FLOAT_DTYPES, cdiv, interpreter_on, next_pow2, register
+from fastenc.kernels._launch import launch
 
 MAX_HEAD_DIM = 128
 _LOG2E = 1.4426950408889634
@@ -561,7 +562,8 @@ def _bwd_impl(
     delta = torch.empty_like(lse)
     o_strides, lse_strides = _strides(o, lay.packed), lay.lse_strides(lse)
     preprocess_block = 16 if interpreter_on() else 64
-    _attention_bwd_preprocess_kernel[(cdiv(lay.seqlen, preprocess_block), lay.batch, lay.heads)](
+    launch(
+        _attention_bwd_preprocess_kernel, (cdiv(lay.seqlen, preprocess_block), lay.batch, lay.heads),
         o, do, delta, lay.cu_seqlens, *o_strides, *lse_strides, lay.seqlen,
         HEAD_DIM=lay.head_dim, BLOCK_D=lay.consts["BLOCK_D"], PACKED=lay.packed, BLOCK_M=preprocess_block,
     )
@@ -598,7 +600,7 @@ def attention_dropout_mask(seed: torch.Tensor, batch: int, heads: int, seqlen: i
     out = torch.empty(batch, heads, seqlen, seqlen, dtype=torch.uint8, device=seed.device)
     block = 16 if interpreter_on() else 64
     grid = (cdiv(seqlen, block), cdiv(seqlen, block), batch * heads)
-    _attention_dropout_mask_kernel[grid](seed, out, heads, seqlen, dropout_p, BLOCK_M=block, BLOCK_N=block)
+    launch(_attention_dropout_mask_kernel, grid, seed, out, heads, seqlen, dropout_p, BLOCK_M=block, BLOCK_N=block)
     return out.bool()
 
 

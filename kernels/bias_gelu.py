@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 from fastenc.kernels import _fakes as fakes
 from fastenc.kernels._common import cdiv, dummy, gelu, gelu_and_grad, partials, register, row_support
+from fastenc.kernels._launch import launch
 
 _BLOCK_M = 16
 _BLOCK_N = 256
@@ -90,7 +91,8 @@ def _fwd_impl(x: torch.Tensor, bias: torch.Tensor | None, tanh_approx: bool) -> 
     y = torch.empty((n, d), device=x.device, dtype=x.dtype)
     if y.numel():
         grid = (cdiv(n, _BLOCK_M), cdiv(d, _BLOCK_N))
-        _bias_gelu_fwd_kernel[grid](
+        launch(
+            _bias_gelu_fwd_kernel, grid,
             x, bias, y, n, d, x.stride(0), HAS_BIAS=bias is not None, APPROX_TANH=tanh_approx,
             BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, num_warps=_WARPS,
         )
@@ -108,7 +110,8 @@ def _bwd_impl(
     m_blocks = cdiv(n, _BWD_BLOCK_M)
     parts = partials(m_blocks, d, rows=n, device=x.device) if bias is not None else None
     if dx.numel():
-        _bias_gelu_bwd_kernel[(m_blocks, cdiv(d, _BWD_BLOCK_N))](
+        launch(
+            _bias_gelu_bwd_kernel, (m_blocks, cdiv(d, _BWD_BLOCK_N)),
             dy, x, bias, dx, parts, n, d, HAS_BIAS=bias is not None, APPROX_TANH=tanh_approx,
             BLOCK_M=_BWD_BLOCK_M, BLOCK_N=_BWD_BLOCK_N, num_warps=_WARPS,
         )

@@ -35,6 +35,7 @@ from fastenc.kernels._common import (
     row_warps,
     sum_partials,
 )
+from fastenc.kernels._launch import launch
 
 _MAX_TT_REGS = 4
 
@@ -211,7 +212,8 @@ def _fwd_impl(
     rstd = torch.empty(n, device=word.device, dtype=torch.float32)
     has_tt = token_type is not None
     if n:
-        _embeddings_fwd_kernel[(n,)](
+        launch(
+            _embeddings_fwd_kernel, (n,),
             input_ids, position_ids, token_type_ids, word, position, token_type, weight, bias, y, mean, rstd,
             seed if has_dropout else None, word.stride(0), position.stride(0), token_type.stride(0) if has_tt else 0,
             word.shape[0], position.shape[0], token_type.shape[0] if has_tt else 1, e, eps, dropout_p,
@@ -259,7 +261,8 @@ def _bwd_impl(
         dtt = torch.zeros(token_type.shape, **f32) if has_tt else None
     parts = partials(2, progs, e, rows=n, device=word.device)
     if n:
-        _embeddings_bwd_kernel[(progs,)](
+        launch(
+            _embeddings_bwd_kernel, (progs,),
             dy, input_ids, position_ids, token_type_ids, word, position, token_type, weight, mean, rstd,
             seed if has_dropout else None, dword, dpos, dtt, parts[0], parts[1],
             word.stride(0), position.stride(0), token_type.stride(0) if has_tt else 0,

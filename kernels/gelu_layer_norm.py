@@ -26,6 +26,7 @@ from fastenc.kernels._common import (
     row_warps,
     sum_partials,
 )
+from fastenc.kernels._launch import launch
 
 
 @triton.jit
@@ -126,7 +127,8 @@ def _fwd_impl(
     mean = torch.empty(n, device=x.device, dtype=torch.float32)
     rstd = torch.empty(n, device=x.device, dtype=torch.float32)
     if n:
-        _gelu_layer_norm_fwd_kernel[(n,)](
+        launch(
+            _gelu_layer_norm_fwd_kernel, (n,),
             x, x_bias, weight, bias, y, mean, rstd, x.stride(0), d, eps,
             HAS_XB=x_bias is not None, APPROX_TANH=tanh_approx, BLOCK_D=block, num_warps=row_warps(block),
         )
@@ -153,7 +155,8 @@ def _bwd_impl(
     dx = torch.empty_like(x)
     parts = partials(3 if has_xb else 2, progs, d, rows=n, device=x.device)
     if n:
-        _gelu_layer_norm_bwd_kernel[(progs,)](
+        launch(
+            _gelu_layer_norm_bwd_kernel, (progs,),
             dy, x, x_bias, weight, mean, rstd, dx, parts[0], parts[1], parts[2] if has_xb else None, n, d,
             HAS_XB=has_xb, APPROX_TANH=tanh_approx, BLOCK_D=block, num_warps=warps,
         )
