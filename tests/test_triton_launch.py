@@ -17,7 +17,6 @@ import sys
 
 import pytest
 import torch
-
 from fastenc.kernels import _launch
 from fastenc.kernels import add_layer_norm as A
 

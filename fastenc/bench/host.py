@@ -5,9 +5,11 @@ small models): Python, torch's dispatcher and Triton's launcher per op. This mod
 A 12-layer BERT (hidden 64, 4 heads, batch 2x16 with one padded row) runs forward (inference) and forward+backward
 (training, dropout on) with fastenc's triton backend, padded (unpad=False) and packed (the automatic padding-free
 path), while every Triton launch does nothing:
-  - stub "driver" (when the Triton compiler can run, TRITON_INTERPRET unset): Triton's own launch path runs in full
-    (argument binding, specialisation key, cache lookup, grid) through fastenc.precompile's stand-in driver, which
-    compiles for sm_90a once (kept in TRITON_CACHE_DIR) and launches nothing;
+  - stub "driver" (when the Triton compiler can run, TRITON_INTERPRET unset): fastenc's launch path runs in full
+    through fastenc.precompile's stand-in driver, which compiles for sm_90a once (kept in TRITON_CACHE_DIR) and
+    launches nothing: the first launch of a specialisation through Triton's JITFunction.run, repeats through
+    fastenc.kernels._launch (the key, then the compiled kernel's launcher). The stand-in reloads its binary on every
+    launch through JITFunction.run (its module handle is None), so it overstates Triton's own launch cost a little;
   - stub "interpreter" (TRITON_INTERPRET=1): the interpreter's launch (InterpretedFunction.run) does nothing, so
     Triton's launcher is not counted (the autotuner's config choice is): fastenc's own host work.
 torch's own work (the matmuls, the loss) runs on the CPU for real; at this width it is small, and it is counted, as
