@@ -209,7 +209,8 @@ def _no_hooks(module: nn.Module) -> bool:
 
 
 class _Layer(_Swap):
-    """Bert/Roberta/Electra/XLM-R/CamemBERT Layer of an encoder. When its blocks are all swapped, carry no hooks and
+    """Bert/Roberta/Electra/XLM-R/CamemBERT Layer of an encoder. When its blocks are all swapped (and its attention
+    wrapper is transformers' own class, whose forward is only the two calls made here), carry no hooks and
     attentions are not recorded, their forwards are called directly (fastenc's ops, not transformers' module calls
     and attention wrapper); else transformers' path, with the feed-forward called directly when chunking is off
     (transformers' chunking helper inspects a signature on every call: ~0.1 ms a layer). The layer's own __call__
@@ -219,17 +220,28 @@ class _Layer(_Swap):
     def supports(module):
         return not module.is_decoder and not hasattr(module, "crossattention")
 
-    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, **kwargs):
+    def _direct_blocks(self) -> tuple[nn.Module, ...] | None:
+        """(self-attention, its output, intermediate, output) when the layer can call their forwards itself."""
+        if self.chunk_size_feed_forward or any(_GLOBAL_HOOKS) or recording("attentions"):
+            return None
         m = self._modules
         attention, intermediate, output = m["attention"], m["intermediate"], m["output"]
+        if type(attention) not in _ATTENTION_WRAPPERS:
+            return None
         attn, attn_out = attention._modules["self"], attention._modules["output"]
-        if (isinstance(attn, _SelfAttention) and isinstance(attn_out, _AddLayerNorm)
+        if not (isinstance(attn, _SelfAttention) and isinstance(attn_out, _AddLayerNorm)
                 and isinstance(intermediate, _Intermediate) and isinstance(output, _AddLayerNorm)
-                and not self.chunk_size_feed_forward and not any(_GLOBAL_HOOKS) and not recording("attentions")
-                and all(_no_hooks(m) for m in (attention, attn, attn_out, intermediate, output))):
+                and all(_no_hooks(b) for b in (attention, attn, attn_out, intermediate, output))):
+            return None
+        return attn, attn_out, intermediate, output
+
+    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, **kwargs):
+        blocks = self._direct_blocks()
+        if blocks is not None:
+            attn, attn_out, intermediate, output = blocks
             a = attn_out.forward(attn.forward(hidden_states, attention_mask, **kwargs)[0], hidden_states)
             return output.forward(intermediate.forward(a), a)
-        attention_output, _ = attention(hidden_states, attention_mask, **kwargs)
+        attention_output, _ = self.attention(hidden_states, attention_mask, **kwargs)
         if self.chunk_size_feed_forward:
             return apply_chunking_to_forward(self.feed_forward_chunk, self.chunk_size_feed_forward, self.seq_len_dim,
                                              attention_output)
@@ -385,6 +397,7 @@ TARGETS = {  # transformers family -> {block class name: swap}; XLM-RoBERTa and 
 }
 
 _swaps: dict[type, type] | None = None  # transformers block class -> swap mixin
+_ATTENTION_WRAPPERS: set[type] = set()  # transformers' <Prefix>Attention of the families whose layers are _Layer
 _subclasses: dict[type, type] = {}  # transformers block class -> its swapped subclass
 
 
@@ -399,6 +412,8 @@ def swap_table() -> dict[type, type]:
         for family, names in TARGETS.items():
             module = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
             table.update({getattr(module, name): swap for name, swap in names.items()})
+            _ATTENTION_WRAPPERS.update(getattr(module, name.removesuffix("Layer") + "Attention")
+                                       for name, swap in names.items() if swap is _Layer)
         AttentionInterface.register(ATTN_IMPLEMENTATION, _hf_attention)
         AttentionMaskInterface.register(ATTN_IMPLEMENTATION, _padding_mask)
         _swaps = table

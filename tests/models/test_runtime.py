@@ -103,3 +103,13 @@ def test_layers_call_their_blocks_directly_unless_hooked(monkeypatch):
         plain = build_hf("BertModel")
         plain.load_state_dict(hf.state_dict())
         assert (out.last_hidden_state - plain(**inp).last_hidden_state).abs().max() > 1e-3  # the pre-hook acted
+
+        class Wrapper(wrapper):  # an attention wrapper with a forward of its own: the layer calls it
+            def forward(self, *args, **kwargs):
+                calls.append(2)
+                return forward(self, *args, **kwargs)
+
+        calls.clear()
+        ours.encoder.layer[0].attention.__class__ = Wrapper
+        ours(**inp)
+        assert calls == [2, 1]  # layer 0: the wrapper; layer 1: still hooked, through the modules
