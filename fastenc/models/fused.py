@@ -10,9 +10,10 @@ Submodules and parameters are read from the modules' `_modules` / `_parameters` 
 goes through nn.Module.__getattr__, a Python fallback that costs about a microsecond each, tens of times a layer.
 Nothing is cached across calls, so a projection replaced or wrapped later (PEFT) is seen at the next call.
 
-Trade-off: the concatenated QKV weight is a copy. It is cached, keyed by the three weights' storage and version,
-while gradients are off; with gradients on it is rebuilt every call (one weight-sized copy per layer and step, small
-next to the matmul), so the autograd graph reaches the original Parameters.
+Trade-off: the concatenated QKV weight is a copy. It is cached, keyed by the three weights' storage and version
+(holding those storages until the next call sees new ones), while gradients are off; with gradients on it is
+rebuilt every call (one weight-sized copy per layer and step, small next to the matmul), so the autograd graph
+reaches the original Parameters.
 """
 
 from __future__ import annotations
@@ -114,11 +115,15 @@ def qkv(module: nn.Module, x: torch.Tensor, names: tuple[str, str, str] = ("quer
     params = (*(m._parameters["weight"] for m in lins), *(m._parameters["bias"] for m in lins))
     if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
         weight, bias = torch.cat(params[:3]), torch.cat(params[3:])
-    else:  # a tensor's storage pointer and version change with any in-place update, .to() or reassignment
+    else:
+        # Keyed by storage address and version: an in-place update bumps the version, and any new storage (.to(),
+        # reassignment, `.data =`) has another address, because the cache holds the storages it was built from (a
+        # caching allocator would otherwise hand a freed weight's block to its replacement).
         key = (*(p.data_ptr() for p in params), *(p._version for p in params), params[0].dtype, params[0].device)
         cache = module.__dict__.get("_fastenc_qkv")
         if cache is None or cache[0] != key:
             with torch.no_grad():
-                cache = module.__dict__["_fastenc_qkv"] = (key, torch.cat(params[:3]), torch.cat(params[3:]))
+                cache = module.__dict__["_fastenc_qkv"] = (key, torch.cat(params[:3]), torch.cat(params[3:]),
+                                                            tuple(p.detach() for p in params))
         weight, bias = cache[1], cache[2]
     return F.linear(x, weight, bias).view(*x.shape[:-1], 3, heads, d).unbind(-3)

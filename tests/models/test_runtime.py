@@ -113,3 +113,22 @@ def test_layers_call_their_blocks_directly_unless_hooked(monkeypatch):
         ours.encoder.layer[0].attention.__class__ = Wrapper
         ours(**inp)
         assert calls == [2, 1]  # layer 0: the wrapper; layer 1: still hooked, through the modules
+
+
+def test_qkv_cache_holds_the_storages_it_was_built_from():
+    """A weight given new storage (`.data =`) between calls: the cache keeps the old storage alive, so the new one
+    cannot take its address (a caching allocator reuses freed blocks of the same size) and the key sees the change;
+    the next call rebuilds the cache, lets the old storage go and uses the new weight."""
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    hf = build_hf("BertModel")
+    ours = fastenc.from_hf(hf)
+    inp = inputs("bert", batch=3)
+    query = ours.encoder.layer[0].attention.self.query
+    with torch.no_grad(), fastenc.use_backend("triton"):
+        ours(**inp)
+        old = StorageWeakRef(query.weight.untyped_storage())
+        query.weight.data = torch.randn_like(query.weight)  # the shared Parameter: hf sees it too
+        assert not old.expired()
+        assert_outputs_close(ours(**inp), hf(**inp), 1e-5)
+        assert old.expired()
