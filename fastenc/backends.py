@@ -285,7 +285,8 @@ def not_supported_reasons(name: str, call: Call) -> list[str]:
     declared, hook = entry
     if declared:
         return list(declared)
-    if name == "triton" and signature[-1][0][0].type == "cpu" and not triton_interpreter_on():
+    first_device = signature[-1][0][0]  # the first present tensor's device, read off the signature
+    if name == "triton" and first_device.type == "cpu" and not triton_interpreter_on():
         return ["CPU tensors need the Triton interpreter (TRITON_INTERPRET=1 set before triton is imported)"]
     return hook(call.op, call) if hook is not None else []
 

@@ -30,7 +30,7 @@ from torch import nn
 from transformers.pytorch_utils import apply_chunking_to_forward
 
 from fastenc import ops
-from fastenc.models.fused import EXACT_GELU, linear_act, linear_act_norm, linear_add_norm, qkv
+from fastenc.models.fused import EXACT_GELU, hook_free, linear_act, linear_act_norm, linear_add_norm, qkv
 from fastenc.models.packing import (
     choose_packing,
     packing_from_kwargs,
@@ -195,19 +195,6 @@ class _Intermediate(_Swap):
         return linear_act(hidden_states, m["dense"], m.get("intermediate_act_fn") or self.intermediate_act_fn)
 
 
-_GLOBAL_HOOKS = tuple(getattr(nn.modules.module, n) for n in (
-    "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"))
-
-
-def _no_hooks(module: nn.Module) -> bool:
-    """Whether calling `module.forward` directly skips nothing `module(...)` would run: no hooks but transformers'
-    output-capturing ones (no-ops unless their key is recorded, which the caller checks). The global hook dicts are
-    checked by the caller, once."""
-    if module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks:
-        return False
-    return all(getattr(h, "__name__", None) == "output_capturing_hook" for h in module._forward_hooks.values())
-
-
 class _Layer(_Swap):
     """Bert/Roberta/Electra/XLM-R/CamemBERT Layer of an encoder. When its blocks are all swapped (and its attention
     wrapper is transformers' own class, whose forward is only the two calls made here), carry no hooks and
@@ -222,7 +209,7 @@ class _Layer(_Swap):
 
     def _direct_blocks(self) -> tuple[nn.Module, ...] | None:
         """(self-attention, its output, intermediate, output) when the layer can call their forwards itself."""
-        if self.chunk_size_feed_forward or any(_GLOBAL_HOOKS) or recording("attentions"):
+        if self.chunk_size_feed_forward or recording("attentions"):
             return None
         m = self._modules
         attention, intermediate, output = m["attention"], m["intermediate"], m["output"]
@@ -231,7 +218,7 @@ class _Layer(_Swap):
         attn, attn_out = attention._modules["self"], attention._modules["output"]
         if not (isinstance(attn, _SelfAttention) and isinstance(attn_out, _AddLayerNorm)
                 and isinstance(intermediate, _Intermediate) and isinstance(output, _AddLayerNorm)
-                and all(_no_hooks(b) for b in (attention, attn, attn_out, intermediate, output))):
+                and all(hook_free(b) for b in (attention, attn, attn_out, intermediate, output))):
             return None
         return attn, attn_out, intermediate, output
 

@@ -41,10 +41,23 @@ def gelu_form(act: object) -> str | None:
     return None
 
 
+_GLOBAL_HOOKS = tuple(getattr(nn.modules.module, n) for n in (
+    "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"))
+
+
+def hook_free(module: nn.Module) -> bool:
+    """Whether using `module` without calling it (its forward called directly, or its weights read) skips nothing
+    `module(...)` would run: no hooks, its own or global, but transformers' output-capturing ones (no-ops unless
+    their key is recorded: a caller that skips one checks `recording` for it)."""
+    if module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks or any(_GLOBAL_HOOKS):
+        return False
+    return all(getattr(h, "__name__", None) == "output_capturing_hook" for h in module._forward_hooks.values())
+
+
 def is_plain_linear(m: nn.Module) -> bool:
     """An nn.Linear itself (no subclass, wrapper or parametrisation) with no hooks: its weight and bias can be used
     without calling it."""
-    return type(m) is nn.Linear and not (m._forward_pre_hooks or m._forward_hooks)
+    return type(m) is nn.Linear and hook_free(m)
 
 
 def _params(lin: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
