@@ -60,9 +60,13 @@ def is_plain_linear(m: nn.Module) -> bool:
     return type(m) is nn.Linear and hook_free(m)
 
 
-def _params(lin: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
-    p = lin._parameters
-    return p["weight"], p["bias"]
+def _params(m: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A Linear's or a norm's (weight, bias): from `_parameters` when both are plain entries there, else by attribute
+    (a parametrised norm computes its weight; its `_parameters` lacks the name)."""
+    p = m._parameters
+    if "weight" in p and "bias" in p:
+        return p["weight"], p["bias"]
+    return m.weight, m.bias
 
 
 def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -98,19 +102,19 @@ def linear_add_norm(x: torch.Tensor, dense: nn.Module, residual: torch.Tensor | 
     if residual is not None and residual.dtype != y.dtype:  # autocast: fp16 output beside an fp32 residual
         dtype = torch.promote_types(residual.dtype, y.dtype)
         y, residual = y.to(dtype), residual.to(dtype)
-    p = norm._parameters
-    return ops.add_layer_norm(y, residual, p["weight"], p["bias"], norm.eps, x_bias=_cast(x_bias, y.dtype),
-                              dropout_p=dropout_p)
+    weight, bias = _params(norm)
+    return ops.add_layer_norm(y, residual, weight, bias, norm.eps, x_bias=_cast(x_bias, y.dtype), dropout_p=dropout_p)
 
 
 def linear_act_norm(x: torch.Tensor, dense: nn.Module, act: nn.Module, norm: nn.LayerNorm) -> torch.Tensor:
     """norm(act(dense(x))), the MLM / generator head transform; one gelu_layer_norm for the GELU family."""
     approximate = gelu_form(act) if is_plain_linear(dense) and kernels_run(x) else None
+    norm_weight, norm_bias = _params(norm)
     if approximate is None:
-        return ops.add_layer_norm(linear_act(x, dense, act), None, norm.weight, norm.bias, norm.eps)
+        return ops.add_layer_norm(linear_act(x, dense, act), None, norm_weight, norm_bias, norm.eps)
     weight, bias = _params(dense)
     y = F.linear(x, weight)
-    return ops.gelu_layer_norm(y, norm.weight, norm.bias, norm.eps, x_bias=_cast(bias, y.dtype),
+    return ops.gelu_layer_norm(y, norm_weight, norm_bias, norm.eps, x_bias=_cast(bias, y.dtype),
                                approximate=approximate)
 
 

@@ -132,3 +132,27 @@ def test_qkv_cache_holds_the_storages_it_was_built_from():
         assert not old.expired()
         assert_outputs_close(ours(**inp), hf(**inp), 1e-5)
         assert old.expired()
+
+
+def test_parametrised_layer_norms_are_read_through_their_parametrisation():
+    """A LayerNorm with a parametrised weight keeps no 'weight' in `_parameters`: the fused blocks (add_layer_norm
+    after the attention and the feed-forward, gelu_layer_norm in the MLM head) take the computed weight."""
+    from torch.nn.utils import parametrize
+
+    class Doubled(torch.nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    name = "BertForMaskedLM"
+    hf, ours = build_hf(name), fastenc.from_hf(build_hf(name))
+    for model in (hf, ours):
+        layers = model.bert.encoder.layer
+        for norm in (layers[0].attention.output.LayerNorm, layers[1].output.LayerNorm,
+                     model.cls.predictions.transform.LayerNorm):
+            parametrize.register_parametrization(norm, "weight", Doubled())
+    inp = inputs("bert", batch=3)
+    with torch.no_grad(), fastenc.use_backend("triton"):
+        out = ours(**inp)
+        assert_outputs_close(out, hf(**inp), 1e-5)
+        plain = fastenc.from_hf(build_hf(name))(**inp).logits
+    assert (out.logits - plain).abs().max() > 1e-3  # the parametrisation changed the result
