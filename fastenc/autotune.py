@@ -51,6 +51,7 @@ _decisions: dict[tuple, dict[str, Any]] = {}
 _table: list[dict[str, Any]] | None = None
 _tuned: dict[str, dict[str, float]] | None = None
 _tune_state: dict[str, Any] = {"on": None, "timer": None}
+_notes: dict[str, str] = {}  # topic -> why a path is off (a block left to transformers, a missing internal)
 
 
 def _bucket(n: int) -> int:
@@ -278,8 +279,18 @@ def _record(key: tuple, choice: str, source: str, order: tuple[str, ...], ms: di
     log.info("fastenc: auto runs %s with %r for %s: %s", key[0], choice, _key_str(key), source)
 
 
+def note(topic: str, text: str) -> None:
+    """Record why a path is off (the layers above dispatch report here: a block left to transformers, a missing
+    internal name); explain() lists every note first."""
+    if _notes.get(topic) != text:
+        _notes[topic] = text
+        log.info("fastenc: %s: %s", topic, text)
+
+
 def explain(op: str | None = None) -> str:
-    """What auto chose for each key met so far (of `op`, or all), from which source, and why not the others."""
+    """What auto chose for each key met so far (of `op`, or all), from which source, and why not the others; first,
+    every path turned off and why (`note`)."""
+    notes = [f"off: {topic}: {text}" for topic, text in _notes.items()] if op is None else []
     lines = []
     for key, d in _decisions.items():
         if op is not None and key[0] != op:
@@ -288,7 +299,7 @@ def explain(op: str | None = None) -> str:
         for name, why in d["reasons"].items():
             timing = f" [{d['ms'][name]:.4g} ms]" if name in d["ms"] else ""
             lines.append(f"    {name}: {'; '.join(why) if why else 'supported'}{timing}")
-    return "\n".join(lines) if lines else "no auto choice made yet" + (f" for {op}" if op else "")
+    return "\n".join(notes + (lines or ["no auto choice made yet" + (f" for {op}" if op else "")]))
 
 
 def tune(model: Callable[..., Any], inputs: Iterable[Any], *, backward: bool = False,

@@ -82,7 +82,7 @@ MODEL_CLASSES: dict[str, type[FastencModel]] = {
 def twin_of(cls: type) -> type[FastencModel] | None:
     """fastenc's class for exactly the transformers class `cls` (not a subclass of it), or None."""
     twin = MODEL_CLASSES.get(cls.__name__)
-    return twin if twin is not None and twin.__mro__[2] is cls else None
+    return twin if twin is not None and twin._fastenc_hf_class is cls else None
 
 
 __all__ = ["MODEL_CLASSES", "FastencModel", "twin_of", *MODEL_CLASSES]

@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from fastenc.models import MODEL_CLASSES
+from fastenc.models.hf_internals import auto_model_class
 
 
 class _FastencAuto:
@@ -19,10 +20,7 @@ class _FastencAuto:
 
     @classmethod
     def _resolve(cls, config: Any) -> type:
-        import transformers
-        from transformers.models.auto.auto_factory import _get_model_class
-
-        hf_cls = _get_model_class(config, getattr(transformers, cls._hf_auto)._model_mapping)
+        hf_cls = auto_model_class(config, cls._hf_auto)
         ours = MODEL_CLASSES.get(hf_cls.__name__)
         if ours is None:
             raise ValueError(f"{cls.__name__}: fastenc has no class for {hf_cls.__name__} (model_type "

@@ -24,13 +24,17 @@ follows transformers' block boundaries (one op boundary per block) and its keywo
 from __future__ import annotations
 
 import importlib
+import inspect
+import warnings
 
 import torch
 from torch import nn
 from transformers.pytorch_utils import apply_chunking_to_forward
 
 from fastenc import ops
+from fastenc.autotune import note
 from fastenc.models.fused import EXACT_GELU, hook_free, linear_act, linear_act_norm, linear_add_norm, qkv
+from fastenc.models.hf_internals import VERSION, recording
 from fastenc.models.packing import (
     choose_packing,
     packing_from_kwargs,
@@ -51,20 +55,6 @@ def _check_length(input_ids, seq: int, limit: int) -> None:
 
 def _dropout_p(module: nn.Module, dropout: nn.Module) -> float:
     return dropout.p if module.training else 0.0
-
-
-try:
-    from transformers.utils.output_capturing import _active_collector
-except ImportError:  # unknown transformers internals: assume recording, which only disables packing
-    _active_collector = None
-
-
-def recording(key: str) -> bool:
-    """Whether transformers is recording `key` ("hidden_states" / "attentions") for this forward call."""
-    if _active_collector is None:
-        return True
-    collected = _active_collector.get()
-    return collected is not None and key in collected
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -109,10 +99,12 @@ def attend(q, k, v, mask, dropout_p, scale, cu_seqlens=None, max_seqlen=None, wi
                          dropout_p=dropout_p, softmax_scale=scale), None
 
 
-def _hf_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """transformers attention interface: q, k, v [B, H, S, D] -> ([B, S, H, D], None)."""
+def _hf_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, cu_seqlens=None,
+                  max_seqlen=None, **kwargs):
+    """transformers attention interface: q, k, v [B, H, S, D] -> ([B, S, H, D], None); packed rows ([1, T]) with
+    cu_seqlens when a fastenc encoder runs a block that stayed transformers' own."""
     return attend(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attention_mask, dropout,
-                  scaling)
+                  scaling, cu_seqlens, max_seqlen)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -121,7 +113,13 @@ def _hf_attention(module, query, key, value, attention_mask, scaling=None, dropo
 
 
 class _Swap:
+    """serves: every parameter of the transformers forwards this swap replaces, in every release of the supported
+    range (renames on both sides); a release whose forward has another one keeps transformers' block (`swap_table`).
+    needs: swaps of the same family without which this one is wrong (a refused one refuses this one too)."""
+
     attrs: dict = {}  # instance attributes the forward needs, set by install_blocks and removed by remove_blocks
+    serves: frozenset[str] = frozenset()
+    needs: tuple[type, ...] = ()
 
     @staticmethod
     def supports(module: nn.Module) -> bool:
@@ -131,13 +129,17 @@ class _Swap:
 class _Embeddings(_Swap):
     """Bert/Roberta/Albert/ElectraEmbeddings -> ops.embeddings (gather, sum, LayerNorm, dropout in one op)."""
 
+    serves = frozenset(("input_ids", "token_type_ids", "position_ids", "inputs_embeds", "past_key_values_length",
+                        "cache_length"))  # transformers < 5.25 / >= 5.25 names of the cache offset
+
     @staticmethod
     def supports(module):
         return all(type(getattr(module, n)) is nn.Embedding
                    for n in ("word_embeddings", "position_embeddings", "token_type_embeddings"))
 
     def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-                past_key_values_length=0):
+                past_key_values_length=0, cache_length=0):
+        past_key_values_length = cache_length or past_key_values_length
         shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
         if position_ids is None:
             offset = self.padding_idx + 1 if hasattr(self, "create_position_ids_from_input_ids") else 0
@@ -167,12 +169,14 @@ class _Embeddings(_Swap):
 class _SelfAttention(_Swap):
     """Bert/Roberta/ElectraSelfAttention -> fused QKV + ops.attention; returns (context [..., E], probs | None)."""
 
+    serves = frozenset(("hidden_states", "attention_mask", "past_key_values", "cache"))  # the cache: < 5.25 / >= 5.25
+
     @staticmethod
     def supports(module):
         return not getattr(module, "is_causal", False) and not getattr(module, "is_decoder", False)
 
     def forward(self, hidden_states, attention_mask=None, past_key_values=None, cu_seqlens=None, max_seqlen=None,
-                **kwargs):
+                cache=None, **kwargs):
         q, k, v = qkv(self, hidden_states)
         out, probs = attend(q, k, v, attention_mask, _dropout_p(self, self._modules["dropout"]), self.scaling,
                             cu_seqlens, max_seqlen, with_probs=recording("attentions"))
@@ -182,6 +186,8 @@ class _SelfAttention(_Swap):
 class _AddLayerNorm(_Swap):
     """Bert/Roberta/Electra SelfOutput and Output: LayerNorm(dropout(dense(x)) + input) -> ops.add_layer_norm."""
 
+    serves = frozenset(("hidden_states", "input_tensor"))
+
     def forward(self, hidden_states, input_tensor):
         m = self._modules  # not self.<name>: nn.Module.__getattr__ is slow (see fastenc.models.fused)
         return linear_add_norm(hidden_states, m["dense"], input_tensor, m["LayerNorm"], _dropout_p(self, m["dropout"]))
@@ -189,6 +195,8 @@ class _AddLayerNorm(_Swap):
 
 class _Intermediate(_Swap):
     """Bert/Roberta/ElectraIntermediate: act(dense(x)) -> ops.bias_gelu for the gelu family."""
+
+    serves = frozenset(("hidden_states",))
 
     def forward(self, hidden_states):
         m = self._modules
@@ -202,6 +210,9 @@ class _Layer(_Swap):
     and attention wrapper); else transformers' path, with the feed-forward called directly when chunking is off
     (transformers' chunking helper inspects a signature on every call: ~0.1 ms a layer). The layer's own __call__
     (hooks, hidden-state capture, gradient checkpointing) runs either way."""
+
+    serves = frozenset(("hidden_states", "attention_mask", "encoder_hidden_states", "encoder_attention_mask",
+                        "past_key_values", "cache"))
 
     @staticmethod
     def supports(module):
@@ -238,6 +249,8 @@ class _Layer(_Swap):
 class _AlbertAttention(_Swap):
     """AlbertAttention: fused QKV, attention, dense + dropout + residual + LayerNorm."""
 
+    serves = frozenset(("hidden_states", "attention_mask"))
+
     def forward(self, hidden_states, attention_mask=None, cu_seqlens=None, max_seqlen=None, **kwargs):
         q, k, v = qkv(self, hidden_states)
         ctx, probs = attend(q, k, v, attention_mask, _dropout_p(self, self.attention_dropout), self.scaling,
@@ -249,6 +262,8 @@ class _AlbertAttention(_Swap):
 
 class _AlbertLayer(_Swap):
     """AlbertLayer: attention, then LayerNorm(ffn_output(act(ffn(x))) + x) (no dropout there, as transformers)."""
+
+    serves = frozenset(("hidden_states", "attention_mask"))
 
     @staticmethod
     def supports(module):
@@ -263,6 +278,8 @@ class _AlbertLayer(_Swap):
 class _HeadTransform(_Swap):
     """BertPredictionHeadTransform / ElectraGeneratorPredictions: LayerNorm(act(dense(x))) -> ops.gelu_layer_norm."""
 
+    serves = frozenset(("hidden_states", "generator_hidden_states"))  # Electra's name; transformers passes it by position
+
     def forward(self, hidden_states):
         act = getattr(self, "transform_act_fn", None) or self.activation
         return linear_act_norm(hidden_states, self.dense, act, self.LayerNorm)
@@ -271,6 +288,8 @@ class _HeadTransform(_Swap):
 class _AlbertMLMHead(_Swap):
     """AlbertMLMHead: decoder(LayerNorm(act(dense(x))))."""
 
+    serves = frozenset(("hidden_states",))
+
     def forward(self, hidden_states):
         return self.decoder(linear_act_norm(hidden_states, self.dense, self.activation, self.LayerNorm))
 
@@ -278,12 +297,16 @@ class _AlbertMLMHead(_Swap):
 class _RobertaLMHead(_Swap):
     """RobertaLMHead: decoder(layer_norm(gelu(dense(x)))), exact GELU."""
 
+    serves = frozenset(("features",))
+
     def forward(self, features, **kwargs):
         return self.decoder(linear_act_norm(features, self.dense, EXACT_GELU, self.layer_norm))
 
 
 class _DistilEmbeddings(_Swap):
     """DistilBERT's Embeddings (word + position, no token types) -> ops.embeddings."""
+
+    serves = frozenset(("input_ids", "inputs_embeds", "position_ids"))
 
     @staticmethod
     def supports(module):
@@ -308,6 +331,8 @@ class _DistilSelfAttention(_Swap):
     """DistilBertSelfAttention: fused QKV + ops.attention. Returns the context BEFORE out_lin (with the
     probabilities): the swapped TransformerBlock folds out_lin into its residual LayerNorm."""
 
+    serves = frozenset(("hidden_states", "attention_mask"))
+
     def forward(self, hidden_states, attention_mask=None, cu_seqlens=None, max_seqlen=None, **kwargs):
         q, k, v = qkv(self, hidden_states, ("q_lin", "k_lin", "v_lin"), self.n_heads)
         ctx, probs = attend(q, k, v, attention_mask, _dropout_p(self, self.dropout), self.scaling, cu_seqlens,
@@ -319,13 +344,17 @@ class _DistilBlock(_Swap):
     """DistilBERT's TransformerBlock: attention, LayerNorm(out_lin(ctx) + x), LayerNorm(dropout(lin2(act(lin1(h))))
     + h), each closing step one add_layer_norm (feed-forward chunking is a memory saving only: not needed here)."""
 
+    serves = frozenset(("hidden_states", "attention_mask"))
+
     @staticmethod
     def supports(module):
         return type(module.attention).__name__ == "DistilBertSelfAttention"
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
-        ctx, _ = self.attention(hidden_states, attention_mask=attention_mask, **kwargs)
-        attn = self.attention
+        attn = self._modules["attention"]
+        if not isinstance(attn, _DistilSelfAttention):  # its context is after out_lin: transformers' block runs it
+            return super().forward(hidden_states, attention_mask, **kwargs)
+        ctx, _ = attn(hidden_states, attention_mask=attention_mask, **kwargs)
         h = linear_add_norm(ctx, attn.out_lin, hidden_states, self.sa_layer_norm, 0.0)
         ffn = self.ffn
         return linear_add_norm(linear_act(h, ffn.lin1, ffn.activation), ffn.lin2, h, self.output_layer_norm,
@@ -337,6 +366,8 @@ class _Encoder(_Swap):
     checkpointing) in the packed layout when `fastenc.models.packing` chooses it."""
 
     attrs = {"_fastenc_unpad": None}  # optimize(unpad=False) sets False; a fastenc model's forward decides per call
+    serves = frozenset(("hidden_states", "attention_mask", "encoder_hidden_states", "encoder_attention_mask",
+                        "past_key_values", "cache", "use_cache"))
 
     def forward(self, hidden_states, attention_mask=None, *args, **kwargs):
         if tracing(hidden_states):  # data-dependent shapes: traced and captured calls stay padded
@@ -363,6 +394,9 @@ class _Encoder(_Swap):
         return out
 
 
+_DistilSelfAttention.needs = (_DistilBlock,)  # its output skips out_lin, which only the swapped block applies
+_Encoder.needs = (_SelfAttention, _AlbertAttention, _DistilSelfAttention)  # packed rows need fastenc's attention
+
 TARGETS = {  # transformers family -> {block class name: swap}; XLM-RoBERTa and CamemBERT are RoBERTa's blocks
     "bert": {"BertEmbeddings": _Embeddings, "BertSelfAttention": _SelfAttention, "BertSelfOutput": _AddLayerNorm,
              "BertLayer": _Layer,
@@ -384,6 +418,7 @@ TARGETS = {  # transformers family -> {block class name: swap}; XLM-RoBERTa and 
 }
 
 _swaps: dict[type, type] | None = None  # transformers block class -> swap mixin
+refused: dict[type, str] = {}  # transformers block class -> why it keeps its own forward in this release
 _ATTENTION_WRAPPERS: set[type] = set()  # transformers' <Prefix>Attention of the families whose layers are _Layer
 _subclasses: dict[type, type] = {}  # transformers block class -> its swapped subclass
 
@@ -398,13 +433,54 @@ def swap_table() -> dict[type, type]:
         table = {}
         for family, names in TARGETS.items():
             module = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
-            table.update({getattr(module, name): swap for name, swap in names.items()})
+            table.update(_family_swaps(module, names))
             _ATTENTION_WRAPPERS.update(getattr(module, name.removesuffix("Layer") + "Attention")
-                                       for name, swap in names.items() if swap is _Layer)
+                                       for name, swap in names.items() if swap is _Layer and hasattr(module, name))
         AttentionInterface.register(ATTN_IMPLEMENTATION, _hf_attention)
         AttentionMaskInterface.register(ATTN_IMPLEMENTATION, _padding_mask)
         _swaps = table
     return _swaps
+
+
+def _unknown_parameters(cls: type, swap: type) -> list[str]:
+    """Parameters of transformers' `cls.forward` (as installed) that `swap` does not serve."""
+    params = list(inspect.signature(cls.forward).parameters.values())[1:]
+    return [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in swap.serves]
+
+
+def _refuse(cls: type, why: str) -> None:
+    refused[cls] = why
+    text = f"{cls.__name__} stays transformers' own (transformers {VERSION}): {why}"
+    warnings.warn(f"fastenc: {text}", RuntimeWarning, stacklevel=4)
+    note(f"block {cls.__module__}.{cls.__name__}", text)
+
+
+def _family_swaps(module, names: dict[str, type]) -> dict[type, type]:
+    """{class: swap} for one family's module: a block whose installed forward takes a parameter its swap does not
+    serve keeps transformers' forward (warned, and noted for explain()), and so does a swap that needs it."""
+    swaps = {}
+    for name, swap in names.items():
+        cls = getattr(module, name, None)
+        if cls is None:
+            note(f"block {module.__name__}.{name}", f"transformers {VERSION} has no such class: nothing to swap")
+            continue
+        unknown = _unknown_parameters(cls, swap)
+        if unknown:
+            _refuse(cls, f"its forward takes {', '.join(repr(n) for n in unknown)}, which fastenc's "
+                         f"{swap.__name__.lstrip('_')} block does not know")
+        else:
+            swaps[cls] = swap
+    changed = True
+    while changed:  # a refusal can refuse the swaps that need it, in turn
+        changed = False
+        off = {swap: cls for name, swap in names.items() if (cls := getattr(module, name, None)) in refused}
+        for cls, swap in list(swaps.items()):
+            missing = [off[n] for n in swap.needs if n in off]
+            if missing:
+                del swaps[cls]
+                _refuse(cls, f"it needs fastenc's {missing[0].__name__}, which stays transformers'")
+                changed = True
+    return swaps
 
 
 def _subclass(cls: type) -> type:

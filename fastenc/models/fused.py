@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastenc import backends, ops
-
-_GELU_TANH = ("NewGELUActivation", "GELUTanh", "PytorchGELUTanh", "FastGELUActivation")
+from fastenc.models.hf_internals import GELU_EXACT, GELU_TANH, is_capture_hook
 
 EXACT_GELU = nn.GELU()  # for blocks that call transformers' functional gelu (RobertaLMHead)
 
@@ -32,9 +31,9 @@ EXACT_GELU = nn.GELU()  # for blocks that call transformers' functional gelu (Ro
 def gelu_form(act: object) -> str | None:
     """'none' / 'tanh' for the GELU forms bias_gelu implements, None for any other activation."""
     name = type(act).__name__
-    if name == "GELUActivation":
+    if name in GELU_EXACT:
         return "none"
-    if name in _GELU_TANH:
+    if name in GELU_TANH:
         return "tanh"
     if isinstance(act, nn.GELU):
         return act.approximate
@@ -51,7 +50,7 @@ def hook_free(module: nn.Module) -> bool:
     their key is recorded: a caller that skips one checks `recording` for it)."""
     if module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks or any(_GLOBAL_HOOKS):
         return False
-    return all(getattr(h, "__name__", None) == "output_capturing_hook" for h in module._forward_hooks.values())
+    return all(is_capture_hook(h) for h in module._forward_hooks.values())
 
 
 def is_plain_linear(m: nn.Module) -> bool:

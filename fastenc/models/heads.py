@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from fastenc.models.blocks import ATTN_IMPLEMENTATION, install_blocks
+from fastenc.models.hf_internals import refresh_recordable, requested_attn_implementation
 from fastenc.models.packing import tracing, unpad_scope
 
 
@@ -64,10 +65,8 @@ def mlm_rows(h: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch
 def adopt(model: Any, cls: type) -> None:
     """Give a live transformers model the class `cls` (its fastenc twin, or back), as transformers would have
     registered it had it been built so (transformers keys its output-capture table by class)."""
-    from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
-
     model.__class__ = cls
-    _CAN_RECORD_REGISTRY[model] = model._can_record_outputs
+    refresh_recordable(model)
 
 
 def pretraining_loss(scores: torch.Tensor, labels: torch.Tensor, pair_logits: torch.Tensor,
@@ -96,10 +95,11 @@ class FastencModel:
 
     _fastenc_padded_loss: str | None = None
     _fastenc_sparse: bool = False
+    _fastenc_hf_class: type  # set per subclass
 
     def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
         check_encoder_config(config, type(self).__name__)
-        requested = getattr(config, "_attn_implementation_internal", None)
+        requested = requested_attn_implementation(config)
         super().__init__(config, *args, **kwargs)
         install_blocks(self)
         if requested != "eager":  # eager is never transformers' default: it was asked for (attention probabilities)
@@ -107,6 +107,8 @@ class FastencModel:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        mro = cls.__mro__
+        cls._fastenc_hf_class = mro[mro.index(FastencModel) + 1]  # the transformers class it subclasses
         if "forward" in cls.__dict__:
             return
         parent = _transformers_forward(cls)
@@ -162,7 +164,7 @@ class FastencModel:
 
     def _fastenc_check_inputs(self, arg: Callable[[str], Any]) -> None:
         """Metadata-only checks (no device sync) that give bad input an error naming the argument."""
-        for name in ("encoder_hidden_states", "encoder_attention_mask", "past_key_values"):
+        for name in ("encoder_hidden_states", "encoder_attention_mask", "past_key_values", "cache"):
             if arg(name) is not None:
                 raise ValueError(f"{name} is not supported: fastenc runs encoders only (no cross-attention or cache)")
         ids, embeds, mask = arg("input_ids"), arg("inputs_embeds"), arg("attention_mask")

@@ -80,7 +80,7 @@ def restore(model: nn.Module) -> nn.Module:
     every, roots = _pretrained_models(model)
     for m in every:
         if isinstance(m, FastencModel) and type(m) in MODEL_CLASSES.values():
-            adopt(m, type(m).__mro__[2])
+            adopt(m, type(m)._fastenc_hf_class)
     for root in roots:
         previous = root.__dict__.pop("_fastenc_attn_implementation", None)
         if previous is not None:
