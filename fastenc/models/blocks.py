@@ -278,7 +278,7 @@ class _AlbertLayer(_Swap):
 class _HeadTransform(_Swap):
     """BertPredictionHeadTransform / ElectraGeneratorPredictions: LayerNorm(act(dense(x))) -> ops.gelu_layer_norm."""
 
-    serves = frozenset(("hidden_states", "generator_hidden_states"))  # Electra's name; transformers passes it by position
+    serves = frozenset(("hidden_states", "generator_hidden_states"))  # ELECTRA's name, passed by position
 
     def forward(self, hidden_states):
         act = getattr(self, "transform_act_fn", None) or self.activation

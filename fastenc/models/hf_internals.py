@@ -4,14 +4,18 @@ of each one).
 A name missing from the installed transformers turns off the path that needs it, with a reason that a warning and
 `fastenc.explain()` give (the name and the release): never an ImportError or AttributeError at call time.
 
-| name | where | used for | without it |
-|---|---|---|---|
-| `_active_collector` | transformers.utils.output_capturing | whether hidden states / attentions are recorded | packing and the direct layer path are off (recording is assumed) |
-| `_CAN_RECORD_REGISTRY` | transformers.utils.output_capturing | a live model's recordable outputs, keyed by instance, refreshed when optimize() changes its class | not refreshed (transformers' own entry stays) |
-| `_get_model_class`, `<Auto>._model_mapping` | transformers.models.auto.auto_factory | fastenc.AutoModel*: the architecture transformers would pick | fastenc.AutoModel* raise an error that says so |
-| `_attn_implementation_internal` | config attribute | whether "eager" attention was asked for explicitly | an explicit "eager" is replaced by "fastenc" too |
-| `output_capturing_hook` | the name of transformers' capture hook function | such hooks do not block calling a block's forward directly | every hooked block is called as a module |
-| GELU class names | transformers.activations | which activations bias_gelu implements | other names run unfused |
+Each name, what it serves, and what turns off without it:
+  - transformers.utils.output_capturing._active_collector: whether hidden states / attentions are being recorded;
+    without it recording is assumed, which turns off packing and the direct layer path.
+  - transformers.utils.output_capturing._CAN_RECORD_REGISTRY: a live model's recordable outputs, keyed by instance,
+    refreshed when optimize() changes its class; without it transformers' own entry stays.
+  - transformers.models.auto.auto_factory._get_model_class and the Auto classes' _model_mapping: the architecture
+    transformers would pick for fastenc.AutoModel*; without them those raise an error that says so.
+  - config._attn_implementation_internal: whether "eager" attention was asked for; without it an explicit "eager" is
+    replaced by "fastenc" like any other.
+  - "output_capturing_hook", the name of transformers' capture hooks: such hooks do not stop a block's forward from
+    being called directly; without the name every hooked block is called as a module.
+  - the GELU class names of transformers.activations: the activations bias_gelu implements; other names run unfused.
 
 Trade-off: reading internals buys behaviour transformers exposes no public way to get (recording state, the Auto
 resolution); each is looked up once, at first use, so a release that moves one costs that path, not the model.
@@ -88,10 +92,10 @@ def auto_model_class(config: Any, auto_name: str) -> type:
     resolve = lookup("Auto class resolution")
     mapping = getattr(getattr(transformers, auto_name), "_model_mapping", None)
     if resolve is None or mapping is None:
-        raise RuntimeError(f"fastenc.{auto_name}: " + missing_reason(
-            "resolving Auto classes", "transformers.models.auto.auto_factory._get_model_class"
-            if resolve is None else f"{auto_name}._model_mapping")
-            + f"; load the fastenc class by name instead (fastenc.<Architecture>.from_pretrained)")
+        detail = ("transformers.models.auto.auto_factory._get_model_class" if resolve is None
+                  else f"{auto_name}._model_mapping")
+        raise RuntimeError(f"fastenc.{auto_name}: {missing_reason('resolving Auto classes', detail)}; load the "
+                           f"fastenc class by name instead (fastenc.<Architecture>.from_pretrained)")
     return resolve(config, mapping)
 
 
@@ -100,8 +104,8 @@ def requested_attn_implementation(config: Any) -> str | None:
     if not hasattr(config, ATTN_IMPLEMENTATION_ATTR):
         if "explicit eager" not in _found:
             _found["explicit eager"] = None
-            note("transformers internals: explicit eager attention",
-                 missing_reason("keeping an explicitly requested eager attention", f"config.{ATTN_IMPLEMENTATION_ATTR}"))
+            note("transformers internals: explicit eager attention", missing_reason(
+                "keeping an explicitly requested eager attention", f"config.{ATTN_IMPLEMENTATION_ATTR}"))
         return None
     return getattr(config, ATTN_IMPLEMENTATION_ATTR)
 
