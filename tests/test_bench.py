@@ -204,6 +204,24 @@ def test_cli_speedups_and_plots_with_a_stand_in_twin(tmp_path, monkeypatch):
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_cli_fails_when_a_fastenc_variant_fails_everywhere(tmp_path, monkeypatch, capsys):
+    """A fastenc variant that errors in every case makes `fastenc bench` exit non-zero and say so before the table;
+    the results are still written."""
+
+    def broken(model):
+        raise TypeError("_Embeddings.forward() got an unexpected keyword argument 'cache_length'")
+
+    monkeypatch.setattr(fastenc, "from_hf", broken, raising=False)
+    out = tmp_path / "res"
+    assert bench_main(["--models", "bert-tiny", "--shapes", "8x32,1x16", "--no-train", "--ops", "none",
+                       "--out", str(out), "--no-progress", "--rep-ms", "10"]) == 1
+    text = capsys.readouterr().out
+    first = text.index("FAILED: model variant 'fastenc-torch' failed in all 2 cases")
+    assert "cache_length" in text[first:].splitlines()[0]
+    assert first < text.index("hf-sdpa ms") and "exit status 1" in text
+    assert (out / "results.json").exists()
+
+
 @pytest.mark.gpu
 def test_cli_on_gpu_tiny_model(tmp_path):
     """The GPU path end to end on a tiny model: CUDA-event timing, roofs, every available backend, compile baseline,

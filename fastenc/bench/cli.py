@@ -128,6 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(r["kind"] == "op" and r["status"] == "ok" for r in doc["records"]):  # what auto would learn from this run
         paths.append(args.out / "auto_table.json")
         paths[-1].write_text(json.dumps(table_from_results(doc), indent=1))
+    failed = report.failed_everywhere(doc)
+    for line in failed:
+        print(f"fastenc bench: FAILED: {line}")
     print(report.summary(doc))
     print("fastenc bench: wrote " + ", ".join(str(p) for p in paths))
-    return 0
+    if failed:
+        print(f"fastenc bench: exit status 1: {len(failed)} fastenc variant(s) failed in every case (above)")
+    return 1 if failed else 0

@@ -157,6 +157,17 @@ def write_plots(doc: Doc, out: Path, log: Callable[[str], None] = print) -> list
     return paths
 
 
+def failed_everywhere(doc: Doc) -> list[str]:
+    """fastenc's variants (not the baselines) that ran in no case: every one of their records is an error. One line
+    each, with the first error."""
+    records: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in doc["records"]:
+        if r["variant"] not in (*MODEL_BASELINES, *OP_BASELINES):
+            records.setdefault((r["kind"], r["variant"]), []).append(r)
+    return [f"{kind} variant {variant!r} failed in all {len(recs)} cases (first: {recs[0].get('reason')})"
+            for (kind, variant), recs in records.items() if all(r["status"] == "error" for r in recs)]
+
+
 def summary(doc: Doc) -> str:
     """The terminal table: one row per case, each variant's latency, and the best fastenc speedup per baseline."""
     lines = []

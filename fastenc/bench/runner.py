@@ -326,7 +326,7 @@ class ModelSet:
     hf: torch.nn.Module
     compiled: torch.nn.Module | None = None
     compile_reason: str | None = None
-    twins: dict[str, torch.nn.Module | str] = field(default_factory=dict)
+    twins: dict[str, torch.nn.Module | str | Exception] = field(default_factory=dict)  # str: skip; Exception: error
 
 
 def _autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
@@ -355,8 +355,8 @@ def build_models(name: str, dtype: str, train: bool, settings: Settings) -> Mode
                 out.twins[b] = fastenc_twin(hf)
             except Skip as e:
                 out.twins[b] = str(e)
-            except Exception as e:
-                out.twins[b] = f"fastenc.from_hf failed: {_first_line(e)}"
+            except Exception as e:  # fastenc is broken here: its rows are errors, not skips
+                out.twins[b] = RuntimeError(f"fastenc.from_hf failed: {_first_line(e)}")
         else:
             out.twins[b] = reason
     return out
@@ -379,6 +379,8 @@ def _variant_model(ms: ModelSet, variant: str) -> tuple[torch.nn.Module, Callabl
         twin = ms.twins[b]
         if isinstance(twin, str):
             raise Skip(twin)
+        if isinstance(twin, Exception):
+            raise twin
         return twin, functools.partial(_use_backend, b)
     if variant == "hf-compile":
         if ms.compiled is None:
