@@ -11,32 +11,11 @@ from fastenc import ops
 from fastenc.autotune import explain, tune
 from fastenc.backends import BackendNotSupportedError, get_backend, set_backend, use_backend
 from fastenc.cuda_graphs import cuda_graphs
+from fastenc.models.families import AUTO_NAMES, CLASS_NAMES, CONFIG_NAMES
 
 __version__ = "0.1.0"
 
-_CONFIGS = ("AlbertConfig", "BertConfig", "CamembertConfig", "DistilBertConfig", "ElectraConfig", "RobertaConfig",
-            "XLMRobertaConfig")
-_MODELS = (
-    "BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForNextSentencePrediction",
-    "BertForSequenceClassification", "BertForMultipleChoice", "BertForTokenClassification",
-    "BertForQuestionAnswering",
-    "RobertaModel", "RobertaForMaskedLM", "RobertaForSequenceClassification", "RobertaForMultipleChoice",
-    "RobertaForTokenClassification", "RobertaForQuestionAnswering",
-    "AlbertModel", "AlbertForMaskedLM", "AlbertForPreTraining", "AlbertForSequenceClassification",
-    "AlbertForMultipleChoice", "AlbertForTokenClassification", "AlbertForQuestionAnswering",
-    "ElectraModel", "ElectraForMaskedLM", "ElectraForPreTraining", "ElectraForSequenceClassification",
-    "ElectraForMultipleChoice", "ElectraForTokenClassification", "ElectraForQuestionAnswering",
-    "XLMRobertaModel", "XLMRobertaForMaskedLM", "XLMRobertaForSequenceClassification", "XLMRobertaForMultipleChoice",
-    "XLMRobertaForTokenClassification", "XLMRobertaForQuestionAnswering",
-    "CamembertModel", "CamembertForMaskedLM", "CamembertForSequenceClassification", "CamembertForMultipleChoice",
-    "CamembertForTokenClassification", "CamembertForQuestionAnswering",
-    "DistilBertModel", "DistilBertForMaskedLM", "DistilBertForSequenceClassification", "DistilBertForMultipleChoice",
-    "DistilBertForTokenClassification", "DistilBertForQuestionAnswering",
-)
-
-_AUTO = ("AutoModel", "AutoModelForMaskedLM", "AutoModelForPreTraining", "AutoModelForSequenceClassification",
-         "AutoModelForTokenClassification", "AutoModelForQuestionAnswering", "AutoModelForMultipleChoice",
-         "AutoModelForNextSentencePrediction")
+_CONFIGS, _MODELS, _AUTO = CONFIG_NAMES, CLASS_NAMES, AUTO_NAMES  # from the one table of families
 _LAZY = {
     **dict.fromkeys(_CONFIGS, "transformers"),
     **dict.fromkeys((*_MODELS, "MODEL_CLASSES", "models"), "fastenc.models"),

@@ -1,88 +1,47 @@
-"""fastenc's model classes: transformers' encoder classes of the same names, running fastenc's blocks."""
+"""fastenc's model classes: transformers' encoder classes of the same names, running fastenc's blocks.
 
-from fastenc.models.albert import (
-    AlbertForMaskedLM,
-    AlbertForMultipleChoice,
-    AlbertForPreTraining,
-    AlbertForQuestionAnswering,
-    AlbertForSequenceClassification,
-    AlbertForTokenClassification,
-    AlbertModel,
-)
-from fastenc.models.bert import (
-    BertForMaskedLM,
-    BertForMultipleChoice,
-    BertForNextSentencePrediction,
-    BertForPreTraining,
-    BertForQuestionAnswering,
-    BertForSequenceClassification,
-    BertForTokenClassification,
-    BertModel,
-)
-from fastenc.models.distilbert import (
-    DistilBertForMaskedLM,
-    DistilBertForMultipleChoice,
-    DistilBertForQuestionAnswering,
-    DistilBertForSequenceClassification,
-    DistilBertForTokenClassification,
-    DistilBertModel,
-)
-from fastenc.models.electra import (
-    ElectraForMaskedLM,
-    ElectraForMultipleChoice,
-    ElectraForPreTraining,
-    ElectraForQuestionAnswering,
-    ElectraForSequenceClassification,
-    ElectraForTokenClassification,
-    ElectraModel,
-)
-from fastenc.models.heads import FastencModel
-from fastenc.models.roberta import (  # noqa: F401  (made from a table there)
-    CamembertForMaskedLM,
-    CamembertForMultipleChoice,
-    CamembertForQuestionAnswering,
-    CamembertForSequenceClassification,
-    CamembertForTokenClassification,
-    CamembertModel,
-    RobertaForMaskedLM,
-    RobertaForMultipleChoice,
-    RobertaForQuestionAnswering,
-    RobertaForSequenceClassification,
-    RobertaForTokenClassification,
-    RobertaModel,
-    XLMRobertaForMaskedLM,
-    XLMRobertaForMultipleChoice,
-    XLMRobertaForQuestionAnswering,
-    XLMRobertaForSequenceClassification,
-    XLMRobertaForTokenClassification,
-    XLMRobertaModel,
-)
+The names come from the table of families (fastenc.models.families); the classes are made when first asked for
+(`fastenc.models.BertModel`, `MODEL_CLASSES`, ...), which imports transformers: importing this package alone does not.
+"""
 
-MODEL_CLASSES: dict[str, type[FastencModel]] = {
-    cls.__name__: cls
-    for cls in (
-        BertModel, BertForMaskedLM, BertForPreTraining, BertForNextSentencePrediction, BertForSequenceClassification,
-        BertForMultipleChoice, BertForTokenClassification, BertForQuestionAnswering,
-        RobertaModel, RobertaForMaskedLM, RobertaForSequenceClassification, RobertaForMultipleChoice,
-        RobertaForTokenClassification, RobertaForQuestionAnswering,
-        AlbertModel, AlbertForMaskedLM, AlbertForPreTraining, AlbertForSequenceClassification,
-        AlbertForMultipleChoice, AlbertForTokenClassification, AlbertForQuestionAnswering,
-        ElectraModel, ElectraForMaskedLM, ElectraForPreTraining, ElectraForSequenceClassification,
-        ElectraForMultipleChoice, ElectraForTokenClassification, ElectraForQuestionAnswering,
-        XLMRobertaModel, XLMRobertaForMaskedLM, XLMRobertaForSequenceClassification, XLMRobertaForMultipleChoice,
-        XLMRobertaForTokenClassification, XLMRobertaForQuestionAnswering,
-        CamembertModel, CamembertForMaskedLM, CamembertForSequenceClassification, CamembertForMultipleChoice,
-        CamembertForTokenClassification, CamembertForQuestionAnswering,
-        DistilBertModel, DistilBertForMaskedLM, DistilBertForSequenceClassification, DistilBertForMultipleChoice,
-        DistilBertForTokenClassification, DistilBertForQuestionAnswering,
-    )
-}
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from fastenc.models.families import CLASS_NAMES, FAMILIES
+
+_MADE = ("MODEL_CLASSES", "FastencModel", "twin_of", *CLASS_NAMES)
 
 
-def twin_of(cls: type) -> type[FastencModel] | None:
+def _model_classes() -> dict[str, type]:
+    made: dict[str, type] = {}
+    for file in dict.fromkeys(f.file for f in FAMILIES):
+        made.update(importlib.import_module(f"fastenc.models.{file}").CLASSES)
+    return {name: made[name] for name in CLASS_NAMES}
+
+
+def twin_of(cls: type) -> type | None:
     """fastenc's class for exactly the transformers class `cls` (not a subclass of it), or None."""
-    twin = MODEL_CLASSES.get(cls.__name__)
+    twin = __getattr__("MODEL_CLASSES").get(cls.__name__)
     return twin if twin is not None and twin._fastenc_hf_class is cls else None
 
 
-__all__ = ["MODEL_CLASSES", "FastencModel", "twin_of", *MODEL_CLASSES]
+def __getattr__(name: str) -> Any:
+    if name not in _MADE:
+        raise AttributeError(f"module 'fastenc.models' has no attribute {name!r}")
+    if name == "FastencModel":
+        from fastenc.models.heads import FastencModel as value
+    else:
+        classes = globals().get("MODEL_CLASSES") or _model_classes()
+        globals().update(classes, MODEL_CLASSES=classes)
+        value = globals()[name]
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_MADE})
+
+
+__all__ = list(_MADE)

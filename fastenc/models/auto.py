@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from fastenc.models import MODEL_CLASSES
+from fastenc.models.families import AUTO_NAMES
 from fastenc.models.hf_internals import auto_model_class
 
 
@@ -50,12 +51,6 @@ def _auto(name: str) -> type:
                                          "__doc__": f"transformers.{name}, resolved to fastenc's classes."})
 
 
-AutoModel = _auto("AutoModel")
-AutoModelForMaskedLM = _auto("AutoModelForMaskedLM")
-AutoModelForPreTraining = _auto("AutoModelForPreTraining")
-AutoModelForSequenceClassification = _auto("AutoModelForSequenceClassification")
-AutoModelForTokenClassification = _auto("AutoModelForTokenClassification")
-AutoModelForQuestionAnswering = _auto("AutoModelForQuestionAnswering")
-AutoModelForMultipleChoice = _auto("AutoModelForMultipleChoice")
-AutoModelForNextSentencePrediction = _auto("AutoModelForNextSentencePrediction")
-
+_AUTOS = {name: _auto(name) for name in AUTO_NAMES}
+globals().update(_AUTOS)
+__all__ = list(_AUTOS)
