@@ -1,10 +1,11 @@
 // The only fastenc source that knows torch: registers the ops in the `fastenc` library (TORCH_LIBRARY, CUDA
-// implementations here; the fake implementations for torch.compile live in fastenc/_cuda.py), checks devices,
+// implementations here; the fake implementations for torch.compile are fastenc/kernels/_fakes.py's, registered by
+// fastenc/_cuda.py), checks devices,
 // dtypes, shapes and layouts with errors that name the argument, allocates outputs and workspaces with torch's
 // caching allocator, and calls the plain-CUDA launchers of launchers.h on the current stream.
 //
 // Trade-off: optional outputs are returned as empty tensors (torch custom-op schemas cannot return None or alias
-// one output to another); fastenc/_cuda.py turns them back into the launcher contract of fastenc/ops/<op>.py.
+// one output to another); fastenc/ops/<op>.py reads only the outputs it asked for, as with the Triton launchers.
 #include <ATen/ATen.h>
 #include <Python.h>
 #include <c10/cuda/CUDAGuard.h>

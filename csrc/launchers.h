@@ -97,7 +97,7 @@ struct AttnParams {
 };
 
 // Head dims 32, 64, 128; dtype fp16 or bf16; every row 16-byte aligned (bindings.cpp checks; Python side:
-// fastenc._cuda.not_supported_reasons_attention).
+// fastenc._cuda.SUPPORT and fastenc._cuda.not_supported_reasons).
 cudaError_t attention_fwd(const AttnParams& params, DType dtype, cudaStream_t stream);
 cudaError_t attention_bwd(const AttnParams& params, DType dtype, cudaStream_t stream);
 // The dropout keep-mask the attention kernels apply for `seed`: out uint8 [batch, heads, seqlen, seqlen], 1 = kept.

@@ -44,9 +44,3 @@ def check_same_dtype(ref: torch.Tensor, **named: torch.Tensor | None) -> None:
         if t is not None and t.dtype != ref.dtype:
             raise TypeError(f"{name} has dtype {t.dtype}, expected {ref.dtype} like the input")
 
-
-def rows(t: torch.Tensor) -> torch.Tensor:
-    """View `t` as [rows, last_dim]; copies only when the rows are not evenly strided with a unit last stride."""
-    if t.stride(-1) != 1:
-        t = t.contiguous()
-    return t.reshape(-1, t.shape[-1])
