@@ -10,6 +10,7 @@ the driver) goes through JITFunction.run and gets another kernel. The interprete
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import subprocess
@@ -18,6 +19,7 @@ import sys
 import pytest
 import torch
 from fastenc.kernels import _launch
+from fastenc.kernels import _triton_internals as ti
 from fastenc.kernels import add_layer_norm as A
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -44,7 +46,7 @@ def _with_stride(x_stride: int):
 
 def _same_launch(ours: tuple, theirs: tuple) -> None:
     """Our launcher arguments against JITFunction.run's: grid, stream, function, metadata, hooks, every argument."""
-    from triton.compiler.compiler import LazyDict
+    LazyDict = ti.get("triton.compiler.compiler.LazyDict")  # noqa: N806 (a class)
 
     assert len(ours) == len(theirs)
     assert ours[:6] == theirs[:6]
@@ -56,12 +58,12 @@ def _same_launch(ours: tuple, theirs: tuple) -> None:
 
 def _stub_checks() -> None:
     import triton
-    from triton import knobs
-    from triton.runtime.driver import driver
 
     from fastenc import precompile as P
 
-    assert triton.__version__.startswith(_launch.MIRRORED), "recheck _launch's mirror of Triton's rules, then MIRRORED"
+    assert ti.release() in _launch.MIRRORED, f"triton {triton.__version__}: recheck _launch's mirror, then MIRRORED"
+    assert _launch.fast_path_reason() is None, _launch.fast_path_reason()
+    runtime, driver = ti.get("triton.knobs.runtime"), ti.get("triton.runtime.driver.driver")
     kern = A._add_layer_norm_fwd_kernel
     received: list[tuple] = []
     launcher_cls = P.TargetDriver.launcher_cls
@@ -132,13 +134,34 @@ def _stub_checks() -> None:
         assert kernels["int64"].src.signature["x_stride"] == "i64"
         assert fast(*_inputs())[0] is base
 
+        # the options JITFunction.run keys its cache on are the call's keywords, debug and exactly the knobs MIRRORED
+        # lists for this release (read from the binder run calls); a changed knob goes through JITFunction.run
+        # (whether the stand-in can compile for it is not the point: run was entered)
+        device = driver.active.get_current_device()
+        *caches, binder = kern.device_caches[device]
+        options_seen = []
+        kern.device_caches[device] = (*caches, lambda *a, **k: options_seen.append(set(k)) or binder(*a, **k))
+        slow(*_inputs())
+        kern.device_caches[device] = (*caches, binder)
+        assert options_seen == [{*_inputs()[1], "debug", *_launch.MIRRORED[ti.release()]}], options_seen
+        compilation = ti.get("triton.knobs.compilation")
+        for name in _launch.MIRRORED[ti.release()]:
+            old = getattr(compilation, name)
+            with compilation.scope():
+                setattr(compilation, name, not old if isinstance(old, bool) else "consan")
+                runs.clear()
+                with contextlib.suppress(Exception):
+                    _launch.launch(kern, (N,), *_inputs()[0], **_inputs()[1])
+                assert runs, name
+            assert getattr(compilation, name) == old and not fast(*_inputs())[2], name
+
         # (3) launch hooks, a pre-run hook: every call goes through JITFunction.run
         def hook(metadata):
             pass
 
-        knobs.runtime.launch_enter_hook.add(hook)
+        runtime.launch_enter_hook.add(hook)
         assert fast(*_inputs())[2] and fast(*_inputs())[2]
-        knobs.runtime.launch_enter_hook.remove(hook)
+        runtime.launch_enter_hook.remove(hook)
         kern.add_pre_run_hook(lambda *a, **k: None)
         assert fast(*_inputs())[2]
         kern.pre_run_hooks.clear()
