@@ -59,14 +59,15 @@ _U64 = range(2**63, 2**64)
 
 
 def _off_reason() -> str | None:
+    reasons = []
     if interpreter_on():
-        return "the Triton interpreter runs the kernels (TRITON_INTERPRET=1): every launch goes through its run"
-    rel = ti.release()
-    if rel not in MIRRORED:
+        reasons.append("the Triton interpreter runs the kernels (TRITON_INTERPRET=1): each launch goes through its run")
+    if ti.release() not in MIRRORED:
         known = ", ".join(f"{a}.{b}" for a, b in MIRRORED)
-        return (f"triton {triton.__version__} is not a release whose specialisation rules fastenc mirrors ({known}): "
-                f"every launch goes through JITFunction.run")
-    return ti.unavailable_reason(ti.LAUNCH)
+        reasons.append(f"triton {triton.__version__} is not a release whose specialisation rules fastenc mirrors "
+                       f"({known}): every launch goes through JITFunction.run")
+    reasons.append(ti.unavailable_reason(ti.LAUNCH))
+    return "; ".join(r for r in reasons if r) or None
 
 
 _reason = _off_reason()

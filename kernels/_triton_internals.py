@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -34,8 +35,8 @@ LAUNCH, PRECOMPILE, HOST, TESTS = "the fast launch path", "fastenc precompile", 
 
 def release(version: str | None = None) -> tuple[int, int]:
     """(major, minor) of a triton version string ("3.6.0", "3.9.0+git1234")."""
-    major, minor = (version or triton.__version__).split(".")[:2]
-    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+    m = re.match(r"(\d+)\.(\d+)", version or triton.__version__)
+    return (int(m[1]), int(m[2])) if m else (0, 0)
 
 
 @dataclass(frozen=True)

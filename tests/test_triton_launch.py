@@ -100,7 +100,7 @@ def _stub_checks() -> None:
         # the first goes through JITFunction.run, the rest do not, and all launch what it launches
         args, kw = _inputs()
         base, _, ran = fast(args, kw)
-        assert ran
+        assert ran and ti.compiled_kernel_ok(base) is None  # the canary of CompiledKernel's launcher fields
         for i, grid in enumerate([(N,), (N, 1), (N, 1, 1), lambda meta: (meta["D"] // 16,)]):
             args, kw = _inputs(stride=[D, 2 * D, 96, 80][i])
             args[-4] = [64, 128, 96, 80][i]  # res_stride: divisible by 16 like D
