@@ -300,8 +300,12 @@ def not_supported_reasons(name: str, call: Call) -> list[str]:
     if declared:
         return list(declared)
     first_device = signature[-1][0][0]  # the first present tensor's device, read off the signature
-    if name == "triton" and first_device.type == "cpu" and not triton_interpreter_on():
-        return ["CPU tensors need the Triton interpreter (TRITON_INTERPRET=1 set before triton is imported)"]
+    if name == "triton" and first_device.type == "cpu":
+        if not triton_interpreter_on():
+            return ["CPU tensors need the Triton interpreter (TRITON_INTERPRET=1 set before triton is imported)"]
+        why = importlib.import_module(_TRITON_INTERNALS).interpreter_reason()
+        if why:
+            return [why]
     return hook(call.op, call) if hook is not None else []
 
 

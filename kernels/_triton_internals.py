@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -199,6 +201,32 @@ def require(use: str) -> None:
     reason = unavailable_reason(use)
     if reason:
         raise RuntimeError(reason)
+
+
+def _interpreter_reason() -> str | None:
+    if os.environ.get("TRITON_INTERPRET", "0") != "1" or release() >= (3, 7):
+        return None
+    import numpy as np
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            int(np.array([1]))
+    except TypeError:
+        return (f"triton {triton.__version__}'s interpreter converts every range() bound that is not a constexpr "
+                f"with int() of a one-element array (triton/runtime/interpreter.py, the tensor __index__ it patches "
+                f"in; 3.7 squeezes it first), which numpy {np.__version__} refuses: install numpy < 2.4 to run the "
+                f"kernels on CPU tensors")
+    return None
+
+
+_interpreter = _interpreter_reason()
+
+
+def interpreter_reason() -> str | None:
+    """Why Triton's interpreter (TRITON_INTERPRET=1) cannot run fastenc's kernels with the installed triton and
+    numpy, or None."""
+    return _interpreter
 
 
 def compiled_kernel_ok(kernel: Any) -> str | None:

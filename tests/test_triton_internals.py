@@ -119,3 +119,28 @@ def test_vanished_names_turn_paths_off_and_everything_still_imports_and_launches
                          timeout=300)
     assert run.returncode == 0, run.stderr[-4000:]
     assert "vanished names handled" in run.stdout
+
+
+def test_interpreter_reason_names_numpy_and_the_triton_line(monkeypatch):
+    """triton 3.6's interpreter with a numpy that refuses int() of a one-element array: the triton backend says why
+    on CPU tensors instead of failing inside the interpreter; triton 3.7 on, or another numpy, nothing."""
+    import numpy as np
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(ti, "release", lambda version=None: (3, 6))
+    try:
+        int(np.array([1]))
+        refuses = False
+    except TypeError:
+        refuses = True
+    except DeprecationWarning:  # numpy < 2.4 under -W error
+        refuses = False
+    why = ti._interpreter_reason()
+    assert (why is not None) == refuses
+    monkeypatch.setattr(ti, "_interpreter", "triton 3.6's interpreter: install numpy < 2.4")
+    import torch
+
+    call = backends.Call("bias_gelu", {"x": torch.randn(2, 8), "bias": torch.randn(8)}, length=2, hidden=8)
+    assert backends.not_supported_reasons("triton", call) == ["triton 3.6's interpreter: install numpy < 2.4"]
+    monkeypatch.setattr(ti, "release", lambda version=None: (3, 7))
+    assert ti._interpreter_reason() is None
