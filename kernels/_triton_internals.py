@@ -8,7 +8,8 @@ and its stand-in driver (PRECOMPILE, also used by `fastenc bench --host`), the h
 evaluating properties (reading `driver.active` would create a driver), fields set per instance on a probe instance.
 A name that is absent turns off only the paths that read it, with a reason (`missing()`, `report()`,
 `unavailable_reason(use)`); the kernels themselves need only public triton (jit, autotune, language), and no
-import in fastenc fails. SUPPORTED is the declared range of releases (pyproject.toml's triton requirement).
+import in fastenc fails. SUPPORTED is the declared range of releases (pyproject.toml's triton requirement);
+`interpreter_reason()` says when the installed triton's interpreter cannot run the kernels with the installed numpy.
 tests/test_triton_internals.py holds one canary per name.
 
 Trade-off: a table and a resolver instead of plain imports, and callers that check a reason before using a name,

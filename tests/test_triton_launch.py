@@ -217,3 +217,9 @@ def test_interpreter_launches_through_run(monkeypatch):
         _launch.launch(kern, (N,), *args, **kw)
     assert calls == [(kern, (N,)), (kern, (N,))]
     assert not _launch._kernels[id(kern)].ok
+    assert "TRITON_INTERPRET=1" in _launch.fast_path_reason()
+
+
+def test_every_release_of_the_declared_range_is_mirrored():
+    (major, lo), (major_hi, hi) = ti.SUPPORTED
+    assert major == major_hi and set(_launch.MIRRORED) == {(major, minor) for minor in range(lo, hi + 1)}
