@@ -87,6 +87,8 @@ INTERNALS = (
     Internal("triton.runtime.interpreter.InterpretedFunction", HOST),
     Internal("triton.runtime.interpreter.InterpretedFunction.run", HOST),
     Internal("triton.compiler.compiler.LazyDict", TESTS),
+    Internal("triton.compiler.ASTSource", TESTS),
+    Internal("triton.backends.backends", TESTS),  # which backends this triton build has (tests skip without nvidia)
 )
 
 _ABSENT = object()

@@ -196,8 +196,7 @@ def _stub_checks() -> None:
 
 
 def test_fast_launch_matches_jit_run_under_the_stand_in_driver():
-    triton_backends = pytest.importorskip("triton.backends")
-    if "nvidia" not in triton_backends.backends:
+    if "nvidia" not in (ti.get("triton.backends.backends") or {}):
         pytest.skip("triton has no nvidia backend here")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import test_triton_launch as t; t._stub_checks()"
