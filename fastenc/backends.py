@@ -161,6 +161,15 @@ def triton_interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def _triton_interpreter_reason() -> str | None:
+    """Why the installed triton's interpreter cannot run the kernels with the installed numpy (None: it can, or it
+    is off). Constant per process: triton reads TRITON_INTERPRET on import."""
+    return importlib.import_module(_TRITON_INTERNALS).interpreter_reason()
+
+
+setattr(_triton_interpreter_reason, _DYNAMO_CONSTANT_FLAG, True)  # imports: run outside the graph
+
+
 def _launchers_module_name(name: str, op: str) -> str:
     if name not in BACKENDS or name == "torch" or name not in IMPLEMENTS.get(op, ()):
         raise ValueError(f"backend {name!r} has no launchers for op {op!r}")
@@ -303,7 +312,7 @@ def not_supported_reasons(name: str, call: Call) -> list[str]:
     if name == "triton" and first_device.type == "cpu":
         if not triton_interpreter_on():
             return ["CPU tensors need the Triton interpreter (TRITON_INTERPRET=1 set before triton is imported)"]
-        why = importlib.import_module(_TRITON_INTERNALS).interpreter_reason()
+        why = _triton_interpreter_reason()
         if why:
             return [why]
     return hook(call.op, call) if hook is not None else []
