@@ -147,27 +147,21 @@ setattr(unavailable_reason, _DYNAMO_CONSTANT_FLAG, True)  # cached, constant per
 
 def triton_notes() -> list[str]:
     """What runs slower or not at all with the installed triton although backend "triton" is available: the fast
-    launch path when off (the interpreter, a release it does not mirror, a private name moved), and `fastenc
-    precompile` / `fastenc bench --host` when a private name they read moved. Empty when triton is unavailable."""
+    launch path when off (the interpreter, a release it does not mirror, a private name moved), the interpreter's
+    loops with the installed numpy, and `fastenc precompile` / `fastenc bench --host` when a private name they read
+    moved. Empty when triton is unavailable."""
     if unavailable_reason("triton"):
         return []
     internals = importlib.import_module(_TRITON_INTERNALS)
     launch = importlib.import_module("fastenc.kernels._launch")
     notes = [f"fast launch path off: {launch.fast_path_reason()}"] if launch.fast_path_reason() else []
+    notes += [internals.interpreter_reason()] if internals.interpreter_reason() else []
     return notes + [r for r in map(internals.unavailable_reason, (internals.PRECOMPILE, internals.HOST)) if r]
 
 
 def triton_interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-
-def _triton_interpreter_reason() -> str | None:
-    """Why the installed triton's interpreter cannot run the kernels with the installed numpy (None: it can, or it
-    is off). Constant per process: triton reads TRITON_INTERPRET on import."""
-    return importlib.import_module(_TRITON_INTERNALS).interpreter_reason()
-
-
-setattr(_triton_interpreter_reason, _DYNAMO_CONSTANT_FLAG, True)  # imports: run outside the graph
 
 
 def _launchers_module_name(name: str, op: str) -> str:
@@ -309,12 +303,8 @@ def not_supported_reasons(name: str, call: Call) -> list[str]:
     if declared:
         return list(declared)
     first_device = signature[-1][0][0]  # the first present tensor's device, read off the signature
-    if name == "triton" and first_device.type == "cpu":
-        if not triton_interpreter_on():
-            return ["CPU tensors need the Triton interpreter (TRITON_INTERPRET=1 set before triton is imported)"]
-        why = _triton_interpreter_reason()
-        if why:
-            return [why]
+    if name == "triton" and first_device.type == "cpu" and not triton_interpreter_on():
+        return ["CPU tensors need the Triton interpreter (TRITON_INTERPRET=1 set before triton is imported)"]
     return hook(call.op, call) if hook is not None else []
 
 

@@ -218,8 +218,8 @@ def _interpreter_reason() -> str | None:
     except TypeError:
         return (f"triton {triton.__version__}'s interpreter converts every range() bound that is not a constexpr "
                 f"with int() of a one-element array (triton/runtime/interpreter.py, the tensor __index__ it patches "
-                f"in; 3.7 squeezes it first), which numpy {np.__version__} refuses: install numpy < 2.4 to run the "
-                f"kernels on CPU tensors")
+                f"in; 3.7 squeezes it first), which numpy {np.__version__} refuses: kernels that loop over a runtime "
+                f"bound (the row ops' backward, attention) fail on CPU tensors; install numpy < 2.4")
     return None
 
 
@@ -227,8 +227,8 @@ _interpreter = _interpreter_reason()
 
 
 def interpreter_reason() -> str | None:
-    """Why Triton's interpreter (TRITON_INTERPRET=1) cannot run fastenc's kernels with the installed triton and
-    numpy, or None."""
+    """Why Triton's interpreter (TRITON_INTERPRET=1) cannot run fastenc's kernels that loop over a runtime bound
+    with the installed triton and numpy, or None."""
     return _interpreter
 
 
