@@ -114,19 +114,21 @@ _cuda_ext_warned = False
 def _import_reason(module: str, what: str) -> str | None:
     global _cuda_ext_warned
     try:
-        importlib.import_module(module)
+        mod = importlib.import_module(module)
     except Exception as e:  # optional parts: a missing or broken one must not break `import fastenc`
         if module == "fastenc._cuda" and not _cuda_ext_warned:
             _cuda_ext_warned = True
             warnings.warn(f"fastenc: CUDA extension fastenc._C is not available, backend 'cuda' is off ({e})",
                           stacklevel=5)
         return f"{what} ({e})"
-    return None
+    # triton: a release outside the declared range is off too (its private names are looked up on import)
+    return mod.release_reason() if module == _TRITON_INTERNALS else None
 
 
+_TRITON_INTERNALS = "fastenc.kernels._triton_internals"
 _AVAILABILITY = {
     "cuda": ("fastenc._cuda", "the CUDA extension fastenc._C is not built or failed to load"),
-    "triton": ("triton", "triton is not installed"),
+    "triton": (_TRITON_INTERNALS, "triton is not installed or failed to import"),
     "sdpa": ("fastenc._sdpa", "torch.nn.functional.scaled_dot_product_attention is missing"),
 }
 
@@ -143,8 +145,23 @@ def unavailable_reason(name: str) -> str | None:
 setattr(unavailable_reason, _DYNAMO_CONSTANT_FLAG, True)  # cached, constant per process; imports (see below)
 
 
+def triton_notes() -> list[str]:
+    """What runs slower or not at all with the installed triton although backend "triton" is available: the fast
+    launch path when off (the interpreter, a release it does not mirror, a private name moved), the interpreter's
+    loops with the installed numpy, and `fastenc precompile` / `fastenc bench --host` when a private name they read
+    moved. Empty when triton is unavailable."""
+    if unavailable_reason("triton"):
+        return []
+    internals = importlib.import_module(_TRITON_INTERNALS)
+    launch = importlib.import_module("fastenc.kernels._launch")
+    notes = [f"fast launch path off: {launch.fast_path_reason()}"] if launch.fast_path_reason() else []
+    notes += [internals.interpreter_reason()] if internals.interpreter_reason() else []
+    return notes + [r for r in map(internals.unavailable_reason, (internals.PRECOMPILE, internals.HOST)) if r]
+
+
 def triton_interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
 
 
 def _launchers_module_name(name: str, op: str) -> str:

@@ -8,44 +8,79 @@ its CompiledKernel is kept; later launches with the same key call that kernel's 
 in Triton's order (every parameter, constexprs included, defaults filled), the grid evaluated like Triton does
 (a callable gets the bound arguments by name) and the current stream.
 
-The key mirrors what triton 3.9 specialises a binary on (native_specialize_impl, compute_cache_key): per positional
-argument, a tensor's dtype and whether its data pointer is 16-byte aligned; None; an int's value when it is 1 (a
-constexpr for Triton), else its width (i32 / i64 / u64) and whether it is divisible by 16; a bool or a float only by
-type; every keyword argument's value (constexprs and options such as num_warps, num_stages; values equal in Python,
-True and 1, share a key, as constexprs share Triton's); the knobs Triton adds to the options (debug, instrumentation
-mode, fpsan casts); the active driver object (fastenc.precompile swaps in stand-ins) and its current device.
+The key mirrors what triton specialises a binary on (native_specialize_impl, compute_cache_key), per release of
+MIRRORED: per positional argument, a tensor's dtype and whether its data pointer is 16-byte aligned; None; an int's
+value when it is 1 (a constexpr for Triton), else its width (i32 / i64 / u64) and whether it is divisible by 16; a
+bool or a float only by type; every keyword argument's value (constexprs and options such as num_warps, num_stages;
+values equal in Python, True and 1, share a key, as constexprs share Triton's); the knobs that release's run adds to
+the options (debug and instrumentation mode from 3.6, fpsan casts from 3.9); the active driver object
+(fastenc.precompile swaps in stand-ins) and its current device. 3.6 to 3.9 specialise arguments alike and launch
+with the same argument order; they differ in those knobs, and in whether a stages-inspection hook enters the key
+(3.7 on), which this path never needs: with the hook set every launch goes through JITFunction.run.
 Whatever this module cannot mirror goes through JITFunction.run every time: the interpreter (no CompiledKernel),
-kernels with do_not_specialize(_on_alignment) lists or non-constexpr annotations, constexprs passed positionally,
-non-constexpr parameters passed by keyword, argument types other than those above, pre-run hooks, launch
-enter/exit hooks, a stages-inspection hook, and changed global values (Triton then raises its own error). Triton's
-launch_metadata is passed as None: Triton builds it only for the enter/exit hooks, which are empty on this path.
+another triton release or one lacking a name this path reads (`fast_path_reason()` says which), kernels with
+do_not_specialize(_on_alignment) lists or non-constexpr annotations, constexprs passed positionally, non-constexpr
+parameters passed by keyword, argument types other than those above, pre-run hooks, launch enter/exit hooks, a
+stages-inspection hook, and changed global values (Triton then raises its own error). Triton's launch_metadata is
+passed as None: Triton builds it only for the enter/exit hooks, which are empty on this path. Every triton name
+read here comes from kernels/_triton_internals.py.
 
 Trade-off: a per-kernel table of at most MAX_ENTRIES compiled kernels (cleared when full, so pathological use never
-grows it) and a mirror of Triton's specialisation rules that must follow triton upgrades (another triton release
-takes the normal path until MIRRORED is raised; tests/test_triton_launch.py checks the mirror against JITFunction.run
-through fastenc.precompile's stand-in driver, and fails on another release), in exchange for a few microseconds of
-host time per launch instead of tens.
+grows it) and a mirror of Triton's specialisation rules that must follow triton upgrades (a release not in MIRRORED
+takes the normal path; tests/test_triton_launch.py checks the mirror against JITFunction.run through
+fastenc.precompile's stand-in driver on the installed release), in exchange for a few microseconds of host time per
+launch instead of tens.
 """
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
 import triton
-from triton import knobs
-from triton.compiler import CompiledKernel
-from triton.knobs import HookChain
-from triton.runtime.driver import driver
-from triton.runtime.jit import JITFunction
+from fastenc.kernels import _triton_internals as ti
+from fastenc.kernels._common import interpreter_on
 
 MAX_ENTRIES = 64  # compiled kernels kept per jitted function; the table is cleared when it is full
-MIRRORED = "3.9."  # the triton release whose specialisation rules the key mirrors; any other takes the normal path
+# The releases whose rules the key mirrors, each with the knobs.compilation values its JITFunction.run adds to the
+# options of its cache key (debug is added by every one); any other release takes the normal path.
+MIRRORED: dict[tuple[int, int], tuple[str, ...]] = {
+    (3, 6): ("instrumentation_mode",),
+    (3, 7): ("instrumentation_mode",),
+    (3, 8): ("instrumentation_mode",),
+    (3, 9): ("instrumentation_mode", "fpsan_homomorphic_casts"),
+}
 
 _Tensor = torch.Tensor
 _I32 = range(-(2**31), 2**31)
 _I64 = range(-(2**63), 2**63)
 _U64 = range(2**63, 2**64)
+
+
+def _off_reason() -> str | None:
+    reasons = []
+    if interpreter_on():
+        reasons.append("the Triton interpreter runs the kernels (TRITON_INTERPRET=1): each launch goes through its run")
+    if ti.release() not in MIRRORED:
+        known = ", ".join(f"{a}.{b}" for a, b in MIRRORED)
+        reasons.append(f"triton {triton.__version__} is not a release whose specialisation rules fastenc mirrors "
+                       f"({known}): every launch goes through JITFunction.run")
+    reasons.append(ti.unavailable_reason(ti.LAUNCH))
+    return "; ".join(r for r in reasons if r) or None
+
+
+_reason = _off_reason()
+if _reason is None:
+    _JITFunction, _CompiledKernel = ti.get("triton.runtime.jit.JITFunction"), ti.get("triton.compiler.CompiledKernel")
+    _HookChain, _driver = ti.get("triton.knobs.HookChain"), ti.get("triton.runtime.driver.driver")
+    _runtime, _compilation = ti.get("triton.knobs.runtime"), ti.get("triton.knobs.compilation")
+    _option_knobs = operator.attrgetter(*MIRRORED[ti.release()])  # one value, or a tuple of them
+
+
+def fast_path_reason() -> str | None:
+    """Why launch() sends every launch through Triton's own run in this process; None when the fast path is on."""
+    return _reason
 
 
 class _Unkeyable(Exception):
@@ -86,12 +121,12 @@ class _Kernel:
 
     def __init__(self, fn: Any):
         self.fn = fn  # held, so the id this is filed under is never reused
-        self.ok = triton.__version__.startswith(MIRRORED) and isinstance(fn, JITFunction) \
+        self.ok = _reason is None and isinstance(fn, _JITFunction) \
             and not fn.do_not_specialize and not fn.do_not_specialize_on_alignment \
             and all(p.is_constexpr or not p.annotation for p in fn.params)
         self.names = [p.name for p in fn.params] if self.ok else []
         self.plans: dict[tuple, _Plan | None] = {}
-        self.compiled: dict[tuple, CompiledKernel] = {}
+        self.compiled: dict[tuple, Any] = {}  # CompiledKernel by key
 
     def plan(self, nargs: int, kwnames: tuple[str, ...]) -> _Plan | None:
         form = (nargs, kwnames)
@@ -120,10 +155,10 @@ _kernels: dict[int, _Kernel] = {}
 
 
 def _no_hook(hook: Any) -> bool:
-    return hook is None or (type(hook) is HookChain and not hook.calls)
+    return hook is None or (type(hook) is _HookChain and not hook.calls)
 
 
-def _globals_unchanged(fn: JITFunction) -> bool:
+def _globals_unchanged(fn: Any) -> bool:
     """Triton's check that the global values a kernel read at compile time still hold (it raises otherwise; a changed
     value sends the launch through JITFunction.run, which raises that error)."""
     missing = object()
@@ -132,28 +167,36 @@ def _globals_unchanged(fn: JITFunction) -> bool:
 
 def launch(fn: Any, grid: Any, *args: Any, **kwargs: Any) -> Any:
     """fn[grid](*args, **kwargs); returns what Triton's run returns (the CompiledKernel, when compiled)."""
+    global _reason
     k = _kernels.get(id(fn))
     if k is None:
         k = _kernels[id(fn)] = _Kernel(fn)
-    rt = knobs.runtime
+    if not k.ok:
+        return fn.run(*args, grid=grid, warmup=False, **kwargs)
+    rt = _runtime
     enter, exit_ = rt.launch_enter_hook, rt.launch_exit_hook
-    plan = k.plan(len(args), tuple(kwargs)) if k.ok else None
+    plan = k.plan(len(args), tuple(kwargs))
     if plan is None or fn.pre_run_hooks or rt.add_stages_inspection_hook is not None or not _no_hook(enter) \
             or not _no_hook(exit_):
         return fn.run(*args, grid=grid, warmup=False, **kwargs)
-    drv = driver.active
+    drv = _driver.active
     device = drv.get_current_device()
-    comp = knobs.compilation
     try:
         # exact torch.Tensor inline (most arguments): a call per argument would cost about a third more
-        key = (plan, drv, device, fn.debug, rt.debug, comp.instrumentation_mode, comp.fpsan_homomorphic_casts,
-               *kwargs.values(), *[(a.dtype, not a.data_ptr() & 15) if type(a) is _Tensor else _spec(a) for a in args])
+        key = (plan, drv, device, fn.debug, rt.debug, _option_knobs(_compilation), *kwargs.values(),
+               *[(a.dtype, not a.data_ptr() & 15) if type(a) is _Tensor else _spec(a) for a in args])
         kernel = k.compiled.get(key)
     except (_Unkeyable, TypeError):  # TypeError: an unhashable keyword value
         return fn.run(*args, grid=grid, warmup=False, **kwargs)
     if kernel is None or fn.used_global_vals and not _globals_unchanged(fn):
         kernel = fn.run(*args, grid=grid, warmup=False, **kwargs)
-        if isinstance(kernel, CompiledKernel):  # not a jit_cache_hook's None, nor an async compile's future
+        if isinstance(kernel, _CompiledKernel):  # not a jit_cache_hook's None, nor an async compile's future
+            why = ti.compiled_kernel_ok(kernel)
+            if why is not None:  # a release whose kernels lack the launcher's fields: this path is off from now on
+                _reason = why
+                for each in _kernels.values():
+                    each.ok = False
+                return kernel
             if len(k.compiled) >= MAX_ENTRIES:
                 k.compiled.clear()
             k.compiled[key] = kernel

@@ -10,6 +10,7 @@ the driver) goes through JITFunction.run and gets another kernel. The interprete
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import subprocess
@@ -18,6 +19,7 @@ import sys
 import pytest
 import torch
 from fastenc.kernels import _launch
+from fastenc.kernels import _triton_internals as ti
 from fastenc.kernels import add_layer_norm as A
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -44,7 +46,7 @@ def _with_stride(x_stride: int):
 
 def _same_launch(ours: tuple, theirs: tuple) -> None:
     """Our launcher arguments against JITFunction.run's: grid, stream, function, metadata, hooks, every argument."""
-    from triton.compiler.compiler import LazyDict
+    LazyDict = ti.get("triton.compiler.compiler.LazyDict")  # noqa: N806 (a class)
 
     assert len(ours) == len(theirs)
     assert ours[:6] == theirs[:6]
@@ -56,12 +58,12 @@ def _same_launch(ours: tuple, theirs: tuple) -> None:
 
 def _stub_checks() -> None:
     import triton
-    from triton import knobs
-    from triton.runtime.driver import driver
 
     from fastenc import precompile as P
 
-    assert triton.__version__.startswith(_launch.MIRRORED), "recheck _launch's mirror of Triton's rules, then MIRRORED"
+    assert ti.release() in _launch.MIRRORED, f"triton {triton.__version__}: recheck _launch's mirror, then MIRRORED"
+    assert _launch.fast_path_reason() is None, _launch.fast_path_reason()
+    runtime, driver = ti.get("triton.knobs.runtime"), ti.get("triton.runtime.driver.driver")
     kern = A._add_layer_norm_fwd_kernel
     received: list[tuple] = []
     launcher_cls = P.TargetDriver.launcher_cls
@@ -98,7 +100,7 @@ def _stub_checks() -> None:
         # the first goes through JITFunction.run, the rest do not, and all launch what it launches
         args, kw = _inputs()
         base, _, ran = fast(args, kw)
-        assert ran
+        assert ran and ti.compiled_kernel_ok(base) is None  # the canary of CompiledKernel's launcher fields
         for i, grid in enumerate([(N,), (N, 1), (N, 1, 1), lambda meta: (meta["D"] // 16,)]):
             args, kw = _inputs(stride=[D, 2 * D, 96, 80][i])
             args[-4] = [64, 128, 96, 80][i]  # res_stride: divisible by 16 like D
@@ -132,13 +134,34 @@ def _stub_checks() -> None:
         assert kernels["int64"].src.signature["x_stride"] == "i64"
         assert fast(*_inputs())[0] is base
 
+        # the options JITFunction.run keys its cache on are the call's keywords, debug and exactly the knobs MIRRORED
+        # lists for this release (read from the binder run calls); a changed knob goes through JITFunction.run
+        # (whether the stand-in can compile for it is not the point: run was entered)
+        device = driver.active.get_current_device()
+        *caches, binder = kern.device_caches[device]
+        options_seen = []
+        kern.device_caches[device] = (*caches, lambda *a, **k: options_seen.append(set(k)) or binder(*a, **k))
+        slow(*_inputs())
+        kern.device_caches[device] = (*caches, binder)
+        assert options_seen == [{*_inputs()[1], "debug", *_launch.MIRRORED[ti.release()]}], options_seen
+        compilation = ti.get("triton.knobs.compilation")
+        for name in _launch.MIRRORED[ti.release()]:
+            old = getattr(compilation, name)
+            with compilation.scope():
+                setattr(compilation, name, not old if isinstance(old, bool) else "consan")
+                runs.clear()
+                with contextlib.suppress(Exception):
+                    _launch.launch(kern, (N,), *_inputs()[0], **_inputs()[1])
+                assert runs, name
+            assert getattr(compilation, name) == old and not fast(*_inputs())[2], name
+
         # (3) launch hooks, a pre-run hook: every call goes through JITFunction.run
         def hook(metadata):
             pass
 
-        knobs.runtime.launch_enter_hook.add(hook)
+        runtime.launch_enter_hook.add(hook)
         assert fast(*_inputs())[2] and fast(*_inputs())[2]
-        knobs.runtime.launch_enter_hook.remove(hook)
+        runtime.launch_enter_hook.remove(hook)
         kern.add_pre_run_hook(lambda *a, **k: None)
         assert fast(*_inputs())[2]
         kern.pre_run_hooks.clear()
@@ -173,8 +196,7 @@ def _stub_checks() -> None:
 
 
 def test_fast_launch_matches_jit_run_under_the_stand_in_driver():
-    triton_backends = pytest.importorskip("triton.backends")
-    if "nvidia" not in triton_backends.backends:
+    if "nvidia" not in (ti.get("triton.backends.backends") or {}):
         pytest.skip("triton has no nvidia backend here")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import test_triton_launch as t; t._stub_checks()"
@@ -194,3 +216,9 @@ def test_interpreter_launches_through_run(monkeypatch):
         _launch.launch(kern, (N,), *args, **kw)
     assert calls == [(kern, (N,)), (kern, (N,))]
     assert not _launch._kernels[id(kern)].ok
+    assert "TRITON_INTERPRET=1" in _launch.fast_path_reason()
+
+
+def test_every_release_of_the_declared_range_is_mirrored():
+    (major, lo), (major_hi, hi) = ti.SUPPORTED
+    assert major == major_hi and set(_launch.MIRRORED) == {(major, minor) for minor in range(lo, hi + 1)}

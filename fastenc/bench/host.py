@@ -40,6 +40,7 @@ import functools
 import gc
 import json
 import statistics
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -131,13 +132,27 @@ def _replay(calls: list) -> None:
             func(*args, **kwargs)
 
 
+def _stub_kind() -> str:
+    from fastenc.backends import triton_interpreter_on
+
+    return "interpreter" if triton_interpreter_on() else "driver"
+
+
+def stub_unavailable_reason() -> str | None:
+    """Why launches cannot be stubbed with the installed triton (a private name the stub reads moved), or None."""
+    from fastenc.kernels import _triton_internals as ti
+
+    return ti.unavailable_reason(ti.HOST if _stub_kind() == "interpreter" else ti.PRECOMPILE)
+
+
 class _Stub:
     """Every Triton launch inside `active()` does nothing; `launches` counts them."""
 
     def __init__(self) -> None:
-        from fastenc.backends import triton_interpreter_on
+        from fastenc.kernels import _triton_internals as ti
 
-        self.kind = "interpreter" if triton_interpreter_on() else "driver"
+        self.kind = _stub_kind()
+        ti.require(ti.HOST if self.kind == "interpreter" else ti.PRECOMPILE)
         self.launches = 0
 
     @contextlib.contextmanager
@@ -149,14 +164,10 @@ class _Stub:
                 driver.on_launch = self._count
                 yield
             return
-        from triton.runtime.interpreter import InterpretedFunction
+        from fastenc.kernels import _triton_internals as ti
 
-        run = InterpretedFunction.run
-        InterpretedFunction.run = lambda fn, *args, **kwargs: self._count()
-        try:
+        with ti.interpreter_launches(lambda fn, *args, **kwargs: self._count()):
             yield
-        finally:
-            InterpretedFunction.run = run
 
     def _count(self) -> None:
         self.launches += 1
@@ -392,6 +403,10 @@ def run_host(cpu: bool = True, reps: int = 30) -> dict[str, Any]:
 
 def main(out: Path, cpu: bool = True, reps: int = 30) -> int:
     """`fastenc bench --host`: run, print the tables, write host.json and host.md into `out`."""
+    reason = stub_unavailable_reason()
+    if reason:
+        print(f"fastenc bench --host: {reason}", file=sys.stderr)
+        return 2
     doc = run_host(cpu, reps)
     out.mkdir(parents=True, exist_ok=True)
     (out / "host.json").write_text(json.dumps(doc, indent=1))
