@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -291,6 +292,8 @@ def explain(op: str | None = None) -> str:
     """What auto chose for each key met so far (of `op`, or all), from which source, and why not the others; first,
     every path turned off and why (`note`)."""
     notes = [f"off: {topic}: {text}" for topic, text in _notes.items()] if op is None else []
+    if op is None and "fastenc.kernels._launch" in sys.modules:  # triton was loaded: what is slower or off with it
+        notes += [f"off: triton: {text}" for text in backends.triton_notes()]
     lines = []
     for key, d in _decisions.items():
         if op is not None and key[0] != op:

@@ -141,3 +141,13 @@ def test_interpreter_reason_names_numpy_and_the_triton_line(monkeypatch):
     assert "triton 3.6's interpreter: install numpy < 2.4" in backends.triton_notes()
     monkeypatch.setattr(ti, "release", lambda version=None: (3, 7))
     assert ti._interpreter_reason() is None
+
+
+def test_explain_names_what_triton_turns_off(monkeypatch):
+    """explain() carries triton_notes() once triton is loaded."""
+    from fastenc import autotune, backends
+
+    monkeypatch.setattr(backends, "triton_notes", lambda: ["fast launch path off: a stand-in reason"])
+    import fastenc.kernels._launch  # noqa: F401
+
+    assert "off: triton: fast launch path off: a stand-in reason" in autotune.explain()
