@@ -151,3 +151,11 @@ def test_explain_names_what_triton_turns_off(monkeypatch):
     import fastenc.kernels._launch  # noqa: F401
 
     assert "off: triton: fast launch path off: a stand-in reason" in autotune.explain()
+
+
+def test_supported_releases_are_the_declared_range():
+    tomllib = pytest.importorskip("tomllib")
+    deps = tomllib.loads((pathlib.Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    spec = next(d for d in deps["dependencies"] if d.startswith("triton"))
+    (lo_major, lo_minor), (hi_major, hi_minor) = ti.SUPPORTED
+    assert spec.split(";")[0].strip() == f"triton>={lo_major}.{lo_minor},<{hi_major}.{hi_minor + 1}"
