@@ -10,7 +10,8 @@ ops). The ranking of a key comes from the first source that knows it:
   2. "table": fastenc/auto_table.json, shipped in the package: entries recorded by benchmark runs, each naming its
      source run; a key field an entry leaves out matches anything, and the most specific entry wins.
   3. "default": the preference kept from before any measurement: cuda > triton > sdpa > torch on CUDA tensors,
-     sdpa > torch elsewhere. No GPU run is in the table yet, so on GPUs this is what decides until one is recorded.
+     sdpa > torch elsewhere, except attention on CUDA tensors: sdpa first (see DEFAULT_OP_ORDER). No GPU run is in
+     the table yet, so on GPUs this is what decides until one is recorded.
 The Triton interpreter (CPU) and the CUDA backend are never auto candidates for CPU tensors.
 
 Every new (key, choice) is logged on the "fastenc" logger at INFO and kept for `explain()`, with each backend's
@@ -41,6 +42,14 @@ log = logging.getLogger("fastenc")
 
 KEY_FIELDS = ("op", "device", "dtype", "head_dim", "hidden", "layout", "dropout", "bucket")
 DEFAULT_ORDER = {"cuda": ("cuda", "triton", "sdpa", "torch"), "other": ("sdpa", "torch")}
+# Where the default must not prefer a kernel estimated slower than torch's own: (op, "cuda") -> (order, why). Until a
+# GPU run is recorded, attention on CUDA tensors ranks torch's fused attention first.
+DEFAULT_OP_ORDER = {
+    ("attention", "cuda"): (("sdpa", "cuda", "triton", "torch"),
+                            "sdpa first until a GPU run is recorded: torch's FlashAttention-2 / cuDNN, varlen_attn for "
+                            "the packed layout; fastenc's CUDA attention was estimated at 0.5-0.7x FlashAttention-2's "
+                            "forward from its SASS"),
+}
 TABLE_PATH = Path(__file__).with_name("auto_table.json")
 _TUNED = "tuned on this device"
 
@@ -237,7 +246,9 @@ def _ranking(call: backends.Call, key: tuple, run: Callable[[str], Any] | None,
     elif (entry := _table_entry(key)) is not None:
         result = tuple(entry["order"]), f"table (run {entry['source']})", dict(entry.get("ms", {}))
     else:
-        result = DEFAULT_ORDER["cuda" if key[1].startswith("sm_") else "other"], "default preference (no run)", {}
+        device = "cuda" if key[1].startswith("sm_") else "other"
+        order, why = DEFAULT_OP_ORDER.get((key[0], device), (DEFAULT_ORDER[device], ""))
+        result = order, "default preference (no run" + (f"; {why})" if why else ")"), {}
     _rankings[key] = result
     return result
 
