@@ -49,6 +49,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ops", type=_csv, help=f"ops to measure, or 'none' (default {','.join(C.OPS)})")
     p.add_argument("--op-shapes", type=_csv, help=f"op shapes (default {','.join(C.OP_SHAPES)})")
     p.add_argument("--op-modes", type=_csv, help="fwd and/or fwd+bwd (default both)")
+    p.add_argument("--graph-shapes", type=_csv, help="inference shapes at which each fastenc backend is also timed "
+                   "through fastenc.cuda_graphs, or 'none' (default 1x16 on a GPU)")
     p.add_argument("--train", action=argparse.BooleanOptionalAction, default=None,
                    help="measure the training step (default on)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -80,7 +82,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "models": args.models, "shapes": args.shapes, "train_shapes": args.train_shapes, "dtypes": args.dtypes,
         "backends": args.backends, "ops": args.ops, "op_shapes": args.op_shapes, "op_modes": args.op_modes,
         "train": args.train, "compile": args.compile, "budget_s": args.budget_s, "rep_ms": args.rep_ms,
-        "warmup_ms": args.warmup_ms, "var_batch": args.var_batch,
+        "warmup_ms": args.warmup_ms, "var_batch": args.var_batch, "graph_shapes": args.graph_shapes,
     }
     settings = replace(settings, **{k: v for k, v in given.items() if v is not None})
     for name in settings.models:

@@ -5,9 +5,10 @@ other backend candidate that implements the op ("triton", "cuda", "sdpa": torch'
 "auto" when asked for) through the public `fastenc.ops.<op>(..., backend=name)`, side by side in one run.
 Variants of a model: "hf-eager" and "hf-sdpa" (transformers with attn_implementation eager / sdpa, one set of
 weights switched between the two), "hf-compile" (torch.compile of the sdpa model) and "fastenc-<backend>" (the twin
-built by `fastenc.from_hf`, run under `fastenc.use_backend`) for the backends that implement every op. A variant
-that cannot run is recorded with its reason and never silently replaced; one that fails records the error, and the
-run goes on.
+built by `fastenc.from_hf`, run under `fastenc.use_backend`) for the backends that implement every op, and at the
+inference shapes of `graph_shapes` "fastenc-<backend>+graphs" (the twin replayed through `fastenc.cuda_graphs`,
+GPU only). A variant that cannot run is recorded with its reason and never silently replaced; one that fails
+records the error, and the run goes on.
 
 Trade-off: one model is built per (model, dtype, inference/training) and reused across shapes and variants, which
 keeps a full GPU run within minutes, at the price of holding transformers' and fastenc's copies at once. Inference
@@ -71,6 +72,7 @@ class Settings:
     warmup_ms: float = 25.0
     rep_ms: float = 100.0
     budget_s: float | None = None
+    graph_shapes: list[str] = field(default_factory=lambda: ["1x16"])  # inference shapes also timed in CUDA graphs
     cpu_demo: bool = False
 
     @classmethod
@@ -78,7 +80,8 @@ class Settings:
         """The CPU demo: the same pipeline on a tiny BERT, fp32, reference path against transformers."""
         return cls(device=device, models=["bert-tiny"], shapes=["1x16", "8x32", "var"], train_shapes=["8x32"],
                    dtypes=["fp32"], backends=["torch", "sdpa"], op_shapes=["8x32"], op_dims=dict(C.TINY_DIMS),
-                   compile=False, var_batch=8, var_range=(8, 64), warmup_ms=10.0, rep_ms=60.0, cpu_demo=True)
+                   compile=False, var_batch=8, var_range=(8, 64), warmup_ms=10.0, rep_ms=60.0, graph_shapes=[],
+                   cpu_demo=True)
 
     def shape(self, name: str) -> C.Shape:
         return C.parse_shape(name, self.var_batch, self.var_range)
@@ -327,6 +330,7 @@ class ModelSet:
     compiled: torch.nn.Module | None = None
     compile_reason: str | None = None
     twins: dict[str, torch.nn.Module | str | Exception] = field(default_factory=dict)  # str: skip; Exception: error
+    graphs: dict[str, Any] = field(default_factory=dict)  # backend -> fastenc.cuda_graphs runner of its twin
 
 
 def _autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
@@ -367,20 +371,36 @@ def model_backends(settings: Settings) -> list[str]:
     return [b for b in settings.backends if all(implements(b, op) for op in backends.IMPLEMENTS)]
 
 
-def model_variants(settings: Settings) -> list[str]:
+def model_variants(settings: Settings, shape: str | None = None, train: bool = False) -> list[str]:
+    """The variants of a model case; `shape` (inference) in settings.graph_shapes adds the CUDA-graph ones."""
     out = list(MODEL_BASELINES if settings.compile else MODEL_BASELINES[:2])
-    return out + [f"fastenc-{b}" for b in model_backends(settings)]
+    fast = [f"fastenc-{b}" for b in model_backends(settings)]
+    graphs = [f"{v}+graphs" for v in fast] if shape in settings.graph_shapes and not train else []
+    return out + fast + graphs
+
+
+def _backend_of(variant: str) -> str:
+    """The fastenc backend of a "fastenc-<backend>[+graphs]" variant."""
+    return variant.removeprefix("fastenc-").removesuffix("+graphs")
 
 
 def _variant_model(ms: ModelSet, variant: str) -> tuple[torch.nn.Module, Callable[[], Any]]:
     """The module a model variant runs and the context it runs in; Skip when the variant cannot run."""
     if variant.startswith("fastenc-"):
-        b = variant.removeprefix("fastenc-")
+        b = _backend_of(variant)
         twin = ms.twins[b]
         if isinstance(twin, str):
             raise Skip(twin)
         if isinstance(twin, Exception):
             raise twin
+        if variant.endswith("+graphs"):
+            if not next(twin.parameters()).is_cuda:
+                raise Skip("CUDA graphs need a CUDA device")
+            if b not in ms.graphs:
+                from fastenc.cuda_graphs import cuda_graphs
+
+                ms.graphs[b] = cuda_graphs(twin)
+            return ms.graphs[b], functools.partial(_use_backend, b)
         return twin, functools.partial(_use_backend, b)
     if variant == "hf-compile":
         if ms.compiled is None:
@@ -439,15 +459,16 @@ def prepare_model(ms: ModelSet, name: str, shape: C.Shape, dtype: str, train: bo
                                 training=train)
 
 
-def agreement(ms: ModelSet, backend: str, name: str, shape: C.Shape, device: torch.device) -> float:
+def agreement(ms: ModelSet, variant: str, name: str, shape: C.Shape, device: torch.device) -> float:
     """Largest |fastenc - transformers (sdpa)| of last_hidden_state over the real tokens: a check that the timed
-    fast path computes the same thing."""
+    fast path (a "fastenc-*" variant) computes the same thing."""
     x = C.model_inputs(C.model_config(name), shape, device)
+    model, ctx = _variant_model(ms, variant)
     ms.hf.set_attn_implementation("sdpa")
     with torch.inference_mode():
         ref = ms.hf(**x).last_hidden_state
-        with _use_backend(backend):
-            out = ms.twins[backend](**x).last_hidden_state
+        with ctx():
+            out = model(**x).last_hidden_state
     keep = x["attention_mask"].bool()
     return (out[keep].float() - ref[keep].float()).abs().max().item()
 
@@ -458,10 +479,10 @@ def run_model_case(ms: ModelSet, name: str, shape: C.Shape, dtype: str, train: b
 
     def body() -> dict[str, Any]:
         calls, flops = prepare_model(ms, name, shape, dtype, train, variant, settings)
-        if variant.startswith("fastenc-") and uses_sparse_mlm(ms.twins[variant.removeprefix("fastenc-")], train):
+        if variant.startswith("fastenc-") and uses_sparse_mlm(ms.twins[_backend_of(variant)], train):
             record["sparse_mlm"] = True
         if variant.startswith("fastenc-") and not train:
-            record["max_abs_diff"] = agreement(ms, variant.removeprefix("fastenc-"), name, shape, settings.device)
+            record["max_abs_diff"] = agreement(ms, variant, name, shape, settings.device)
         try:
             return measure_variant(record, calls, settings, roofs, flops=flops)
         except Skip as e:
@@ -503,15 +524,16 @@ def plan(settings: Settings, roofs: dict[str, float]) -> list[Task]:
                 for sname in (settings.train_shapes if train else settings.shapes):
                     shape = settings.shape(sname)
 
-                    def run_models(name=name, dtype=dtype, train=train, shape=shape) -> list[dict[str, Any]]:
+                    def run_models(name=name, dtype=dtype, train=train, shape=shape, sname=sname
+                                   ) -> list[dict[str, Any]]:
                         try:
                             ms = models_for((name, dtype, train))
                         except Exception as e:  # e.g. out of memory: every variant of the case records it
                             return [{**new_record("model", name, dtype, shape, "train" if train else "infer", v),
                                      "status": "error", "reason": f"building the models failed: {_first_line(e)}"}
-                                    for v in model_variants(settings)]
+                                    for v in model_variants(settings, sname, train)]
                         return [run_model_case(ms, name, shape, dtype, train, v, settings, roofs)
-                                for v in model_variants(settings)]
+                                for v in model_variants(settings, sname, train)]
                     tasks.append(Task(f"{name} {dtype} {sname} {'train' if train else 'infer'}", run_models))
     for op in settings.ops:
         for sname in settings.op_shapes:
