@@ -79,10 +79,11 @@ capped() {  # capped CAP LOGFILE cmd...: SIGINT at CAP-10 s, SIGKILL 10 s later;
     shift 2
     echo "--- $(date -u +%H:%M:%S) cap ${cap}s: $*" >>"$log"
     timeout -s INT -k 10 $(( cap > 15 ? cap - 10 : 5 )) "$@" >>"$log" 2>&1
-    case $? in
+    local rc=$?
+    case $rc in
         0) echo pass ;;
-        124|137|130) echo "timeout (cap ${cap}s)" ;;
-        *) echo "fail (exit $?)" ;;
+        124|137) echo "timeout (cap ${cap}s)" ;;
+        *) echo "fail (exit $rc)" ;;
     esac
 }
 
@@ -160,7 +161,7 @@ fi
 # --------------------------------------------------------------------------------------------------------------
 # checks: the GPU tests and the sanitizer, side by side on the one GPU
 PYTEST=("$PY" -m pytest -q -rfEs --durations=20 -p no:cacheprovider -p benchmarks.gpu_checks -n "$WORKERS"
-        --timeout="$TEST_TIMEOUT_S" --timeout-method=thread tests)
+        --timeout="$TEST_TIMEOUT_S" --timeout-method=thread --continue-on-collection-errors tests)
 SANITIZE=("$PY" -m benchmarks.gpu_checks sanitize)
 CS=(compute-sanitizer --error-exitcode 1 --print-limit 50 --report-api-errors no --target-processes all)
 
