@@ -43,12 +43,9 @@ COMPILE_MIN_S=40 PACK_S=25 TEST_TIMEOUT_S=120
 BENCH_CASES=(--models bert-base --dtypes fp16 --shapes 1x16,32x128,var --train-shapes 32x128 --op-shapes 32x128
              --no-progress)
 
-# Python sees this checkout through build/pypath (links to fastenc, benchmarks, tests) and never the repo root:
-# from the root, the top-level kernels/ folder would be found as the package `kernels`, which transformers probes.
-mkdir -p "$ROOT/build/pypath" "$WORK"
-for d in fastenc benchmarks tests; do ln -sfn "../../$d" "$ROOT/build/pypath/$d"; done
+mkdir -p "$WORK"
 [ -e fastenc/kernels ] || ln -s ../kernels fastenc/kernels  # fastenc.kernels, as `pip install -e .` maps it
-export PYTHONPATH=$ROOT/build/pypath${PYTHONPATH:+:$PYTHONPATH} PYTHONSAFEPATH=1 PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1  # Python runs from the repo root (python -m): this checkout's fastenc, benchmarks, tests
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$ROOT/build/triton-cache}
 unset TRITON_INTERPRET TRITON_PTXAS_PATH  # the compiler, with triton's own ptxas (its cache key hashes the ptxas)
 

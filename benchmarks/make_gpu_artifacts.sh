@@ -50,11 +50,9 @@ print(f"replica: Python {py}, torch {torch.__version__}, triton {triton.__versio
 sys.exit(0 if ok else 1)
 EOF
 
-# The checkout as Python sees it on the GPU: build/pypath, never the repo root (see gpu_session.sh)
-mkdir -p build/pypath
-for d in fastenc benchmarks tests; do ln -sfn "../../$d" "build/pypath/$d"; done
+# The checkout as Python sees it on the GPU: from the repo root, fastenc.kernels linked as `pip install -e .` maps it
 [ -e fastenc/kernels ] || ln -s ../kernels fastenc/kernels
-run_py() { env -u TRITON_INTERPRET PYTHONPATH="$ROOT/build/pypath" PYTHONSAFEPATH=1 "$PY" "$@"; }
+run_py() { env -u TRITON_INTERPRET "$PY" "$@"; }
 
 # 2. the extension
 if [ $EXT = 1 ]; then

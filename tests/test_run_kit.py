@@ -23,7 +23,7 @@ OUT_LIMITS = dict(files=8, bytes=16 * 2**20, depth=3)  # the device returns $OUT
 
 
 def _session(tmp_path, *args: str, session_s: int = 520) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "PYTHONPATH")}
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(OUT=str(tmp_path / "out"), TRITON_CACHE_DIR=str(tmp_path / "cache"), SESSION_S=str(session_s),
                PYTHON=sys.executable, GPU_ARTIFACTS=str(tmp_path / "artifacts"), CUDA_VISIBLE_DEVICES="")
     return subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=300)
