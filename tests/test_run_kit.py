@@ -96,12 +96,7 @@ def test_sanitizer_workload_runs_and_checks_against_the_reference(layout):
 
 
 def test_sanitizer_model_step_runs():
-    try:
-        line = gpu_checks.run_model("torch", torch.bfloat16, torch.device("cpu"))
-    except TypeError as e:  # fastenc's blocks against transformers >= 5.25's renamed keywords
-        if "cache_length" not in str(e):
-            raise
-        pytest.xfail(f"fastenc's BERT twin on this transformers (issue 28): {e}")
+    line = gpu_checks.run_model("torch", torch.bfloat16, torch.device("cpu"))
     assert line.startswith("model bert-1-layer torch bfloat16: ok (loss ")
 
 
