@@ -19,7 +19,8 @@
 # Without a GPU every GPU phase says it was skipped and why (tests/test_gpu_session.py runs it so on the CPU).
 # $OUT (default ./out) gets at most 8 files: session.log tests.log sanitizer.log bench.log results.json results.md
 # results-extra.tar.gz (plots, auto table, both raw runs) triton-cache.tar.gz.
-# Environment: OUT, SESSION_S (520), GPU_ARTIFACTS (build/gpu-artifacts), PYTHON (python3), PYTEST_WORKERS (8).
+# Environment: OUT, SESSION_S (520), GPU_ARTIFACTS (build/gpu-artifacts), PYTHON (python3), PYTEST_WORKERS (8),
+# GPU_SESSION_WORK (scratch, build/gpu-session), TRITON_CACHE_DIR (build/triton-cache).
 set -u -o pipefail
 
 cd "$(dirname "$0")/.."
@@ -29,7 +30,7 @@ SESSION_S=${SESSION_S:-520}
 ART=${GPU_ARTIFACTS:-$ROOT/build/gpu-artifacts}
 PY=${PYTHON:-python3}
 WORKERS=${PYTEST_WORKERS:-8}
-WORK=$ROOT/build/gpu-session  # scratch (ignored): raw bench runs, phase status of background jobs
+WORK=${GPU_SESSION_WORK:-$ROOT/build/gpu-session}  # scratch (ignored): raw bench runs, background job status
 DRY=0
 case "${1:-}" in
     --dry-run) DRY=1 ;;
@@ -195,11 +196,11 @@ else
         echo "sanitizer: compute-sanitizer not found" >"$WORK/sanitizer.status"
         SAN_PID=""
     fi
-    note tests "$(capped "$cap" "$OUT/tests.log" "${PYTEST[@]}"); $(grep -E "^=+ .*(passed|failed|error)" \
-        "$OUT/tests.log" | tail -n 1 | tr -d '=')"
+    note tests "$(capped "$cap" "$OUT/tests.log" "${PYTEST[@]}"); $(grep -E "(passed|failed|errors?|no tests ran).* in \
+[0-9.]+s" "$OUT/tests.log" | tail -n 1 | sed 's/=//g; s/^ *//; s/ *$//')"
     [ -n "$SAN_PID" ] && wait "$SAN_PID"
-    note sanitizer "$(paste -sd ';' "$WORK/sanitizer.status"); $(grep -c "ERROR SUMMARY: [1-9]" \
-        "$OUT/sanitizer.log" 2>/dev/null || echo 0) runs with errors"
+    errors=$(grep -c "ERROR SUMMARY: [1-9]" "$OUT/sanitizer.log" 2>/dev/null)
+    note sanitizer "$(paste -sd ';' "$WORK/sanitizer.status"); ${errors:-0} runs with errors"
 fi
 
 # --------------------------------------------------------------------------------------------------------------
@@ -221,8 +222,9 @@ else
 fi
 
 cap=$(left)
-COMPILE=("$PY" -m fastenc bench "${BENCH_CASES[@]}" --backends none --compile --out "$WORK/compile"
-         --budget-s $(( cap * 2 / 3 )))
+# inductor's own Triton kernels go to a cache of their own: the one packed for the next session holds fastenc's
+COMPILE=(env TRITON_CACHE_DIR="$WORK/triton-inductor" "$PY" -m fastenc bench "${BENCH_CASES[@]}" --backends none
+         --compile --out "$WORK/compile" --budget-s $(( cap * 2 / 3 )))
 if [ $DRY = 1 ]; then
     [ $cap -ge $COMPILE_MIN_S ] && plan compile $cap "${COMPILE[*]}" || echo "phase compile: not planned (${cap}s left)"
 elif [ -n "$SKIP" ]; then

@@ -22,10 +22,12 @@ SCRIPT = K.ROOT / "benchmarks" / "gpu_session.sh"
 OUT_LIMITS = dict(files=8, bytes=16 * 2**20, depth=3)  # the device returns $OUT/a/b/file at most
 
 
-def _session(tmp_path, *args: str, session_s: int = 520) -> subprocess.CompletedProcess:
+def _session(tmp_path, *args: str, session_s: int = 520, extra_env: dict | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(OUT=str(tmp_path / "out"), TRITON_CACHE_DIR=str(tmp_path / "cache"), SESSION_S=str(session_s),
-               PYTHON=sys.executable, GPU_ARTIFACTS=str(tmp_path / "artifacts"), CUDA_VISIBLE_DEVICES="")
+               PYTHON=sys.executable, GPU_ARTIFACTS=str(tmp_path / "artifacts"), CUDA_VISIBLE_DEVICES="",
+               GPU_SESSION_WORK=str(tmp_path / "work"))
+    env.update(extra_env or {})
     return subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -68,6 +70,77 @@ def test_session_without_a_gpu_skips_every_gpu_phase_and_keeps_the_out_contract(
             (phase, log)
     assert "=== phase pack: done" in log and "no benchmark results" in (out / "results.md").read_text()
     assert re.search(r"gpu_session.sh: \d+s of 520s", run.stdout)
+
+
+STAND_IN_PYTHON = r"""#!/usr/bin/env bash
+# A stand-in for the GPU machine's python: the GPU work answers at once, the kit's own tools (gpu_kit) really run.
+echo "$*" >>"$CALLS"
+case "$1 $2" in
+    "-m pytest") echo "3 passed, 1 skipped in 0.5s"; exit 0 ;;
+    "-m benchmarks.gpu_checks") echo "sanitizer workload: 0 failed"; exit 0 ;;
+    "-m fastenc")
+        out=$(echo "$*" | sed -n 's/.*--out \([^ ]*\).*/\1/p')
+        variant=$([[ "$*" == *" --compile "* ]] && echo compile || echo triton)
+        exec "$REAL" "$STAND_IN_DIR/results.py" "$out" "$variant" ;;
+esac
+case "$1" in
+    -) cat >/dev/null; echo "python 3.12.3 torch 2.11.0+cu130 (stand-in)"; echo "GPU Stand-in H100: capability 9.0" ;;
+    -c) echo "stand-in: $2" ;;
+    setup.py) echo "stand-in build" ;;
+    *) exec "$REAL" "$@" ;;
+esac
+"""
+STAND_IN_RESULTS = """import json, sys
+from pathlib import Path
+from fastenc.bench import cases as C, report, runner
+out, variant = Path(sys.argv[1]), sys.argv[2]
+out.mkdir(parents=True)
+meta = {"device": "stand-in", "device_type": "cuda", "cuda": "13.0", "torch": "t", "triton": "t", "transformers": "t",
+        "fastenc": "t", "python": "3", "git_commit": None, "date": "2026-12-06", "elapsed_s": 1.0}
+recs = [{**runner.new_record("op", "bias_gelu", "fp16", C.parse_shape("4x8"), "fwd", v), "ms": ms}
+        for v, ms in (("eager", 2.0), (variant, 1.0))]
+runner.add_speedups(recs)
+report.write_json({"meta": meta, "roofs": {"matmul_tflops": 1.0, "matmul_dtype": "fp16", "copy_gbps": 1.0},
+                  "settings": {"op_dims": {"hidden": 8, "heads": 2, "inter": 16}}, "records": recs,
+                  "summary": {"interrupted": False, "over_budget": []}}, out / "results.json")
+"""
+
+
+def test_session_phases_in_order_with_a_stand_in_gpu(tmp_path):
+    """Every GPU phase's orchestration on the CPU: a stand-in python answers the GPU work (tests, sanitizer, bench)
+    and a stand-in compute-sanitizer reports no error; the carried cache, the merge and the packing really run."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("python", STAND_IN_PYTHON), ("results.py", STAND_IN_RESULTS),
+                       ("compute-sanitizer", "#!/usr/bin/env bash\necho \"$*\" >>\"$CALLS\"\n"
+                                             "echo '========= ERROR SUMMARY: 0 errors'\n")):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    _fake_cache(tmp_path / "carried-cache")  # what make_gpu_artifacts.sh packs, carried in build/gpu-artifacts
+    (tmp_path / "artifacts").mkdir()
+    assert K.pack_cache(tmp_path / "carried-cache", tmp_path / "artifacts" / "triton-cache.tar.gz", 2**20)[0] == 4
+    calls = tmp_path / "calls.log"
+    run = _session(tmp_path, extra_env={"PYTHON": str(bin_dir / "python"), "REAL": sys.executable,
+                                        "STAND_IN_DIR": str(bin_dir), "CALLS": str(calls),
+                                        "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = tmp_path / "out"
+    files = {p.name for p in _check_out_contract(out)}
+    assert files == {"session.log", "tests.log", "sanitizer.log", "bench.log", "results.json", "results.md",
+                     "results-extra.tar.gz", "triton-cache.tar.gz"}
+    log = (out / "session.log").read_text()
+    statuses = re.findall(r"^=== phase (\S+): (.*) \(at \d+s\)$", log, re.M)
+    assert [p for p, _ in statuses] == ["facts", "extension", "tests", "sanitizer", "bench", "compile", "pack"], log
+    st = dict(statuses)
+    assert st["extension"] == "build: pass" and st["tests"] == "pass; 3 passed, 1 skipped in 0.5s"
+    assert st["sanitizer"] == "warm-up: pass;memcheck: pass;racecheck (cuda attention): pass; 0 runs with errors"
+    assert st["bench"] == st["compile"] == "pass" and "Triton cache" in log and "1 kernels at start" in log
+    merged = {r["variant"] for r in json.loads((out / "results.json").read_text())["records"]}
+    assert merged == {"eager", "triton", "compile"}  # the compile run's records merged into the first
+    made = calls.read_text()
+    assert "--timeout-method=thread" in made and "-p benchmarks.gpu_checks" in made and "--no-compile" in made
+    assert re.search(r"--tool memcheck .*sanitize", made) and re.search(r"--tool racecheck .*--backends cuda", made)
+    assert K.unpack_cache(out / "triton-cache.tar.gz", tmp_path / "back") == 5  # the carried kernel comes back
 
 
 def test_gpu_test_selection_takes_the_ops_tests_and_the_gpu_marked_ones():
