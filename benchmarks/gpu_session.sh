@@ -45,7 +45,10 @@ BENCH_CASES=(--models bert-base --dtypes fp16 --shapes 1x16,32x128,var --train-s
              --no-progress)
 
 mkdir -p "$WORK"
-[ -e fastenc/kernels ] || ln -s ../kernels fastenc/kernels  # fastenc.kernels, as `pip install -e .` maps it
+if [ ! -e fastenc/kernels ]; then  # fastenc.kernels, as `pip install -e .` maps it; gone again at exit (linters)
+    ln -s ../kernels fastenc/kernels
+    trap 'rm -f "$ROOT/fastenc/kernels"' EXIT
+fi
 export PYTHONUNBUFFERED=1  # Python runs from the repo root (python -m): this checkout's fastenc, benchmarks, tests
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$ROOT/build/triton-cache}
 unset TRITON_INTERPRET TRITON_PTXAS_PATH  # the compiler, with triton's own ptxas (its cache key hashes the ptxas)
