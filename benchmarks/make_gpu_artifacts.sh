@@ -51,7 +51,11 @@ sys.exit(0 if ok else 1)
 EOF
 
 # The checkout as Python sees it on the GPU: from the repo root, fastenc.kernels linked as `pip install -e .` maps it
-[ -e fastenc/kernels ] || ln -s ../kernels fastenc/kernels
+# (the link is gone again at exit: linters would read kernels/ twice)
+if [ ! -e fastenc/kernels ]; then
+    ln -s ../kernels fastenc/kernels
+    trap 'rm -f "$ROOT/fastenc/kernels"' EXIT
+fi
 run_py() { env -u TRITON_INTERPRET "$PY" "$@"; }
 
 # 2. the extension
