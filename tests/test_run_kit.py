@@ -109,14 +109,20 @@ report.write_json({"meta": meta, "roofs": {"matmul_tflops": 1.0, "matmul_dtype":
 """
 
 
+STAND_IN_SANITIZER = """#!/usr/bin/env bash
+echo "$*" >>"$CALLS"
+[[ "$*" == *racecheck* ]] && { echo '========= ERROR SUMMARY: 1 error'; exit 1; }
+echo '========= ERROR SUMMARY: 0 errors'
+"""
+
+
 def test_session_phases_in_order_with_a_stand_in_gpu(tmp_path):
     """Every GPU phase's orchestration on the CPU: a stand-in python answers the GPU work (tests, sanitizer, bench)
-    and a stand-in compute-sanitizer reports no error; the carried cache, the merge and the packing really run."""
+    and a stand-in compute-sanitizer finds a race; the carried cache, the merge and the packing really run."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name, text in (("python", STAND_IN_PYTHON), ("results.py", STAND_IN_RESULTS),
-                       ("compute-sanitizer", "#!/usr/bin/env bash\necho \"$*\" >>\"$CALLS\"\n"
-                                             "echo '========= ERROR SUMMARY: 0 errors'\n")):
+                       ("compute-sanitizer", STAND_IN_SANITIZER)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     _fake_cache(tmp_path / "carried-cache")  # what make_gpu_artifacts.sh packs, carried in build/gpu-artifacts
@@ -126,7 +132,7 @@ def test_session_phases_in_order_with_a_stand_in_gpu(tmp_path):
     run = _session(tmp_path, extra_env={"PYTHON": str(bin_dir / "python"), "REAL": sys.executable,
                                         "STAND_IN_DIR": str(bin_dir), "CALLS": str(calls),
                                         "PATH": f"{bin_dir}:{os.environ['PATH']}"})
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]  # the race fails the session, at the end
     out = tmp_path / "out"
     files = {p.name for p in _check_out_contract(out)}
     assert files == {"session.log", "tests.log", "sanitizer.log", "bench.log", "results.json", "results.md",
@@ -136,7 +142,8 @@ def test_session_phases_in_order_with_a_stand_in_gpu(tmp_path):
     assert [p for p, _ in statuses] == ["facts", "extension", "tests", "sanitizer", "bench", "compile", "pack"], log
     st = dict(statuses)
     assert st["extension"] == "build: pass" and st["tests"] == "pass; 3 passed, 1 skipped in 0.5s"
-    assert st["sanitizer"] == "warm-up: pass;memcheck: pass;racecheck (cuda attention): pass; 0 runs with errors"
+    assert st["sanitizer"] == ("warm-up: pass;memcheck: pass;racecheck (cuda attention): fail (exit 1); 1 runs with "
+                               "errors")
     assert st["bench"] == st["compile"] == "pass" and "Triton cache" in log and "1 kernels at start" in log
     merged = {r["variant"] for r in json.loads((out / "results.json").read_text())["records"]}
     assert merged == {"eager", "triton", "compile"}  # the compile run's records merged into the first
