@@ -196,7 +196,7 @@ else
         sanitizer_job "$cap" &
         SAN_PID=$!
     else
-        echo "sanitizer: compute-sanitizer not found" >"$WORK/sanitizer.status"
+        echo "not run (compute-sanitizer is not on PATH)" >"$WORK/sanitizer.status"
         SAN_PID=""
     fi
     note tests "$(capped "$cap" "$OUT/tests.log" "${PYTEST[@]}"); $(grep -E "(passed|failed|errors?|no tests ran).* in \
