@@ -272,8 +272,11 @@ def _attention_bwd_preprocess_kernel(
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     base = b * o_stride_b + start * o_stride_s + h * o_stride_h
-    o = _load_rows(o_ptr, base, rows, seqlen, o_stride_s, offs_d, HEAD_DIM).to(tl.float32)
-    do = _load_rows(do_ptr, base, rows, seqlen, o_stride_s, offs_d, HEAD_DIM).to(tl.float32)
+    # rows past seqlen read the last row (their delta is not stored): no row mask on the loads (with one, triton 3.6's
+    # sm_90a binary of the packed variant kept a 16-byte stack frame)
+    rows_in = tl.minimum(rows, seqlen - 1)
+    o = _load_full_rows(o_ptr, base, rows_in, o_stride_s, offs_d, HEAD_DIM, BLOCK_D).to(tl.float32)
+    do = _load_full_rows(do_ptr, base, rows_in, o_stride_s, offs_d, HEAD_DIM, BLOCK_D).to(tl.float32)
     tl.store(delta_ptr + b * lse_stride_b + h * lse_stride_h + (start + rows) * lse_stride_s, tl.sum(o * do, 1),
              mask=rows < seqlen)
 
