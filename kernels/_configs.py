@@ -38,9 +38,10 @@ INTERPRETER_CONFIG = (16, 16, 1, 1)
 # first dot is S^T = K Q^T) are kept >= 16 x num_warps, and on sm_90 every config has whole warpgroups (a 2-warp
 # program cannot issue wgmma and falls back to mma.sync). `fastenc precompile --report` gives each binary's registers,
 # spills, tensor-core instructions and main-loop norm (warp-instructions per 1024 scores); for sm_90a, fp16, head dim
-# 64, seq 512 (triton 3.9), no dropout / dropout: fwd (128, 64, 4, 3) 280 / - (it spills with dropout, where
-# (128, 64, 8, 3) takes its place), dk/dv (64, 128, 8, 2) 352 / - (32, 128, 8, 2 with dropout), dq (128, 64, 8, 2)
-# 273 / 735 (benchmarks/results/2026-12-06-sm90a-static/). None spills, none serialises its wgmma (C7515).
+# 64, seq 512, triton 3.9: fwd (128, 64, 4, 3) 280 (it spills with dropout: (128, 64, 8, 3), 807), dk/dv
+# (64, 128, 8, 2) 352 (with dropout (32, 128, 8, 2), 996), dq (128, 64, 8, 2) 273 / 725 with dropout; at head dim
+# 128 the dropout forward spills at 64 queries x 64 keys and more, so it streams 32 keys (benchmarks/results/
+# 2026-12-06-sm90a-static/). None spills, fp16 or bf16, none serialises its wgmma (C7515).
 CANDIDATES: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
     "fwd": {64: [(128, 64, 4, 3), (64, 32, 4, 2)],
             128: [(128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)]},
@@ -50,7 +51,8 @@ CANDIDATES: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
            128: [(64, 32, 4, 2)]},
 }
 DROPOUT: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
-    "fwd": {64: [(128, 64, 8, 3), (64, 32, 4, 2)]},
+    "fwd": {64: [(128, 64, 8, 3), (64, 32, 4, 2)],
+            128: [(128, 32, 8, 2), (64, 32, 4, 2)]},
     "dkdv": {64: [(32, 128, 8, 2), (16, 64, 4, 2)]},
 }
 # ptxas for sm_80, fp16, loop SASS instructions x warps per 1024 (query, key) pairs, no dropout / dropout, against

@@ -339,9 +339,9 @@ def _attention_dq_block(dq, q, do, lse2, delta, k_ptr, v_ptr, k_base, v_base, k_
 @triton.jit
 def _attention_dkdv_block(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, q_base, do_base, lse_base,
                           q_stride_s, o_stride_s, lse_stride_s, b, h, row_start, col_start, seqlen, offs_d, qk_scale,
-                          seed, threshold, dropout_p, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_ROWS: tl.constexpr,
-                          DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
-                          BLOCK_N: tl.constexpr):
+                          seed, threshold, dropout_p, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                          MASK_ROWS: tl.constexpr, DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dv += P^T dO and dk += dS^T Q over one query block (P^T recomputed from lse). MASK_ROWS: the block may hold
     rows past seqlen (read as q = do = 0, lse = +inf, so their probabilities are 0); without it no mask at all."""
     rows = row_start + tl.arange(0, BLOCK_M)
