@@ -429,13 +429,14 @@ def signature(fn, dtype, const):
 
 def build(kernel, dtype, const, arch, warps=4, stages=2):
     fn = kernel.fn if hasattr(kernel, "configs") else kernel  # unwrap the autotuner
+    const = {k: v for k, v in const.items() if k in fn.arg_names}  # SCAN: forward and dq only
     src = ASTSource(fn, signature(fn, dtype, const), const)
     triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=warps, num_stages=stages))
 
 variants = ((90, "fp16", 64, True, False, True), (80, "bf16", 40, False, True, False))
 for arch, dtype, d, mask, packed, dropout in variants:
     shared = dict(HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), PACKED=packed)
-    const = dict(shared, HAS_MASK=mask, DROPOUT=dropout, INPUT_PRECISION="ieee", BLOCK_M=64, BLOCK_N=64)
+    const = dict(shared, HAS_MASK=mask, DROPOUT=dropout, INPUT_PRECISION="ieee", BLOCK_M=64, BLOCK_N=64, SCAN=512)
     for kernel in (A._attention_fwd_kernel, A._attention_bwd_dkdv_kernel, A._attention_bwd_dq_kernel):
         build(kernel, dtype, const, arch)
     build(A._attention_bwd_preprocess_kernel, dtype, dict(shared, BLOCK_M=64), arch)
