@@ -93,8 +93,8 @@ def test_precompile_refuses_bad_arguments_and_the_interpreter(capsys):
 
 def test_report_writes_the_table_and_fails_on_what_issue_33_rules_out(tmp_path, monkeypatch, capsys):
     row = dict(kernel="_attention_fwd_kernel", layout="padded", dropout=False, dtype="fp16", d=64,
-               config="128/64 w4 s3", regs=200, spill_bytes=0, shared=65536, target="sm_90a", seqlen=512, instructions=2000, hgmma=32, hmma=0,
-               c7515=False, loop_instructions=560, loop_norm=280.0)
+               config="128/64 w4 s3", regs=200, spill_bytes=0, shared=65536, target="sm_90a", seqlen=512,
+               instructions=2000, hgmma=32, hmma=0, c7515=False, loop_instructions=560, loop_norm=280.0)
     rows = [row]
     monkeypatch.setattr(P, "attention_report", lambda target, dtypes, head_dims, seqlen: [dict(r) for r in rows])
     out = tmp_path / "r.md"
