@@ -15,6 +15,10 @@ CPU autocast is taken to cast like CUDA autocast for what reaches the kernels. S
 their divisibility by 16 and the sequence-length bucket, so a small batch of the same sequence length compiles the
 same binaries: BERT-base 2x128 gave the 23 binaries of 32x128 in 16 instead of about 180 CPU seconds of host work.
 
+`--report FILE` compiles the attention kernels instead of a model and reads every binary as the GPU would run it:
+SASS counts from cuobjdump, ptxas's warnings from a second ptxas pass over the PTX (C7515: wgmma serialised), and the
+main loop's warp-instructions per 1024 scores; the static stand-in for a timing, since no GPU is needed.
+
 The cache helps only a GPU machine with the same triton build (triton's cache key hashes its own sources and
 libtriton, so the same version for the same Python) and the same kernel sources: `cache_fingerprint()` says which.
 """
