@@ -564,13 +564,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _write_report(args: argparse.Namespace) -> int:
+    header = _report_header(",".join(args.targets))  # the commit the kernels are imported from, before compiling
     try:
         rows = [r for t in args.targets for r in attention_report(t, args.dtypes, [int(d) for d in args.head_dims],
                                                                   args.seqlen)]
     except (ValueError, RuntimeError) as e:
         print(f"fastenc precompile: {e}", file=sys.stderr)
         return 2
-    text = report_markdown(rows, _report_header(",".join(args.targets)))
+    text = report_markdown(rows, header)
     args.report.write_text(text)
     args.report.with_name(args.report.name + ".json").write_text(json.dumps(rows, indent=1))
     print(text)
