@@ -68,6 +68,10 @@ AMPERE: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
     "dq": {64: [(128, 32, 8, 2), (64, 32, 4, 3)],
            128: [(64, 32, 4, 2), (32, 32, 2, 2)]},
 }
+# With dropout on sm_80 (triton 3.6), dk/dv d64 (32, 128, 8, 2) spills 8 B: 16 queries a step instead (1276-1308).
+AMPERE_DROPOUT: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
+    "dkdv": {64: [(16, 128, 8, 2), (16, 64, 4, 2), (32, 32, 2, 2)]},
+}
 FP32: dict[str, tuple[int, int, int, int]] = {"fwd": (32, 32, 4, 2), "dkdv": (16, 32, 4, 2), "dq": (32, 32, 4, 2)}
 
 
@@ -87,8 +91,8 @@ def configs(kernel: str) -> list[triton.Config]:
         raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
     if interpreter_on():
         return [_config(INTERPRETER_CONFIG)]
-    lists = [*CANDIDATES[kernel].values(), *DROPOUT.get(kernel, {}).values(), *AMPERE.get(kernel, {}).values(),
-             [FP32[kernel]]]
+    tables = (CANDIDATES, DROPOUT, AMPERE, AMPERE_DROPOUT)
+    lists = [*(cs for t in tables for cs in t.get(kernel, {}).values()), [FP32[kernel]]]
     seen = dict.fromkeys(c for cs in lists for c in cs)
     return [_config(c) for c in seen]
 
@@ -112,8 +116,13 @@ def candidates(kernel: str, block_d: int, arch: int, dropout: bool = False) -> l
     for its dropout variant if `dropout`."""
     d = 64 if block_d <= 64 else 128
     if arch < 90:
-        return AMPERE.get(kernel, {}).get(d, CANDIDATES[kernel][d])
-    return DROPOUT.get(kernel, {}).get(d, CANDIDATES[kernel][d]) if dropout else CANDIDATES[kernel][d]
+        tables = (AMPERE_DROPOUT, AMPERE) if dropout else (AMPERE,)
+    else:
+        tables = (DROPOUT,) if dropout else ()
+    for table in tables:
+        if d in table.get(kernel, {}):
+            return table[kernel][d]
+    return CANDIDATES[kernel][d]
 
 
 def kept(kernel: str, dtype_bytes: int, block_d: int, seqlen_bucket: int, max_shared: int, arch: int,

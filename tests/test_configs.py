@@ -78,11 +78,15 @@ def test_candidates_give_each_warp_its_own_rows(kernel, arch):
                     assert c[2] % 4 == 0 and C._owned_rows(kernel, c) >= 64 * (c[2] // 4), (kernel, block_d, c)
 
 
-def test_dropout_variants_get_their_own_hopper_lists():
-    for kernel, table in C.DROPOUT.items():
-        for d, cands in table.items():
-            assert C.candidates(kernel, d, 90, dropout=True) == cands != C.candidates(kernel, d, 90)
-            assert C.candidates(kernel, d, 80, dropout=True) == C.candidates(kernel, d, 80)
+def test_dropout_variants_get_their_own_lists():
+    for arch, table, other in ((90, C.DROPOUT, C.AMPERE_DROPOUT), (80, C.AMPERE_DROPOUT, C.DROPOUT)):
+        for kernel, by_d in table.items():
+            for d, cands in by_d.items():
+                assert C.candidates(kernel, d, arch, dropout=True) == cands != C.candidates(kernel, d, arch)
+        for kernel, by_d in other.items():
+            for d in by_d:
+                if d not in table.get(kernel, {}):
+                    assert C.candidates(kernel, d, arch, dropout=True) == C.candidates(kernel, d, arch)
     got = C.kept("fwd", 2, 64, 512, TARGETS["sm_90a"].max_shared, 90, dropout=True)
     assert got[0] == C.DROPOUT["fwd"][64][0]
 
