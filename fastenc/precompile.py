@@ -15,6 +15,10 @@ CPU autocast is taken to cast like CUDA autocast for what reaches the kernels. S
 their divisibility by 16 and the sequence-length bucket, so a small batch of the same sequence length compiles the
 same binaries: BERT-base 2x128 gave the 23 binaries of 32x128 in 16 instead of about 180 CPU seconds of host work.
 
+`--report FILE` compiles the attention kernels instead of a model and reads every binary as the GPU would run it:
+SASS counts from cuobjdump, ptxas's warnings from a second ptxas pass over the PTX (C7515: wgmma serialised), and the
+main loop's warp-instructions per 1024 scores; the static stand-in for a timing, since no GPU is needed.
+
 The cache helps only a GPU machine with the same triton build (triton's cache key hashes its own sources and
 libtriton, so the same version for the same Python) and the same kernel sources: `cache_fingerprint()` says which.
 """
@@ -77,39 +81,108 @@ class KernelUse:
     num_warps: int
     num_stages: int
     blocks: dict[str, int]  # the BLOCK_* constexprs of this binary
+    hash: str = ""  # Triton's cache key of the binary
     regs: int = -1
     spill_bytes: int = -1
+    sass: dict | None = None  # SassStats of the binary, with report=True
 
     @property
     def loaded(self) -> bool:
         return self.regs >= 0
 
+    @property
+    def config(self) -> str:
+        tile = "/".join(str(v) for k, v in sorted(self.blocks.items()) if k != "BLOCK_D")
+        return f"{tile} w{self.num_warps} s{self.num_stages}"
 
-@functools.cache
-def _cuobjdump() -> str:
-    import triton
 
-    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    if not path.exists():
-        raise FileNotFoundError(f"triton ships no cuobjdump at {path}")
-    return str(path)
+@dataclass
+class SassStats:
+    """What a binary's SASS and a second ptxas pass over its PTX say: instruction count (NOPs left out), tensor-core
+    instructions (HGMMA: Hopper's wgmma; HMMA: mma.sync), whether ptxas serialised the wgmma (warning C7515), and the
+    main loop, the first innermost loop that holds a tensor-core instruction: its instructions, and its norm, the
+    warp-instructions it issues per 1024 (query, key) scores (instructions x warps x 1024 / the tile's scores)."""
+
+    instructions: int
+    hgmma: int
+    hmma: int
+    c7515: bool
+    loop_instructions: int
+    loop_norm: float
+
 
 
 @functools.cache
 def resource_usage(cubin: bytes) -> tuple[int, int]:
     """(registers, stack + local bytes per thread) of the single kernel in `cubin`, read by cuobjdump."""
-    digest = hashlib.sha256(cubin).hexdigest()[:16]
-    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"fastenc-{os.getpid()}-{digest}.cubin"
-    path.write_bytes(cubin)
-    try:
-        out = subprocess.run([_cuobjdump(), "--dump-resource-usage", str(path)], capture_output=True, text=True,
+    with _scratch(cubin, ".cubin") as path:
+        out = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", str(path)], capture_output=True, text=True,
                              check=True).stdout
-    finally:
-        path.unlink()
     m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", out)
     if m is None:
         raise RuntimeError(f"cannot read cuobjdump's resource usage:\n{out}")
     return int(m[1]), int(m[2]) + int(m[3])
+
+
+def _tool(name: str) -> str:
+    import triton
+
+    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
+    if not path.exists():
+        raise FileNotFoundError(f"triton ships no {name} at {path}")
+    return str(path)
+
+
+_INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);")
+
+
+def sass_stats(cubin: bytes, ptx: str, arch: int, num_warps: int, tile_scores: int) -> SassStats:
+    """SassStats of one kernel: SASS read with triton's cuobjdump, C7515 from the ptxas Triton uses for `arch` (its
+    compute capability) run again on `ptx` (Triton does not keep its warnings)."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    with _scratch(cubin, ".cubin") as cpath, _scratch(ptx.encode(), ".ptx") as ppath:
+        sass = subprocess.run([_tool("cuobjdump"), "-sass", str(cpath)], capture_output=True, text=True,
+                              check=True).stdout
+        name = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
+        log = subprocess.run([get_ptxas(arch).path, "-v", "--regAllocOptLevel=2", f"--gpu-name={name}", str(ppath),
+                              "-o", os.devnull], capture_output=True, text=True, check=True).stderr
+    ops: list[tuple[int, str]] = []  # (address, opcode) in address order, NOPs left out
+    loops: list[tuple[int, int]] = []  # (first, last address) of each backward branch's loop
+    for m in _INSTRUCTION.finditer(sass):
+        addr, op = int(m[1], 16), m[2]
+        if op == "NOP":
+            continue
+        ops.append((addr, op))
+        t = re.fullmatch(r"(0x[0-9a-f]+)", m[3].strip())
+        if op.startswith("BRA") and t and int(t[1], 16) < addr:
+            loops.append((int(t[1], 16), addr))
+    innermost = [(a, b) for a, b in loops if not any(a <= c and d <= b and (c, d) != (a, b) for c, d in loops)]
+    body = 0
+    for a, b in sorted(innermost):
+        inside = [op for addr, op in ops if a <= addr <= b]
+        if any(op.startswith(("HGMMA", "HMMA")) for op in inside):
+            body = len(inside)
+            break
+    return SassStats(len(ops), sum(op.startswith("HGMMA") for _, op in ops),
+                     sum(op.startswith("HMMA") for _, op in ops), "C7515" in log, body,
+                     round(body * num_warps * 1024 / tile_scores, 1) if tile_scores else 0.0)
+
+
+@contextlib.contextmanager
+def _scratch(data: bytes, suffix: str) -> Iterator[Path]:
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"fastenc-{os.getpid()}-{digest}{suffix}"
+    path.write_bytes(data)
+    try:
+        yield path
+    finally:
+        path.unlink()
+
+
+def _tile_scores(blocks: dict[str, int]) -> int:
+    """(query, key) scores of one main-loop step: BLOCK_M x BLOCK_N (0 for kernels without both)."""
+    return blocks.get("BLOCK_M", 0) * blocks.get("BLOCK_N", 0)
 
 
 class _Utils:  # the part of Triton's driver.utils that its loader calls
@@ -124,6 +197,11 @@ class _Utils:  # the part of Triton's driver.utils that its loader calls
         regs, spill = resource_usage(bytes(kernel))
         use = self.driver.pending  # set by launcher_cls, which Triton's loader calls just before
         use.regs, use.spill_bytes = regs, spill
+        if self.driver.report and use.sass is None:
+            from triton.runtime.cache import get_cache_manager
+
+            ptx = Path(get_cache_manager(use.hash).get_file(f"{use.name}.ptx")).read_text()
+            use.sass = asdict(sass_stats(bytes(kernel), ptx, self.tgt.arch, use.num_warps, _tile_scores(use.blocks)))
         # module None: Triton never unloads it (it would call the real driver after this one is gone)
         return None, None, regs, spill // 4, 1024
 
@@ -134,10 +212,10 @@ class _Utils:  # the part of Triton's driver.utils that its loader calls
 class TargetDriver:
     """Triton driver stand-in: reports `tgt`, loads binaries only to read their resource usage, launches nothing."""
 
-    def __init__(self, tgt: Target):
+    def __init__(self, tgt: Target, report: bool = False):
         from triton.backends.compiler import GPUTarget
 
-        self.tgt = tgt
+        self.tgt, self.report = tgt, report  # report: read every binary's SassStats too
         self.kernels: dict[str, KernelUse] = {}  # by the compiled kernel's hash
         self.pending: KernelUse | None = None
         self.on_launch: Callable[[], None] = lambda: None  # called per (stubbed) launch: `fastenc bench --host` counts
@@ -173,7 +251,7 @@ class TargetDriver:
             consts = {names[k[0]] if isinstance(k, tuple) else k: v for k, v in src.constants.items()}
             blocks = {k: v for k, v in consts.items() if isinstance(k, str) and k.startswith("BLOCK_")}
             self.kernels[key] = KernelUse(metadata.name, metadata.shared, metadata.num_warps, metadata.num_stages,
-                                          blocks)
+                                          blocks, hash=key)
         self.pending = self.kernels[key]
         return lambda *args, **kwargs: self.on_launch()
 
@@ -208,7 +286,7 @@ def _forget_targets(objects: list) -> None:
 
 
 @contextlib.contextmanager
-def target_driver(tgt: Target) -> Iterator[TargetDriver]:
+def target_driver(tgt: Target, report: bool = False) -> Iterator[TargetDriver]:
     """Within: Triton compiles for `tgt` through the stand-in driver, the triton backend takes CPU tensors, and no
     autotune result is written to disk (its timings are not real)."""
     from triton.runtime.autotuner import Autotuner
@@ -219,7 +297,7 @@ def target_driver(tgt: Target) -> Iterator[TargetDriver]:
 
     if backends.triton_interpreter_on():
         raise RuntimeError("fastenc precompile needs the Triton compiler: unset TRITON_INTERPRET")
-    fake = TargetDriver(tgt)
+    fake = TargetDriver(tgt, report)
     objects = _kernel_objects()
     tuners = [t for t in objects if isinstance(t, Autotuner)]
     saved_cache = [t.cache_results for t in tuners]
@@ -272,7 +350,7 @@ def _run_model(model: str, dtype: str, shape: str, mode: str, layers: int) -> No
 
 
 def compile_attention(target_name: str, dtype: str, head_dim: int, dropout: bool, packed: bool, seqlen: int,
-                      heads: int = 2) -> list[KernelUse]:
+                      heads: int = 2, report: bool = False) -> list[KernelUse]:
     """Compile, for `target_name`, every attention kernel (and every config its autotuner keeps) that a forward and
     backward call of this variant runs (padded layout with a key mask, or packed); return what each binary uses."""
     from fastenc.bench import cases as C
@@ -291,10 +369,67 @@ def compile_attention(target_name: str, dtype: str, head_dim: int, dropout: bool
     mask = None if packed else torch.arange(seqlen)[None, :] < torch.tensor(lens)[:, None]
     p = 0.1 if dropout else 0.0
     seed = torch.tensor([1], dtype=torch.int64) if dropout else None
-    with target_driver(tgt) as fake:
+    with target_driver(tgt, report) as fake:
         o, lse = A.attention_fwd(q, k, v, mask, cu, seqlen, head_dim**-0.5, p, seed)
         A.attention_bwd(do, q, k, v, o, lse, mask, cu, seqlen, head_dim**-0.5, p, seed)
     return list(fake.kernels.values())
+
+
+# The attention variants of `--report`: (layout, dropout); padded = right-padded with a key padding mask.
+REPORT_CASES = (("padded", False), ("padded", True), ("packed", False), ("packed", True))
+_REPORT_COLUMNS = ("kernel", "layout", "dropout", "dtype", "d", "config", "regs", "spill B", "shared B", "SASS",
+                   "HGMMA", "HMMA", "C7515", "loop", "norm")
+
+
+def attention_report(target_name: str, dtypes: Sequence[str] = ("fp16",), head_dims: Sequence[int] = (64,),
+                     seqlen: int = 512, cases: Sequence[tuple[str, bool]] = REPORT_CASES) -> list[dict]:
+    """One row per attention binary (every config the autotuner keeps) of each variant: what `--report` writes."""
+    rows = []
+    for dtype in dtypes:
+        for d in head_dims:
+            for layout, dropout in cases:
+                for k in compile_attention(target_name, dtype, d, dropout, layout == "packed", seqlen, report=True):
+                    st = k.sass or {}
+                    rows.append(dict(kernel=k.name, layout=layout, dropout=dropout, dtype=dtype, d=d, config=k.config,
+                                     regs=k.regs, spill_bytes=k.spill_bytes, shared=k.shared, target=target_name,
+                                     seqlen=seqlen, **st))
+    return rows
+
+
+def report_problems(rows: Sequence[dict]) -> list[str]:
+    """What the issue-33 rules refuse in `rows`: C7515 (serialised wgmma), HMMA on sm_90a, spills."""
+    out = []
+    for r in rows:
+        what = f"{r['target']} {r['kernel']} {r['layout']} dropout={r['dropout']} {r['dtype']} d{r['d']} {r['config']}"
+        if r.get("c7515"):
+            out.append(f"{what}: ptxas serialised its wgmma (C7515)")
+        if r["target"].startswith("sm_90") and r.get("hmma"):
+            out.append(f"{what}: {r['hmma']} HMMA (mma.sync) instead of wgmma")
+        if r["spill_bytes"] > 0 and r["dtype"] != "fp32":
+            out.append(f"{what}: spills {r['spill_bytes']} B/thread")
+    return out
+
+
+def report_markdown(rows: Sequence[dict], header: str) -> str:
+    lines = [header, "", "| " + " | ".join(_REPORT_COLUMNS) + " |", "|" + "---|" * len(_REPORT_COLUMNS)]
+    for r in rows:
+        vals = (r["kernel"].removeprefix("_attention_").removesuffix("_kernel"), r["layout"],
+                "yes" if r["dropout"] else "no", r["dtype"], r["d"], r["config"], r["regs"], r["spill_bytes"],
+                r["shared"], r.get("instructions", "-"), r.get("hgmma", "-"), r.get("hmma", "-"),
+                ("**yes**" if r.get("c7515") else "no") if "c7515" in r else "-", r.get("loop_instructions", "-"),
+                r.get("loop_norm", "-"))
+        lines.append("| " + " | ".join(str(v) for v in vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _report_header(target_name: str) -> str:
+    import triton
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    return (f"fastenc attention binaries for {target_name}: triton {triton.__version__}, Python "
+            f"{sys.version_info.major}.{sys.version_info.minor}, commit {commit}, {time.strftime('%Y-%m-%d')}. "
+            "norm = warp-instructions of the main loop per 1024 scores.")
 
 
 def _cache_dir() -> Path:
@@ -406,7 +541,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--modes", type=_csv, default=list(MODES), help="train and/or infer (default both)")
     p.add_argument("--layers", type=int, default=1, help="encoder layers to build (default 1: all run alike)")
     p.add_argument("--json", type=Path, help="also write the report(s) as JSON here")
+    p.add_argument("--report", type=Path,
+                   help="instead of a model: compile the attention kernels (padded and packed, with and without "
+                        "dropout, every kept config) and write their registers, spills, SASS counts, C7515 and "
+                        "main-loop norms as a markdown table to this file (and FILE.json); exit 1 on C7515, HMMA on "
+                        "sm_90a or spills")
+    p.add_argument("--head-dims", type=_csv, default=["64"], help="head dims of --report (default 64)")
+    p.add_argument("--seqlen", type=int, default=512, help="sequence length of --report (default 512)")
     args = p.parse_args(argv)
+    if args.report:
+        return _write_report(args)
     try:
         reports = [precompile(t, args.model, args.dtypes, args.shapes, args.modes, args.layers) for t in args.targets]
     except (ValueError, RuntimeError) as e:
@@ -417,6 +561,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in reports], indent=1))
     return 0
+
+
+def _write_report(args: argparse.Namespace) -> int:
+    header = _report_header(",".join(args.targets))  # the commit the kernels are imported from, before compiling
+    try:
+        rows = [r for t in args.targets for r in attention_report(t, args.dtypes, [int(d) for d in args.head_dims],
+                                                                  args.seqlen)]
+    except (ValueError, RuntimeError) as e:
+        print(f"fastenc precompile: {e}", file=sys.stderr)
+        return 2
+    text = report_markdown(rows, header)
+    args.report.write_text(text)
+    args.report.with_name(args.report.name + ".json").write_text(json.dumps(rows, indent=1))
+    print(text)
+    problems = report_problems(rows)
+    for line in problems:
+        print(f"  {line}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -30,32 +30,49 @@ KERNELS = ("fwd", "dkdv", "dq")
 TUNE_KEY = ["seqlen_bucket", "BLOCK_D", "HAS_MASK", "PACKED", "DROPOUT", "INPUT_PRECISION"]
 INTERPRETER_CONFIG = (16, 16, 1, 1)
 
-# fp16 / bf16 candidates by BLOCK_D (<= 64, 128); AMPERE replaces some for sm_80 / sm_86 / sm_89, where ptxas spills
-# tiles that Hopper's wgmma layouts hold in registers. Triton lays a dot that feeds another dot (all three kernels
-# chain theirs) out with every warp along the rows of the first dot's tile, 16 rows per warp (mma.sync; a wgmma
-# warpgroup takes 64): the rows a program owns (BLOCK_M queries in fwd / dq, BLOCK_N keys in dk/dv, whose first dot
-# is S^T = K Q^T) are kept >= 16 x num_warps, else warps repeat each other's dots. ptxas, fp16, loop SASS
-# instructions x warps per 1024 (query, key) pairs, no dropout / dropout, against the lists these replaced:
-# - sm_80 dk/dv d64 776-978 / 1366-1576 (was 1608-1800 / 2784-3096), d128 1324-1704 / 2044-2608 (was 2248-3152 /
-#   3064-4744); fwd d128 1126 / 1884 (was 1202-1936 / 2082-2904); dq d128 758-866 / 1506-1694 (was 1600 / 3008);
-# - sm_90a dk/dv d64 435-968 / 1084-1576 (was 546-1808 / 1218-3048), d128 1024-1372 / 1868-2088 (was 1788-2744 /
-#   2948-4480); fwd d128 523-750 / 1053-1346 (was 1018-1360 / 1816-2128); dq d128 666 / 1278 (was 1576 / 2936).
-# None spills, fp16 or bf16 (with dropout, dq d64 (128, 64, 8, 2) spills 32-72 B on sm_80, where (128, 32, 8, 2)
-# takes its place at 498 / 1134; in bf16, fwd d128 (64, 64, 4, 2) spills on sm_80, dq d128 (32, 32, 2, 2) on sm_90a).
+# fp16 / bf16 candidates by BLOCK_D (<= 64, 128) for sm_90 (wgmma); AMPERE replaces some for sm_80 / sm_86 / sm_89
+# (mma.sync), where ptxas spills tiles that Hopper's wgmma layouts hold in registers, and DROPOUT replaces some for
+# the dropout variants (Philox takes registers). Triton lays a dot that feeds another dot (all three kernels chain
+# theirs) out with every warp along the rows of the first dot's tile, 16 rows per warp with mma.sync and 64 per
+# warpgroup of 4 warps with wgmma: the rows a program owns (BLOCK_M queries in fwd / dq, BLOCK_N keys in dk/dv, whose
+# first dot is S^T = K Q^T) are kept >= 16 x num_warps, and on sm_90 every config has whole warpgroups (a 2-warp
+# program cannot issue wgmma and falls back to mma.sync). `fastenc precompile --report` gives each binary's registers,
+# spills, tensor-core instructions and main-loop norm (warp-instructions per 1024 scores); for sm_90a, fp16, head dim
+# 64, seq 512, triton 3.9: fwd (128, 64, 4, 3) 280 (it spills with dropout: (128, 64, 8, 3), 807), dk/dv
+# (64, 128, 8, 2) 352 (with dropout (32, 128, 8, 2), 996), dq (128, 64, 8, 2) 273 / 725 with dropout; at head dim
+# 128 the dropout forward spills at 64 queries x 64 keys and more, so it streams 32 keys (benchmarks/results/
+# 2026-12-06-sm90a-static/). None spills in fp16 (bf16 checked for the d64 forward, dk/dv and dq and the d128
+# dropout forward), none serialises its wgmma (C7515).
 CANDIDATES: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
-    "fwd": {64: [(128, 64, 8, 3), (64, 32, 4, 2)],
+    "fwd": {64: [(128, 64, 4, 3), (64, 32, 4, 2)],
             128: [(128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)]},
-    "dkdv": {64: [(64, 128, 8, 2), (16, 64, 4, 2), (32, 32, 2, 2)],
-             128: [(16, 128, 8, 2), (16, 64, 4, 2), (16, 32, 2, 2)]},
+    "dkdv": {64: [(64, 128, 8, 2), (16, 64, 4, 2)],
+             128: [(16, 128, 8, 2), (16, 64, 4, 2)]},
     "dq": {64: [(128, 64, 8, 2), (64, 32, 4, 3)],
            128: [(64, 32, 4, 2)]},
 }
+DROPOUT: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
+    "fwd": {64: [(128, 64, 8, 3), (64, 32, 4, 2)],
+            128: [(128, 32, 8, 2), (64, 32, 4, 2)]},
+    "dkdv": {64: [(32, 128, 8, 2), (16, 64, 4, 2)]},
+}
+# ptxas for sm_80, fp16, loop SASS instructions x warps per 1024 (query, key) pairs, no dropout / dropout, against
+# the lists these replaced: dk/dv d64 776-978 / 1366-1576 (was 1608-1800 / 2784-3096), d128 1324-1704 / 2044-2608
+# (was 2248-3152 / 3064-4744); fwd d128 1126 / 1884 (was 1202-1936 / 2082-2904); dq d128 758-866 / 1506-1694 (was
+# 1600 / 3008). None spills, fp16 or bf16 (with dropout, dq d64 (128, 64, 8, 2) spills 32-72 B on sm_80, where
+# (128, 32, 8, 2) takes its place at 498 / 1134; in bf16, fwd d128 (64, 64, 4, 2) spills on sm_80). With issue 33's
+# kernels (mask-free main loops), triton 3.9, d64, right-padded: fwd 371, dk/dv 478, dq 358 (no dropout).
 AMPERE: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
-    "fwd": {128: [(64, 32, 4, 2)]},
+    "fwd": {64: [(128, 64, 8, 3), (64, 32, 4, 2)],
+            128: [(64, 32, 4, 2)]},
     "dkdv": {64: [(32, 128, 8, 2), (16, 64, 4, 2), (32, 32, 2, 2)],
              128: [(16, 64, 4, 2), (16, 32, 2, 2)]},
     "dq": {64: [(128, 32, 8, 2), (64, 32, 4, 3)],
            128: [(64, 32, 4, 2), (32, 32, 2, 2)]},
+}
+# With dropout on sm_80 (triton 3.6), dk/dv d64 (32, 128, 8, 2) spills 8 B: 16 queries a step instead (1276-1308).
+AMPERE_DROPOUT: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
+    "dkdv": {64: [(16, 128, 8, 2), (16, 64, 4, 2), (32, 32, 2, 2)]},
 }
 FP32: dict[str, tuple[int, int, int, int]] = {"fwd": (32, 32, 4, 2), "dkdv": (16, 32, 4, 2), "dq": (32, 32, 4, 2)}
 
@@ -76,7 +93,8 @@ def configs(kernel: str) -> list[triton.Config]:
         raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
     if interpreter_on():
         return [_config(INTERPRETER_CONFIG)]
-    lists = [*CANDIDATES[kernel].values(), *AMPERE.get(kernel, {}).values(), [FP32[kernel]]]
+    tables = (CANDIDATES, DROPOUT, AMPERE, AMPERE_DROPOUT)
+    lists = [*(cs for t in tables for cs in t.get(kernel, {}).values()), [FP32[kernel]]]
     seen = dict.fromkeys(c for cs in lists for c in cs)
     return [_config(c) for c in seen]
 
@@ -95,18 +113,26 @@ def _owned_rows(kernel: str, c: tuple[int, int, int, int]) -> int:
     return c[1] if kernel == "dkdv" else c[0]
 
 
-def candidates(kernel: str, block_d: int, arch: int) -> list[tuple[int, int, int, int]]:
-    """fp16 / bf16 candidates of `kernel` at this BLOCK_D on a GPU of compute capability `arch` (80, 86, 89, 90)."""
+def candidates(kernel: str, block_d: int, arch: int, dropout: bool = False) -> list[tuple[int, int, int, int]]:
+    """fp16 / bf16 candidates of `kernel` at this BLOCK_D on a GPU of compute capability `arch` (80, 86, 89, 90),
+    for its dropout variant if `dropout`."""
     d = 64 if block_d <= 64 else 128
-    return AMPERE.get(kernel, {}).get(d, CANDIDATES[kernel][d]) if arch < 90 else CANDIDATES[kernel][d]
+    if arch < 90:
+        tables = (AMPERE_DROPOUT, AMPERE) if dropout else (AMPERE,)
+    else:
+        tables = (DROPOUT,) if dropout else ()
+    for table in tables:
+        if d in table.get(kernel, {}):
+            return table[kernel][d]
+    return CANDIDATES[kernel][d]
 
 
-def kept(kernel: str, dtype_bytes: int, block_d: int, seqlen_bucket: int, max_shared: int, arch: int
-         ) -> list[tuple[int, int, int, int]]:
+def kept(kernel: str, dtype_bytes: int, block_d: int, seqlen_bucket: int, max_shared: int, arch: int,
+         dropout: bool = False) -> list[tuple[int, int, int, int]]:
     """The candidates `prune` keeps for this call, best first (never empty)."""
     if dtype_bytes == 4:
         return [FP32[kernel]]
-    cands = candidates(kernel, block_d, arch)
+    cands = candidates(kernel, block_d, arch, dropout)
     fits = [c for c in cands if shared_estimate(kernel, c, block_d, dtype_bytes) <= max_shared]
     fits = fits or [min(cands, key=lambda c: shared_estimate(kernel, c, block_d, dtype_bytes))]
     short = [c for c in fits if _owned_rows(kernel, c) <= max(seqlen_bucket, 16)]
@@ -123,14 +149,14 @@ def _device() -> tuple[int, int]:
 
 
 def prune(kernel: str) -> Callable:
-    """`early_config_prune` for `kernel`'s autotuner: reads the device, and dtype, BLOCK_D and seqlen_bucket of the
-    call."""
+    """`early_config_prune` for `kernel`'s autotuner: reads the device, and dtype, BLOCK_D, seqlen_bucket and DROPOUT
+    of the call."""
 
     def early_config_prune(cfgs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
         args = {**named_args, **kwargs}
         arch, max_shared = _device()
         keep = kept(kernel, args["q_ptr"].element_size(), args["BLOCK_D"], int(args["seqlen_bucket"]), max_shared,
-                    arch)
+                    arch, bool(args["DROPOUT"]))
         by_tuple = {_as_tuple(c): c for c in cfgs}
         return [by_tuple[c] for c in keep if c in by_tuple] or cfgs[:1]
 

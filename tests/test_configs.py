@@ -68,10 +68,27 @@ def test_ampere_and_hopper_lists_differ_where_ptxas_differs():
 @pytest.mark.parametrize("arch", [80, 90])
 @pytest.mark.parametrize("kernel", C.KERNELS)
 def test_candidates_give_each_warp_its_own_rows(kernel, arch):
-    # a dot chained into another puts every warp along the owned rows, 16 rows each (see _configs)
+    # a dot chained into another puts every warp along the owned rows, 16 rows each (see _configs); on sm_90 in
+    # whole warpgroups of 4 warps (wgmma), 64 rows each
     for block_d in (64, 128):
-        for c in C.candidates(kernel, block_d, arch):
-            assert C._owned_rows(kernel, c) >= 16 * c[2], (kernel, block_d, c)
+        for dropout in (False, True):
+            for c in C.candidates(kernel, block_d, arch, dropout):
+                assert C._owned_rows(kernel, c) >= 16 * c[2], (kernel, block_d, c)
+                if arch >= 90:
+                    assert c[2] % 4 == 0 and C._owned_rows(kernel, c) >= 64 * (c[2] // 4), (kernel, block_d, c)
+
+
+def test_dropout_variants_get_their_own_lists():
+    for arch, table, other in ((90, C.DROPOUT, C.AMPERE_DROPOUT), (80, C.AMPERE_DROPOUT, C.DROPOUT)):
+        for kernel, by_d in table.items():
+            for d, cands in by_d.items():
+                assert C.candidates(kernel, d, arch, dropout=True) == cands != C.candidates(kernel, d, arch)
+        for kernel, by_d in other.items():
+            for d in by_d:
+                if d not in table.get(kernel, {}):
+                    assert C.candidates(kernel, d, arch, dropout=True) == C.candidates(kernel, d, arch)
+    got = C.kept("fwd", 2, 64, 512, TARGETS["sm_90a"].max_shared, 90, dropout=True)
+    assert got[0] == C.DROPOUT["fwd"][64][0]
 
 
 def test_smaller_shared_memory_keeps_fewer_or_smaller_configs():
@@ -95,7 +112,7 @@ def test_prune_picks_from_the_autotuner_list(monkeypatch):
             named = {"q_ptr": torch.empty(1, dtype=dtype), "seqlen_bucket": bucket}
             got = C.prune(kernel)(cfgs, named, BLOCK_D=block_d, DROPOUT=True, INPUT_PRECISION="ieee")
             assert all(any(g is c for c in cfgs) for g in got)
-            want = C.kept(kernel, dtype.itemsize, block_d, bucket, TARGETS["sm_80"].max_shared, 80)
+            want = C.kept(kernel, dtype.itemsize, block_d, bucket, TARGETS["sm_80"].max_shared, 80, True)
             assert [C._as_tuple(g) for g in got] == want
 
 

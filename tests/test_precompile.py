@@ -12,6 +12,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -88,3 +89,52 @@ def test_precompile_refuses_bad_arguments_and_the_interpreter(capsys):
         P.precompile("sm_80", model="bert-tiny", shapes=["1x8"])
     assert P.main(["--target", "sm_75"]) == 2
     assert "unknown target 'sm_75'" in capsys.readouterr().err
+
+
+def test_report_writes_the_table_and_fails_on_what_issue_33_rules_out(tmp_path, monkeypatch, capsys):
+    row = dict(kernel="_attention_fwd_kernel", layout="padded", dropout=False, dtype="fp16", d=64,
+               config="128/64 w4 s3", regs=200, spill_bytes=0, shared=65536, target="sm_90a", seqlen=512,
+               instructions=2000, hgmma=32, hmma=0, c7515=False, loop_instructions=560, loop_norm=280.0)
+    rows = [row]
+    monkeypatch.setattr(P, "attention_report", lambda target, dtypes, head_dims, seqlen: [dict(r) for r in rows])
+    out = tmp_path / "r.md"
+    assert P.main(["--target", "sm_90a", "--report", str(out)]) == 0
+    text = out.read_text()
+    assert "| fwd | padded | no | fp16 | 64 | 128/64 w4 s3 | 200 | 0 | 65536 | 2000 | 32 | 0 | no | 560 | 280.0 |" \
+        in text
+    assert "triton" in text.splitlines()[0]
+    assert json.loads((tmp_path / "r.md.json").read_text()) == rows
+    rows = [dict(row, c7515=True), dict(row, hmma=64, hgmma=0), dict(row, spill_bytes=16)]
+    assert P.main(["--target", "sm_90a", "--report", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "C7515" in err and "HMMA" in err and "spills 16 B" in err
+    assert P.report_problems([dict(row, target="sm_80", hmma=64)]) == []  # mma.sync is sm_80's tensor-core path
+
+
+def test_sass_stats_finds_the_first_innermost_tensor_core_loop(monkeypatch):
+    sass = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   NOP ;
+        /*0020*/                   IADD3 R2, R2, 0x1, RZ ;
+        /*0030*/              @!P0 BRA 0x20 ;
+        /*0040*/                   HGMMA.64x64x16.F32 R24, gdesc[UR4], RZ ;
+        /*0050*/                   FFMA R3, R3, R4, R5 ;
+        /*0060*/                   HGMMA.64x64x16.F32 R24, gdesc[UR8], R24 ;
+        /*0070*/               @P1 BRA 0x40 ;
+        /*0080*/                   HMMA.16816.F32 R4, R8, R12, R4 ;
+        /*0090*/               @P1 BRA 0x80 ;
+        /*00a0*/                   EXIT ;
+    """
+
+    def fake_run(cmd, **kw):
+        out = sass if "-sass" in cmd else ""
+        err = "ptxas warning : (C7515) wgmma serialized" if "-v" in cmd else ""
+        return subprocess.CompletedProcess(cmd, 0, out, err)
+
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    monkeypatch.setattr("triton.backends.nvidia.compiler.get_ptxas", lambda arch: types.SimpleNamespace(path="ptxas"))
+    monkeypatch.setattr(P.subprocess, "run", fake_run)
+    monkeypatch.setattr(P, "_tool", lambda name: name)
+    st = P.sass_stats(b"cubin", "ptx", 90, 4, 128 * 64)
+    assert (st.instructions, st.hgmma, st.hmma, st.c7515) == (10, 2, 1, True)
+    assert st.loop_instructions == 4 and st.loop_norm == 4 * 4 * 1024 / (128 * 64)

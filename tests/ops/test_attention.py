@@ -150,6 +150,55 @@ def test_packed_matches_ref(backend, dtype, head_dim, lens):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dropout_p", [0.0, 0.3])
+def test_masks_past_full_key_blocks_and_every_pattern_in_one_batch(monkeypatch, backend, dropout_p):
+    """The key loops run mask-free up to the first masked key of each row and masked up to its last allowed key
+    (kernels/attention.py): rows whose first zero lies several blocks in, holes after it, right and left padding, a
+    row with no key, all in one batch (the interpreter's blocks are 16 keys, its mask scan 16 entries a step)."""
+    dev = device_for(backend)
+    seqlen = 50
+    q, k, v = _fused_qkv((5, seqlen, 1, 32), torch.float16, dev)
+    _skip_if_cuda_cannot(backend, q, k, v, dropout_p)
+    mask = torch.ones(5, seqlen, dtype=torch.bool)
+    mask[0, 37] = False  # first zero in the third block, allowed keys after it
+    mask[0, 45:] = False
+    mask[1, 32:] = False  # right padding at a block boundary
+    mask[2, :23] = False  # left padding
+    mask[3] = False  # no key
+    mask[4, 5::7] = False  # holes everywhere
+    mask = mask.to(dev)
+    kw = dict(key_padding_mask=mask)
+    if dropout_p:
+        seed = torch.tensor([7], dtype=torch.int64, device=dev)
+        keep = _dropout_mask_fn(backend)(seed, 5, 1, seqlen, dropout_p)
+        kw = dict(kw, dropout_p=dropout_p)
+        do = torch.randn(q.shape, dtype=q.dtype, device=dev)
+        out, grads = _run_with_seed(monkeypatch, backend, seed, q, k, v, do, **kw)
+        out64, grads64 = _ref64(q, k, v, do, dropout_mask=keep, **kw)
+        out_t, grads_t = _torch_at_dtype(q, k, v, do, dropout_mask=keep, **kw)
+        for name, g, g64, gt in zip(("o", "dq", "dk", "dv"), [out, *grads], [out64, *grads64], [out_t, *grads_t],
+                                    strict=True):
+            assert_close_to_ref(g, g64, gt, atol=ATOL[q.dtype], name=name)
+    else:
+        _check_against_ref(backend, q, k, v, **kw)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("packed", [False, True])
+def test_negative_softmax_scale(backend, packed):
+    """A negative scale reverses the scores' order: the forward moves its sign onto q (the kernel needs scale > 0 for
+    the row max of raw scores); gradients still flow to the caller's q."""
+    dev = device_for(backend)
+    if packed:
+        cu = torch.tensor([0, 9, 30], dtype=torch.int32, device=dev)
+        q, k, v = _fused_qkv((30, 2, 32), torch.float16, dev)
+        _check_against_ref(backend, q, k, v, cu_seqlens=cu, max_seqlen=21, softmax_scale=-0.3)
+    else:
+        q, k, v = _fused_qkv((2, 21, 2, 32), torch.float16, dev)
+        _check_against_ref(backend, q, k, v, key_padding_mask=_key_mask("right", 2, 21, dev), softmax_scale=-0.3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_lse_is_natural_log_sum_exp_in_both_layouts(backend):
     dev = device_for(backend)
     lens = [5, 11]
@@ -380,13 +429,14 @@ def signature(fn, dtype, const):
 
 def build(kernel, dtype, const, arch, warps=4, stages=2):
     fn = kernel.fn if hasattr(kernel, "configs") else kernel  # unwrap the autotuner
+    const = {k: v for k, v in const.items() if k in fn.arg_names}  # SCAN: forward and dq only
     src = ASTSource(fn, signature(fn, dtype, const), const)
     triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=warps, num_stages=stages))
 
 variants = ((90, "fp16", 64, True, False, True), (80, "bf16", 40, False, True, False))
 for arch, dtype, d, mask, packed, dropout in variants:
     shared = dict(HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), PACKED=packed)
-    const = dict(shared, HAS_MASK=mask, DROPOUT=dropout, INPUT_PRECISION="ieee", BLOCK_M=64, BLOCK_N=64)
+    const = dict(shared, HAS_MASK=mask, DROPOUT=dropout, INPUT_PRECISION="ieee", BLOCK_M=64, BLOCK_N=64, SCAN=512)
     for kernel in (A._attention_fwd_kernel, A._attention_bwd_dkdv_kernel, A._attention_bwd_dq_kernel):
         build(kernel, dtype, const, arch)
     build(A._attention_bwd_preprocess_kernel, dtype, dict(shared, BLOCK_M=64), arch)

@@ -1,0 +1,63 @@
+"""The attention binaries for sm_90a as the H100 would run them, judged from the compiled code (no GPU): fastenc's
+own report (`fastenc precompile --report`, fastenc/precompile.py) over fp16, head dim 64, seq 512, padded with a
+right-padding key mask, with and without dropout, every config the autotuner keeps (about 14 binaries; a minute or
+two of CPU). It fails on what issue 33 rules out for kept configs: wgmma serialised by ptxas (C7515), mma.sync
+(HMMA) on sm_90a, spills; and on main loops over the budgets that hold: forward <= 300 warp-instructions per 1024
+scores, dk/dv + dq <= 664 (Triton's tutorial: 260 and 604).
+
+Runs in a subprocess without TRITON_INTERPRET (the compiler, not the interpreter).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from fastenc import precompile as P
+from fastenc.kernels import _configs as C
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+_SCRIPT = """
+import json
+from fastenc import precompile as P
+print(json.dumps(P.attention_report("sm_90a", ["fp16"], [64], 512, [("padded", False), ("padded", True)])))
+"""
+
+
+def _config(c: tuple[int, int, int, int]) -> str:
+    return f"{c[0]}/{c[1]} w{c[2]} s{c[3]}"
+
+
+def test_sm90a_attention_binaries_keep_wgmma_unserialised_and_loops_lean(tmp_path):
+    triton_backends = pytest.importorskip("triton.backends")
+    if "nvidia" not in triton_backends.backends:
+        pytest.skip("triton has no nvidia backend here")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
+    run = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=1200)
+    assert run.returncode == 0, run.stderr[-4000:]
+    rows = json.loads(run.stdout.strip().splitlines()[-1])
+    assert not P.report_problems(rows), "\n".join(P.report_problems(rows))
+    norm = {}
+    for r in rows:
+        name = r["kernel"].removeprefix("_attention_").removesuffix("_kernel")
+        norm[name, r["dropout"], r["config"]] = r["loop_norm"]
+        if name != "bwd_preprocess":
+            assert r["hgmma"] > 0 and r["hmma"] == 0 and r["loop_instructions"] > 0, r
+    for dropout in (False, True):
+        for kernel in C.KERNELS:
+            for c in C.candidates(kernel, 64, 90, dropout):
+                assert (("fwd" if kernel == "fwd" else f"bwd_{kernel}"), dropout, _config(c)) in norm, (kernel, c)
+
+    def first(kernel: str, dropout: bool) -> float:
+        name = "fwd" if kernel == "fwd" else f"bwd_{kernel}"
+        return norm[name, dropout, _config(C.candidates(kernel, 64, 90, dropout)[0])]
+
+    assert first("fwd", False) <= 300, norm
+    assert first("dkdv", False) + first("dq", False) <= 664, norm
