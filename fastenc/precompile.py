@@ -44,6 +44,8 @@ from pathlib import Path
 
 import torch
 
+from fastenc.kernels import _triton_internals as ti  # every private triton name read here
+
 
 @dataclass(frozen=True)
 class Target:
@@ -136,16 +138,19 @@ def _tool(name: str) -> str:
 _INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);")
 
 
+def _ptxas(arch: int) -> str:
+    """The ptxas Triton compiles with for compute capability `arch`."""
+    return ti.get("triton.backends.nvidia.compiler.get_ptxas")(arch).path
+
+
 def sass_stats(cubin: bytes, ptx: str, arch: int, num_warps: int, tile_scores: int) -> SassStats:
     """SassStats of one kernel: SASS read with triton's cuobjdump, C7515 from the ptxas Triton uses for `arch` (its
     compute capability) run again on `ptx` (Triton does not keep its warnings)."""
-    from triton.backends.nvidia.compiler import get_ptxas
-
     with _scratch(cubin, ".cubin") as cpath, _scratch(ptx.encode(), ".ptx") as ppath:
         sass = subprocess.run([_tool("cuobjdump"), "-sass", str(cpath)], capture_output=True, text=True,
                               check=True).stdout
         name = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
-        log = subprocess.run([get_ptxas(arch).path, "-v", "--regAllocOptLevel=2", f"--gpu-name={name}", str(ppath),
+        log = subprocess.run([_ptxas(arch), "-v", "--regAllocOptLevel=2", f"--gpu-name={name}", str(ppath),
                               "-o", os.devnull], capture_output=True, text=True, check=True).stderr
     ops: list[tuple[int, str]] = []  # (address, opcode) in address order, NOPs left out
     loops: list[tuple[int, int]] = []  # (first, last address) of each backward branch's loop
@@ -198,9 +203,8 @@ class _Utils:  # the part of Triton's driver.utils that its loader calls
         use = self.driver.pending  # set by launcher_cls, which Triton's loader calls just before
         use.regs, use.spill_bytes = regs, spill
         if self.driver.report and use.sass is None:
-            from triton.runtime.cache import get_cache_manager
-
-            ptx = Path(get_cache_manager(use.hash).get_file(f"{use.name}.ptx")).read_text()
+            cache = ti.get("triton.runtime.cache.get_cache_manager")(use.hash)
+            ptx = Path(cache.get_file(f"{use.name}.ptx")).read_text()
             use.sass = asdict(sass_stats(bytes(kernel), ptx, self.tgt.arch, use.num_warps, _tile_scores(use.blocks)))
         # module None: Triton never unloads it (it would call the real driver after this one is gone)
         return None, None, regs, spill // 4, 1024
@@ -213,14 +217,13 @@ class TargetDriver:
     """Triton driver stand-in: reports `tgt`, loads binaries only to read their resource usage, launches nothing."""
 
     def __init__(self, tgt: Target, report: bool = False):
-        from triton.backends.compiler import GPUTarget
-
+        ti.require(ti.PRECOMPILE)
         self.tgt, self.report = tgt, report  # report: read every binary's SassStats too
         self.kernels: dict[str, KernelUse] = {}  # by the compiled kernel's hash
         self.pending: KernelUse | None = None
         self.on_launch: Callable[[], None] = lambda: None  # called per (stubbed) launch: `fastenc bench --host` counts
         self.utils = _Utils(tgt, self)
-        self._gpu_target = GPUTarget("cuda", tgt.arch, 32)
+        self._gpu_target = ti.get("triton.backends.compiler.GPUTarget")("cuda", tgt.arch, 32)
 
     @classmethod
     def is_active(cls) -> bool:
@@ -265,9 +268,9 @@ class TargetDriver:
 
 def _kernel_objects() -> list:
     """Every module-level Triton object of fastenc.kernels (autotuners and jitted functions)."""
-    from triton.runtime.jit import KernelInterface
-
     import fastenc.kernels as pkg
+
+    KernelInterface = ti.get("triton.runtime.jit.KernelInterface")  # noqa: N806 (a class)
 
     out = []
     for info in pkgutil.iter_modules(pkg.__path__):
@@ -279,19 +282,13 @@ def _kernel_objects() -> list:
 def _forget_targets(objects: list) -> None:
     """Drop what each jitted function bound to the driver's target at first use (device 0 is every target here)."""
     for obj in objects:
-        while not hasattr(obj, "device_caches") and hasattr(obj, "fn"):
-            obj = obj.fn
-        if hasattr(obj, "device_caches"):
-            obj.device_caches.clear()
+        ti.forget_device_caches(obj)
 
 
 @contextlib.contextmanager
 def target_driver(tgt: Target, report: bool = False) -> Iterator[TargetDriver]:
     """Within: Triton compiles for `tgt` through the stand-in driver, the triton backend takes CPU tensors, and no
     autotune result is written to disk (its timings are not real)."""
-    from triton.runtime.autotuner import Autotuner
-    from triton.runtime.driver import driver
-
     from fastenc import backends
     from fastenc.kernels import _configs, _launch
 
@@ -299,26 +296,25 @@ def target_driver(tgt: Target, report: bool = False) -> Iterator[TargetDriver]:
         raise RuntimeError("fastenc precompile needs the Triton compiler: unset TRITON_INTERPRET")
     fake = TargetDriver(tgt, report)
     objects = _kernel_objects()
-    tuners = [t for t in objects if isinstance(t, Autotuner)]
-    saved_cache = [t.cache_results for t in tuners]
+    tuners = [t for t in objects if isinstance(t, ti.get("triton.runtime.autotuner.Autotuner"))]
+    saved_cache = [ti.tuner_writes_disk(t) for t in tuners]
     interpreter_check = backends.triton_interpreter_on
-    saved_driver = driver._active
-    driver.set_active(fake)
+    saved_driver = ti.active_driver_slot()
+    ti.set_driver(fake)
     _forget_targets(objects)
     backends.triton_interpreter_on = lambda: True  # the triton backend takes CPU tensors: the stand-in driver runs
     for t in tuners:
-        t.cache_results = False
+        ti.set_tuner_writes_disk(t, False)
     try:
         yield fake
     finally:
         for t, c in zip(tuners, saved_cache, strict=True):
-            t.cache_results = c
-            t.cache.clear()  # fake timings picked these
-            t.__dict__.pop("do_bench", None)  # a cached property: it holds this driver's benchmarker
+            ti.set_tuner_writes_disk(t, c)
+            ti.forget_tuner_choices(t)  # fake timings picked them; its benchmarker holds this driver's
         backends.triton_interpreter_on = interpreter_check
         _configs.forget()  # choices made on fake timings
         _launch.forget()  # the kernels kept for this driver (the driver is in its key: never launched by another)
-        driver.set_active(saved_driver)
+        ti.set_driver(saved_driver)
         _forget_targets(objects)
 
 
@@ -433,9 +429,7 @@ def _report_header(target_name: str) -> str:
 
 
 def _cache_dir() -> Path:
-    from triton import knobs
-
-    return Path(knobs.cache.dir)
+    return Path(ti.cache_dir())
 
 
 def _cache_entries(root: Path) -> set[str]:
@@ -485,10 +479,11 @@ def cache_fingerprint() -> dict[str, str]:
     """What a Triton cache built here is valid for: triton's version, its cache key (hashes its sources and
     libtriton), the Python version, and the hash of fastenc's kernel sources."""
     import triton
-    from triton.runtime.cache import triton_key
 
     import fastenc.kernels as pkg
 
+    ti.require(ti.PRECOMPILE)
+    triton_key = ti.get("triton.runtime.cache.triton_key")
     src = hashlib.sha256()
     for path in sorted(Path(pkg.__path__[0]).glob("*.py")):
         src.update(path.read_bytes())

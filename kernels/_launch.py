@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 import triton
+
 from fastenc.kernels import _triton_internals as ti
 from fastenc.kernels._common import interpreter_on
 

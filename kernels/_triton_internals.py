@@ -84,6 +84,8 @@ INTERNALS = (
     Internal("triton.backends.compiler.GPUTarget", PRECOMPILE),
     Internal("triton.runtime.cache.triton_key", PRECOMPILE),
     Internal(f"{_K}.cache.dir", PRECOMPILE),
+    Internal("triton.runtime.cache.get_cache_manager", PRECOMPILE),  # --report: the PTX of a compiled kernel
+    Internal("triton.backends.nvidia.compiler.get_ptxas", PRECOMPILE),  # --report: ptxas's warnings (C7515)
     Internal("triton.runtime.interpreter.InterpretedFunction", HOST),
     Internal("triton.runtime.interpreter.InterpretedFunction.run", HOST),
     Internal("triton.compiler.compiler.LazyDict", TESTS),

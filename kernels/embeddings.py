@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from fastenc.kernels import _fakes as fakes
 from fastenc.kernels._common import (
     dropout_keep,

@@ -368,9 +368,8 @@ def test_gpu_attention_matches_ref(dtype, head_dim, layout, dropout_p, monkeypat
 @needs_cuda_backend
 def test_gpu_attention_dropout_mask_is_the_documented_scheme():
     """The CUDA mask equals the Triton backend's (one documented Philox scheme for both)."""
-    from fastenc.kernels import attention as triton_attention
-
     from fastenc import _cuda
+    from fastenc.kernels import attention as triton_attention
 
     seed = torch.tensor([2**33 + 5], dtype=torch.int64, device="cuda")
     ours = _cuda.attention_dropout_mask(seed, 2, 3, 37, 0.35)

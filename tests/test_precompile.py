@@ -1,6 +1,6 @@
 """`fastenc precompile` on the CPU: it compiles a tiny model's kernels for sm_80 and sm_90a into the given Triton
 cache, reports what it compiled, and a second run for the same target finds everything in the cache, also after the
-cache was packed and moved as benchmarks/run_gpu.sh carries it.
+cache was packed and moved as benchmarks/gpu_session.sh carries it.
 
 Runs in a subprocess without TRITON_INTERPRET (the compiler, not the interpreter), one process for all calls.
 """
@@ -12,7 +12,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import types
 
 import pytest
 
@@ -56,7 +55,7 @@ def test_precompile_both_targets_then_hits_the_cache(tmp_path):
     fp = train90["fingerprint"]
     assert set(fp) == {"triton", "triton_key", "python", "kernels"} and fp == P.cache_fingerprint()
 
-    # the cache as run_gpu.sh carries it (binaries, metadata, groups only; moved to another folder) still hits
+    # the cache as gpu_session.sh carries it (binaries, metadata, groups only; moved to another folder) still hits
     from benchmarks import gpu_kit
 
     gpu_kit.pack_cache(tmp_path / "cache", tmp_path / "triton-cache.tar.gz", 2**30)
@@ -131,8 +130,7 @@ def test_sass_stats_finds_the_first_innermost_tensor_core_loop(monkeypatch):
         err = "ptxas warning : (C7515) wgmma serialized" if "-v" in cmd else ""
         return subprocess.CompletedProcess(cmd, 0, out, err)
 
-    pytest.importorskip("triton.backends.nvidia.compiler")
-    monkeypatch.setattr("triton.backends.nvidia.compiler.get_ptxas", lambda arch: types.SimpleNamespace(path="ptxas"))
+    monkeypatch.setattr(P, "_ptxas", lambda arch: "ptxas")
     monkeypatch.setattr(P.subprocess, "run", fake_run)
     monkeypatch.setattr(P, "_tool", lambda name: name)
     st = P.sass_stats(b"cubin", "ptx", 90, 4, 128 * 64)

@@ -15,9 +15,9 @@ import sys
 
 import pytest
 import triton
-from fastenc.kernels import _triton_internals as ti
 
 from fastenc import backends
+from fastenc.kernels import _triton_internals as ti
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LOOKED_UP = [i for i in ti.INTERNALS if not i.compiled_only]

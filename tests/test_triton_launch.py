@@ -18,6 +18,7 @@ import sys
 
 import pytest
 import torch
+
 from fastenc.kernels import _launch
 from fastenc.kernels import _triton_internals as ti
 from fastenc.kernels import add_layer_norm as A
