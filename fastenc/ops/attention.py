@@ -174,19 +174,19 @@ def attention(
                          attn_bias=attn_bias, dropout_p=dropout_p, softmax_scale=scale, backend=name)
 
     name = backends.choose(call, backend, run)
+    # the padded layout's max_seqlen is its (maybe symbolic) length: no int(), which would specialise a traced graph
+    seqlen = int(max_seqlen) if packed else q.shape[1]
     if name == "torch":
         return attention_ref(q, k, v, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens,
                              max_seqlen=max_seqlen, attn_bias=attn_bias, dropout_p=dropout_p, softmax_scale=scale)
     if name == "sdpa":
         return backends.launchers(name, "attention").attention(
-            q, k, v, key_padding_mask, cu_seqlens, int(max_seqlen or q.shape[1]), attn_bias, scale, dropout_p
-        )
+            q, k, v, key_padding_mask, cu_seqlens, seqlen, attn_bias, scale, dropout_p)
     if key_padding_mask is not None:  # the kernels read a contiguous bool mask
         key_padding_mask = (key_padding_mask if key_padding_mask.dtype == torch.bool else key_padding_mask != 0)
         key_padding_mask = key_padding_mask.contiguous()
     if not grad_needed(q, k, v):
         seed = dropout_seed(q.device) if dropout_p > 0 else None
         return backends.launchers(name, "attention").attention_fwd(
-            q, k, v, key_padding_mask, cu_seqlens, int(max_seqlen or q.shape[1]), scale, dropout_p, seed)[0]
-    return AttentionFn.apply(q, k, v, key_padding_mask, cu_seqlens, int(max_seqlen or q.shape[1]), scale, dropout_p,
-                             name)
+            q, k, v, key_padding_mask, cu_seqlens, seqlen, scale, dropout_p, seed)[0]
+    return AttentionFn.apply(q, k, v, key_padding_mask, cu_seqlens, seqlen, scale, dropout_p, name)
