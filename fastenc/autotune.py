@@ -14,6 +14,11 @@ ops). The ranking of a key comes from the first source that knows it:
      the table yet, so on GPUs this is what decides until one is recorded.
 The Triton interpreter (CPU) and the CUDA backend are never auto candidates for CPU tensors.
 
+While torch.compile or torch.export traces, nothing is timed and nothing is recorded: the ranking is read once per
+traced call site and baked into the graph. A size the graph holds as a symbol (dynamic shapes, export Dims) enters
+the key as ANY, which fits every recorded value (the most specific entry wins, then the one of the largest bucket:
+the longest sequences dominate a step's time), so the choice never guards on a batch or sequence length.
+
 Every new (key, choice) is logged on the "fastenc" logger at INFO and kept for `explain()`, with each backend's
 reasons and the timings when there are some.
 
@@ -28,6 +33,7 @@ import contextlib
 import json
 import logging
 import math
+import operator
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -41,6 +47,7 @@ from fastenc import backends
 log = logging.getLogger("fastenc")
 
 KEY_FIELDS = ("op", "device", "dtype", "head_dim", "hidden", "layout", "dropout", "bucket")
+ANY = "any"  # a key field that is symbolic while torch.compile traces: it fits every recorded value
 DEFAULT_ORDER = {"cuda": ("cuda", "triton", "sdpa", "torch"), "other": ("sdpa", "torch")}
 # Where the default must not prefer a kernel estimated slower than torch's own: (op, "cuda") -> (order, why). Until a
 # GPU run is recorded, attention on CUDA tensors ranks torch's fused attention first.
@@ -79,10 +86,15 @@ def _device_name(device: torch.device) -> str:
     return name
 
 
+def _key(op: str, device: torch.device, dtype: torch.dtype, head_dim: int | str | None, hidden: int | str | None,
+         layout: str, dropout: bool, length: int | str) -> tuple:
+    return (op, _device_name(device), str(dtype).removeprefix("torch."), head_dim, hidden, layout, dropout,
+            ANY if length == ANY else _bucket(length))
+
+
 def key_of(call: backends.Call) -> tuple:
     """The key auto ranks by, in KEY_FIELDS order."""
-    return (call.op, _device_name(call.device), str(call.dtype).removeprefix("torch."), call.head_dim, call.hidden,
-            call.layout, call.dropout, _bucket(call.length))
+    return _key(call.op, call.device, call.dtype, call.head_dim, call.hidden, call.layout, call.dropout, call.length)
 
 
 def _key_str(key: tuple) -> str:
@@ -121,16 +133,27 @@ def set_table(entries: list[dict[str, Any]] | None) -> None:
     _rankings.clear()
 
 
+def _matches(fields: dict[str, Any], match: dict[str, Any]) -> bool:
+    """Whether recorded key fields `match` fit `fields`; a field that is ANY in `fields` fits any recorded value."""
+    return all(fields[f] == ANY or fields[f] == v for f, v in match.items())
+
+
+def _specificity(fields: dict[str, Any], match: dict[str, Any]) -> tuple[int, int]:
+    """How well a matching entry fits: the fields it names that `fields` knows, then (for a traced call whose length
+    is ANY) the entry's bucket: the longest sequences dominate the time of a step."""
+    return sum(fields[f] != ANY for f in match), match.get("bucket") or 0
+
+
 def _table_entry(key: tuple) -> dict[str, Any] | None:
     global _table
     if _table is None:
         _table = load_table()
     fields = dict(zip(KEY_FIELDS, key, strict=True))
-    best, best_size = None, -1
+    best, best_rank = None, (-1, -1)
     for entry in _table:
         match = entry["match"]
-        if all(fields[f] == v for f, v in match.items()) and len(match) > best_size:
-            best, best_size = entry, len(match)
+        if _matches(fields, match) and (rank := _specificity(fields, match)) > best_rank:
+            best, best_rank = entry, rank
     return best
 
 
@@ -236,11 +259,13 @@ def _ranking(call: backends.Call, key: tuple, run: Callable[[str], Any] | None,
     if cached is not None and not (measure and cached[1] != _TUNED):
         return cached
     ks = _key_str(key)
-    tuned = _tuned_entries().get(ks)
+    tuned = _tuned_entries().get(ks) if ANY not in key else _tuned_fitting(key)
     if tuned is None and measure:
         tuned = _measure(call, run, supported)
         _tuned_entries()[ks] = tuned
         _save_tuned()
+        for stale in [k for k in _rankings if ANY in k]:  # traced keys read the timings of every bucket
+            del _rankings[stale]
     if tuned:
         result = tuple(sorted(tuned, key=tuned.__getitem__)), _TUNED, tuned
     elif (entry := _table_entry(key)) is not None:
@@ -253,21 +278,56 @@ def _ranking(call: backends.Call, key: tuple, run: Callable[[str], Any] | None,
     return result
 
 
-def _traced_order(key: tuple, names: tuple[str, ...]) -> tuple[str, ...]:
-    """The ranking of `key` restricted to `names`, without timing: what torch.compile bakes into a graph."""
-    order, _, ms = _ranking(None, key, None, [])
+def _tuned_fitting(key: tuple) -> dict[str, float] | None:
+    """The timings tuned for a key with ANY fields: of the fitting tuned key with the largest bucket."""
+    want = _key_str(key).split("|")
+    best, best_bucket = None, -1
+    for ks, ms in _tuned_entries().items():
+        got = ks.split("|")
+        if len(got) == len(want) and all(w.endswith(f"={ANY}") or g == w for g, w in zip(got, want, strict=True)):
+            bucket = int(got[-1].partition("=")[2])
+            if bucket > best_bucket:
+                best, best_bucket = ms, bucket
+    return best
+
+
+def _traced_order(fields: tuple, names: tuple[str, ...]) -> tuple[str, ...]:
+    """The ranking of a traced call (`_key`'s arguments, ANY for a symbolic size) restricted to `names`, without
+    timing: what torch.compile bakes into a graph."""
+    order, _, ms = _ranking(None, _key(*fields), None, [])
     return tuple(n for n in order if n in names and ms.get(n, 0.0) != math.inf)
 
 
-# reads files and module state: torch.compile runs it once at trace time and keeps the result (see backends)
+# reads files and module state: torch.compile runs it once per distinct arguments at trace time and keeps the result
+# (see backends); its arguments must be Python constants, hence ANY in place of a symbolic size
 setattr(_traced_order, backends._DYNAMO_CONSTANT_FLAG, True)
 
 
+def _known(size: int | None) -> int | str | None:
+    """A size as a Python constant while torch.compile traces: its value when the graph holds it as one, else ANY
+    (dynamo presents a symbolic size as an int to isinstance, so it is asked with has_static_value)."""
+    from torch.fx.experimental.symbolic_shapes import has_static_value  # not at import: ~1 s; tracing loaded it
+
+    if size is None:
+        return None
+    return operator.index(size) if has_static_value(size) else ANY  # index(): a constant, where int() stays symbolic
+
+
 def pick(call: backends.Call, run: Callable[[str], Any] | None = None) -> str:
-    """Backend "auto": the best-ranked backend that supports the call (the reference when no other does)."""
+    """Backend "auto": the best-ranked backend that supports the call (the reference when no other does).
+
+    While torch.compile traces, the ranking is read without timing, and a size that is symbolic (dynamic shapes,
+    torch.export's Dims) is ANY: the choice then depends only on what the graph is specialised on anyway (device,
+    dtype, head dim, hidden size, layout, dropout, features), so it adds no guard on a batch or sequence length and
+    no recompilation; a length the graph holds as a constant keeps its bucket."""
     names = candidates(call)
     if torch.compiler.is_compiling():
-        for name in _traced_order(key_of(call), names):
+        # dropout_p may be a symbolic float (dynamo makes a float default argument a graph input under dynamic=True):
+        # a branch on it is a guard the compiler keeps (the reasons below branch on it anyway), bool() would not be
+        dropout = True if call.dropout else False  # noqa: SIM210
+        fields = (call.op, call.device, call.dtype, _known(call.head_dim), _known(call.hidden), call.layout, dropout,
+                  _known(call.length))
+        for name in _traced_order(fields, names):
             if not backends.not_supported_reasons(name, call):
                 return name
         return "torch"

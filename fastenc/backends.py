@@ -42,8 +42,19 @@ IMPLEMENTS: dict[str, tuple[str, ...]] = {
 SUPPORT_KEYS = ("devices", "dtypes", "head_dims", "max_head_dim", "max_hidden", "min_capability", "layouts",
                 "dropout", "features")
 
-_state = threading.local()
-_default: str | None = None
+
+class _State(threading.local):
+    """Per-thread stack of use_backend names; every thread starts with an empty one (no attribute that appears
+    later, which would fail a torch.compile guard taken while it was missing)."""
+
+    def __init__(self) -> None:
+        self.stack: list[str] = []
+
+
+_state = _State()
+# set_backend's name, else FASTENC_BACKEND as given (checked at use, so that a bad value fails there, not at import);
+# never changed by a call, so a graph traced with it stays valid until set_backend changes it
+_default: str = os.environ.get("FASTENC_BACKEND", "auto")
 
 
 class BackendNotSupportedError(RuntimeError):
@@ -56,17 +67,10 @@ def _check_name(name: str) -> str:
     return name.lower()
 
 
-def _env_default() -> str:
-    global _default
-    if _default is None:
-        _default = _check_name(os.environ.get("FASTENC_BACKEND", "auto"))
-    return _default
-
-
 def get_backend() -> str:
     """The backend in force on this thread: the innermost `use_backend`, else `set_backend`, else FASTENC_BACKEND."""
-    stack = getattr(_state, "stack", None)
-    return stack[-1] if stack else _env_default()
+    stack = _state.stack
+    return stack[-1] if stack else _check_name(_default)
 
 
 def _check_available(name: str) -> str:
@@ -90,9 +94,7 @@ def set_backend(name: str) -> None:
 def use_backend(name: str) -> Iterator[None]:
     """Run the enclosed code with another backend; restores the previous one on exit (thread-local)."""
     name = _check_available(name)
-    stack = getattr(_state, "stack", None)
-    if stack is None:
-        stack = _state.stack = []
+    stack = _state.stack
     stack.append(name)
     try:
         yield
@@ -181,6 +183,8 @@ _modules: dict[tuple[str, str], ModuleType] = {}
 def launchers(name: str, op: str) -> ModuleType:
     """The module of backend `name` for `op`: its launchers (`<op>_fwd` / `<op>_bwd`, or `<op>` for sdpa) and its
     SUPPORT declaration. Traceable by torch.compile (fullgraph): the import happens once, outside the graph."""
+    if torch.compiler.is_compiling():  # no cache read while tracing: its first entry would fail a guard (below)
+        return sys.modules[_launchers_module_name(name, op)]
     module = _modules.get((name, op))
     if module is None:
         module = _modules[(name, op)] = sys.modules[_launchers_module_name(name, op)]
@@ -294,11 +298,16 @@ def not_supported_reasons(name: str, call: Call) -> list[str]:
     if name == "torch":
         return []
     signature = call.signature()
-    entry = _declared.get((name, signature))
+    # While torch.compile traces, the caches are not read: dynamo guards on a dict's contents, so a graph traced
+    # before (or while) an entry is added would be compiled again at the next call. The reasons are metadata only,
+    # computed at trace time and never in the graph.
+    entry = None if torch.compiler.is_compiling() else _declared.get((name, signature))
     if entry is None:
         declared = _static_reasons(name, call)
-        hook = None if declared else getattr(_modules[(name, call.op)], "not_supported_reasons", None)
-        entry = _declared[(name, signature)] = (declared, hook)
+        hook = None if declared else getattr(launchers(name, call.op), "not_supported_reasons", None)
+        entry = (declared, hook)
+        if not torch.compiler.is_compiling():
+            _declared[(name, signature)] = entry
     declared, hook = entry
     if declared:
         return list(declared)

@@ -267,6 +267,40 @@ def test_auto_follows_the_table_most_specific_entry_first():
         autotune.load_table(path)
 
 
+def test_traced_auto_never_guards_on_a_symbolic_length():
+    """Under dynamic shapes the length bucket is ANY: every bucket's entry fits, the largest bucket's wins, and one
+    graph serves every length (no guard on it). A static compile keeps the bucket of its length, as eager does."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    autotune.set_table([
+        {"match": {"op": "attention", "device": "cpu", "bucket": 8}, "order": ["torch", "sdpa"], "source": "t"},
+        {"match": {"op": "attention", "device": "cpu", "bucket": 64}, "order": ["sdpa", "torch"], "source": "t"},
+        {"match": {"op": "attention", "device": "cpu", "bucket": 16}, "order": ["torch", "sdpa"], "source": "t"},
+    ])
+
+    def f(q, k, v):
+        return attention(q, k, v)
+
+    for dynamic, expected in ((True, "sdpa"), (False, "torch")):
+        torch._dynamo.reset()
+        counter = CompileCounterWithBackend("eager")
+        compiled = torch.compile(f, backend=counter, fullgraph=True, dynamic=dynamic)
+        for seq in (5, 7, 6):  # bucket 8 (eager: torch first)
+            q, k, v = (torch.randn(2, seq, 2, 8) for _ in range(3))
+            out = compiled(q, k, v)
+            assert torch.equal(out, attention(q, k, v, backend=expected)), (dynamic, seq)
+            assert not torch.equal(out, attention(q, k, v, backend={"sdpa": "torch", "torch": "sdpa"}[expected]))
+        assert counter.frame_count == (1 if dynamic else 3)
+    assert torch.equal(attention(q, k, v), attention(q, k, v, backend="torch"))
+    # timings tuned on this device come first, again those of the largest bucket: here the opposite of the table
+    for seq, fastest in ((40, "torch"), (5, "sdpa")):
+        with autotune.tuning(lambda name, fn, device, fastest=fastest: 1.0 if name == fastest else 2.0):
+            attention(*(torch.randn(2, seq, 2, 8) for _ in range(3)))
+    torch._dynamo.reset()
+    out = torch.compile(f, backend="eager", fullgraph=True, dynamic=True)(q, k, v)
+    assert torch.equal(out, attention(q, k, v, backend="torch"))
+
+
 def test_auto_from_a_timer_picks_the_fastest_measured_and_caches_it_on_disk():
     q, k, v = (t.requires_grad_() for t in _qkv())
     times = {"sdpa": 3.0, "torch": 1.0}  # the opposite of the shipped table

@@ -32,6 +32,17 @@ import torch.nn.functional as F
 from fastenc.models.blocks import ATTN_IMPLEMENTATION, install_blocks
 from fastenc.models.hf_internals import refresh_recordable, requested_attn_implementation
 from fastenc.models.packing import tracing, unpad_scope
+from fastenc.ops.embeddings import ID_DTYPES
+
+
+def _known_zero(size: int) -> bool:
+    """size == 0; a traced size only when it is known to be 0 (guard_or_false), so that the check adds no guard on a
+    symbolic batch or sequence length (torch.export's Dims may start at 0)."""
+    if not torch.compiler.is_compiling():
+        return size == 0
+    from torch.fx.experimental.symbolic_shapes import guard_or_false  # loaded by tracing; ~1 s to import otherwise
+
+    return guard_or_false(size == 0)
 
 
 def check_encoder_config(config: Any, cls_name: str) -> None:
@@ -174,6 +185,8 @@ class FastencModel:
         if ids is not None:
             if not isinstance(ids, torch.Tensor):
                 raise TypeError(f"input_ids must be a torch.Tensor, got {type(ids).__name__}")
+            if ids.dtype not in ID_DTYPES:
+                raise TypeError(f"input_ids must hold integer ids (torch.long or torch.int), got dtype {ids.dtype}")
             if ids.dim() != dims:
                 raise ValueError(f"input_ids must be {dims}-D, got shape {tuple(ids.shape)}")
             shape = tuple(ids.shape)
@@ -181,6 +194,9 @@ class FastencModel:
             if not isinstance(embeds, torch.Tensor) or embeds.dim() != dims + 1:
                 raise ValueError(f"inputs_embeds must be a {dims + 1}-D tensor")
             shape = tuple(embeds.shape[:-1])
+        if any(_known_zero(n) for n in shape):
+            raise ValueError(f"{'input_ids' if ids is not None else 'inputs_embeds'} has shape {shape}: an empty batch "
+                             f"or zero-length sequences cannot run (nor can they in transformers' attention)")
         if mask is None:
             return
         if not isinstance(mask, torch.Tensor):

@@ -8,8 +8,12 @@ layout:
   - sequences flattened by the caller, as transformers' DataCollatorWithFlattening gives them: rows of concatenated
     sequences whose position_ids restart at the row's first value (`packing_from_positions`), or the collator's
     flash-attention kwargs cu_seq_lens_q / max_length_q; each sequence then attends only to itself;
-  - nothing else: left-padded batches (the pooler reads position 0), traced or graph-captured calls (data-dependent
-    shapes) stay padded.
+  - nothing else: left-padded batches (the pooler reads position 0), traced or graph-captured calls stay padded.
+    Packing needs the token count and the longest row on the host (one read), sizes that torch.compile and
+    torch.export could only hold as unbacked symbols: every traced op after the gather would then need them checked
+    at run time, and SDPA's CPU path loops over sequences. A traced call runs padded instead, with the same numbers
+    as transformers at every position, and its graph is independent of the padding pattern; the price is the compute
+    on padding, measured in benchmarks/results/compile-dynamic-shapes.md (eager CPU as the proxy).
 
 Trade-off: transformers also computes values at padded query positions (they attend to the real keys); the packed
 path skips that work, so every real position, the pooled output and every loss that ignores padded positions are

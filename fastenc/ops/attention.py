@@ -140,7 +140,7 @@ def _check_layout(q, k, v, key_padding_mask, cu_seqlens, max_seqlen) -> None:
             raise ValueError("key_padding_mask and cu_seqlens are exclusive: packed batches carry no padding")
         if cu_seqlens.dim() != 1 or cu_seqlens.dtype != torch.int32 or cu_seqlens.numel() < 2:
             raise ValueError(f"cu_seqlens must be int32 [batch + 1], got {cu_seqlens.dtype} {tuple(cu_seqlens.shape)}")
-        if max_seqlen is None or int(max_seqlen) < 1:
+        if max_seqlen is None or max_seqlen < 1:
             raise ValueError(f"max_seqlen must be a positive int with cu_seqlens, got {max_seqlen!r}")
 
 
@@ -162,10 +162,12 @@ def attention(
     dropout_p = check_dropout_p(dropout_p)
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     packed = cu_seqlens is not None
+    # the padded layout's max_seqlen is its length; a traced one may be symbolic: int() would specialise the graph
+    seqlen = (max_seqlen if isinstance(max_seqlen, torch.SymInt) else int(max_seqlen)) if packed else q.shape[1]
     call = backends.Call(
         "attention", {"q": q, "k": k, "v": v, "key_padding_mask": key_padding_mask, "cu_seqlens": cu_seqlens,
                       "attn_bias": attn_bias},
-        length=int(max_seqlen) if packed else q.shape[1], layout="packed" if packed else "padded",
+        length=seqlen, layout="packed" if packed else "padded",
         head_dim=q.shape[-1], dropout=dropout_p > 0, features=("attn_bias",) if attn_bias is not None else (),
     )
 
@@ -179,14 +181,12 @@ def attention(
                              max_seqlen=max_seqlen, attn_bias=attn_bias, dropout_p=dropout_p, softmax_scale=scale)
     if name == "sdpa":
         return backends.launchers(name, "attention").attention(
-            q, k, v, key_padding_mask, cu_seqlens, int(max_seqlen or q.shape[1]), attn_bias, scale, dropout_p
-        )
+            q, k, v, key_padding_mask, cu_seqlens, seqlen, attn_bias, scale, dropout_p)
     if key_padding_mask is not None:  # the kernels read a contiguous bool mask
         key_padding_mask = (key_padding_mask if key_padding_mask.dtype == torch.bool else key_padding_mask != 0)
         key_padding_mask = key_padding_mask.contiguous()
     if not grad_needed(q, k, v):
         seed = dropout_seed(q.device) if dropout_p > 0 else None
         return backends.launchers(name, "attention").attention_fwd(
-            q, k, v, key_padding_mask, cu_seqlens, int(max_seqlen or q.shape[1]), scale, dropout_p, seed)[0]
-    return AttentionFn.apply(q, k, v, key_padding_mask, cu_seqlens, int(max_seqlen or q.shape[1]), scale, dropout_p,
-                             name)
+            q, k, v, key_padding_mask, cu_seqlens, seqlen, scale, dropout_p, seed)[0]
+    return AttentionFn.apply(q, k, v, key_padding_mask, cu_seqlens, seqlen, scale, dropout_p, name)

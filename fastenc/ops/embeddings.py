@@ -53,13 +53,16 @@ def embeddings_ref(
     return F.dropout(y, dropout_p, training=True) if dropout_p > 0 else y
 
 
+ID_DTYPES = (torch.int64, torch.int32)  # what torch's embedding gather takes
+
+
 def _check_ids(ids: torch.Tensor | None, name: str, shape: torch.Size) -> torch.Tensor | None:
     """Type and shape of one id tensor; broadcast to the input's shape."""
     if ids is None:
         return None
     if not isinstance(ids, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of integer ids, got {type(ids).__name__}")
-    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+    if ids.dtype not in ID_DTYPES:  # uint8 / int16 would reach torch's gather, whose error names no argument
         raise TypeError(f"{name} must hold integer ids (torch.long or torch.int), got dtype {ids.dtype}")
     try:
         return ids.expand(shape)
@@ -167,7 +170,9 @@ def embeddings(
                        "word_embeddings": word_embeddings, "position_embeddings": position_embeddings,
                        "token_type_embeddings": token_type_embeddings, "weight": weight, "bias": bias,
                        "inputs_embeds": inputs_embeds},
-        length=shape.numel(), hidden=e, dropout=dropout_p > 0,
+        # numel() of the tensor, not of its torch.Size: Size.numel() specialises symbolic sizes while tracing
+        length=input_ids.numel() if inputs_embeds is None else inputs_embeds.numel() // e, hidden=e,
+        dropout=dropout_p > 0,
         features=("inputs_embeds",) if inputs_embeds is not None else (),
     )
 

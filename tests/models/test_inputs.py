@@ -56,6 +56,31 @@ def test_float_ids(bert, roberta):
         bert(torch.tensor([[1, 2, 3]]), token_type_ids=torch.zeros(1, 3))
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16])
+def test_narrow_integer_ids_name_the_argument(bert, dtype):
+    """torch's gather takes int64 / int32 ids only; its own error names no argument."""
+    with pytest.raises(TypeError, match=f"input_ids must hold integer ids .*{dtype}"):
+        bert(torch.tensor([[1, 2, 3]], dtype=dtype))
+    with pytest.raises(TypeError, match=f"token_type_ids must hold integer ids .*{dtype}"):
+        bert(torch.tensor([[1, 2, 3]]), token_type_ids=torch.zeros(1, 3, dtype=dtype))
+    out = bert(torch.tensor([[1, 2, 3]], dtype=torch.int32)).last_hidden_state
+    torch.testing.assert_close(out, bert(torch.tensor([[1, 2, 3]])).last_hidden_state, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (3, 0)], ids=["no-rows", "zero-length"])
+def test_empty_batch_or_zero_length_names_the_argument(shape):
+    """transformers cannot run these either (a reshape error); fastenc says which argument, with or without a mask,
+    for a head and for the multiple-choice layout."""
+    for name, full in (("BertForSequenceClassification", shape), ("DistilBertForMultipleChoice", (2, *shape))):
+        model = fastenc.from_hf(build_hf(name))
+        ids = torch.randint(3, 99, full)
+        for mask in (None, torch.ones(full, dtype=torch.long)):
+            with pytest.raises(ValueError, match=r"input_ids has shape .*empty batch or zero-length"):
+                model(ids, attention_mask=mask)
+        with pytest.raises(ValueError, match=r"inputs_embeds has shape .*empty batch or zero-length"):
+            model(inputs_embeds=torch.randn(*full, 32))
+
+
 def test_mask_shape_must_match_input_ids(bert):
     inp = inputs("bert", batch=2, seq=6)
     with pytest.raises(ValueError, match="attention_mask must have the shape of input_ids"):
