@@ -55,7 +55,7 @@ def missing_reason(what: str, detail: str) -> str:
 
 def lookup(what: str) -> Any | None:
     """The private object serving `what` (a MODULE_NAMES key), or None, with a warning and an explain() note, when
-    this transformers release does not have it."""
+    this transformers release does not have it. Every name is looked up once, when this module is imported."""
     value = _found.get(what, _MISSING)
     if value is _MISSING:
         module, name = MODULE_NAMES[what]
@@ -108,6 +108,10 @@ def requested_attn_implementation(config: Any) -> str | None:
                 "keeping an explicitly requested eager attention", f"config.{ATTN_IMPLEMENTATION_ATTR}"))
         return None
     return getattr(config, ATTN_IMPLEMENTATION_ATTR)
+
+
+for _what in MODULE_NAMES:  # at import: a lookup inside a torch.compile trace is then a dict read
+    lookup(_what)
 
 
 def is_capture_hook(hook: Any) -> bool:

@@ -11,6 +11,8 @@ milliseconds, so the shape schedule is long and the number of compilations small
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 import torch._dynamo
@@ -116,6 +118,16 @@ def test_dynamic_fullgraph_every_family(name):
     (ours, breaks), (theirs, _) = compare(name, "eager", True, masks=("padded", "full"), fullgraph=True,
                                           dynamic=True)
     assert breaks == 0 and ours <= theirs, f"{name}: fastenc {ours} graphs, transformers {theirs}"
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="inductor compiles C++ on the CPU: no compiler here")
+def test_dynamic_fullgraph_inductor_forward():
+    """inductor where a C++ compiler exists (the fakes' shapes and strides are what it plans buffers from): BERT's
+    forward, fullgraph + dynamic over every length and batch size (one graph for either model, the mask padded)."""
+    (ours, breaks), (theirs, _) = compare("BertModel", "inductor", False, masks=("padded",), fullgraph=True,
+                                          dynamic=True)
+    assert breaks == 0 and ours <= theirs, f"fastenc {ours} graphs, transformers {theirs}"
 
 
 def test_default_compile_recompiles_no_more_than_transformers():
