@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from fastenc import backends
+from fastenc.timing import time_calls
 
 log = logging.getLogger("fastenc")
 
@@ -71,7 +72,8 @@ _tune_state: dict[str, Any] = {"on": None, "timer": None}
 _notes: dict[str, str] = {}  # topic -> why a path is off (a block left to transformers, a missing internal)
 
 
-def _bucket(n: int) -> int:
+def length_bucket(n: int) -> int:
+    """The bucket a key holds for a length: the next power of two."""
     return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
 
@@ -89,7 +91,7 @@ def _device_name(device: torch.device) -> str:
 def _key(op: str, device: torch.device, dtype: torch.dtype, head_dim: int | str | None, hidden: int | str | None,
          layout: str, dropout: bool, length: int | str) -> tuple:
     return (op, _device_name(device), str(dtype).removeprefix("torch."), head_dim, hidden, layout, dropout,
-            ANY if length == ANY else _bucket(length))
+            ANY if length == ANY else length_bucket(length))
 
 
 def key_of(call: backends.Call) -> tuple:
@@ -194,7 +196,7 @@ def tuning_on() -> bool:
 @contextlib.contextmanager
 def tuning(timer: Timer | None = None) -> Iterator[None]:
     """Time the candidates of every auto call whose key has no timing yet (the results are cached on disk).
-    `timer(backend, fn, device) -> milliseconds` replaces the default (median of fastenc.bench.timing)."""
+    `timer(backend, fn, device) -> milliseconds` replaces the default (median of fastenc.timing)."""
     saved = dict(_tune_state)
     _tune_state.update(on=True, timer=timer)
     try:
@@ -213,8 +215,6 @@ def forget_tuning() -> None:
 
 
 def _default_timer(backend: str, fn: Callable[[], Any], device: torch.device) -> float:
-    from fastenc.bench.timing import time_calls
-
     return time_calls([fn], device, warmup_ms=10.0, rep_ms=50.0, min_runs=3).median_ms
 
 
@@ -388,36 +388,3 @@ def tune(model: Callable[..., Any], inputs: Iterable[Any], *, backward: bool = F
                 first = out[0] if isinstance(out, (tuple, list)) or hasattr(out, "to_tuple") else out
                 first.float().sum().backward()
     return explain()
-
-
-def table_from_results(doc: dict[str, Any]) -> dict[str, Any]:
-    """An auto table (the format of auto_table.json) from a `fastenc bench` results document: for every op case,
-    the backends measured side by side, fastest first (the "eager" baseline is backend "torch"), timed forward +
-    backward where the run did so, else forward. Its one run is named from the device, date and commit."""
-    from fastenc.bench import cases as C
-
-    meta, dims = doc["meta"], doc["settings"]["op_dims"]
-    device = meta.get("capability") or meta["device_type"]
-    run = f"{device}-{meta['date'][:10]}-{(meta.get('git_commit') or 'nocommit')[:12]}"
-    groups: dict[tuple, dict[str, dict[str, float]]] = {}
-    for r in doc["records"]:
-        if r["kind"] != "op" or r["status"] != "ok" or r["variant"] == "compile":
-            continue
-        groups.setdefault((r["name"], r["dtype"], r["shape"], r["batch"], r["seq"]), {}).setdefault(
-            r["mode"], {})["torch" if r["variant"] == "eager" else r["variant"]] = r["ms"]
-    entries = []
-    for (name, dtype, _, batch, seq), modes in sorted(groups.items()):
-        op = C.public_op(name)
-        match: dict[str, Any] = {"op": op, "device": device, "dtype": str(C.DTYPES[dtype]).removeprefix("torch.")}
-        if op == "attention":
-            match.update(head_dim=dims["hidden"] // dims["heads"], layout="packed" if name != op else "padded",
-                         dropout=False, bucket=_bucket(seq))
-        else:
-            match.update(hidden=dims["inter"] if op == "bias_gelu" else dims["hidden"], layout="rows",
-                         dropout=False, bucket=_bucket(batch * seq))
-        ms = modes.get("fwd+bwd") or modes["fwd"]
-        entries.append({"match": match, "order": sorted(ms, key=ms.__getitem__), "source": run, "ms": ms,
-                         "mode": "fwd+bwd" if "fwd+bwd" in modes else "fwd"})
-    runs = {run: {k: meta.get(k) for k in ("device", "torch", "triton", "cuda", "git_commit", "date")}}
-    return {"format": 1, "note": "recorded by fastenc bench; merge its entries and run into fastenc/auto_table.json",
-            "runs": runs, "entries": entries}

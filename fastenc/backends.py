@@ -61,7 +61,7 @@ class BackendNotSupportedError(RuntimeError):
     """A backend was asked for by name and cannot run the call; the message lists every backend's reasons."""
 
 
-def _check_name(name: str) -> str:
+def check_name(name: str) -> str:
     if not isinstance(name, str) or name.lower() not in _CHOICES:
         raise ValueError(f"backend must be one of {_CHOICES}, got {name!r}")
     return name.lower()
@@ -70,11 +70,11 @@ def _check_name(name: str) -> str:
 def get_backend() -> str:
     """The backend in force on this thread: the innermost `use_backend`, else `set_backend`, else FASTENC_BACKEND."""
     stack = _state.stack
-    return stack[-1] if stack else _check_name(_default)
+    return stack[-1] if stack else check_name(_default)
 
 
 def _check_available(name: str) -> str:
-    name = _check_name(name)
+    name = check_name(name)
     if name != "auto":
         reason = unavailable_reason(name)
         if reason:
@@ -326,23 +326,10 @@ def _static_reasons(name: str, call: Call) -> list[str]:
     return _declared_reasons(launchers(name, call.op).SUPPORT[call.op], call)
 
 
-def _error(call: Call, name: str) -> BackendNotSupportedError:
+def not_supported_error(call: Call, name: str) -> BackendNotSupportedError:
     lines = [f"fastenc.ops.{call.op}: backend {name!r} cannot run this call:"]
     names = IMPLEMENTS[call.op] if name in IMPLEMENTS[call.op] else (name, *IMPLEMENTS[call.op])
     for b in names:
         r = not_supported_reasons(b, call)
         lines.append(f"  {b}: " + ("supported" if not r else "; ".join(r)))
     return BackendNotSupportedError("\n".join(lines))
-
-
-def choose(call: Call, backend: str | None, run: Callable[[str], Any] | None = None) -> str:
-    """The backend for one call. `run(name)` runs the call with backend `name`: auto times it when tuning is on."""
-    name = _check_name(backend) if backend is not None else get_backend()
-    if name == "auto":
-        return autotune.pick(call, run)
-    if not_supported_reasons(name, call):
-        raise _error(call, name)
-    return name
-
-
-from fastenc import autotune  # noqa: E402  (autotune reads this module's table and reasons)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import fastenc
-from fastenc import autotune, backends, ops
+from fastenc import autotune, backends, dispatch, ops
 from fastenc.ops import add_layer_norm, add_layer_norm_ref, attention
 
 
@@ -117,17 +117,17 @@ def _op_calls(dtype=torch.float32) -> dict:
 def _captured_call(fn, args, kwargs) -> backends.Call:
     """The Call an op hands the dispatcher (the op then runs with the reference)."""
     seen = []
-    real = backends.choose
+    real = dispatch.choose
 
     def spy(call, backend, run=None):
         seen.append(call)
         return real(call, "torch", run)
 
-    backends.choose = spy
+    dispatch.choose = spy
     try:
         fn(*args, **kwargs)
     finally:
-        backends.choose = real
+        dispatch.choose = real
     return seen[0]
 
 

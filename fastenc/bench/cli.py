@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from fastenc.autotune import table_from_results
 from fastenc.backends import triton_interpreter_on
 from fastenc.bench import cases as C
 from fastenc.bench import report
@@ -129,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = report.write_all(doc, args.out)
     if any(r["kind"] == "op" and r["status"] == "ok" for r in doc["records"]):  # what auto would learn from this run
         paths.append(args.out / "auto_table.json")
-        paths[-1].write_text(json.dumps(table_from_results(doc), indent=1))
+        paths[-1].write_text(json.dumps(report.table_from_results(doc), indent=1))
     failed = report.failed_everywhere(doc)
     for line in failed:
         print(f"fastenc bench: FAILED: {line}")

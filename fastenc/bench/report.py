@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from fastenc.autotune import length_bucket
+from fastenc.bench import cases as C
 from fastenc.bench.runner import CPU_NOTE, MODEL_BASELINES, OP_BASELINES
 
 Doc = dict[str, Any]
@@ -205,3 +207,34 @@ def write_all(doc: Doc, out: Path, log: Callable[[str], None] = print) -> list[P
     out.mkdir(parents=True, exist_ok=True)
     paths = [write_json(doc, out / "results.json"), write_markdown(doc, out / "results.md")]
     return paths + write_plots(doc, out, log)
+
+
+def table_from_results(doc: dict[str, Any]) -> dict[str, Any]:
+    """An auto table (the format of auto_table.json) from a `fastenc bench` results document: for every op case,
+    the backends measured side by side, fastest first (the "eager" baseline is backend "torch"), timed forward +
+    backward where the run did so, else forward. Its one run is named from the device, date and commit."""
+    meta, dims = doc["meta"], doc["settings"]["op_dims"]
+    device = meta.get("capability") or meta["device_type"]
+    run = f"{device}-{meta['date'][:10]}-{(meta.get('git_commit') or 'nocommit')[:12]}"
+    groups: dict[tuple, dict[str, dict[str, float]]] = {}
+    for r in doc["records"]:
+        if r["kind"] != "op" or r["status"] != "ok" or r["variant"] == "compile":
+            continue
+        groups.setdefault((r["name"], r["dtype"], r["shape"], r["batch"], r["seq"]), {}).setdefault(
+            r["mode"], {})["torch" if r["variant"] == "eager" else r["variant"]] = r["ms"]
+    entries = []
+    for (name, dtype, _, batch, seq), modes in sorted(groups.items()):
+        op = C.public_op(name)
+        match: dict[str, Any] = {"op": op, "device": device, "dtype": str(C.DTYPES[dtype]).removeprefix("torch.")}
+        if op == "attention":
+            match.update(head_dim=dims["hidden"] // dims["heads"], layout="packed" if name != op else "padded",
+                         dropout=False, bucket=length_bucket(seq))
+        else:
+            match.update(hidden=dims["inter"] if op == "bias_gelu" else dims["hidden"], layout="rows",
+                         dropout=False, bucket=length_bucket(batch * seq))
+        ms = modes.get("fwd+bwd") or modes["fwd"]
+        entries.append({"match": match, "order": sorted(ms, key=ms.__getitem__), "source": run, "ms": ms,
+                         "mode": "fwd+bwd" if "fwd+bwd" in modes else "fwd"})
+    runs = {run: {k: meta.get(k) for k in ("device", "torch", "triton", "cuda", "git_commit", "date")}}
+    return {"format": 1, "note": "recorded by fastenc bench; merge its entries and run into fastenc/auto_table.json",
+            "runs": runs, "entries": entries}

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fastenc import backends
+from fastenc import backends, dispatch
 from fastenc.ops._common import check_dropout_p, check_last_dim, check_same_dtype, dropout_seed, grad_needed
 
 
@@ -109,7 +109,7 @@ def add_layer_norm(
     def run(name: str) -> torch.Tensor:
         return add_layer_norm(x, residual, weight, bias, eps, x_bias=x_bias, dropout_p=dropout_p, backend=name)
 
-    name = backends.choose(call, backend, run)
+    name = dispatch.choose(call, backend, run)
     if name == "torch":
         return add_layer_norm_ref(x, residual, weight, bias, eps, x_bias, dropout_p)
     if not grad_needed(x, residual, weight, bias, x_bias):

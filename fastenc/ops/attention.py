@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from fastenc import backends
+from fastenc import backends, dispatch
 from fastenc.ops._common import check_dropout_p, dropout_seed, grad_needed
 
 
@@ -175,7 +175,7 @@ def attention(
         return attention(q, k, v, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
                          attn_bias=attn_bias, dropout_p=dropout_p, softmax_scale=scale, backend=name)
 
-    name = backends.choose(call, backend, run)
+    name = dispatch.choose(call, backend, run)
     if name == "torch":
         return attention_ref(q, k, v, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens,
                              max_seqlen=max_seqlen, attn_bias=attn_bias, dropout_p=dropout_p, softmax_scale=scale)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fastenc import backends
+from fastenc import backends, dispatch
 from fastenc.ops._common import check_last_dim, check_same_dtype, grad_needed
 
 APPROXIMATIONS = ("none", "tanh")
@@ -61,7 +61,7 @@ def bias_gelu(
 
     d = x.shape[-1]
     call = backends.Call("bias_gelu", {"x": x, "bias": bias}, length=x.numel() // max(d, 1), hidden=d)
-    name = backends.choose(call, backend, lambda name: bias_gelu(x, bias, approximate, backend=name))
+    name = dispatch.choose(call, backend, lambda name: bias_gelu(x, bias, approximate, backend=name))
     if name == "torch":
         return bias_gelu_ref(x, bias, approximate)
     if not grad_needed(x, bias):

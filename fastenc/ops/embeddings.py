@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fastenc import backends
+from fastenc import backends, dispatch
 from fastenc.ops._common import check_dropout_p, check_last_dim, dropout_seed, grad_needed
 
 
@@ -181,7 +181,7 @@ def embeddings(
                           token_type_embeddings, weight, bias, eps, dropout_p=dropout_p, inputs_embeds=inputs_embeds,
                           word_padding_idx=word_padding_idx, position_padding_idx=position_padding_idx, backend=name)
 
-    name = backends.choose(call, backend, run)
+    name = dispatch.choose(call, backend, run)
     if name == "torch":
         return embeddings_ref(
             input_ids, word_embeddings, position_ids, position_embeddings, token_type_ids, token_type_embeddings,

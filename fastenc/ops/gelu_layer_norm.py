@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fastenc import backends
+from fastenc import backends, dispatch
 from fastenc.ops._common import check_last_dim, check_same_dtype, grad_needed
 from fastenc.ops.bias_gelu import APPROXIMATIONS
 
@@ -86,7 +86,7 @@ def gelu_layer_norm(
     def run(name: str) -> torch.Tensor:
         return gelu_layer_norm(x, weight, bias, eps, x_bias=x_bias, approximate=approximate, backend=name)
 
-    name = backends.choose(call, backend, run)
+    name = dispatch.choose(call, backend, run)
     if name == "torch":
         return gelu_layer_norm_ref(x, weight, bias, eps, x_bias, approximate)
     if not grad_needed(x, weight, bias, x_bias):
