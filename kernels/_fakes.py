@@ -15,8 +15,6 @@ LAUNCHERS = ("add_layer_norm_fwd", "add_layer_norm_bwd", "bias_gelu_fwd", "bias_
              "attention_dropout_mask")
 
 
-
-
 def _stats(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x.new_empty((n,), dtype=torch.float32), x.new_empty((n,), dtype=torch.float32)
 

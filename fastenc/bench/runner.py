@@ -310,14 +310,11 @@ def run_op_case(op: str, shape: C.Shape, dtype: str, mode: str, variant: str, se
 
 
 def fastenc_twin(hf_model: torch.nn.Module) -> torch.nn.Module:
-    """fastenc's twin of a transformers model, via `fastenc.from_hf`; Skip with the reason when it cannot be built."""
+    """fastenc's twin of a transformers model, via `fastenc.from_hf`, on the model's device and dtype."""
     import fastenc
 
-    from_hf = getattr(fastenc, "from_hf", None)
-    if from_hf is None:
-        raise Skip("fastenc.from_hf is not available in this build of fastenc (fastenc.models not installed yet)")
     p = next(hf_model.parameters())
-    twin = from_hf(hf_model).to(device=p.device, dtype=p.dtype)
+    twin = fastenc.from_hf(hf_model).to(device=p.device, dtype=p.dtype)
     return twin.train(hf_model.training)
 
 
@@ -357,8 +354,6 @@ def build_models(name: str, dtype: str, train: bool, settings: Settings) -> Mode
         if reason is None:
             try:
                 out.twins[b] = fastenc_twin(hf)
-            except Skip as e:
-                out.twins[b] = str(e)
             except Exception as e:  # fastenc is broken here: its rows are errors, not skips
                 out.twins[b] = RuntimeError(f"fastenc.from_hf failed: {_first_line(e)}")
         else:
