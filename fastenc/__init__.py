@@ -10,7 +10,7 @@ from typing import Any
 from fastenc import ops
 from fastenc.autotune import explain, tune
 from fastenc.backends import BackendNotSupportedError, get_backend, set_backend, use_backend
-from fastenc.cuda_graphs import cuda_graphs
+from fastenc.graphs import cuda_graphs
 from fastenc.models.families import AUTO_NAMES, CLASS_NAMES, CONFIG_NAMES
 
 __version__ = "0.1.0"

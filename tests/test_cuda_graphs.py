@@ -1,4 +1,4 @@
-"""fastenc.cuda_graphs: bucketing, padding and trimming on CPU (capture=False runs the same path without graphs);
+"""fastenc.cuda_graphs (fastenc/graphs.py): bucketing, padding and trimming on CPU (capture=False runs the same path without graphs);
 capture, replay and shape changes on a GPU (kernl's bug ELS-RD/kernl#338: stale inputs / wrong graph after a shape
 change)."""
 
@@ -9,7 +9,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, BertModel
 
 import fastenc
-from fastenc.cuda_graphs import CudaGraphModel, cuda_graphs, pad_inputs, round_up
+from fastenc.graphs import CudaGraphModel, cuda_graphs, pad_inputs, round_up
 
 VOCAB = 50
 

@@ -392,7 +392,7 @@ def _variant_model(ms: ModelSet, variant: str) -> tuple[torch.nn.Module, Callabl
             if not next(twin.parameters()).is_cuda:
                 raise Skip("CUDA graphs need a CUDA device")
             if b not in ms.graphs:
-                from fastenc.cuda_graphs import cuda_graphs
+                from fastenc.graphs import cuda_graphs
 
                 ms.graphs[b] = cuda_graphs(twin)
             return ms.graphs[b], functools.partial(_use_backend, b)
