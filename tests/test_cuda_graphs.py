@@ -1,6 +1,6 @@
-"""fastenc.cuda_graphs (fastenc/graphs.py): bucketing, padding and trimming on CPU (capture=False runs the same path without graphs);
-capture, replay and shape changes on a GPU (kernl's bug ELS-RD/kernl#338: stale inputs / wrong graph after a shape
-change)."""
+"""fastenc.cuda_graphs (fastenc/graphs.py): bucketing, padding and trimming on CPU (capture=False runs the same path
+without graphs); capture, replay and shape changes on a GPU (kernl's bug ELS-RD/kernl#338: stale inputs / wrong
+graph after a shape change)."""
 
 from __future__ import annotations
 
