@@ -161,8 +161,6 @@ def triton_notes() -> list[str]:
     return notes + [r for r in map(internals.unavailable_reason, (internals.PRECOMPILE, internals.HOST)) if r]
 
 
-def triton_interpreter_on() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 
@@ -311,9 +309,6 @@ def not_supported_reasons(name: str, call: Call) -> list[str]:
     declared, hook = entry
     if declared:
         return list(declared)
-    first_device = signature[-1][0][0]  # the first present tensor's device, read off the signature
-    if name == "triton" and first_device.type == "cpu" and not triton_interpreter_on():
-        return ["CPU tensors need the Triton interpreter (TRITON_INTERPRET=1 set before triton is imported)"]
     return hook(call.op, call) if hook is not None else []
 
 

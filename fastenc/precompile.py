@@ -289,29 +289,26 @@ def _forget_targets(objects: list) -> None:
 def target_driver(tgt: Target, report: bool = False) -> Iterator[TargetDriver]:
     """Within: Triton compiles for `tgt` through the stand-in driver, the triton backend takes CPU tensors, and no
     autotune result is written to disk (its timings are not real)."""
-    from fastenc import backends
-    from fastenc.kernels import _configs, _launch
+    from fastenc.kernels import _common, _configs, _launch
 
-    if backends.triton_interpreter_on():
+    if _common.interpreter_on():
         raise RuntimeError("fastenc precompile needs the Triton compiler: unset TRITON_INTERPRET")
     fake = TargetDriver(tgt, report)
     objects = _kernel_objects()
     tuners = [t for t in objects if isinstance(t, ti.get("triton.runtime.autotuner.Autotuner"))]
     saved_cache = [ti.tuner_writes_disk(t) for t in tuners]
-    interpreter_check = backends.triton_interpreter_on
     saved_driver = ti.active_driver_slot()
     ti.set_driver(fake)
     _forget_targets(objects)
-    backends.triton_interpreter_on = lambda: True  # the triton backend takes CPU tensors: the stand-in driver runs
     for t in tuners:
         ti.set_tuner_writes_disk(t, False)
     try:
-        yield fake
+        with _common.stand_in_driver():  # the triton backend takes CPU tensors: the stand-in driver compiles them
+            yield fake
     finally:
         for t, c in zip(tuners, saved_cache, strict=True):
             ti.set_tuner_writes_disk(t, c)
             ti.forget_tuner_choices(t)  # fake timings picked them; its benchmarker holds this driver's
-        backends.triton_interpreter_on = interpreter_check
         _configs.forget()  # choices made on fake timings
         _launch.forget()  # the kernels kept for this driver (the driver is in its key: never launched by another)
         ti.set_driver(saved_driver)

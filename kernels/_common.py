@@ -21,9 +21,11 @@ dispatcher's overhead.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import triton
@@ -36,6 +38,28 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 def interpreter_on() -> bool:
     """Whether Triton runs in its CPU interpreter (TRITON_INTERPRET=1, read when triton is imported)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+_stand_in: list[bool] = [False]  # set while a stand-in driver takes the launches (fastenc precompile, bench --host)
+
+
+@contextlib.contextmanager
+def stand_in_driver() -> Iterator[None]:
+    """Within: a stand-in Triton driver takes the launches, so CPU tensors may reach the kernels (they compile for
+    the driver's target; nothing runs)."""
+    saved, _stand_in[0] = _stand_in[0], True
+    try:
+        yield
+    finally:
+        _stand_in[0] = saved
+
+
+def launch_reasons(op: str, call: Any) -> list[str]:
+    """What SUPPORT cannot declare for every Triton kernel ([] = none): CPU tensors run only in the interpreter or
+    through a stand-in driver. Each kernels module's `not_supported_reasons` hook (fastenc.backends) starts here."""
+    if call.device.type == "cpu" and not (interpreter_on() or _stand_in[0]):
+        return ["CPU tensors need the Triton interpreter (TRITON_INTERPRET=1 set before triton is imported)"]
+    return []
 
 
 def row_support(op: str, max_hidden: int | None = MAX_BLOCK) -> dict[str, dict]:

@@ -18,6 +18,7 @@ from fastenc.kernels._common import (
     dropout_keep,
     dropout_scale,
     dummy,
+    launch_reasons,
     partials,
     reduce_programs,
     reduce_warps,
@@ -210,3 +211,4 @@ def _bwd_impl(
 add_layer_norm_fwd = register("add_layer_norm_fwd", _fwd_impl, fakes.add_layer_norm_fwd)
 add_layer_norm_bwd = register("add_layer_norm_bwd", _bwd_impl, fakes.add_layer_norm_bwd)
 SUPPORT = row_support("add_layer_norm")
+not_supported_reasons = launch_reasons  # the backend's hook (fastenc.backends): what SUPPORT cannot say

@@ -43,7 +43,7 @@ import triton.language as tl
 
 from fastenc.kernels import _configs
 from fastenc.kernels import _fakes as fakes
-from fastenc.kernels._common import FLOAT_DTYPES, cdiv, interpreter_on, next_pow2, register
+from fastenc.kernels._common import FLOAT_DTYPES, cdiv, interpreter_on, launch_reasons, next_pow2, register
 from fastenc.kernels._launch import launch
 
 MAX_HEAD_DIM = 128
@@ -702,9 +702,9 @@ SUPPORT = {
 
 
 def not_supported_reasons(op: str, call) -> list[str]:
-    """The grid limits, which SUPPORT cannot declare ([] = within them)."""
+    """What SUPPORT cannot declare ([] = none): launch_reasons, and the grid limits."""
     q = call.tensors["q"]
-    out = []
+    out = launch_reasons(op, call)
     if q.shape[-2] > _MAX_GRID_YZ:
         out.append(f"{q.shape[-2]} heads > {_MAX_GRID_YZ} (grid limit)")
     if q.dim() == 4 and q.shape[0] > _MAX_GRID_YZ:

@@ -13,7 +13,16 @@ import triton
 import triton.language as tl
 
 from fastenc.kernels import _fakes as fakes
-from fastenc.kernels._common import cdiv, dummy, gelu, gelu_and_grad, partials, register, row_support
+from fastenc.kernels._common import (
+    cdiv,
+    dummy,
+    gelu,
+    gelu_and_grad,
+    launch_reasons,
+    partials,
+    register,
+    row_support,
+)
 from fastenc.kernels._launch import launch
 
 _BLOCK_M = 16
@@ -124,3 +133,4 @@ def _bwd_impl(
 bias_gelu_fwd = register("bias_gelu_fwd", _fwd_impl, fakes.bias_gelu_fwd)
 bias_gelu_bwd = register("bias_gelu_bwd", _bwd_impl, fakes.bias_gelu_bwd)
 SUPPORT = row_support("bias_gelu", max_hidden=None)
+not_supported_reasons = launch_reasons  # the backend's hook (fastenc.backends): what SUPPORT cannot say

@@ -24,6 +24,7 @@ from fastenc.kernels._common import (
     dropout_keep,
     dropout_scale,
     dummy,
+    launch_reasons,
     next_pow2,
     partials,
     reduce_programs,
@@ -282,3 +283,4 @@ def _bwd_impl(
 embeddings_fwd = register("embeddings_fwd", _fwd_impl, fakes.embeddings_fwd)
 embeddings_bwd = register("embeddings_bwd", _bwd_impl, fakes.embeddings_bwd)
 SUPPORT = row_support("embeddings")
+not_supported_reasons = launch_reasons  # the backend's hook (fastenc.backends): what SUPPORT cannot say

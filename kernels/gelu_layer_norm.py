@@ -16,6 +16,7 @@ from fastenc.kernels import _fakes as fakes
 from fastenc.kernels._common import (
     gelu,
     gelu_and_grad,
+    launch_reasons,
     partials,
     reduce_programs,
     reduce_warps,
@@ -169,3 +170,4 @@ def _bwd_impl(
 gelu_layer_norm_fwd = register("gelu_layer_norm_fwd", _fwd_impl, fakes.gelu_layer_norm_fwd)
 gelu_layer_norm_bwd = register("gelu_layer_norm_bwd", _bwd_impl, fakes.gelu_layer_norm_bwd)
 SUPPORT = row_support("gelu_layer_norm")
+not_supported_reasons = launch_reasons  # the backend's hook (fastenc.backends): what SUPPORT cannot say

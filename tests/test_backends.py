@@ -356,3 +356,16 @@ def test_a_broken_tuning_cache_is_ignored_not_fatal(caplog):
     pathlib.Path(os.environ["FASTENC_TUNE_CACHE"]).write_text("{not json")
     out = attention(*_qkv())
     assert torch.isfinite(out).all() and "ignoring the tuning cache" in caplog.text
+
+
+def test_triton_takes_cpu_tensors_only_in_the_interpreter_or_through_a_stand_in_driver(monkeypatch):
+    """The rule lives in the triton backend's hook (kernels/_common.launch_reasons), for every op it implements."""
+    from fastenc.kernels import _common
+
+    monkeypatch.setattr(_common, "interpreter_on", lambda: False)
+    for op, (fn, args, kwargs) in _op_calls().items():
+        call = _captured_call(fn, args, kwargs)
+        reasons = backends.not_supported_reasons("triton", call)
+        assert any("CPU tensors need the Triton interpreter" in r for r in reasons), op
+        with _common.stand_in_driver():
+            assert backends.not_supported_reasons("triton", call) == [], op

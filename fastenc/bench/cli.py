@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from fastenc.backends import triton_interpreter_on
 from fastenc.bench import cases as C
 from fastenc.bench import report
 from fastenc.bench.runner import Settings, run
@@ -104,6 +103,12 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return settings
 
 
+def _interpreter_on() -> bool:
+    from fastenc.kernels._common import interpreter_on  # imports triton: only asked on a GPU
+
+    return interpreter_on()
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -118,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         doc = json.loads(args.render.read_text())
     else:
         settings = settings_from(args)
-        if settings.device.type == "cuda" and triton_interpreter_on():
+        if settings.device.type == "cuda" and _interpreter_on():
             print("fastenc bench: warning: TRITON_INTERPRET=1 is set, Triton kernels run in the interpreter and "
                   "their timings mean nothing")
         elif settings.device.type != "cuda":

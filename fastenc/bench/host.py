@@ -133,9 +133,9 @@ def _replay(calls: list) -> None:
 
 
 def _stub_kind() -> str:
-    from fastenc.backends import triton_interpreter_on
+    from fastenc.kernels._common import interpreter_on
 
-    return "interpreter" if triton_interpreter_on() else "driver"
+    return "interpreter" if interpreter_on() else "driver"
 
 
 def stub_unavailable_reason() -> str | None:
