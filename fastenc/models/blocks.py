@@ -12,9 +12,9 @@ whose __call__ wraps their forward, so gradient checkpointing keeps working on t
 The attention implementation "fastenc" is registered with transformers (AttentionInterface and
 AttentionMaskInterface): its mask is the 2-D key padding mask itself, which the encoder packs by (its one host read
 also says whether anything is padded: a batch without padding runs with no mask). A 4-D mask (from the caller, or
-another attention implementation's mask function) runs as an additive bias on the reference attention. Recorded
-attentions (output_attentions) come from the reference path, which returns the probabilities transformers' eager
-attention gives.
+another attention implementation's mask function) runs as an additive bias: the call declares it (feature
+"attn_bias") and dispatch picks a backend that has it (sdpa, the reference). Recorded attentions (output_attentions)
+come from the reference attention, the one that returns the probabilities transformers' eager attention gives.
 
 Trade-off: swapping classes instead of owning the modules keeps transformers' module layout, loading, saving and
 every PreTrainedModel feature, and keeps every reference a caller holds valid; the price is that fastenc's forward
@@ -90,7 +90,7 @@ def attend(q, k, v, mask, dropout_p, scale, cu_seqlens=None, max_seqlen=None, wi
                                  softmax_scale=scale, return_probs=True)
     if mask is not None and mask.dim() == 4:
         return ops.attention(q, k, v, attn_bias=_bias_from_mask(mask, q.dtype), dropout_p=dropout_p,
-                             softmax_scale=scale, backend="torch"), None
+                             softmax_scale=scale), None
     if cu_seqlens is not None:  # the packed layout [T, H, D] is a view of the rows
         out = ops.attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), cu_seqlens=cu_seqlens,
                             max_seqlen=max_seqlen, dropout_p=dropout_p, softmax_scale=scale)
@@ -162,7 +162,6 @@ class _Embeddings(_Swap):
             dropout_p=_dropout_p(self, self.dropout), inputs_embeds=inputs_embeds,
             word_padding_idx=self.word_embeddings.padding_idx,
             position_padding_idx=self.position_embeddings.padding_idx,
-            backend="torch" if inputs_embeds is not None else None,
         )
 
 
@@ -323,7 +322,6 @@ class _DistilEmbeddings(_Swap):
             self.position_embeddings.weight, None, None, ln.weight, ln.bias, ln.eps,
             dropout_p=_dropout_p(self, self.dropout), inputs_embeds=inputs_embeds,
             word_padding_idx=self.word_embeddings.padding_idx,
-            backend="torch" if inputs_embeds is not None else None,
         )
 
 

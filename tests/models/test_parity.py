@@ -135,6 +135,29 @@ def test_four_d_additive_mask_matches_transformers():
         assert_outputs_close(ours(**inp), hf(**inp), 1e-5)
 
 
+def test_models_declare_what_a_call_needs_and_never_name_a_backend(monkeypatch):
+    """A 4-D mask and inputs_embeds reach dispatch as features of the call, with no backend named by the model: a
+    backend that has the feature (sdpa for an additive bias) is never bypassed."""
+    from fastenc import dispatch
+
+    seen = []
+    real = dispatch.choose
+
+    def spy(call, backend, run=None):
+        seen.append((call.op, call.features, backend))
+        return real(call, backend, run)
+
+    monkeypatch.setattr(dispatch, "choose", spy)
+    ours = fastenc.from_hf(build_hf("BertModel"))
+    inp = inputs("bert", batch=3)
+    embeds = ours.embeddings.word_embeddings(inp.pop("input_ids"))
+    inp["attention_mask"] = (inp["attention_mask"][:, None, None, :] == 1).expand(3, 1, 10, 10)
+    with torch.no_grad():
+        ours(inputs_embeds=embeds, **inp)
+    assert ("attention", ("attn_bias",), None) in seen and ("embeddings", ("inputs_embeds",), None) in seen
+    assert all(backend is None for _, _, backend in seen)
+
+
 def test_inputs_embeds_and_position_ids_match_transformers():
     for name in ("BertModel", "RobertaModel"):
         hf = build_hf(name)
