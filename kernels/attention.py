@@ -85,6 +85,15 @@ def _load_full_rows(ptr, base, rows, stride_s, offs_d, HEAD_DIM: tl.constexpr, B
 
 
 @triton.jit
+def _load_block(ptr, base, rows, seqlen, stride_s, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                MASK_ROWS: tl.constexpr):
+    """_load_rows when rows past seqlen may be in the block (MASK_ROWS), else _load_full_rows."""
+    if MASK_ROWS:
+        return _load_rows(ptr, base, rows, seqlen, stride_s, offs_d, HEAD_DIM)
+    return _load_full_rows(ptr, base, rows, stride_s, offs_d, HEAD_DIM, BLOCK_D)
+
+
+@triton.jit
 def _key_allowed(mask_ptr, b, mask_stride_b, mask_stride_s, cols, seqlen, HAS_MASK: tl.constexpr):
     """[BLOCK_N] bool, True where key column `cols` exists and is not padding (the key padding mask, if any)."""
     if HAS_MASK:
@@ -170,12 +179,8 @@ def _attention_fwd_block(acc, l_i, m_i, q, k_ptr, v_ptr, k_base, v_base, k_strid
     one FMA and one exp2. MASK_KEYS: the block may hold keys past seqlen or masked out (see _key_range); without it the
     block is read with no mask at all."""
     cols = col_start + tl.arange(0, BLOCK_N)
-    if MASK_KEYS:
-        k = _load_rows(k_ptr, k_base, cols, seqlen, k_stride_s, offs_d, HEAD_DIM)
-        v = _load_rows(v_ptr, v_base, cols, seqlen, v_stride_s, offs_d, HEAD_DIM)
-    else:
-        k = _load_full_rows(k_ptr, k_base, cols, k_stride_s, offs_d, HEAD_DIM, BLOCK_D)
-        v = _load_full_rows(v_ptr, v_base, cols, v_stride_s, offs_d, HEAD_DIM, BLOCK_D)
+    k = _load_block(k_ptr, k_base, cols, seqlen, k_stride_s, offs_d, HEAD_DIM, BLOCK_D, MASK_KEYS)
+    v = _load_block(v_ptr, v_base, cols, seqlen, v_stride_s, offs_d, HEAD_DIM, BLOCK_D, MASK_KEYS)
     s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)
     if MASK_KEYS:
         allowed = _key_allowed(mask_ptr, b, mask_stride_b, mask_stride_s, cols, seqlen, HAS_MASK)
@@ -317,12 +322,8 @@ def _attention_dq_block(dq, q, do, lse2, delta, k_ptr, v_ptr, k_base, v_base, k_
     """dq += dS K over one key block, with P recomputed from lse (one FMA and one exp2 per probability).
     MASK_KEYS: see _attention_fwd_block."""
     cols = col_start + tl.arange(0, BLOCK_N)
-    if MASK_KEYS:
-        k = _load_rows(k_ptr, k_base, cols, seqlen, k_stride_s, offs_d, HEAD_DIM)
-        v = _load_rows(v_ptr, v_base, cols, seqlen, v_stride_s, offs_d, HEAD_DIM)
-    else:
-        k = _load_full_rows(k_ptr, k_base, cols, k_stride_s, offs_d, HEAD_DIM, BLOCK_D)
-        v = _load_full_rows(v_ptr, v_base, cols, v_stride_s, offs_d, HEAD_DIM, BLOCK_D)
+    k = _load_block(k_ptr, k_base, cols, seqlen, k_stride_s, offs_d, HEAD_DIM, BLOCK_D, MASK_KEYS)
+    v = _load_block(v_ptr, v_base, cols, seqlen, v_stride_s, offs_d, HEAD_DIM, BLOCK_D, MASK_KEYS)
     p = tl.exp2(tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale - lse2[:, None])
     if MASK_KEYS:
         allowed = _key_allowed(mask_ptr, b, mask_stride_b, mask_stride_s, cols, seqlen, HAS_MASK)
