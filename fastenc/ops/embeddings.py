@@ -6,8 +6,9 @@ of hidden size is stored) and scatters the row gradient into the three tables; r
 gradient, as with nn.Embedding(padding_idx=...). With inputs_embeds in place of input_ids the word gather does not
 apply and the reference path runs.
 
-Id values are checked here (a clear IndexError instead of a device-side assert) in eager mode; the check reads the
-ids' min/max, a host sync, so it is skipped while torch.compile traces or a CUDA graph captures.
+Id values are checked here (`_check_id_ranges`): CPU ids with a clear IndexError in eager mode (one host read of
+the ids' min / max; skipped while torch.compile traces); GPU ids with an on-device assert queued ahead of the kernel
+(no host sync, also while tracing or capturing a CUDA graph), a device-side assert naming the argument.
 
 Launcher contract (fastenc.kernels.embeddings and fastenc._cuda); ids are contiguous int64 [N]:
     embeddings_fwd(input_ids [N], position_ids [N], token_type_ids [N] | None, word [V, E], position [P, E],
