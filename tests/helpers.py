@@ -37,3 +37,16 @@ def assert_close_to_ref(out: torch.Tensor, ref64: torch.Tensor, torch_out: torch
         assert err <= 2 * torch_err + atol, f"{name}: max error {err:.3g} > 2 * torch's {torch_err:.3g} + {atol}"
     else:
         torch.testing.assert_close(out64, ref64, atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
+
+
+def compiler_env(tmp_path) -> dict[str, str]:
+    """The environment of a subprocess that compiles Triton kernels for a GPU target through precompile's stand-in
+    driver (no interpreter, its own cache); skips the test when this triton build has no nvidia backend."""
+    import os
+
+    triton_backends = pytest.importorskip("triton.backends")
+    if "nvidia" not in triton_backends.backends:
+        pytest.skip("triton has no nvidia backend here")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
+    return env

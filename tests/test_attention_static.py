@@ -11,15 +11,13 @@ Runs in a subprocess without TRITON_INTERPRET (the compiler, not the interpreter
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
 
-import pytest
-
 from fastenc import precompile as P
 from fastenc.kernels import _configs as C
+from tests.helpers import compiler_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _SCRIPT = """
@@ -34,11 +32,7 @@ def _config(c: tuple[int, int, int, int]) -> str:
 
 
 def test_sm90a_attention_binaries_keep_wgmma_unserialised_and_loops_lean(tmp_path):
-    triton_backends = pytest.importorskip("triton.backends")
-    if "nvidia" not in triton_backends.backends:
-        pytest.skip("triton has no nvidia backend here")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
+    env = compiler_env(tmp_path)
     run = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, cwd=ROOT, capture_output=True, text=True,
                          timeout=1200)
     assert run.returncode == 0, run.stderr[-4000:]

@@ -16,6 +16,7 @@ import sys
 import pytest
 
 from fastenc import precompile as P
+from tests.helpers import compiler_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NAMES = {"_attention_fwd_kernel", "_embeddings_fwd_kernel", "_add_layer_norm_fwd_kernel"}
@@ -23,11 +24,7 @@ BWD_NAMES = {"_attention_bwd_dkdv_kernel", "_attention_bwd_dq_kernel", "_embeddi
 
 
 def test_precompile_both_targets_then_hits_the_cache(tmp_path):
-    triton_backends = pytest.importorskip("triton.backends")
-    if "nvidia" not in triton_backends.backends:
-        pytest.skip("triton has no nvidia backend here")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
+    env = compiler_env(tmp_path)
     common = ["--model", "bert-tiny", "--dtypes", "fp16", "--shapes", "2x16"]
     calls = [["precompile", "--target", "sm_80", "--modes", "infer", *common],
              ["precompile", "--target", "sm_90a", "--modes", "train", *common],

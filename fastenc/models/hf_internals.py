@@ -101,11 +101,9 @@ def auto_model_class(config: Any, auto_name: str) -> type:
 
 def requested_attn_implementation(config: Any) -> str | None:
     """The attention implementation the caller asked for (None: transformers' default)."""
-    if not hasattr(config, ATTN_IMPLEMENTATION_ATTR):
-        if "explicit eager" not in _found:
-            _found["explicit eager"] = None
-            note("transformers internals: explicit eager attention", missing_reason(
-                "keeping an explicitly requested eager attention", f"config.{ATTN_IMPLEMENTATION_ATTR}"))
+    if not hasattr(config, ATTN_IMPLEMENTATION_ATTR):  # note() keeps one line per topic
+        note("transformers internals: explicit eager attention", missing_reason(
+            "keeping an explicitly requested eager attention", f"config.{ATTN_IMPLEMENTATION_ATTR}"))
         return None
     return getattr(config, ATTN_IMPLEMENTATION_ATTR)
 
