@@ -12,7 +12,7 @@ import torch
 
 LAUNCHERS = ("add_layer_norm_fwd", "add_layer_norm_bwd", "bias_gelu_fwd", "bias_gelu_bwd", "gelu_layer_norm_fwd",
              "gelu_layer_norm_bwd", "embeddings_fwd", "embeddings_bwd", "attention_fwd", "attention_bwd",
-             "attention_dropout_mask")
+             "attention_dropout_mask", "rotary_fwd", "rotary_bwd")
 
 
 def _stats(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,6 +56,14 @@ def embeddings_bwd(dy, ids, pos_ids, tt_ids, word, position, token_type, weight,
                    word_padding_idx, position_padding_idx):
     dtt = torch.empty_like(token_type) if token_type is not None else word.new_empty((0,))
     return torch.empty_like(word), torch.empty_like(position), dtt, torch.empty_like(weight), torch.empty_like(weight)
+
+
+def rotary_fwd(q, k, positions, theta):
+    return q.new_empty(q.shape), q.new_empty(q.shape)
+
+
+def rotary_bwd(dq_rot, dk_rot, positions, theta):
+    return dq_rot.new_empty(dq_rot.shape), dq_rot.new_empty(dq_rot.shape)
 
 
 def _lse_shape(q: torch.Tensor, cu_seqlens: torch.Tensor | None) -> tuple[int, ...]:

@@ -111,6 +111,7 @@ def _op_calls(dtype=torch.float32) -> dict:
         "gelu_layer_norm": (ops.gelu_layer_norm, (x, w, b), {}),
         "embeddings": (ops.embeddings, (ids, table, torch.arange(3), table, ids % 2, table[:2], w, b), {}),
         "attention": (ops.attention, (q, q, q), {}),
+        "rotary": (ops.rotary, (q, q, torch.arange(4).expand(2, 4), 10000.0), {}),
     }
 
 

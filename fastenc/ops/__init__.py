@@ -6,6 +6,7 @@ from fastenc.ops.attention import attention, attention_ref
 from fastenc.ops.bias_gelu import bias_gelu, bias_gelu_ref
 from fastenc.ops.embeddings import embeddings, embeddings_ref
 from fastenc.ops.gelu_layer_norm import gelu_layer_norm, gelu_layer_norm_ref
+from fastenc.ops.rotary import rotary, rotary_ref
 
 __all__ = [
     "add_layer_norm",
@@ -18,4 +19,6 @@ __all__ = [
     "embeddings_ref",
     "gelu_layer_norm",
     "gelu_layer_norm_ref",
+    "rotary",
+    "rotary_ref",
 ]
