@@ -15,6 +15,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <utility>
 
 #include "launchers.h"
 
@@ -451,6 +452,50 @@ std::tuple<Tensor, Tensor, Tensor> attention_bwd(const Tensor& dout, const Tenso
   return {dq, dk, dv};
 }
 
+// ---- rotary --------------------------------------------------------------------------------------------------
+
+// q_rot, k_rot (inverse: the gradients dq, dk) of [n, heads, head_dim] inputs a, b read through their strides.
+std::tuple<Tensor, Tensor> rotary_launch(const Tensor& a, const Tensor& b, const Tensor& positions, double theta,
+                                         bool inverse, const char* op, const char* a_name, const char* b_name) {
+  for (const auto& [t, name] : {std::pair<const Tensor*, const char*>{&a, a_name}, {&b, b_name}}) {
+    check_cuda(*t, a, op, name);
+    TORCH_CHECK_VALUE(t->dim() == 3 && t->stride(2) == 1, "fastenc.", op, ": ", name,
+                      " must be 3-D [tokens, heads, head_dim] with unit last stride, got shape ", t->sizes(),
+                      ", strides ", t->strides());
+  }
+  TORCH_CHECK_VALUE(b.sizes() == a.sizes(), "fastenc.", op, ": ", b_name, " must have ", a_name, "'s shape ",
+                    a.sizes(), ", got ", b.sizes());
+  TORCH_CHECK_TYPE(b.scalar_type() == a.scalar_type(), "fastenc.", op, ": ", b_name, " must have dtype ",
+                   a.scalar_type(), ", got ", b.scalar_type());
+  const int64_t n = a.size(0), heads = a.size(1), d = a.size(2);
+  TORCH_CHECK_VALUE(d % 2 == 0 && d >= 2 && d <= 2 * fastenc::kRotaryMaxHalf, "fastenc.", op,
+                    ": head_dim must be even and in [2, ", 2 * fastenc::kRotaryMaxHalf, "], got ", d);
+  TORCH_CHECK_VALUE(heads < 65536, "fastenc.", op, ": at most 65535 heads, got ", heads);
+  check_cuda(positions, a, op, "positions");
+  TORCH_CHECK_VALUE(positions.dim() == 1 && positions.size(0) == n && positions.is_contiguous(), "fastenc.", op,
+                    ": positions must be contiguous of shape [", n, "], got ", positions.sizes());
+  TORCH_CHECK_TYPE(positions.scalar_type() == at::kInt || positions.scalar_type() == at::kLong, "fastenc.", op,
+                   ": positions must be int32 or int64, got ", positions.scalar_type());
+  TORCH_CHECK_VALUE(theta > 0.0, "fastenc.", op, ": theta must be > 0, got ", theta);
+  const c10::cuda::CUDAGuard guard(a.device());
+  Tensor a_out = at::empty(a.sizes(), a.options()), b_out = at::empty(a.sizes(), a.options());
+  fastenc::RotaryParams p{a.data_ptr(), b.data_ptr(), positions.data_ptr(), a_out.data_ptr(), b_out.data_ptr(),
+                          n, static_cast<int>(heads), static_cast<int>(d / 2), a.stride(0), a.stride(1),
+                          b.stride(0), b.stride(1), static_cast<float>(theta), inverse,
+                          positions.scalar_type() == at::kLong};
+  check_launch(fastenc::rotary(p, dtype_of(a, op, a_name), stream_of(a)), op);
+  return {a_out, b_out};
+}
+
+std::tuple<Tensor, Tensor> rotary_fwd(const Tensor& q, const Tensor& k, const Tensor& positions, double theta) {
+  return rotary_launch(q, k, positions, theta, false, "rotary_fwd", "q", "k");
+}
+
+std::tuple<Tensor, Tensor> rotary_bwd(const Tensor& dq_rot, const Tensor& dk_rot, const Tensor& positions,
+                                      double theta) {
+  return rotary_launch(dq_rot, dk_rot, positions, theta, true, "rotary_bwd", "dq_rot", "dk_rot");
+}
+
 Tensor attention_dropout_mask(const Tensor& seed, int64_t batch, int64_t heads, int64_t seqlen, double dropout_p) {
   const char* op = "attention_dropout_mask";
   check_tensor(seed, seed, op, "seed", {1}, at::kLong);
@@ -500,6 +545,8 @@ TORCH_LIBRARY(fastenc, m) {
       "Tensor? cu_seqlens, int max_seqlen, float softmax_scale, float dropout_p, Tensor? seed) "
       "-> (Tensor, Tensor, Tensor)");
   m.def("attention_dropout_mask(Tensor seed, int batch, int heads, int seqlen, float dropout_p) -> Tensor");
+  m.def("rotary_fwd(Tensor q, Tensor k, Tensor positions, float theta) -> (Tensor, Tensor)");
+  m.def("rotary_bwd(Tensor dq_rot, Tensor dk_rot, Tensor positions, float theta) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastenc, CUDA, m) {
@@ -514,6 +561,8 @@ TORCH_LIBRARY_IMPL(fastenc, CUDA, m) {
   m.impl("attention_fwd", &attention_fwd);
   m.impl("attention_bwd", &attention_bwd);
   m.impl("attention_dropout_mask", &attention_dropout_mask);
+  m.impl("rotary_fwd", &rotary_fwd);
+  m.impl("rotary_bwd", &rotary_bwd);
 }
 
 // `import fastenc._C` loads this library, which runs the registrations above; the module holds one attribute,

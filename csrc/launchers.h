@@ -71,6 +71,24 @@ cudaError_t embeddings_bwd(const void* dy, const int64_t* ids, const int64_t* po
                            int64_t word_padding_idx, int64_t position_padding_idx, DType dtype, DType param_dtype,
                            cudaStream_t stream);
 
+// ---- rotary: rotate-half RoPE of q and k (backward: the same rotation by -angle) -----------------------------
+// q, k: [n, heads, 2 * half] of `dtype` with unit last stride and the given token / head strides (in elements);
+// q_out, k_out contiguous of that shape; positions [n] int32 or int64 (positions_int64), contiguous.
+constexpr int kRotaryMaxHalf = 256;
+struct RotaryParams {
+  const void* q;
+  const void* k;
+  const void* positions;
+  void* q_out;
+  void* k_out;
+  int64_t n;
+  int heads, half;
+  int64_t q_st, q_sh, k_st, k_sh;
+  float theta;
+  bool inverse, positions_int64;
+};
+cudaError_t rotary(const RotaryParams& params, DType dtype, cudaStream_t stream);
+
 // ---- attention ----------------------------------------------------------------------------------------------
 // One tensor of the padded [B, S, H, D] or packed [T, H, D] layout: element (b, row, h, d) of a sequence starting
 // at token `start` (0 padded, cu_seqlens[b] packed) is at ptr[b * batch_stride + (start + row) * row_stride +

@@ -30,6 +30,7 @@ SUPPORT = {
     "embeddings": dict(devices=("cuda",), dtypes=FLOAT_DTYPES),
     "attention": dict(devices=("cuda",), dtypes=(torch.float16, torch.bfloat16), head_dims=(32, 64, 128),
                       min_capability=(8, 0), layouts=("padded", "packed")),
+    "rotary": dict(devices=("cuda",), dtypes=FLOAT_DTYPES, max_head_dim=512),  # kRotaryMaxHalf in launchers.h
 }
 # the architectures fastenc._C holds code for ("sm_80+sm_90a+compute_90"), set by setup.py; None in older builds
 CUDA_ARCHS = getattr(sys.modules["fastenc._C"], "CUDA_ARCHS", None) or None
@@ -53,6 +54,8 @@ embeddings_fwd = _ops.embeddings_fwd
 embeddings_bwd = _ops.embeddings_bwd
 attention_fwd = _ops.attention_fwd
 attention_bwd = _ops.attention_bwd
+rotary_fwd = _ops.rotary_fwd
+rotary_bwd = _ops.rotary_bwd
 
 
 def attention_dropout_mask(seed: torch.Tensor, batch: int, heads: int, seqlen: int, dropout_p: float) -> torch.Tensor:

@@ -38,7 +38,7 @@ _ROW_OPS = ("embeddings", "add_layer_norm", "bias_gelu", "gelu_layer_norm")
 IMPLEMENTS: dict[str, tuple[str, ...]] = {
     **{op: ("cuda", "triton", "torch") for op in _ROW_OPS},
     "attention": ("cuda", "triton", "sdpa", "torch"),
-    "rotary": ("triton", "torch"),
+    "rotary": ("cuda", "triton", "torch"),
 }
 SUPPORT_KEYS = ("devices", "dtypes", "head_dims", "max_head_dim", "max_hidden", "min_capability", "layouts",
                 "dropout", "features")

@@ -152,7 +152,7 @@ def cuda_module():
 
 
 def test_schemas_cover_every_op():
-    ops = ("embeddings", "add_layer_norm", "bias_gelu", "gelu_layer_norm", "attention")
+    ops = ("embeddings", "add_layer_norm", "bias_gelu", "gelu_layer_norm", "attention", "rotary")
     assert set(_schemas()) == {f"{op}_{d}" for op in ops for d in ("fwd", "bwd")} | {"attention_dropout_mask"}
 
 
@@ -212,6 +212,16 @@ def test_attention_wrappers_follow_the_contract(cuda_module):
     assert o.shape == packed.shape and lse.shape == (h, 17)
     keep = m.attention_dropout_mask(_meta(1, dtype=torch.int64), b, h, s, 0.1)
     assert keep.shape == (b, h, s, s) and keep.dtype == torch.bool
+
+
+def test_rotary_wrappers_follow_the_contract(cuda_module):
+    m = cuda_module
+    qkv = _meta(7, 3, 4, 64, dtype=torch.bfloat16)
+    for positions in (_meta(7, dtype=torch.int64), _meta(7, dtype=torch.int32)):
+        q_rot, k_rot = m.rotary_fwd(qkv[:, 0], qkv[:, 1], positions, 10000.0)
+        assert q_rot.shape == k_rot.shape == (7, 4, 64) and q_rot.dtype == torch.bfloat16 and q_rot.is_contiguous()
+        dq, dk = m.rotary_bwd(q_rot, k_rot, positions, 160000.0)
+        assert dq.shape == dk.shape == (7, 4, 64) and dq.dtype == torch.bfloat16
 
 
 def test_attention_support_reasons(cuda_module):
