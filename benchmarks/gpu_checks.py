@@ -7,7 +7,9 @@
   mask (rows of 37, 20 and 5 real keys: the padded kernels, never unpadded) and on the packed layout of the same
   lengths, forward and backward, fp16 and bf16, with and without dropout, head dims 32 / 64 / 128, for each kernel
   backend; then a 1-layer BERT forward + backward (the row ops: embeddings, add_layer_norm, bias_gelu,
-  gelu_layer_norm) per backend and dtype. Shapes are odd and small: tails of every block, seconds under memcheck.
+  gelu_layer_norm) per backend and dtype; fastenc.ops.rotary forward + backward on q, k views of one packed fused
+  QKV buffer (head dims 64 and 24: the vector and scalar paths). Shapes are odd and small: tails of every block,
+  seconds under memcheck.
 
 Trade-off: the workload runs each kernel on one small shape rather than the tests' many: memcheck and racecheck
 cost 10-100x per launch, and what they look for (an out-of-bounds or racing access) shows on any shape that has a
@@ -29,6 +31,7 @@ import torch
 CPU_ONLY = (
     "tests/ops/test_attention_emulation.py",
     "tests/ops/test_attention_dropout_lanes.py",
+    "tests/ops/test_rotary_emulation.py",
     "tests/ops/test_attention.py::test_kernels_compile_for_ampere_and_hopper",
 )
 KERNEL_BACKENDS = ("cuda", "triton")  # the hand-written kernels first, should memcheck run out of time
@@ -114,6 +117,33 @@ def run_attention(backend: str, dtype: torch.dtype, head_dim: int, layout: str, 
     return f"{what}: ok (max error {err:.2g})"
 
 
+def run_rotary(backend: str, dtype: torch.dtype, head_dim: int, device: torch.device, check: bool = True) -> str:
+    """One forward and backward of fastenc.ops.rotary with `backend` on q, k views of a packed [T, 3, H, D] buffer
+    of LENGTHS (positions restart per sequence, theta 160000); with `check`, raises unless outputs and gradients are
+    within a loose bound of the float64 reference."""
+    from fastenc.ops import rotary, rotary_ref
+
+    g = torch.Generator().manual_seed(head_dim)
+    positions = torch.cat([torch.arange(n) for n in LENGTHS]).to(device)
+    qkv = torch.randn(len(positions), 3, 3, head_dim, generator=g).to(device, dtype).requires_grad_(True)
+    dq, dk = (torch.randn(len(positions), 3, head_dim, generator=g).to(device, dtype) for _ in range(2))
+    outs = rotary(qkv[:, 0], qkv[:, 1], positions, 160000.0, backend=backend)
+    torch.autograd.backward(outs, (dq, dk))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    what = f"rotary {backend} {str(dtype)[6:]} d={head_dim}"
+    if not check:
+        return what + ": ran"
+    q64, k64 = (qkv[:, i].detach().double().requires_grad_(True) for i in range(2))
+    refs = rotary_ref(q64, k64, positions, 160000.0)
+    torch.autograd.backward(refs, (dq.double(), dk.double()))
+    got, want = (*outs, qkv.grad[:, 0], qkv.grad[:, 1]), (*refs, q64.grad, k64.grad)
+    err = max((a.double() - b).abs().max().item() for a, b in zip(got, want, strict=True))
+    if not err <= 0.05:  # NaN fails too
+        raise RuntimeError(f"{what}: max error {err:.3g} against the float64 reference")
+    return f"{what}: ok (max error {err:.2g})"
+
+
 def run_model(backend: str, dtype: torch.dtype, device: torch.device, check: bool = True) -> str:
     """A 1-layer BERT masked-LM forward + backward under autocast with `backend`, on a padded batch of LENGTHS; with
     `check`, raises unless the loss is finite."""
@@ -150,6 +180,7 @@ def sanitize(backends: Sequence[str], dtypes: Sequence[torch.dtype], device: tor
             continue
         steps = [functools.partial(run_attention, backend, *c, device=device, check=check)
                  for c in _attention_cases(dtypes)]
+        steps += [functools.partial(run_rotary, backend, d, h, device, check) for d in dtypes for h in (64, 24)]
         if model:
             steps += [functools.partial(run_model, backend, d, device, check) for d in dtypes]
         for step in steps:

@@ -21,7 +21,8 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 INFER_SHAPES = ("1x16", "8x128", "32x128", "32x512", "128x128", "var")
 TRAIN_SHAPES = ("32x128", "16x512")
 VAR_BATCH, VAR_MIN, VAR_MAX, VAR_SEED = 32, 16, 512, 0
-OPS = ("embeddings", "add_layer_norm", "bias_gelu", "gelu_layer_norm", "attention", "attention_packed")
+OPS = ("embeddings", "add_layer_norm", "bias_gelu", "gelu_layer_norm", "attention", "attention_packed", "rotary")
+ROTARY_THETA = 160000.0  # ModernBERT's global layers
 
 
 def public_op(op: str) -> str:
@@ -186,6 +187,11 @@ def op_case(op: str, shape: Shape, hidden: int = 768, heads: int = 12, inter: in
             return (act(shape.batch, shape.seq, inter), _param(inter, dtype, device, grad, g, 0.1)), {}
         if op == "gelu_layer_norm":
             return (act(shape.batch, shape.seq, hidden), w, b), {"x_bias": _param(hidden, dtype, device, grad, g, 0.1)}
+        if op == "rotary":  # q and k as views of one fused QKV projection output [B, S, 3, H, D], as models call it
+            qkv = torch.randn(shape.batch, shape.seq, 3, heads, hidden // heads, generator=g).to(device, dtype)
+            q, k = (qkv[:, :, i].detach().requires_grad_(grad) for i in range(2))
+            positions = torch.arange(shape.seq, device=device).expand(shape.batch, -1).contiguous()
+            return (q, k, positions, ROTARY_THETA), {}
         if op == "attention_packed":
             q, k, v = (act(shape.tokens, heads, hidden // heads) for _ in range(3))
             cu = torch.zeros(shape.batch + 1, dtype=torch.int32)
@@ -202,5 +208,7 @@ def op_case(op: str, shape: Shape, hidden: int = 768, heads: int = 12, inter: in
 
         elems = 4 * (shape.tokens if op == "attention_packed" else n) * hidden
         return OpCase(op, shape, make, elems, flops=attention_flops(shape.lengths, heads, hidden // heads))
+    if op == "rotary":  # q and k read and written, one int64 position read per token
+        return OpCase(op, shape, make, 4 * n * hidden, 8 * n)
     rows = {"add_layer_norm": 3 * hidden, "bias_gelu": 2 * inter, "gelu_layer_norm": 2 * hidden}[op]
     return OpCase(op, shape, make, n * rows)

@@ -248,14 +248,20 @@ def _op_call(fn: Callable, args: tuple, kwargs: dict, mode: str) -> Callable[[],
                 return fn(*args, **kwargs)
         return call
     leaves = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor) and t.requires_grad]
-    out = fn(*args, **kwargs).detach()  # with autograd on, as timed (a compiled fn traces the graph it will run)
-    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(out.device, out.dtype)
+    # with autograd on, as timed (a compiled fn traces the graph it will run); an op may return a tuple (rotary)
+    outs = [o.detach() for o in _outputs(fn(*args, **kwargs))]
+    g = torch.Generator().manual_seed(3)
+    grads = [torch.randn(o.shape, generator=g).to(o.device, o.dtype) for o in outs]
 
     def call_bwd() -> object:
         for t in leaves:
             t.grad = None
-        return fn(*args, **kwargs).backward(grad)
+        return torch.autograd.backward(_outputs(fn(*args, **kwargs)), grads)
     return call_bwd
+
+
+def _outputs(out: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return out if isinstance(out, tuple) else (out,)
 
 
 def op_variants(settings: Settings, op: str | None = None) -> list[str]:

@@ -60,8 +60,17 @@ def _attention(layout: str):
     return make
 
 
+def _rotary(n: int, dev: torch.device, g: torch.Generator, backend: str) -> tuple:
+    qkv = torch.randn(2, n, 3, 2, 16, generator=g).to(dev)
+
+    def fn(qkv):
+        positions = torch.arange(qkv.shape[1], device=qkv.device).expand(qkv.shape[0], -1)
+        return torch.stack(ops.rotary(qkv[:, :, 0], qkv[:, :, 1], positions, 10000.0, backend=backend))
+    return fn, (qkv,), ()
+
+
 CASES = {"embeddings": _embeddings, **{op: _rows(op) for op in ("add_layer_norm", "bias_gelu", "gelu_layer_norm")},
-         "attention_padded": _attention("padded"), "attention_packed": _attention("packed")}
+         "attention_padded": _attention("padded"), "attention_packed": _attention("packed"), "rotary": _rotary}
 
 
 @pytest.mark.parametrize("case", list(CASES))
