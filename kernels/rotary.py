@@ -19,7 +19,7 @@ from fastenc.kernels._common import FLOAT_DTYPES, cdiv, launch_reasons, next_pow
 from fastenc.kernels._launch import launch
 
 MAX_HEAD_DIM = 512
-_TILE = 2048  # elements of one [BLOCK_T, BLOCK_H, BLOCK_D2] half-tile: four of them (q, k halves) per program
+_TILE = 1024  # elements of one [BLOCK_T, BLOCK_H, BLOCK_D2] half-tile: four of them (q, k halves) per program
 _WARPS = 4
 
 

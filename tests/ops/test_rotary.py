@@ -8,12 +8,16 @@ On CPU the Triton kernels run in the interpreter: shapes are tiny. GPU-only case
 
 from __future__ import annotations
 
+import pathlib
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from fastenc import backends
 from fastenc.ops import rotary, rotary_ref
-from tests.helpers import assert_close_to_ref, backend_params, device_for
+from tests.helpers import assert_close_to_ref, backend_params, compiler_env, device_for
 
 BACKENDS = backend_params()
 THETAS = (10000.0, 160000.0)  # ModernBERT: local and global layers
@@ -67,7 +71,7 @@ def _check(backend, q, k, positions, theta, atol_scale=1.0):
     ("padded", (2, 9), 3, 16),
     ("padded", (1, 5), 2, 24),  # D/2 = 12: masked columns
     ("packed", (23,), 4, 32),
-    ("packed", (4,), 10, 512),  # two head blocks
+    ("packed", (4,), 10, 512),  # several head blocks
     ("packed", (7,), 1, 2),
 ], ids=str)
 def test_matches_ref(backend, dtype, theta, layout, lead, heads, head_dim):
@@ -228,3 +232,29 @@ def test_errors(backend):
         impl.rotary_fwd(q, k, pos, 10000.0)
     with pytest.raises(ValueError, match="positions"):
         impl.rotary_fwd(q[0], k[0], pos[0, :2].contiguous(), 10000.0)
+
+
+_COMPILE_SCRIPT = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import fastenc.kernels.rotary as R
+
+fn = R._rotary_kernel
+for arch, dtype, pos, d, heads, inverse in ((80, "bf16", "i64", 64, 12, False), (90, "fp16", "i32", 128, 16, True),
+                                            (90, "fp32", "i64", 24, 3, False)):
+    block_t, block_h, block_d2 = R._blocks(heads, d)
+    const = dict(HALF=d // 2, INVERSE=inverse, BLOCK_T=block_t, BLOCK_H=block_h, BLOCK_D2=block_d2)
+    sig = {n: "constexpr" if n in const else ("*" + pos) if n == "pos_ptr" else ("*" + dtype) if n.endswith("_ptr")
+           else "fp32" if n == "theta" else "i64" if "stride" in n else "i32" for n in fn.arg_names}
+    k = triton.compile(ASTSource(fn, sig, const), target=GPUTarget("cuda", arch, 32), options=dict(num_warps=R._WARPS))
+    assert "f64" in k.asm["ptx"]  # inv_freq in fp64, as the header says
+"""
+
+
+def test_kernel_compiles_for_ampere_and_hopper(tmp_path):
+    """The interpreter does not run Triton's compiler: compile the kernel for sm_80 and sm_90 (no GPU needed)."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+    run = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=compiler_env(tmp_path), cwd=root,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
