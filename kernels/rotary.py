@@ -2,7 +2,9 @@
 
 One program per (token block, head block) works on [BLOCK_T, BLOCK_H, D/2] tiles of both halves of q and k: the
 angles pos * inv_freq are computed once per [BLOCK_T, D/2] and shared by every head of the block and by q and k,
-so the transcendentals (exp2 for inv_freq, cos and sin) cost a fraction of an element's loads. The angle is reduced
+so the transcendentals (exp2 for inv_freq, cos and sin) cost a fraction of an element's loads. inv_freq is computed
+in fp64 and rounded to fp32 (the reference's fp32 inv_freq; fp32 exp2 / log2 errors of a few ulps would show at
+thousands of radians), BLOCK_D2 values per program. The angle is reduced
 to [-pi, pi] (Cody-Waite, two constants) before cos / sin, so their accuracy does not depend on how the backend
 lowers them (fast approximations lose accuracy on large arguments; positions reach thousands of radians). q and k
 are read through their token and head strides (views of a fused QKV output need no copy); outputs are contiguous.

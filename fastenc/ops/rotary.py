@@ -60,8 +60,9 @@ def _check(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, theta: flo
     if not q.is_floating_point():
         raise TypeError(f"q must be a floating-point tensor, got {q.dtype}")
     check_same_dtype(q, k=k)
-    if q.shape[-1] % 2:
-        raise ValueError(f"the head dim (last dim of q) must be even for rotate-half rotary, got {q.shape[-1]}")
+    if q.shape[-1] % 2 or q.shape[-1] == 0:
+        raise ValueError(f"the head dim (last dim of q) must be even and > 0 for rotate-half rotary, got "
+                         f"{q.shape[-1]}")
     for name, t in (("q", q), ("k", k)):
         if t.stride(-1) != 1 and t.shape[-1] > 1:
             raise ValueError(f"{name} must have a unit last stride (a view of contiguous head dims), got strides "

@@ -207,6 +207,8 @@ def test_errors(backend):
     pos = torch.arange(3, device=device).expand(2, 3)
     with pytest.raises(ValueError, match="even"):
         rotary(q[..., :7], k[..., :7], pos, 10000.0, backend=backend)
+    with pytest.raises(ValueError, match="even and > 0"):
+        rotary(q[..., :0], k[..., :0], pos, 10000.0, backend=backend)
     with pytest.raises(ValueError, match="positions must have shape"):
         rotary(q, k, pos[0], 10000.0, backend=backend)
     with pytest.raises(TypeError, match="positions must be an int32 or int64"):
