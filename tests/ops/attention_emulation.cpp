@@ -9,8 +9,9 @@
 // 8 rows share a bank group are counted and printed ("ldmatrix_conflicts N").
 //
 // Usage: attention_emulation DIR, with DIR/params.txt
-//   "dtype(h|b) head_dim batch heads max_seqlen rows packed scale dropout_p seed backward" (rows: tokens when
-//   packed, else max_seqlen)
+//   "dtype(h|b) head_dim batch heads max_seqlen rows packed scale dropout_p seed backward window" (rows: tokens
+//   when packed, else max_seqlen; window -1: none, else the kernels' kWindow instantiations run, as the launchers'
+//   would)
 // and the raw inputs DIR/{q,k,v,dout}.bin (16-bit, [B, S, H, D] or [T, H, D], contiguous; or q, k, v as views of
 // one DIR/qkv.bin [B, S, 3, H, D] or [T, 3, H, D], as a fused projection makes them), mask.bin (uint8 [B, S], when
 // masked), cu.bin (int32 [B + 1]). Writes o.bin, lse.bin (fp32) and with backward dq.bin, dk.bin, dv.bin.
@@ -272,7 +273,7 @@ void write_file(const std::string& path, const void* data, size_t bytes) {
 
 int blocks_for(int max_seqlen, int rows) { return (max_seqlen + rows - 1) / rows; }
 
-template <typename T, int D>
+template <typename T, int D, bool kWindow>
 void run(const std::string& dir, fastenc::AttnParams p, int64_t rows, bool packed, bool backward) {
   using namespace fastenc;
   const int64_t n = (packed ? rows : rows * p.batch) * p.heads * D;
@@ -309,23 +310,32 @@ void run(const std::string& dir, fastenc::AttnParams p, int64_t rows, bool packe
 
   using Fwd = FwdTile<D>;
   using Bwd = BwdTile<D>;
-  launch(attention_fwd_kernel<T, D>, blocks_for(p.max_seqlen, Fwd::kM), Fwd::kSmem, p);
+  launch(attention_fwd_kernel<T, D, kWindow>, blocks_for(p.max_seqlen, Fwd::kM), Fwd::kSmem, p);
   write_file(dir + "/o.bin", o.data(), o.size() * 2);
   write_file(dir + "/lse.bin", lse.data(), lse.size() * 4);
   if (!backward) return;
   launch(attention_bwd_delta_kernel<T, D>, blocks_for(p.max_seqlen, 64), 0, p);
-  launch(attention_bwd_dkdv_kernel<T, D>, blocks_for(p.max_seqlen, Bwd::kN), Bwd::kSmemDkDv, p);
-  launch(attention_bwd_dq_kernel<T, D>, blocks_for(p.max_seqlen, Bwd::kDqRows), Bwd::kSmemDq, p);
+  launch(attention_bwd_dkdv_kernel<T, D, kWindow>, blocks_for(p.max_seqlen, Bwd::kN), Bwd::kSmemDkDv, p);
+  launch(attention_bwd_dq_kernel<T, D, kWindow>, blocks_for(p.max_seqlen, Bwd::kDqRows), Bwd::kSmemDq, p);
   write_file(dir + "/dq.bin", dq.data(), dq.size() * 2);
   write_file(dir + "/dk.bin", dk.data(), dk.size() * 2);
   write_file(dir + "/dv.bin", dv.data(), dv.size() * 2);
 }
 
+template <typename T, bool kWindow>
+void run_dim(int d, const std::string& dir, const fastenc::AttnParams& p, int64_t rows, bool packed, bool backward) {
+  if (d == 32) run<T, 32, kWindow>(dir, p, rows, packed, backward);
+  if (d == 64) run<T, 64, kWindow>(dir, p, rows, packed, backward);
+  if (d == 128) run<T, 128, kWindow>(dir, p, rows, packed, backward);
+}
+
 template <typename T>
 void run_dim(int d, const std::string& dir, const fastenc::AttnParams& p, int64_t rows, bool packed, bool backward) {
-  if (d == 32) run<T, 32>(dir, p, rows, packed, backward);
-  if (d == 64) run<T, 64>(dir, p, rows, packed, backward);
-  if (d == 128) run<T, 128>(dir, p, rows, packed, backward);
+  if (p.window >= 0) {
+    run_dim<T, true>(d, dir, p, rows, packed, backward);
+  } else {
+    run_dim<T, false>(d, dir, p, rows, packed, backward);
+  }
 }
 
 }  // namespace
@@ -339,8 +349,8 @@ int main(int argc, char** argv) {
   long long rows, seed;
   fastenc::AttnParams p{};
   params >> dtype >> d >> p.batch >> p.heads >> p.max_seqlen >> rows >> packed >> p.softmax_scale >>
-      p.dropout_p >> seed >> backward;
-  if (!params || (d != 32 && d != 64 && d != 128)) return 2;
+      p.dropout_p >> seed >> backward >> p.window;
+  if (!params || (d != 32 && d != 64 && d != 128) || p.window < -1) return 2;
   p.head_dim = d;
   const int64_t seed64 = seed;
   p.seed = p.dropout_p > 0.f ? &seed64 : nullptr;
