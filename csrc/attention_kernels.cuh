@@ -370,7 +370,8 @@ struct BwdTile {
   static constexpr size_t kSmemDq = static_cast<size_t>(2 * kDqRows + 4 * kM) * kLd * 2;
 };
 
-// One block per 64 keys of one (batch, head): loops over every query tile and accumulates dK, dV.
+// One block per 64 keys of one (batch, head): loops over the query tiles its keys reach (every one without a
+// window) and accumulates dK, dV.
 template <typename T, int D, bool kWindow>
 __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const AttnParams p) {
   using Tile = BwdTile<D>;
@@ -471,8 +472,8 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const Attn
   store_rows<T, kDT>(dv, dv_scale, p.dv, b, seq, h, n0 + warp * 16, lane);
 }
 
-// One block per kDqRows queries of one (batch, head), each warp owning kDqRowTiles 16-row tiles: loops over every
-// key tile and accumulates dQ.
+// One block per kDqRows queries of one (batch, head), each warp owning kDqRowTiles 16-row tiles: loops over the key
+// tiles its queries reach (every one without a window) and accumulates dQ.
 template <typename T, int D, bool kWindow>
 __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const AttnParams p) {
   using Tile = BwdTile<D>;
