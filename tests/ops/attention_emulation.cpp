@@ -6,7 +6,8 @@
 // covers its group, so a tile read before its wait, or overwritten while another warp still reads it, shows up
 // as NaN or wrong values in the outputs. Every ldmatrix row and cp.async destination must be 16-byte aligned and
 // inside the launcher's shared memory size (a guard zone after it catches other writes); ldmatrix matrices whose
-// 8 rows share a bank group are counted and printed ("ldmatrix_conflicts N").
+// 8 rows share a bank group are counted and printed ("ldmatrix_conflicts N"). The number of 16-byte cp.async copies
+// that read memory goes to DIR/cp_async_copies.txt (what a window saves: the tiles its blocks skip).
 //
 // Usage: attention_emulation DIR, with DIR/params.txt
 //   "dtype(h|b) head_dim batch heads max_seqlen rows packed scale dropout_p seed backward window" (rows: tokens
@@ -69,6 +70,7 @@ thread_local std::deque<std::vector<Copy>> committed;
 unsigned char* smem = nullptr;
 size_t smem_bytes = 0;
 std::atomic<long> ldmatrix_conflicts{0};
+std::atomic<long> cp_async_copies{0};
 
 [[noreturn]] void fail(const char* what, const void* p) {
   std::fprintf(stderr, "%s: %p (shared memory %p + %zu bytes)\n", what, p, static_cast<void*>(smem), smem_bytes);
@@ -192,6 +194,7 @@ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) 
 inline void cp_async_16(void* dst, const void* src, bool valid) {
   emu::check_smem16(dst, "cp.async destination");
   if (valid && reinterpret_cast<uintptr_t>(src) % 16 != 0) emu::fail("cp.async source not 16-byte aligned", src);
+  if (valid) ++emu::cp_async_copies;
   std::memset(dst, 0xff, 16);  // NaN in fp16 and bf16 until the copy is waited for
   emu::open_group.push_back({dst, src, valid});
 }
@@ -359,6 +362,7 @@ int main(int argc, char** argv) {
   } else {
     run_dim<__nv_bfloat16>(d, dir, p, rows, packed != 0, backward != 0);
   }
+  std::ofstream(dir + "/cp_async_copies.txt") << emu::cp_async_copies.load() << "\n";
   std::printf("ldmatrix_conflicts %ld\n", emu::ldmatrix_conflicts.load());
   return 0;
 }
