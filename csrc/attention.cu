@@ -28,6 +28,10 @@
 // (forward, dQ: rows are queries) or the 8 lanes of a column (dK / dV: rows are keys): each lane draws one call in
 // 4 (8) and the lanes trade words with shuffles, so a warp draws each call once; dK / dV build the mask once per
 // tile as a bit set and apply it to P and dP.
+// A local window (|i - j| <= window, ModernBERT's local layers) is a template flag of the three main kernels, so the
+// kernels without one stay as they were: a block steps only over the tiles of the other side that its rows reach
+// (fewer steps, not fewer blocks) and tests each element only in the tiles that straddle the window's edge. The
+// dropout counter stays the element's own (i, j), so a window changes which elements count, never their mask.
 // Not done: wgmma / TMA for sm_90a (the sm_90a build runs these mma.sync kernels), split-KV, causal masks.
 #include <atomic>
 
@@ -78,23 +82,40 @@ bool rows_aligned16(const AttnTensor& t) {
 
 bool valid_params(const AttnParams& p, DType dtype) {
   return (dtype == DType::kFloat16 || dtype == DType::kBFloat16) && p.batch > 0 && p.heads > 0 && p.max_seqlen > 0 &&
-         (p.dropout_p == 0.f || p.seed != nullptr) && p.dropout_p >= 0.f && p.dropout_p < 1.f && rows_aligned16(p.q) &&
-         rows_aligned16(p.k) && rows_aligned16(p.v);
+         (p.dropout_p == 0.f || p.seed != nullptr) && p.dropout_p >= 0.f && p.dropout_p < 1.f && p.window >= -1 &&
+         rows_aligned16(p.q) && rows_aligned16(p.k) && rows_aligned16(p.v);
+}
+
+// A window of max_seqlen - 1 or more keeps every key (no sequence is longer): the kernels without the window run.
+AttnParams without_wide_window(const AttnParams& p) {
+  AttnParams out = p;
+  if (out.window >= out.max_seqlen - 1) out.window = -1;
+  return out;
+}
+
+template <typename T, int D, bool kWindow>
+cudaError_t fwd_kernels(const AttnParams& p, cudaStream_t stream) {
+  return launch<attention_fwd_kernel<T, D, kWindow>, FwdTile<D>::kSmem>(grid_of(p, FwdTile<D>::kM), stream, p);
 }
 
 template <typename T, int D>
 cudaError_t fwd(const AttnParams& p, cudaStream_t stream) {
-  return launch<attention_fwd_kernel<T, D>, FwdTile<D>::kSmem>(grid_of(p, FwdTile<D>::kM), stream, p);
+  return p.window >= 0 ? fwd_kernels<T, D, true>(p, stream) : fwd_kernels<T, D, false>(p, stream);
+}
+
+template <typename T, int D, bool kWindow>
+cudaError_t bwd_kernels(const AttnParams& p, cudaStream_t stream) {
+  using Tile = BwdTile<D>;
+  cudaError_t err = launch<attention_bwd_delta_kernel<T, D>, 0>(grid_of(p, 64), stream, p);
+  if (err != cudaSuccess) return err;
+  err = launch<attention_bwd_dkdv_kernel<T, D, kWindow>, Tile::kSmemDkDv>(grid_of(p, Tile::kN), stream, p);
+  if (err != cudaSuccess) return err;
+  return launch<attention_bwd_dq_kernel<T, D, kWindow>, Tile::kSmemDq>(grid_of(p, Tile::kDqRows), stream, p);
 }
 
 template <typename T, int D>
 cudaError_t bwd(const AttnParams& p, cudaStream_t stream) {
-  using Tile = BwdTile<D>;
-  cudaError_t err = launch<attention_bwd_delta_kernel<T, D>, 0>(grid_of(p, 64), stream, p);
-  if (err != cudaSuccess) return err;
-  err = launch<attention_bwd_dkdv_kernel<T, D>, Tile::kSmemDkDv>(grid_of(p, Tile::kN), stream, p);
-  if (err != cudaSuccess) return err;
-  return launch<attention_bwd_dq_kernel<T, D>, Tile::kSmemDq>(grid_of(p, Tile::kDqRows), stream, p);
+  return p.window >= 0 ? bwd_kernels<T, D, true>(p, stream) : bwd_kernels<T, D, false>(p, stream);
 }
 
 #define FASTENC_DISPATCH_ATTENTION(dtype, head_dim, FN, ...) \
@@ -137,13 +158,13 @@ cudaError_t attention_dropout_mask(const int64_t* seed, uint8_t* out, int batch,
 
 cudaError_t attention_fwd(const AttnParams& params, DType dtype, cudaStream_t stream) {
   if (!valid_params(params, dtype)) return cudaErrorInvalidValue;
-  FASTENC_DISPATCH_ATTENTION(dtype, params.head_dim, fwd, params, stream)
+  FASTENC_DISPATCH_ATTENTION(dtype, params.head_dim, fwd, without_wide_window(params), stream)
 }
 
 cudaError_t attention_bwd(const AttnParams& params, DType dtype, cudaStream_t stream) {
   if (!valid_params(params, dtype) || params.delta == nullptr || !rows_aligned16(params.dout))
     return cudaErrorInvalidValue;
-  FASTENC_DISPATCH_ATTENTION(dtype, params.head_dim, bwd, params, stream)
+  FASTENC_DISPATCH_ATTENTION(dtype, params.head_dim, bwd, without_wide_window(params), stream)
 }
 
 }  // namespace fastenc

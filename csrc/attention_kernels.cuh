@@ -142,16 +142,42 @@ __device__ __forceinline__ void load_tile_async(T* s_dst, const AttnTensor& t, i
 }
 
 // Rows row0 .. row0 + ROWS - 1 of x, then of y, into s_dst ([ROWS, LD] each) as one cp.async group: the next
-// step's tiles of a double buffer. Past the sequence the group is empty, so every step commits one group.
+// step's tiles of a double buffer. From row `end` on (the end of the sequence or of the window's span) the group is
+// empty, so every step commits one group.
 template <typename T, int ROWS, int D, int LD>
 __device__ __forceinline__ void prefetch_pair_async(T* s_dst, const AttnTensor& x, const AttnTensor& y, int b,
-                                                    const Seq& seq, int h, int row0, int tid) {
-  if (row0 < seq.len) {
+                                                    const Seq& seq, int h, int row0, int end, int tid) {
+  if (row0 < end) {
     load_tile_async<T, ROWS, D, LD>(s_dst, x, b, seq, h, row0, tid);
     load_tile_async<T, ROWS, D, LD>(s_dst + ROWS * LD, y, b, seq, h, row0, tid);
   }
   cp_async_commit();
 }
+
+// ---- Window ------------------------------------------------------------------------------------------------------
+// With a window (p.window >= 0) query i attends key j only if |i - j| <= window, positions within the sequence. A
+// block steps only over the tiles of the other side that its rows reach (window_span), and tests elements only in
+// the tiles whose farthest query / key pair lies outside the window (window_edge); the kernels' kWindow = false
+// instantiations keep neither test.
+
+struct Span {
+  int begin, end;  // rows [begin, end); begin a multiple of the tile
+};
+
+// The rows of the other side that rows r0 .. r0 + rows - 1 reach within the window, begin rounded down to a multiple
+// of `tile`; the whole sequence without a window.
+__device__ __forceinline__ Span window_span(int window, int r0, int rows, int tile, int len) {
+  if (window < 0) return Span{0, len};
+  const int lo = r0 > window ? r0 - window : 0;
+  return Span{lo / tile * tile, window < len - r0 - rows ? r0 + rows + window : len};
+}
+
+// Whether some query of m0 .. m0 + M - 1 and key of n0 .. n0 + N - 1 lie farther apart than the window.
+__device__ __forceinline__ bool window_edge(int window, int m0, int M, int n0, int N) {
+  return m0 + M - 1 - n0 > window || n0 + N - 1 - m0 > window;
+}
+
+__device__ __forceinline__ bool in_window(int window, int i, int j) { return (i > j ? i - j : j - i) <= window; }
 
 __device__ __forceinline__ bool key_allowed(const AttnParams& p, int b, const Seq& seq, int j) {
   return j < seq.len && (p.key_mask == nullptr || p.key_mask[b * p.mask_batch_stride + j] != 0);
@@ -191,7 +217,7 @@ struct FwdTile {
   static constexpr size_t kSmem = static_cast<size_t>(kM + 3 * kN) * kLd * 2;  // Q, two K buffers, V
 };
 
-template <typename T, int D>
+template <typename T, int D, bool kWindow>
 __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const AttnParams p) {
   using Tile = FwdTile<D>;
   constexpr int kRT = Tile::kRowTiles, kM = Tile::kM, kN = Tile::kN, kLd = Tile::kLd, kNT = kN / 8, kDT = D / 8;
@@ -207,9 +233,10 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const AttnParam
   const int row0 = m0 + warp * 16 * kRT;  // the warp's rows: row0 .. row0 + 16 kRT - 1, tile rt from row0 + 16 rt
   const DropoutState drop = dropout_state(p);
   const float scale_log2 = p.softmax_scale * kLog2e;
+  const Span keys = kWindow ? window_span(p.window, m0, kM, kN, seq.len) : Span{0, seq.len};
 
   load_tile_async<T, kM, D, kLd>(s_q, p.q, b, seq, h, m0, tid);
-  load_tile_async<T, kN, D, kLd>(s_k, p.k, b, seq, h, 0, tid);
+  load_tile_async<T, kN, D, kLd>(s_k, p.k, b, seq, h, keys.begin, tid);
   cp_async_commit();
 
   float o[kRT][kDT][4];
@@ -223,7 +250,8 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const AttnParam
   const T* s_q_warp = s_q + (row0 - m0) * kLd;
 
   // cp.async groups in flight at each wait: {K(n0), V(n0)} before Q K^T, then {V(n0), K(n0 + kN)} before P V.
-  for (int n0 = 0, buf = 0; n0 < seq.len; n0 += kN, buf ^= 1) {
+  for (int n0 = keys.begin, buf = 0; n0 < keys.end; n0 += kN, buf ^= 1) {
+    const bool edge = kWindow && window_edge(p.window, m0, kM, n0, kN);
     __syncthreads();  // the previous tile's V and key flags, and K buffer buf ^ 1, are no longer read
     load_tile_async<T, kN, D, kLd>(s_v, p.v, b, seq, h, n0, tid);
     cp_async_commit();
@@ -236,7 +264,7 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const AttnParam
     for (int rt = 0; rt < kRT; ++rt) zero(s[rt]);
     mma_abt<T, kNT, D, kLd>(s, s_q_warp, s_k + buf * kN * kLd, lane);
     // The next tile's K lands in the other buffer during the softmax and P V (rows past the sequence: zeros).
-    if (n0 + kN < seq.len) load_tile_async<T, kN, D, kLd>(s_k + (buf ^ 1) * kN * kLd, p.k, b, seq, h, n0 + kN, tid);
+    if (n0 + kN < keys.end) load_tile_async<T, kN, D, kLd>(s_k + (buf ^ 1) * kN * kLd, p.k, b, seq, h, n0 + kN, tid);
     cp_async_commit();  // possibly empty: keeps the group count of every iteration the same
 
     uint32_t pa[kRT][kNT / 2][4];
@@ -251,7 +279,9 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const AttnParam
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             float& x = s[rt][nt][2 * r + e];
-            x = s_key_ok[nt * 8 + 2 * tq + e] ? x * scale_log2 : -INFINITY;
+            const int j = nt * 8 + 2 * tq + e;
+            const bool ok = s_key_ok[j] && (!edge || in_window(p.window, row0 + 16 * rt + g + 8 * r, n0 + j));
+            x = ok ? x * scale_log2 : -INFINITY;
             mx = fmaxf(mx, x);
           }
         }
@@ -340,8 +370,9 @@ struct BwdTile {
   static constexpr size_t kSmemDq = static_cast<size_t>(2 * kDqRows + 4 * kM) * kLd * 2;
 };
 
-// One block per 64 keys of one (batch, head): loops over every query tile and accumulates dK, dV.
-template <typename T, int D>
+// One block per 64 keys of one (batch, head): loops over the query tiles its keys reach (every one without a
+// window) and accumulates dK, dV.
+template <typename T, int D, bool kWindow>
 __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const AttnParams p) {
   using Tile = BwdTile<D>;
   constexpr int kM = Tile::kM, kN = Tile::kN, kLd = Tile::kLd, kMT = kM / 8, kDT = D / 8;
@@ -358,10 +389,11 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const Attn
   const float scale_log2 = p.softmax_scale * kLog2e;
   const float* lse = lse_ptr(p, p.lse, b, seq, h);
   const float* delta = lse_ptr(p, p.delta, b, seq, h);
+  const Span queries = kWindow ? window_span(p.window, n0, kN, kM, seq.len) : Span{0, seq.len};
 
   load_tile_async<T, kN, D, kLd>(s_k, p.k, b, seq, h, n0, tid);
   load_tile_async<T, kN, D, kLd>(s_v, p.v, b, seq, h, n0, tid);
-  prefetch_pair_async<T, kM, D, kLd>(s_qdo, p.q, p.dout, b, seq, h, 0, tid);
+  prefetch_pair_async<T, kM, D, kLd>(s_qdo, p.q, p.dout, b, seq, h, queries.begin, queries.end, tid);
   const int j_row = n0 + warp * 16 + g;  // this lane's key rows: j_row and j_row + 8
   const bool key_ok[2] = {key_allowed(p, b, seq, j_row), key_allowed(p, b, seq, j_row + 8)};
 
@@ -372,9 +404,11 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const Attn
   const T* s_v_warp = s_v + warp * 16 * kLd;
 
   // One cp.async group per query tile, issued a tile ahead: the next tile's Q and dO land while this one computes.
-  for (int m0 = 0, buf = 0; m0 < seq.len; m0 += kM, buf ^= 1) {
+  for (int m0 = queries.begin, buf = 0; m0 < queries.end; m0 += kM, buf ^= 1) {
+    const bool edge = kWindow && window_edge(p.window, m0, kM, n0, kN);
     __syncthreads();  // buffer buf ^ 1 and the previous tile's lse / delta are no longer read
-    prefetch_pair_async<T, kM, D, kLd>(s_qdo + (buf ^ 1) * 2 * kM * kLd, p.q, p.dout, b, seq, h, m0 + kM, tid);
+    prefetch_pair_async<T, kM, D, kLd>(s_qdo + (buf ^ 1) * 2 * kM * kLd, p.q, p.dout, b, seq, h, m0 + kM,
+                                       queries.end, tid);
     for (int i = tid; i < kM; i += kThreads) {
       const bool valid = m0 + i < seq.len;
       s_lse2[i] = valid ? lse[m0 + i] * kLog2e : INFINITY;  // +inf: a row with no key (p = 0)
@@ -394,7 +428,8 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const Attn
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int i = nt * 8 + 2 * tq + (e & 1);
-        pt[nt][e] = key_ok[e >> 1] ? exp2_approx(pt[nt][e] * scale_log2 - s_lse2[i]) : 0.f;
+        const bool ok = key_ok[e >> 1] && (!edge || in_window(p.window, m0 + i, j_row + 8 * (e >> 1)));
+        pt[nt][e] = ok ? exp2_approx(pt[nt][e] * scale_log2 - s_lse2[i]) : 0.f;
       }
     }
     // dP^T = V dO^T (then dropped like P).
@@ -437,9 +472,9 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const Attn
   store_rows<T, kDT>(dv, dv_scale, p.dv, b, seq, h, n0 + warp * 16, lane);
 }
 
-// One block per kDqRows queries of one (batch, head), each warp owning kDqRowTiles 16-row tiles: loops over every
-// key tile and accumulates dQ.
-template <typename T, int D>
+// One block per kDqRows queries of one (batch, head), each warp owning kDqRowTiles 16-row tiles: loops over the key
+// tiles its queries reach (every one without a window) and accumulates dQ.
+template <typename T, int D, bool kWindow>
 __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const AttnParams p) {
   using Tile = BwdTile<D>;
   constexpr int kRT = Tile::kDqRowTiles, kM = Tile::kDqRows, kN = Tile::kM, kLd = Tile::kLd, kNT = kN / 8,
@@ -456,10 +491,11 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const AttnPa
   const int row0 = m0 + warp * 16 * kRT;  // the warp's rows: row0 .. row0 + 16 kRT - 1, tile rt from row0 + 16 rt
   const DropoutState drop = dropout_state(p);
   const float scale_log2 = p.softmax_scale * kLog2e;
+  const Span keys = kWindow ? window_span(p.window, m0, kM, kN, seq.len) : Span{0, seq.len};
 
   load_tile_async<T, kM, D, kLd>(s_q, p.q, b, seq, h, m0, tid);
   load_tile_async<T, kM, D, kLd>(s_do, p.dout, b, seq, h, m0, tid);
-  prefetch_pair_async<T, kN, D, kLd>(s_kv, p.k, p.v, b, seq, h, 0, tid);
+  prefetch_pair_async<T, kN, D, kLd>(s_kv, p.k, p.v, b, seq, h, keys.begin, keys.end, tid);
   float lse2[kRT][2], dlt[kRT][2];  // rows row0 + 16 rt + g (r = 0) and + 8 (r = 1)
   const float* lse = lse_ptr(p, p.lse, b, seq, h);
   const float* delta = lse_ptr(p, p.delta, b, seq, h);
@@ -480,9 +516,10 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const AttnPa
   const T* s_do_warp = s_do + (row0 - m0) * kLd;
 
   // One cp.async group per key tile, issued a tile ahead: the next tile's K and V land while this one computes.
-  for (int n0 = 0, buf = 0; n0 < seq.len; n0 += kN, buf ^= 1) {
+  for (int n0 = keys.begin, buf = 0; n0 < keys.end; n0 += kN, buf ^= 1) {
+    const bool edge = kWindow && window_edge(p.window, m0, kM, n0, kN);
     __syncthreads();  // buffer buf ^ 1 and the previous tile's key flags are no longer read
-    prefetch_pair_async<T, kN, D, kLd>(s_kv + (buf ^ 1) * 2 * kN * kLd, p.k, p.v, b, seq, h, n0 + kN, tid);
+    prefetch_pair_async<T, kN, D, kLd>(s_kv + (buf ^ 1) * 2 * kN * kLd, p.k, p.v, b, seq, h, n0 + kN, keys.end, tid);
     for (int j = tid; j < kN; j += kThreads) s_key_ok[j] = key_allowed(p, b, seq, n0 + j);
     cp_async_wait<1>();  // Q, dO and this tile's K, V have landed; the next tile's may still be in flight
     __syncthreads();
@@ -504,7 +541,8 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const AttnPa
       for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const bool ok = s_key_ok[nt * 8 + 2 * tq + (e & 1)];
+          const int j = nt * 8 + 2 * tq + (e & 1);
+          const bool ok = s_key_ok[j] && (!edge || in_window(p.window, row0 + 16 * rt + g + 8 * (e >> 1), n0 + j));
           s[rt][nt][e] = ok ? exp2_approx(s[rt][nt][e] * scale_log2 - lse2[rt][e >> 1]) : 0.f;
         }
       }

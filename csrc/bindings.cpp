@@ -12,6 +12,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <limits>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -380,9 +382,15 @@ AttnLayout check_attention_inputs(const Tensor& q, const Tensor& k, const Tensor
   return lay;
 }
 
+// window: -1 (none) or >= 0; one larger than any sequence keeps every key, so it is cut to the int the kernels take.
+int check_window(int64_t window, const char* op) {
+  TORCH_CHECK_VALUE(window >= -1, "fastenc.", op, ": window must be -1 (none) or >= 0, got ", window);
+  return static_cast<int>(std::min<int64_t>(window, std::numeric_limits<int>::max()));
+}
+
 fastenc::AttnParams attn_params(const Tensor& q, const Tensor& k, const Tensor& v, const AttnLayout& lay,
                                 const OptTensor& key_mask, const OptTensor& cu_seqlens, const Tensor& lse,
-                                double softmax_scale, double dropout_p, const int64_t* seed) {
+                                double softmax_scale, double dropout_p, const int64_t* seed, int window) {
   fastenc::AttnParams p{};
   p.q = attn_tensor(q, lay.packed);
   p.k = attn_tensor(k, lay.packed);
@@ -400,6 +408,7 @@ fastenc::AttnParams attn_params(const Tensor& q, const Tensor& k, const Tensor& 
   p.softmax_scale = static_cast<float>(softmax_scale);
   p.dropout_p = static_cast<float>(dropout_p);
   p.seed = seed;
+  p.window = window;
   return p;
 }
 
@@ -411,15 +420,17 @@ std::vector<int64_t> lse_shape(const AttnLayout& lay) {
 std::tuple<Tensor, Tensor> attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v,
                                          const OptTensor& key_padding_mask, const OptTensor& cu_seqlens,
                                          int64_t max_seqlen, double softmax_scale, double dropout_p,
-                                         const OptTensor& seed) {
+                                         const OptTensor& seed, int64_t window) {
   const char* op = "attention_fwd";
   const AttnLayout lay = check_attention_inputs(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, op);
   const int64_t* sp = seed_ptr(seed, dropout_p, q, op);
+  const int win = check_window(window, op);
   const c10::cuda::CUDAGuard guard(q.device());
   Tensor o = at::empty(q.sizes(), q.options());
   Tensor lse = at::empty(lse_shape(lay), q.options().dtype(at::kFloat));
   if (q.numel() == 0) return {o, lse};
-  fastenc::AttnParams p = attn_params(q, k, v, lay, key_padding_mask, cu_seqlens, lse, softmax_scale, dropout_p, sp);
+  fastenc::AttnParams p =
+      attn_params(q, k, v, lay, key_padding_mask, cu_seqlens, lse, softmax_scale, dropout_p, sp, win);
   p.o = attn_tensor(o, lay.packed);
   check_launch(fastenc::attention_fwd(p, dtype_of(q, op, "q"), stream_of(q)), op);
   return {o, lse};
@@ -428,7 +439,7 @@ std::tuple<Tensor, Tensor> attention_fwd(const Tensor& q, const Tensor& k, const
 std::tuple<Tensor, Tensor, Tensor> attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                                                  const Tensor& o, const Tensor& lse, const OptTensor& key_padding_mask,
                                                  const OptTensor& cu_seqlens, int64_t max_seqlen, double softmax_scale,
-                                                 double dropout_p, const OptTensor& seed) {
+                                                 double dropout_p, const OptTensor& seed, int64_t window) {
   const char* op = "attention_bwd";
   const AttnLayout lay = check_attention_inputs(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, op);
   check_tensor(dout, q, op, "dout", q.sizes(), q.scalar_type());
@@ -436,12 +447,14 @@ std::tuple<Tensor, Tensor, Tensor> attention_bwd(const Tensor& dout, const Tenso
   check_tensor(o, q, op, "o", q.sizes(), q.scalar_type());
   check_tensor(lse, q, op, "lse", lse_shape(lay), at::kFloat);
   const int64_t* sp = seed_ptr(seed, dropout_p, q, op);
+  const int win = check_window(window, op);
   const c10::cuda::CUDAGuard guard(q.device());
   Tensor dq = at::empty(q.sizes(), q.options()), dk = at::empty(k.sizes(), k.options());
   Tensor dv = at::empty(v.sizes(), v.options());
   if (q.numel() == 0) return {dq, dk, dv};
   Tensor delta = at::empty_like(lse);
-  fastenc::AttnParams p = attn_params(q, k, v, lay, key_padding_mask, cu_seqlens, lse, softmax_scale, dropout_p, sp);
+  fastenc::AttnParams p =
+      attn_params(q, k, v, lay, key_padding_mask, cu_seqlens, lse, softmax_scale, dropout_p, sp, win);
   p.o = attn_tensor(o, lay.packed);
   p.dout = attn_tensor(dout, lay.packed);
   p.dq = attn_tensor(dq, lay.packed);
@@ -539,10 +552,10 @@ TORCH_LIBRARY(fastenc, m) {
       "Tensor? seed, int word_padding_idx, int position_padding_idx) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, Tensor? cu_seqlens, "
-      "int max_seqlen, float softmax_scale, float dropout_p, Tensor? seed) -> (Tensor, Tensor)");
+      "int max_seqlen, float softmax_scale, float dropout_p, Tensor? seed, int window=-1) -> (Tensor, Tensor)");
   m.def(
       "attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor? key_padding_mask, "
-      "Tensor? cu_seqlens, int max_seqlen, float softmax_scale, float dropout_p, Tensor? seed) "
+      "Tensor? cu_seqlens, int max_seqlen, float softmax_scale, float dropout_p, Tensor? seed, int window=-1) "
       "-> (Tensor, Tensor, Tensor)");
   m.def("attention_dropout_mask(Tensor seed, int batch, int heads, int seqlen, float dropout_p) -> Tensor");
   m.def("rotary_fwd(Tensor q, Tensor k, Tensor positions, float theta) -> (Tensor, Tensor)");

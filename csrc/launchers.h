@@ -112,10 +112,11 @@ struct AttnParams {
   int batch, heads, head_dim, max_seqlen;
   float softmax_scale, dropout_p;
   const int64_t* seed;  // [1] int64, nullable iff dropout_p == 0
+  int window;           // query i attends key j only if |i - j| <= window (positions in the sequence); -1: none
 };
 
 // Head dims 32, 64, 128; dtype fp16 or bf16; every row 16-byte aligned (bindings.cpp checks; Python side:
-// fastenc._cuda.SUPPORT and fastenc._cuda.not_supported_reasons).
+// fastenc._cuda.SUPPORT and fastenc._cuda.not_supported_reasons); window >= -1.
 cudaError_t attention_fwd(const AttnParams& params, DType dtype, cudaStream_t stream);
 cudaError_t attention_bwd(const AttnParams& params, DType dtype, cudaStream_t stream);
 // The dropout keep-mask the attention kernels apply for `seed`: out uint8 [batch, heads, seqlen, seqlen], 1 = kept.

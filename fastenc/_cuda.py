@@ -7,7 +7,8 @@ trace the ops without running them: those of fastenc.kernels._fakes, which the T
 
 The registered ops are the launchers, with no wrapper: like the Triton launchers they take None for an absent
 input and return an empty tensor for an absent output (custom-op schemas cannot return None or alias one output to
-another), and fastenc/ops reads only the outputs it asked for.
+another), and fastenc/ops reads only the outputs it asked for. The attention launchers take the window as their
+trailing `window` argument (-1: none; the schemas default to -1).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ SUPPORT = {
     **{op: dict(devices=("cuda",), dtypes=FLOAT_DTYPES) for op in ("add_layer_norm", "bias_gelu", "gelu_layer_norm")},
     "embeddings": dict(devices=("cuda",), dtypes=FLOAT_DTYPES),
     "attention": dict(devices=("cuda",), dtypes=(torch.float16, torch.bfloat16), head_dims=(32, 64, 128),
-                      min_capability=(8, 0), layouts=("padded", "packed")),
+                      min_capability=(8, 0), layouts=("padded", "packed"), features=("window",)),
     "rotary": dict(devices=("cuda",), dtypes=FLOAT_DTYPES, max_head_dim=512),  # kRotaryMaxHalf in launchers.h
 }
 # the architectures fastenc._C holds code for ("sm_80+sm_90a+compute_90"), set by setup.py; None in older builds

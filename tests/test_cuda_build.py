@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import re
 import shutil
@@ -396,3 +397,76 @@ def test_gpu_misaligned_dout_is_named():
     dout = torch.randn(q.numel() + 1, dtype=torch.float16, device=dev)[1:].view(q.shape)  # contiguous, 2 bytes off
     with pytest.raises(ValueError, match="dout must have 16-byte aligned rows"):
         torch.ops.fastenc.attention_bwd(dout, q, k, v, o, lse, None, None, 8, 0.125, 0.0, None)
+
+
+def test_attention_schemas_take_a_trailing_window():
+    """Launcher contract 4: both attention launchers end on `window` (-1: none), defaulted so that callers of the
+    earlier contract keep working."""
+    schemas = _schemas()
+    for name in ("attention_fwd", "attention_bwd"):
+        assert re.search(r"Tensor\? seed, int window=-1\) ->", schemas[name]), schemas[name]
+
+
+@pytest.mark.gpu
+@needs_cuda_backend
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [32, 64, 128])
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+@pytest.mark.parametrize(("window", "dropout_p"), [(0, 0.0), (40, 0.0), (40, 0.3)])
+def test_gpu_attention_window_matches_ref(dtype, head_dim, layout, window, dropout_p):
+    """The launchers with a window (blocks that skip whole tiles, edge tiles, window 0) against attention_ref with
+    the window as an additive -inf bias, run padded (packed sequences padded here)."""
+    from fastenc import _cuda
+    from tests.helpers import assert_close_to_ref
+
+    dev = torch.device("cuda")
+    heads, scale = 2, head_dim**-0.5
+    seed = torch.tensor([2**34 + 3], dtype=torch.int64, device=dev) if dropout_p > 0 else None
+    if layout == "packed":
+        lens = [300, 1, 67, 200]
+        cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32, device=dev)
+        batch, seqlen = len(lens), max(lens)
+        q, k, v, do = (torch.randn(sum(lens), heads, head_dim, dtype=dtype, device=dev) for _ in range(4))
+        keep = torch.arange(seqlen, device=dev)[None, :] < torch.tensor(lens, device=dev)[:, None]
+        mask = None
+    else:
+        batch, seqlen = 2, 333
+        q, k, v, do = (torch.randn(batch, seqlen, heads, head_dim, dtype=dtype, device=dev) for _ in range(4))
+        mask = torch.rand(batch, seqlen, device=dev) > 0.2
+        cu = keep = None
+    o, lse = _cuda.attention_fwd(q, k, v, mask, cu, seqlen, scale, dropout_p, seed, window)
+    got = [o, *_cuda.attention_bwd(do, q, k, v, o, lse, mask, cu, seqlen, scale, dropout_p, seed, window)]
+
+    def padded(t):
+        if keep is None:
+            return t
+        out = t.new_zeros(batch, seqlen, *t.shape[1:])
+        out[keep] = t
+        return out
+
+    i = torch.arange(seqlen, device=dev)
+    bias = torch.where((i[:, None] - i[None, :]).abs() <= window, 0.0, -math.inf)
+    kw = dict(key_padding_mask=mask if keep is None else keep, attn_bias=bias, softmax_scale=scale)
+    if dropout_p > 0:
+        kw.update(dropout_p=dropout_p, dropout_mask=_cuda.attention_dropout_mask(seed, batch, heads, seqlen, dropout_p))
+    refs = [_attention_ref_grads(*(padded(t) for t in (q, k, v, do)), dt, **kw) for dt in (torch.float64, dtype)]
+    if keep is not None:
+        refs = [[t[keep] for t in ref] for ref in refs]
+    atol = 2e-3 if dtype == torch.float16 else 1e-2
+    for name, g, r, t in zip(("o", "dq", "dk", "dv"), got, *refs, strict=True):
+        assert_close_to_ref(g, r, t, atol=atol, name=name)
+
+
+@pytest.mark.gpu
+@needs_cuda_backend
+def test_gpu_attention_wide_window_is_no_window_and_negative_is_named():
+    dev = torch.device("cuda")
+    q, k, v = (torch.randn(2, 100, 2, 64, dtype=torch.float16, device=dev) for _ in range(3))
+    fwd = torch.ops.fastenc.attention_fwd
+    none = fwd(q, k, v, None, None, 100, 0.125, 0.0, None)
+    for window in (99, 2**40):  # every key of a 100-token sequence
+        wide = fwd(q, k, v, None, None, 100, 0.125, 0.0, None, window)
+        assert all(torch.equal(a, b) for a, b in zip(wide, none, strict=True))
+    assert not torch.equal(fwd(q, k, v, None, None, 100, 0.125, 0.0, None, 98)[0], none[0])
+    with pytest.raises(ValueError, match="window must be -1"):
+        fwd(q, k, v, None, None, 100, 0.125, 0.0, None, -2)

@@ -6,11 +6,13 @@
 // covers its group, so a tile read before its wait, or overwritten while another warp still reads it, shows up
 // as NaN or wrong values in the outputs. Every ldmatrix row and cp.async destination must be 16-byte aligned and
 // inside the launcher's shared memory size (a guard zone after it catches other writes); ldmatrix matrices whose
-// 8 rows share a bank group are counted and printed ("ldmatrix_conflicts N").
+// 8 rows share a bank group are counted and printed ("ldmatrix_conflicts N"). The number of 16-byte cp.async copies
+// that read memory goes to DIR/cp_async_copies.txt (what a window saves: the tiles its blocks skip).
 //
 // Usage: attention_emulation DIR, with DIR/params.txt
-//   "dtype(h|b) head_dim batch heads max_seqlen rows packed scale dropout_p seed backward" (rows: tokens when
-//   packed, else max_seqlen)
+//   "dtype(h|b) head_dim batch heads max_seqlen rows packed scale dropout_p seed backward window" (rows: tokens
+//   when packed, else max_seqlen; window -1: none, else the kernels' kWindow instantiations run, as the launchers'
+//   would)
 // and the raw inputs DIR/{q,k,v,dout}.bin (16-bit, [B, S, H, D] or [T, H, D], contiguous; or q, k, v as views of
 // one DIR/qkv.bin [B, S, 3, H, D] or [T, 3, H, D], as a fused projection makes them), mask.bin (uint8 [B, S], when
 // masked), cu.bin (int32 [B + 1]). Writes o.bin, lse.bin (fp32) and with backward dq.bin, dk.bin, dv.bin.
@@ -68,6 +70,7 @@ thread_local std::deque<std::vector<Copy>> committed;
 unsigned char* smem = nullptr;
 size_t smem_bytes = 0;
 std::atomic<long> ldmatrix_conflicts{0};
+std::atomic<long> cp_async_copies{0};
 
 [[noreturn]] void fail(const char* what, const void* p) {
   std::fprintf(stderr, "%s: %p (shared memory %p + %zu bytes)\n", what, p, static_cast<void*>(smem), smem_bytes);
@@ -191,6 +194,7 @@ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) 
 inline void cp_async_16(void* dst, const void* src, bool valid) {
   emu::check_smem16(dst, "cp.async destination");
   if (valid && reinterpret_cast<uintptr_t>(src) % 16 != 0) emu::fail("cp.async source not 16-byte aligned", src);
+  if (valid) ++emu::cp_async_copies;
   std::memset(dst, 0xff, 16);  // NaN in fp16 and bf16 until the copy is waited for
   emu::open_group.push_back({dst, src, valid});
 }
@@ -272,7 +276,7 @@ void write_file(const std::string& path, const void* data, size_t bytes) {
 
 int blocks_for(int max_seqlen, int rows) { return (max_seqlen + rows - 1) / rows; }
 
-template <typename T, int D>
+template <typename T, int D, bool kWindow>
 void run(const std::string& dir, fastenc::AttnParams p, int64_t rows, bool packed, bool backward) {
   using namespace fastenc;
   const int64_t n = (packed ? rows : rows * p.batch) * p.heads * D;
@@ -309,23 +313,32 @@ void run(const std::string& dir, fastenc::AttnParams p, int64_t rows, bool packe
 
   using Fwd = FwdTile<D>;
   using Bwd = BwdTile<D>;
-  launch(attention_fwd_kernel<T, D>, blocks_for(p.max_seqlen, Fwd::kM), Fwd::kSmem, p);
+  launch(attention_fwd_kernel<T, D, kWindow>, blocks_for(p.max_seqlen, Fwd::kM), Fwd::kSmem, p);
   write_file(dir + "/o.bin", o.data(), o.size() * 2);
   write_file(dir + "/lse.bin", lse.data(), lse.size() * 4);
   if (!backward) return;
   launch(attention_bwd_delta_kernel<T, D>, blocks_for(p.max_seqlen, 64), 0, p);
-  launch(attention_bwd_dkdv_kernel<T, D>, blocks_for(p.max_seqlen, Bwd::kN), Bwd::kSmemDkDv, p);
-  launch(attention_bwd_dq_kernel<T, D>, blocks_for(p.max_seqlen, Bwd::kDqRows), Bwd::kSmemDq, p);
+  launch(attention_bwd_dkdv_kernel<T, D, kWindow>, blocks_for(p.max_seqlen, Bwd::kN), Bwd::kSmemDkDv, p);
+  launch(attention_bwd_dq_kernel<T, D, kWindow>, blocks_for(p.max_seqlen, Bwd::kDqRows), Bwd::kSmemDq, p);
   write_file(dir + "/dq.bin", dq.data(), dq.size() * 2);
   write_file(dir + "/dk.bin", dk.data(), dk.size() * 2);
   write_file(dir + "/dv.bin", dv.data(), dv.size() * 2);
 }
 
+template <typename T, bool kWindow>
+void run_dim(int d, const std::string& dir, const fastenc::AttnParams& p, int64_t rows, bool packed, bool backward) {
+  if (d == 32) run<T, 32, kWindow>(dir, p, rows, packed, backward);
+  if (d == 64) run<T, 64, kWindow>(dir, p, rows, packed, backward);
+  if (d == 128) run<T, 128, kWindow>(dir, p, rows, packed, backward);
+}
+
 template <typename T>
 void run_dim(int d, const std::string& dir, const fastenc::AttnParams& p, int64_t rows, bool packed, bool backward) {
-  if (d == 32) run<T, 32>(dir, p, rows, packed, backward);
-  if (d == 64) run<T, 64>(dir, p, rows, packed, backward);
-  if (d == 128) run<T, 128>(dir, p, rows, packed, backward);
+  if (p.window >= 0) {
+    run_dim<T, true>(d, dir, p, rows, packed, backward);
+  } else {
+    run_dim<T, false>(d, dir, p, rows, packed, backward);
+  }
 }
 
 }  // namespace
@@ -339,8 +352,8 @@ int main(int argc, char** argv) {
   long long rows, seed;
   fastenc::AttnParams p{};
   params >> dtype >> d >> p.batch >> p.heads >> p.max_seqlen >> rows >> packed >> p.softmax_scale >>
-      p.dropout_p >> seed >> backward;
-  if (!params || (d != 32 && d != 64 && d != 128)) return 2;
+      p.dropout_p >> seed >> backward >> p.window;
+  if (!params || (d != 32 && d != 64 && d != 128) || p.window < -1) return 2;
   p.head_dim = d;
   const int64_t seed64 = seed;
   p.seed = p.dropout_p > 0.f ? &seed64 : nullptr;
@@ -349,6 +362,7 @@ int main(int argc, char** argv) {
   } else {
     run_dim<__nv_bfloat16>(d, dir, p, rows, packed != 0, backward != 0);
   }
+  std::ofstream(dir + "/cp_async_copies.txt") << emu::cp_async_copies.load() << "\n";
   std::printf("ldmatrix_conflicts %ld\n", emu::ldmatrix_conflicts.load());
   return 0;
 }
