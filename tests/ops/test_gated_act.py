@@ -8,7 +8,11 @@ On CPU the Triton kernels run in the interpreter: shapes are tiny. GPU-only case
 
 from __future__ import annotations
 
+import json
 import math
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,7 +22,7 @@ import torch.nn.functional as F
 from fastenc import backends
 from fastenc.ops import gated_act, gated_act_ref
 from fastenc.ops.gated_act import ACTIVATIONS
-from tests.helpers import assert_close_to_ref, backend_params, device_for
+from tests.helpers import assert_close_to_ref, backend_params, compiler_env, device_for
 
 BACKENDS = backend_params()
 ATOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
@@ -243,6 +247,41 @@ def test_torch_compile_fullgraph(backend, split):
     torch.testing.assert_close(out, out_e)
     for g, g_e in zip(grads, grads_e, strict=True):
         torch.testing.assert_close(g, g_e)
+
+
+_COMPILE_SCRIPT = """
+import dataclasses, json, sys
+import torch
+from fastenc import backends, precompile as P
+
+out = []
+for target, dtype in (("sm_80", torch.bfloat16), ("sm_90a", torch.float16)):
+    with P.target_driver(P.target(target)) as driver:
+        k = backends.launchers("triton", "gated_act")
+        x, y, seed = torch.randn(37, 144).to(dtype), torch.randn(37, 72).to(dtype), torch.tensor([5])
+        for act in ("gelu", "gelu_tanh", "silu"):
+            k.gated_act_fwd(x, None, act, 0.1, seed)
+            k.gated_act_bwd(y, x, None, act, 0.1, seed)
+            k.gated_act_fwd(x[:, :72], y, act, 0.0, None)
+            k.gated_act_bwd(y, x[:, :72], y, act, 0.0, None)
+        out += [dict(dataclasses.asdict(u), target=target) for u in driver.kernels.values()]
+json.dump(out, open(sys.argv[1], "w"))
+"""
+
+
+def test_kernels_compile_for_ampere_and_hopper(tmp_path):
+    """The interpreter does not run Triton's compiler: every kernel variant (three activations, both input forms,
+    with and without dropout) compiles for sm_80 and sm_90a through precompile's stand-in driver, without spills."""
+    env = compiler_env(tmp_path)
+    root = pathlib.Path(__file__).resolve().parents[2]
+    run = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT, str(tmp_path / "uses.json")], env=env, cwd=root,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-4000:]
+    uses = json.loads((tmp_path / "uses.json").read_text())
+    for target in ("sm_80", "sm_90a"):
+        names = [u["name"] for u in uses if u["target"] == target]
+        assert names.count("_gated_act_fwd_kernel") == 6 and names.count("_gated_act_bwd_kernel") == 6, names
+    assert all(u["regs"] > 0 and u["spill_bytes"] == 0 for u in uses), uses
 
 
 @pytest.mark.parametrize("backend", [*BACKENDS, "torch"])
