@@ -88,6 +88,18 @@ def test_strided_views(backend, split):
     _check(backend, xt, yt, "silu", torch.float32)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_edge_sizes(backend):
+    """No rows; one column (I = 1, where a size-1 dim may carry any stride); a single row."""
+    device = device_for(backend)
+    big = 3 * torch.randn(3, 4, device=device)
+    _check(backend, big[:, :2], None, "gelu", torch.float32)
+    _check(backend, big[:, :1], big[:, 3:], "silu", torch.float32)
+    _check(backend, big[:1, :], None, "gelu_tanh", torch.float32)
+    out = gated_act(torch.randn(0, 5, 8, device=device), backend=backend)
+    assert out.shape == (0, 5, 4)
+
+
 def test_activations_are_distinct():
     """The three activations differ by more than the tolerance: a kernel ignoring `activation` fails the tests."""
     x = torch.linspace(-4, 4, 101, dtype=torch.float64)
