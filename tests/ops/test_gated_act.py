@@ -236,6 +236,7 @@ def test_matches_ref_gpu(backend, activation, dtype):
 def test_custom_ops_registered():
     from fastenc.kernels import gated_act as k
 
+    assert k.ACTIVATIONS == ACTIVATIONS  # the kernels' ACT codes (and csrc's GatedAct) index the op's names
     x, seed = torch.randn(5, 72), torch.tensor([3], dtype=torch.int64)
     for y, dout in ((None, torch.randn(5, 36)), (torch.randn(5, 72), torch.randn(5, 72))):
         for act in ACTIVATIONS:
