@@ -219,6 +219,26 @@ def test_backward_uses_forward_mask(backend, dtype, split):
         assert_close_to_ref(dy, dy64, dy_t, atol=ATOL[dtype], name="dy")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_checkpoint_recomputes_the_same_mask(backend):
+    """torch.utils.checkpoint restores the RNG state, so recomputation draws the same seed and mask."""
+    from torch.utils.checkpoint import checkpoint
+
+    device = device_for(backend)
+    x = 3 * torch.randn(2, 5, 48, device=device)
+    dout = torch.randn(2, 5, 24, device=device)
+
+    def block(x):
+        return gated_act(x * 2, None, "gelu", 0.3, backend=backend)
+
+    torch.manual_seed(11)
+    out, (dx,) = _run(block, [x], dout)
+    torch.manual_seed(11)
+    out_ckpt, (dx_ckpt,) = _run(lambda t: checkpoint(block, t, use_reentrant=False), [x], dout)
+    assert torch.equal(out, out_ckpt)
+    torch.testing.assert_close(dx, dx_ckpt)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # GPU sizes, registration, tracing, errors
 
