@@ -21,7 +21,8 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 INFER_SHAPES = ("1x16", "8x128", "32x128", "32x512", "128x128", "var")
 TRAIN_SHAPES = ("32x128", "16x512")
 VAR_BATCH, VAR_MIN, VAR_MAX, VAR_SEED = 32, 16, 512, 0
-OPS = ("embeddings", "add_layer_norm", "bias_gelu", "gelu_layer_norm", "attention", "attention_packed", "rotary")
+OPS = ("embeddings", "add_layer_norm", "bias_gelu", "gelu_layer_norm", "gated_act", "attention", "attention_packed",
+       "rotary")
 ROTARY_THETA = 160000.0  # ModernBERT's global layers
 
 
@@ -192,6 +193,8 @@ def op_case(op: str, shape: Shape, hidden: int = 768, heads: int = 12, inter: in
             q, k = (qkv[:, :, i].detach().requires_grad_(grad) for i in range(2))
             positions = torch.arange(shape.seq, device=device).expand(shape.batch, -1).contiguous()
             return (q, k, positions, ROTARY_THETA), {}
+        if op == "gated_act":  # ModernBERT's form: one [.., 2 inter] output split into input and gate
+            return (act(shape.batch, shape.seq, 2 * inter),), {"activation": "gelu"}
         if op == "attention_packed":
             q, k, v = (act(shape.tokens, heads, hidden // heads) for _ in range(3))
             cu = torch.zeros(shape.batch + 1, dtype=torch.int32)
@@ -210,5 +213,6 @@ def op_case(op: str, shape: Shape, hidden: int = 768, heads: int = 12, inter: in
         return OpCase(op, shape, make, elems, flops=attention_flops(shape.lengths, heads, hidden // heads))
     if op == "rotary":  # q and k read and written, one int64 position read per token
         return OpCase(op, shape, make, 4 * n * hidden, 8 * n)
-    rows = {"add_layer_norm": 3 * hidden, "bias_gelu": 2 * inter, "gelu_layer_norm": 2 * hidden}[op]
+    rows = {"add_layer_norm": 3 * hidden, "bias_gelu": 2 * inter, "gelu_layer_norm": 2 * hidden,
+            "gated_act": 3 * inter}[op]
     return OpCase(op, shape, make, n * rows)
