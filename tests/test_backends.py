@@ -14,6 +14,7 @@ import torch
 
 import fastenc
 from fastenc import autotune, backends, dispatch, ops
+from fastenc._cuda_image import kernel_image_reason
 from fastenc.ops import add_layer_norm, add_layer_norm_ref, attention
 
 
@@ -201,17 +202,17 @@ def test_named_backend_never_falls_back():
 
 def test_kernel_image_reason():
     archs = "sm_80+sm_90a+compute_90"
-    assert backends.kernel_image_reason((8, 0), archs) is None
-    assert backends.kernel_image_reason((8, 6), archs) is None  # sm_80 cubins run on 8.x
-    assert backends.kernel_image_reason((9, 0), archs) is None
-    assert backends.kernel_image_reason((10, 0), archs) is None  # compute_90 PTX is compiled by the driver
-    assert backends.kernel_image_reason((12, 0), archs) is None
-    no_ptx = backends.kernel_image_reason((10, 0), "sm_80+sm_90a")
+    assert kernel_image_reason((8, 0), archs) is None
+    assert kernel_image_reason((8, 6), archs) is None  # sm_80 cubins run on 8.x
+    assert kernel_image_reason((9, 0), archs) is None
+    assert kernel_image_reason((10, 0), archs) is None  # compute_90 PTX is compiled by the driver
+    assert kernel_image_reason((12, 0), archs) is None
+    no_ptx = kernel_image_reason((10, 0), "sm_80+sm_90a")
     assert no_ptx is not None and "sm_100" in no_ptx and "FASTENC_CUDA_ARCHS" in no_ptx
-    assert backends.kernel_image_reason((9, 0), "sm_80") is not None  # cubins do not cross major versions
-    assert backends.kernel_image_reason((7, 5), archs) is not None
-    assert backends.kernel_image_reason((10, 0), "sm_90a+compute_90a") is not None  # 'a' PTX is for 9.0 only
-    assert backends.kernel_image_reason((10, 0), None) is None  # a build that does not say is trusted
+    assert kernel_image_reason((9, 0), "sm_80") is not None  # cubins do not cross major versions
+    assert kernel_image_reason((7, 5), archs) is not None
+    assert kernel_image_reason((10, 0), "sm_90a+compute_90a") is not None  # 'a' PTX is for 9.0 only
+    assert kernel_image_reason((10, 0), None) is None  # a build that does not say is trusted
 
 
 def test_kernels_never_import_the_front():
