@@ -1,12 +1,15 @@
-"""Which backend runs an op, and why not the others: one table of backends per op, one reasons function.
+"""Which backend runs an op, and why not the others: one registry of backends, one table per op, one reasons function.
 
 Backends: "cuda" (the compiled extension fastenc._C, module fastenc._cuda), "triton" (fastenc.kernels.<op>), "sdpa"
 (torch's own fused attention, module fastenc._sdpa; attention only) and "torch" (the pure-PyTorch `<op>_ref` of
-fastenc.ops, which runs anywhere). `IMPLEMENTS` is the table of which backends implement each op. Every backend
-module declares what it supports as plain data, `SUPPORT = {op: {"devices": ..., "dtypes": ..., ...}}` (keys in
+fastenc.ops, which runs anywhere). `REGISTRY` is the one table of backends (launcher module, the import that says
+whether it can run here, where "auto" considers it): BACKENDS, availability, the launcher modules and auto's default
+order derive from it. `IMPLEMENTS` says which backends implement each op, one line per op. Every backend module
+declares what it supports as plain data, `SUPPORT = {op: {"devices": ..., "dtypes": ..., ...}}` (keys in
 `SUPPORT_KEYS`), plus an optional hook `not_supported_reasons(op, call)` for what a declaration cannot say
-(alignment, grid limits); `not_supported_reasons(name, call)` below turns the declaration into reasons, so no op
-writes its own. Kernel modules only declare data: they never import this module (the kernels sit below the front).
+(alignment, grid limits, which GPUs the CUDA build has code for, Triton on CPU tensors): every backend's own rules
+sit there, none here. `not_supported_reasons(name, call)` below turns the declaration into reasons, so no op writes
+its own. Kernel modules only declare data: they never import this module (the kernels sit below the front).
 
 Choice, in order: the op's explicit `backend=` argument, else `set_backend` / `use_backend` / FASTENC_BACKEND, else
 "auto". A backend named explicitly that cannot run the call raises `BackendNotSupportedError` listing every
