@@ -1,5 +1,6 @@
 """What a benchmark run is made of, below the cases: its settings, the environment and roofs it records, the record
-of one variant and how it is timed (`measure`), and which backends are measured here.
+of one variant and how it is timed (`measure`), which backends are measured here, and the torch.compile baselines'
+fresh start (`compile_fresh`, shared by the op and model cases).
 
 Trade-off: a record is a plain dict (the JSON document's own shape), so that a report or a later merge reads it
 without this module, at the price of no type checking of its fields.
@@ -133,7 +134,7 @@ class Skip(Exception):
     """A variant that cannot run here; the message says why."""
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
@@ -176,13 +177,13 @@ def measure(record: dict[str, Any], calls: list[Callable[[], object]], settings:
     return record
 
 
-def _run_variant(record: dict[str, Any], body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def run_variant(record: dict[str, Any], body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     try:
         return body()
     except (Skip, backends.BackendNotSupportedError) as e:
         record.update(status="skipped", reason=str(e))
     except Exception as e:  # one broken variant must not end the run: record it and go on
-        record.update(status="error", reason=_first_line(e))
+        record.update(status="error", reason=first_line(e))
     return record
 
 
@@ -207,11 +208,11 @@ def measure_variant(record: dict[str, Any], calls: list[Callable[[], object]], s
         return measure(record, calls, settings, roofs, flops=flops, nbytes=nbytes)
     except Exception as e:
         if record["variant"] in ("compile", "hf-compile"):
-            raise Skip(f"torch.compile failed: {_first_line(e)}") from e
+            raise Skip(f"torch.compile failed: {first_line(e)}") from e
         raise
 
 
-def _compiled(fn: Callable) -> Callable:
+def compile_fresh(fn: Callable) -> Callable:
     """torch.compile with static shapes, as a fresh start: every case of the run gets its own specialised graph
     instead of hitting dynamo's recompile limit (past which it would silently run eager)."""
     torch.compiler.reset()

@@ -24,13 +24,13 @@ from fastenc.bench.measure import (
     MODEL_BASELINES,
     Settings,
     Skip,
-    _compiled,
-    _first_line,
-    _run_variant,
+    compile_fresh,
+    first_line,
     implements,
     kernel_backend_reason,
     measure_variant,
     new_record,
+    run_variant,
 )
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -76,14 +76,14 @@ def build_models(name: str, dtype: str, train: bool, settings: Settings) -> Mode
     hf.train(train)
     out = ModelSet(hf)
     if settings.compile:
-        out.compiled = _compiled(hf)
+        out.compiled = compile_fresh(hf)
     for b in model_backends(settings):
         reason = kernel_backend_reason(b, dev)
         if reason is None:
             try:
                 out.twins[b] = fastenc_twin(hf)
             except Exception as e:  # fastenc is broken here: its rows are errors, not skips
-                out.twins[b] = RuntimeError(f"fastenc.from_hf failed: {_first_line(e)}")
+                out.twins[b] = RuntimeError(f"fastenc.from_hf failed: {first_line(e)}")
         else:
             out.twins[b] = reason
     return out
@@ -213,6 +213,6 @@ def run_model_case(ms: ModelSet, name: str, shape: C.Shape, dtype: str, train: b
                 ms.compiled, ms.compile_reason = None, str(e)
             raise
 
-    return _run_variant(record, body)
+    return run_variant(record, body)
 
 

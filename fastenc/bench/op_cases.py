@@ -19,12 +19,12 @@ from fastenc.bench.measure import (
     OP_BASELINES,
     Settings,
     Skip,
-    _compiled,
-    _run_variant,
+    compile_fresh,
     implements,
     kernel_backend_reason,
     measure_variant,
     new_record,
+    run_variant,
 )
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -38,7 +38,7 @@ def _op_fn(op: str, variant: str) -> Callable:
     if variant == "eager":
         return ref
     if variant == "compile":
-        return _compiled(ref)
+        return compile_fresh(ref)
     return functools.partial(getattr(ops, C.public_op(op)), backend=variant)
 
 
@@ -92,6 +92,6 @@ def run_op_case(op: str, shape: C.Shape, dtype: str, mode: str, variant: str, se
         calls, flops, nbytes = prepare_op(op, shape, dtype, mode, variant, settings)
         return measure_variant(record, calls, settings, roofs, flops=flops, nbytes=nbytes)
 
-    return _run_variant(record, body)
+    return run_variant(record, body)
 
 

@@ -43,8 +43,8 @@ from fastenc.bench.measure import (  # noqa: F401  (the run's names, importable 
     OP_BASELINES,
     Settings,
     Skip,
-    _first_line,
     environment,
+    first_line,
     git_commit,
     implements,
     kernel_backend_reason,
@@ -104,7 +104,7 @@ def plan(settings: Settings, roofs: dict[str, float]) -> list[Task]:
                             ms = models_for((name, dtype, train))
                         except Exception as e:  # e.g. out of memory: every variant of the case records it
                             return [{**new_record("model", name, dtype, shape, "train" if train else "infer", v),
-                                     "status": "error", "reason": f"building the models failed: {_first_line(e)}"}
+                                     "status": "error", "reason": f"building the models failed: {first_line(e)}"}
                                     for v in model_variants(settings, sname, train)]
                         return [run_model_case(ms, name, shape, dtype, train, v, settings, roofs)
                                 for v in model_variants(settings, sname, train)]
