@@ -18,7 +18,8 @@ import sys
 import torch
 
 import fastenc._C  # noqa: F401  (loads the library, which registers torch.ops.fastenc.*)
-from fastenc.backends import Call, kernel_image_reason
+from fastenc._cuda_image import kernel_image_reason
+from fastenc.backends import Call
 from fastenc.kernels import _fakes as fakes
 from fastenc.kernels._fakes import LAUNCHERS
 from fastenc.ops._common import FLOAT_DTYPES

@@ -12,7 +12,8 @@ ops). The ranking of a key comes from the first source that knows it:
   3. "default": the preference kept from before any measurement: cuda > triton > sdpa > torch on CUDA tensors,
      sdpa > torch elsewhere, except attention on CUDA tensors: sdpa first (see DEFAULT_OP_ORDER). No GPU run is in
      the table yet, so on GPUs this is what decides until one is recorded.
-The Triton interpreter (CPU) and the CUDA backend are never auto candidates for CPU tensors.
+The candidates are fastenc.backends.auto_candidates (its registry keeps the Triton interpreter and the CUDA backend
+from auto for CPU tensors).
 
 While torch.compile or torch.export traces, nothing is timed and nothing is recorded: the ranking is read once per
 traced call site and baked into the graph. A size the graph holds as a symbol (dynamic shapes, export Dims) enters
@@ -49,7 +50,9 @@ log = logging.getLogger("fastenc")
 
 KEY_FIELDS = ("op", "device", "dtype", "head_dim", "hidden", "layout", "dropout", "bucket")
 ANY = "any"  # a key field that is symbolic while torch.compile traces: it fits every recorded value
-DEFAULT_ORDER = {"cuda": ("cuda", "triton", "sdpa", "torch"), "other": ("sdpa", "torch")}
+# the registry's order; off CUDA, the backends auto considers on every device
+DEFAULT_ORDER = {"cuda": backends.BACKENDS,
+                 "other": tuple(b.name for b in backends.REGISTRY if b.auto_devices is None)}
 # Where the default must not prefer a kernel estimated slower than torch's own: (op, "cuda") -> (order, why). Until a
 # GPU run is recorded, attention on CUDA tensors ranks torch's fused attention first.
 DEFAULT_OP_ORDER = {
@@ -101,14 +104,6 @@ def key_of(call: backends.Call) -> tuple:
 
 def _key_str(key: tuple) -> str:
     return "|".join(f"{f}={v}" for f, v in zip(KEY_FIELDS, key, strict=True))
-
-
-def candidates(call: backends.Call) -> tuple[str, ...]:
-    """The backends auto may pick for this call, before its reasons: no kernel backend for CPU tensors except sdpa."""
-    names = backends.IMPLEMENTS[call.op]
-    if call.device.type != "cuda":
-        names = tuple(n for n in names if n not in ("cuda", "triton"))
-    return names
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -320,7 +315,7 @@ def pick(call: backends.Call, run: Callable[[str], Any] | None = None) -> str:
     torch.export's Dims) is ANY: the choice then depends only on what the graph is specialised on anyway (device,
     dtype, head dim, hidden size, layout, dropout, features), so it adds no guard on a batch or sequence length and
     no recompilation; a length the graph holds as a constant keeps its bucket."""
-    names = candidates(call)
+    names = backends.auto_candidates(call)
     if torch.compiler.is_compiling():
         # dropout_p may be a symbolic float (dynamo makes a float default argument a graph input under dynamic=True):
         # a branch on it is a guard the compiler keeps (the reasons below branch on it anyway), bool() would not be

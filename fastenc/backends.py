@@ -1,12 +1,15 @@
-"""Which backend runs an op, and why not the others: one table of backends per op, one reasons function.
+"""Which backend runs an op, and why not the others: one registry of backends, one table per op, one reasons function.
 
 Backends: "cuda" (the compiled extension fastenc._C, module fastenc._cuda), "triton" (fastenc.kernels.<op>), "sdpa"
 (torch's own fused attention, module fastenc._sdpa; attention only) and "torch" (the pure-PyTorch `<op>_ref` of
-fastenc.ops, which runs anywhere). `IMPLEMENTS` is the table of which backends implement each op. Every backend
-module declares what it supports as plain data, `SUPPORT = {op: {"devices": ..., "dtypes": ..., ...}}` (keys in
+fastenc.ops, which runs anywhere). `REGISTRY` is the one table of backends (launcher module, the import that says
+whether it can run here, where "auto" considers it): BACKENDS, availability, the launcher modules and auto's default
+order derive from it. `IMPLEMENTS` says which backends implement each op, one line per op. Every backend module
+declares what it supports as plain data, `SUPPORT = {op: {"devices": ..., "dtypes": ..., ...}}` (keys in
 `SUPPORT_KEYS`), plus an optional hook `not_supported_reasons(op, call)` for what a declaration cannot say
-(alignment, grid limits); `not_supported_reasons(name, call)` below turns the declaration into reasons, so no op
-writes its own. Kernel modules only declare data: they never import this module (the kernels sit below the front).
+(alignment, grid limits, which GPUs the CUDA build has code for, Triton on CPU tensors): every backend's own rules
+sit there, none here. `not_supported_reasons(name, call)` below turns the declaration into reasons, so no op writes
+its own. Kernel modules only declare data: they never import this module (the kernels sit below the front).
 
 Choice, in order: the op's explicit `backend=` argument, else `set_backend` / `use_backend` / FASTENC_BACKEND, else
 "auto". A backend named explicitly that cannot run the call raises `BackendNotSupportedError` listing every
@@ -27,16 +30,53 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import torch
 
-BACKENDS = ("cuda", "triton", "sdpa", "torch")
+
+@dataclass(frozen=True)
+class Backend:
+    """One backend, as the registry knows it.
+
+    module: the module holding its launchers and SUPPORT declaration ("{op}" stands for the op's name); None for
+    the reference ("torch": the `<op>_ref` of fastenc.ops). available: the module whose import says the backend can
+    run in this process (None: always), `missing` the reason when that import fails, `warn` whether that failure
+    also warns once, `release_hook` the name of a function of that module that says why an import that worked
+    still cannot run (a release outside the declared range). auto_devices: the device types on which "auto" ranks
+    it (None: every device): the Triton interpreter and the CUDA extension are never auto candidates for CPU
+    tensors, though a named backend may run there."""
+
+    name: str
+    module: str | None
+    available: str | None = None
+    missing: str = ""
+    warn: bool = False
+    release_hook: str | None = None
+    auto_devices: tuple[str, ...] | None = None
+
+
+# The one registry of backends, in the default preference order (fastenc.autotune derives its default from it).
+REGISTRY = (
+    Backend("cuda", "fastenc._cuda", "fastenc._cuda", "the CUDA extension fastenc._C is not built or failed to load",
+            warn=True, auto_devices=("cuda",)),
+    Backend("triton", "fastenc.kernels.{op}", "fastenc.kernels._triton_internals",
+            "triton is not installed or failed to import", release_hook="release_reason", auto_devices=("cuda",)),
+    Backend("sdpa", "fastenc._sdpa", "fastenc._sdpa", "torch.nn.functional.scaled_dot_product_attention is missing"),
+    Backend("torch", None),
+)
+BY_NAME = {b.name: b for b in REGISTRY}
+BACKENDS = tuple(BY_NAME)
 _CHOICES = (*BACKENDS, "auto")
-_ROW_OPS = ("embeddings", "add_layer_norm", "bias_gelu", "gelu_layer_norm", "gated_act")
+# Which backends implement each op: one line per op.
 IMPLEMENTS: dict[str, tuple[str, ...]] = {
-    **{op: ("cuda", "triton", "torch") for op in _ROW_OPS},
+    "embeddings": ("cuda", "triton", "torch"),
+    "add_layer_norm": ("cuda", "triton", "torch"),
+    "bias_gelu": ("cuda", "triton", "torch"),
+    "gelu_layer_norm": ("cuda", "triton", "torch"),
+    "gated_act": ("cuda", "triton", "torch"),
     "attention": ("cuda", "triton", "sdpa", "torch"),
     "rotary": ("cuda", "triton", "torch"),
 }
@@ -111,37 +151,27 @@ _unavailable: dict[str, str | None] = {}
 # marks them, by one attribute, set directly because calling that decorator imports torch._dynamo (~2 s) on
 # `import fastenc` (tests/test_backends.py checks that the flag is still the decorator's).
 _DYNAMO_CONSTANT_FLAG = "_dynamo_marked_constant"
-_cuda_ext_warned = False
+_warned: set[str] = set()
 
 
-def _import_reason(module: str, what: str) -> str | None:
-    global _cuda_ext_warned
+def _import_reason(backend: Backend) -> str | None:
     try:
-        mod = importlib.import_module(module)
+        mod = importlib.import_module(backend.available)
     except Exception as e:  # optional parts: a missing or broken one must not break `import fastenc`
-        if module == "fastenc._cuda" and not _cuda_ext_warned:
-            _cuda_ext_warned = True
-            warnings.warn(f"fastenc: CUDA extension fastenc._C is not available, backend 'cuda' is off ({e})",
-                          stacklevel=5)
-        return f"{what} ({e})"
-    # triton: a release outside the declared range is off too (its private names are looked up on import)
-    return mod.release_reason() if module == _TRITON_INTERNALS else None
-
-
-_TRITON_INTERNALS = "fastenc.kernels._triton_internals"
-_AVAILABILITY = {
-    "cuda": ("fastenc._cuda", "the CUDA extension fastenc._C is not built or failed to load"),
-    "triton": (_TRITON_INTERNALS, "triton is not installed or failed to import"),
-    "sdpa": ("fastenc._sdpa", "torch.nn.functional.scaled_dot_product_attention is missing"),
-}
+        if backend.warn and backend.name not in _warned:
+            _warned.add(backend.name)
+            warnings.warn(f"fastenc: {backend.missing}, backend {backend.name!r} is off ({e})", stacklevel=5)
+        return f"{backend.missing} ({e})"
+    return getattr(mod, backend.release_hook)() if backend.release_hook else None
 
 
 def unavailable_reason(name: str) -> str | None:
     """Why backend `name` cannot run at all in this process, or None if it can run somewhere."""
-    if name == "torch":
+    backend = BY_NAME[name]
+    if backend.available is None:
         return None
     if name not in _unavailable:
-        _unavailable[name] = _import_reason(*_AVAILABILITY[name])
+        _unavailable[name] = _import_reason(backend)
     return _unavailable[name]
 
 
@@ -155,7 +185,7 @@ def triton_notes() -> list[str]:
     moved. Empty when triton is unavailable."""
     if unavailable_reason("triton"):
         return []
-    internals = importlib.import_module(_TRITON_INTERNALS)
+    internals = importlib.import_module(BY_NAME["triton"].available)
     launch = importlib.import_module("fastenc.kernels._launch")
     notes = [f"fast launch path off: {launch.fast_path_reason()}"] if launch.fast_path_reason() else []
     notes += [internals.interpreter_reason()] if internals.interpreter_reason() else []
@@ -166,10 +196,10 @@ def triton_notes() -> list[str]:
 
 
 def _launchers_module_name(name: str, op: str) -> str:
-    if name not in BACKENDS or name == "torch" or name not in IMPLEMENTS.get(op, ()):
+    module = BY_NAME[name].module if name in BY_NAME else None
+    if module is None or name not in IMPLEMENTS.get(op, ()):
         raise ValueError(f"backend {name!r} has no launchers for op {op!r}")
-    module = {"cuda": "fastenc._cuda", "triton": f"fastenc.kernels.{op}", "sdpa": "fastenc._sdpa"}[name]
-    return importlib.import_module(module).__name__
+    return importlib.import_module(module.format(op=op)).__name__
 
 
 # run at trace time; the module name is a constant
@@ -229,27 +259,6 @@ class Call:
 
 def _capability(device: torch.device) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device)
-
-
-def kernel_image_reason(capability: tuple[int, int], archs: str | None) -> str | None:
-    """Why a CUDA build for `archs` (e.g. "sm_80+sm_90a+compute_90": cubins and PTX) has no code for a device of
-    `capability`, or None if it has. A cubin sm_XY runs on capability X.Z with Z >= Y (sm_XYa on X.Y only); PTX
-    compute_XY is compiled by the driver for any capability >= X.Y. archs None (a build that does not say): None."""
-    if archs is None:
-        return None
-    for arch in archs.replace(";", "+").split("+"):
-        kind, _, num = arch.strip().partition("_")
-        specific = num.endswith("a")
-        num = num.rstrip("a")
-        built = (int(num[:-1]), int(num[-1]))
-        if kind == "sm" and built[0] == capability[0] and (built[1] == capability[1] if specific
-                                                            else built[1] <= capability[1]):
-            return None
-        if kind == "compute" and not specific and built <= tuple(capability):
-            return None
-    major, minor = capability
-    return (f"fastenc._C has no kernel image for sm_{major}{minor} (built for {archs}); rebuild it with "
-            f"FASTENC_CUDA_ARCHS including {major}{minor}")
 
 
 def _declared_reasons(support: Mapping[str, Any], call: Call) -> list[str]:
@@ -320,6 +329,14 @@ def _static_reasons(name: str, call: Call) -> list[str]:
     if reason:
         return [reason]
     return _declared_reasons(launchers(name, call.op).SUPPORT[call.op], call)
+
+
+def auto_candidates(call: Call) -> tuple[str, ...]:
+    """The backends "auto" ranks for `call`, before its reasons: those implementing the op whose registry entry
+    (`auto_devices`) has auto consider the call's device."""
+    device = call.device.type
+    return tuple(n for n in IMPLEMENTS[call.op]
+                 if BY_NAME[n].auto_devices is None or device in BY_NAME[n].auto_devices)
 
 
 def not_supported_error(call: Call, name: str) -> BackendNotSupportedError:

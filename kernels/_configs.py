@@ -36,13 +36,10 @@ INTERPRETER_CONFIG = (16, 16, 1, 1)
 # theirs) out with every warp along the rows of the first dot's tile, 16 rows per warp with mma.sync and 64 per
 # warpgroup of 4 warps with wgmma: the rows a program owns (BLOCK_M queries in fwd / dq, BLOCK_N keys in dk/dv, whose
 # first dot is S^T = K Q^T) are kept >= 16 x num_warps, and on sm_90 every config has whole warpgroups (a 2-warp
-# program cannot issue wgmma and falls back to mma.sync). `fastenc precompile --report` gives each binary's registers,
-# spills, tensor-core instructions and main-loop norm (warp-instructions per 1024 scores); for sm_90a, fp16, head dim
-# 64, seq 512, triton 3.9: fwd (128, 64, 4, 3) 280 (it spills with dropout: (128, 64, 8, 3), 807), dk/dv
-# (64, 128, 8, 2) 352 (with dropout (32, 128, 8, 2), 996), dq (128, 64, 8, 2) 273 / 725 with dropout; at head dim
-# 128 the dropout forward spills at 64 queries x 64 keys and more, so it streams 32 keys (benchmarks/results/
-# 2026-12-06-sm90a-static/). None spills in fp16 (bf16 checked for the d64 forward, dk/dv and dq and the d128
-# dropout forward), none serialises its wgmma (C7515).
+# program cannot issue wgmma and falls back to mma.sync). Each list is the shortest main loop per 1024 scores that
+# neither spills nor serialises its wgmma (C7515) in `fastenc precompile --report`; where a larger tile spills (the
+# dropout variants: Philox takes registers) a smaller one streams instead. The figures behind each choice (norms,
+# spills, by commit and triton release): benchmarks/results/figures.md and benchmarks/results/2026-12-06-sm90a-static/.
 CANDIDATES: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
     "fwd": {64: [(128, 64, 4, 3), (64, 32, 4, 2)],
             128: [(128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)]},
@@ -56,12 +53,7 @@ DROPOUT: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
             128: [(128, 32, 8, 2), (64, 32, 4, 2)]},
     "dkdv": {64: [(32, 128, 8, 2), (16, 64, 4, 2)]},
 }
-# ptxas for sm_80, fp16, loop SASS instructions x warps per 1024 (query, key) pairs, no dropout / dropout, against
-# the lists these replaced: dk/dv d64 776-978 / 1366-1576 (was 1608-1800 / 2784-3096), d128 1324-1704 / 2044-2608
-# (was 2248-3152 / 3064-4744); fwd d128 1126 / 1884 (was 1202-1936 / 2082-2904); dq d128 758-866 / 1506-1694 (was
-# 1600 / 3008). None spills, fp16 or bf16 (with dropout, dq d64 (128, 64, 8, 2) spills 32-72 B on sm_80, where
-# (128, 32, 8, 2) takes its place at 498 / 1134; in bf16, fwd d128 (64, 64, 4, 2) spills on sm_80). With issue 33's
-# kernels (mask-free main loops), triton 3.9, d64, right-padded: fwd 371, dk/dv 478, dq 358 (no dropout).
+# sm_80 / sm_86 / sm_89 (mma.sync): shorter tiles where a Hopper tile spills; figures: benchmarks/results/figures.md.
 AMPERE: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
     "fwd": {64: [(128, 64, 8, 3), (64, 32, 4, 2)],
             128: [(64, 32, 4, 2)]},
@@ -70,7 +62,7 @@ AMPERE: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
     "dq": {64: [(128, 32, 8, 2), (64, 32, 4, 3)],
            128: [(64, 32, 4, 2), (32, 32, 2, 2)]},
 }
-# With dropout on sm_80 (triton 3.6), dk/dv d64 (32, 128, 8, 2) spills 8 B: 16 queries a step instead (1276-1308).
+# With dropout on sm_80, dk/dv d64 takes 16 queries a step (32 spill under triton 3.6; figures.md).
 AMPERE_DROPOUT: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
     "dkdv": {64: [(16, 128, 8, 2), (16, 64, 4, 2), (32, 32, 2, 2)]},
 }

@@ -1,5 +1,5 @@
 """The attention binaries for sm_90a as the H100 would run them, judged from the compiled code (no GPU): fastenc's
-own report (`fastenc precompile --report`, fastenc/precompile.py) over fp16, head dim 64, seq 512, padded with a
+own report (`fastenc precompile --report`, fastenc/precompile/report.py) over fp16, head dim 64, seq 512, padded with a
 right-padding key mask, with and without dropout, every config the autotuner keeps (about 14 binaries; a minute or
 two of CPU). It fails on what issue 33 rules out for kept configs: wgmma serialised by ptxas (C7515), mma.sync
 (HMMA) on sm_90a, spills; and on main loops over the budgets that hold: forward <= 300 warp-instructions per 1024

@@ -14,6 +14,7 @@ import torch
 
 import fastenc
 from fastenc import autotune, backends, dispatch, ops
+from fastenc._cuda_image import kernel_image_reason
 from fastenc.ops import add_layer_norm, add_layer_norm_ref, attention
 
 
@@ -203,17 +204,17 @@ def test_named_backend_never_falls_back():
 
 def test_kernel_image_reason():
     archs = "sm_80+sm_90a+compute_90"
-    assert backends.kernel_image_reason((8, 0), archs) is None
-    assert backends.kernel_image_reason((8, 6), archs) is None  # sm_80 cubins run on 8.x
-    assert backends.kernel_image_reason((9, 0), archs) is None
-    assert backends.kernel_image_reason((10, 0), archs) is None  # compute_90 PTX is compiled by the driver
-    assert backends.kernel_image_reason((12, 0), archs) is None
-    no_ptx = backends.kernel_image_reason((10, 0), "sm_80+sm_90a")
+    assert kernel_image_reason((8, 0), archs) is None
+    assert kernel_image_reason((8, 6), archs) is None  # sm_80 cubins run on 8.x
+    assert kernel_image_reason((9, 0), archs) is None
+    assert kernel_image_reason((10, 0), archs) is None  # compute_90 PTX is compiled by the driver
+    assert kernel_image_reason((12, 0), archs) is None
+    no_ptx = kernel_image_reason((10, 0), "sm_80+sm_90a")
     assert no_ptx is not None and "sm_100" in no_ptx and "FASTENC_CUDA_ARCHS" in no_ptx
-    assert backends.kernel_image_reason((9, 0), "sm_80") is not None  # cubins do not cross major versions
-    assert backends.kernel_image_reason((7, 5), archs) is not None
-    assert backends.kernel_image_reason((10, 0), "sm_90a+compute_90a") is not None  # 'a' PTX is for 9.0 only
-    assert backends.kernel_image_reason((10, 0), None) is None  # a build that does not say is trusted
+    assert kernel_image_reason((9, 0), "sm_80") is not None  # cubins do not cross major versions
+    assert kernel_image_reason((7, 5), archs) is not None
+    assert kernel_image_reason((10, 0), "sm_90a+compute_90a") is not None  # 'a' PTX is for 9.0 only
+    assert kernel_image_reason((10, 0), None) is None  # a build that does not say is trusted
 
 
 def test_kernels_never_import_the_front():
@@ -371,3 +372,38 @@ def test_triton_takes_cpu_tensors_only_in_the_interpreter_or_through_a_stand_in_
         assert any("CPU tensors need the Triton interpreter" in r for r in reasons), op
         with _common.stand_in_driver():
             assert backends.not_supported_reasons("triton", call) == [], op
+
+
+def test_one_registry_of_backends():
+    """Every backend named anywhere comes from the registry; the launcher modules and auto's default derive from it."""
+    assert backends.BACKENDS == tuple(b.name for b in backends.REGISTRY)
+    assert {n for names in backends.IMPLEMENTS.values() for n in names} <= set(backends.BACKENDS)
+    assert autotune.DEFAULT_ORDER["cuda"] == backends.BACKENDS and autotune.DEFAULT_ORDER["other"] == ("sdpa", "torch")
+    assert backends._launchers_module_name("triton", "bias_gelu") == "fastenc.kernels.bias_gelu"
+    assert backends._launchers_module_name("sdpa", "attention") == "fastenc._sdpa"
+    with pytest.raises(ValueError, match="no launchers"):
+        backends._launchers_module_name("torch", "bias_gelu")
+    with pytest.raises(ValueError, match="no launchers"):
+        backends._launchers_module_name("sdpa", "bias_gelu")
+
+
+def test_auto_candidates_and_reference_runs_ask_the_registry_and_the_reasons():
+    """auto ranks no kernel backend but sdpa for CPU tensors; whether the reference runs a call (fused.py's question)
+    follows the named backend, else auto's candidates and their reasons."""
+    from fastenc.models.fused import kernels_run
+
+    x = torch.randn(4, 8)
+    rows = backends.Call("bias_gelu", {"x": x}, length=4)
+    attn = backends.Call("attention", {"q": torch.randn(1, 2, 1, 8)}, length=2, layout="padded", head_dim=8)
+    assert backends.auto_candidates(rows) == ("torch",)
+    assert backends.auto_candidates(attn) == ("sdpa", "torch")
+    assert dispatch.reference_runs(rows, "auto") and not kernels_run(x, "bias_gelu")
+    assert dispatch.reference_runs(rows, "torch")
+    assert not dispatch.reference_runs(rows, "triton") and not dispatch.reference_runs(attn, "auto")
+    with fastenc.use_backend("triton"):
+        assert kernels_run(x, "bias_gelu")
+    with fastenc.use_backend("torch"):
+        assert not kernels_run(x, "bias_gelu")
+    x64 = x.double()  # a CUDA-only rule cannot be checked here: a dtype no kernel takes stands in for "no candidate"
+    assert dispatch.reference_runs(backends.Call("attention", {"q": x64[None, :, None]}, length=4, layout="padded",
+                                                 head_dim=8), "auto")

@@ -127,9 +127,9 @@ def test_sass_stats_finds_the_first_innermost_tensor_core_loop(monkeypatch):
         err = "ptxas warning : (C7515) wgmma serialized" if "-v" in cmd else ""
         return subprocess.CompletedProcess(cmd, 0, out, err)
 
-    monkeypatch.setattr(P, "_ptxas", lambda arch: "ptxas")
-    monkeypatch.setattr(P.subprocess, "run", fake_run)
-    monkeypatch.setattr(P, "_tool", lambda name: name)
+    monkeypatch.setattr(P.binaries, "_ptxas", lambda arch: "ptxas")
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setattr(P.binaries, "_tool", lambda name: name)
     st = P.sass_stats(b"cubin", "ptx", 90, 4, 128 * 64)
     assert (st.instructions, st.hgmma, st.hmma, st.c7515) == (10, 2, 1, True)
     assert st.loop_instructions == 4 and st.loop_norm == 4 * 4 * 1024 / (128 * 64)

@@ -19,11 +19,11 @@ GPU: item / bool() / int() / tolist, nonzero, boolean indexing). The baseline, t
 transformers' own sdpa model at the same shape, whole forward on the CPU, compute included.
 
 Each figure is split in two. The torch kernels' share: the counted call records them (op and arguments) and they
-are replayed alone, in order, from Python (timing each inside the counting mode would add its own cost, about 6 us
-an op). The rest ("other"): Python, torch's dispatch of views and allocations, autograd, fastenc's op calls and
-transformers' module calls: the host cost a GPU run pays whatever its kernels cost. On this CPU the torch kernels
-are real compute (tiny matmuls take 10-30 us each); on a GPU they are launches. The same split of transformers'
-model says what its own Python costs.
+are replayed alone, in order, from Python (timing each inside the counting mode would add its own cost per op).
+The rest ("other"): Python, torch's dispatch of views and allocations, autograd, fastenc's op calls and
+transformers' module calls: the host cost a GPU run pays whatever its kernels cost. On a CPU the torch kernels are
+real compute (tiny matmuls included); on a GPU they are launches (figures: benchmarks/results/figures.md). The same
+split of transformers' model says what its own Python costs.
 
 The second part compares the CPU path itself: fastenc's default backends against transformers' sdpa model,
 BERT-base at 8x128, every row full and with lengths 64..128, inference, side by side.
@@ -158,7 +158,7 @@ class _Stub:
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         if self.kind == "driver":
-            from fastenc.precompile import TARGETS, target_driver
+            from fastenc.precompile.driver import TARGETS, target_driver
 
             with target_driver(TARGETS["sm_90a"]) as driver:
                 driver.on_launch = self._count

@@ -15,7 +15,7 @@ from typing import Any
 
 from fastenc.autotune import length_bucket
 from fastenc.bench import cases as C
-from fastenc.bench.runner import CPU_NOTE, MODEL_BASELINES, OP_BASELINES
+from fastenc.bench.measure import CPU_NOTE, MODEL_BASELINES, OP_BASELINES
 
 Doc = dict[str, Any]
 

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastenc import backends, ops
+from fastenc import dispatch, ops
+from fastenc.backends import Call
 from fastenc.models.hf_internals import GELU_EXACT, GELU_TANH, is_capture_hook
 
 EXACT_GELU = nn.GELU()  # for blocks that call transformers' functional gelu (RobertaLMHead)
@@ -73,16 +74,15 @@ def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     return t if t is None or t.dtype == dtype else t.to(dtype)
 
 
-def kernels_run(x: torch.Tensor) -> bool:
-    """Whether fastenc's kernels (not the reference) will run the row ops on x's device. Only then is a bias taken
-    out of its matmul: the reference would add it in a pass of its own, where torch's matmul adds it for free."""
-    backend = backends.get_backend()
-    return backend != "torch" and (x.device.type != "cpu" or backend != "auto")
+def kernels_run(x: torch.Tensor, op: str) -> bool:
+    """Whether dispatch runs row op `op` on tensors like x with a kernel (not the reference). Only then is a bias
+    taken out of its matmul: the reference would add it in a pass of its own, where torch's matmul adds it for free."""
+    return not dispatch.reference_runs(Call(op, {"x": x}, length=1))
 
 
 def linear_act(x: torch.Tensor, dense: nn.Module, act: nn.Module) -> torch.Tensor:
     """act(dense(x)); one bias_gelu after a bias-free matmul for the GELU family on a plain Linear."""
-    approximate = gelu_form(act) if is_plain_linear(dense) and kernels_run(x) else None
+    approximate = gelu_form(act) if is_plain_linear(dense) and kernels_run(x, "bias_gelu") else None
     if approximate is None:
         return act(dense(x))
     weight, bias = _params(dense)
@@ -93,7 +93,7 @@ def linear_act(x: torch.Tensor, dense: nn.Module, act: nn.Module) -> torch.Tenso
 def linear_add_norm(x: torch.Tensor, dense: nn.Module, residual: torch.Tensor | None, norm: nn.LayerNorm,
                     dropout_p: float) -> torch.Tensor:
     """norm(dropout(dense(x)) + residual) in one add_layer_norm, the bias folded in for a plain Linear."""
-    if is_plain_linear(dense) and kernels_run(x):
+    if is_plain_linear(dense) and kernels_run(x, "add_layer_norm"):
         weight, x_bias = _params(dense)
         y = F.linear(x, weight)
     else:
@@ -107,7 +107,7 @@ def linear_add_norm(x: torch.Tensor, dense: nn.Module, residual: torch.Tensor | 
 
 def linear_act_norm(x: torch.Tensor, dense: nn.Module, act: nn.Module, norm: nn.LayerNorm) -> torch.Tensor:
     """norm(act(dense(x))), the MLM / generator head transform; one gelu_layer_norm for the GELU family."""
-    approximate = gelu_form(act) if is_plain_linear(dense) and kernels_run(x) else None
+    approximate = gelu_form(act) if is_plain_linear(dense) and kernels_run(x, "gelu_layer_norm") else None
     norm_weight, norm_bias = _params(norm)
     if approximate is None:
         return ops.add_layer_norm(linear_act(x, dense, act), None, norm_weight, norm_bias, norm.eps)
@@ -120,13 +120,14 @@ def linear_act_norm(x: torch.Tensor, dense: nn.Module, act: nn.Module, norm: nn.
 def qkv(module: nn.Module, x: torch.Tensor, names: tuple[str, str, str] = ("query", "key", "value"),
         heads: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Q, K, V of `module` (its projections `names`) as [..., heads, head_dim]: strided views of one matmul over
-    the concatenated weights when all three are plain Linears with biases and fastenc's kernels run, else three
-    calls (on the CPU reference path three matmuls and contiguous q, k, v measured faster than one: 3.79 vs 3.94 s
-    of addmm and 83 vs 121 ms of copies in BERT-base 8x128 forwards)."""
+    the concatenated weights when all three are plain Linears with biases and fastenc's kernels run the row ops,
+    else three calls (on the CPU reference path three matmuls and contiguous q, k, v measured faster than one
+    matmul and strided views: benchmarks/results/figures.md)."""
     heads, d = heads or module.num_attention_heads, module.attention_head_size
     subs = module._modules
     lins = (subs[names[0]], subs[names[1]], subs[names[2]])
-    if not (kernels_run(x) and all(is_plain_linear(m) and m._parameters["bias"] is not None for m in lins)):
+    fused = kernels_run(x, "add_layer_norm")  # the row ops after attention run on fastenc's kernels
+    if not (fused and all(is_plain_linear(m) and m._parameters["bias"] is not None for m in lins)):
         return tuple(m(x).unflatten(-1, (heads, d)) for m in lins)
     params = (*(m._parameters["weight"] for m in lins), *(m._parameters["bias"] for m in lins))
     if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
