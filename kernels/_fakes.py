@@ -24,10 +24,11 @@ def add_layer_norm_fwd(x, residual, x_bias, weight, bias, eps, dropout_p, seed, 
     return (torch.empty_like(x), h, *_stats(x, x.shape[0]))
 
 
-def add_layer_norm_bwd(dy, h, weight, mean, rstd, dropout_p, seed, has_x_bias):
+def add_layer_norm_bwd(dy, h, weight, mean, rstd, dropout_p, seed, has_x_bias, has_bias=True, dh_extra=None):
     dx = torch.empty_like(h) if dropout_p > 0 else h.new_empty((0,))
     dx_bias = h.new_empty((h.shape[1],)) if has_x_bias else h.new_empty((0,))
-    return dx, torch.empty_like(h), dx_bias, torch.empty_like(weight), torch.empty_like(weight)
+    dbias = torch.empty_like(weight) if has_bias else h.new_empty((0,))
+    return dx, torch.empty_like(h), dx_bias, torch.empty_like(weight), dbias
 
 
 def bias_gelu_fwd(x, bias, tanh_approx):
