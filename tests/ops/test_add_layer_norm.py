@@ -114,6 +114,36 @@ def test_bias_free_returned_sum_gpu(backend, dtype, shape):
     _check(backend, shape, dtype, eps=1e-5, bias=False, return_sum=True)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_returned_sum_with_dropout(backend, residual, dtype):
+    """Pre-LN step with dropout and no bias: h = dropout(x + x_bias) + residual, the mask read back from h, and
+    every gradient (y's and h's flowing in) against a float64 reference that applies that mask."""
+    device = device_for(backend)
+    p, eps, shape = 0.3, 1e-5, (6, 40)
+    tensors = _inputs(shape, dtype, device, residual=residual, bias=False)
+    douts = (torch.randn(shape, dtype=dtype, device=device), torch.randn(shape, dtype=dtype, device=device))
+    (y, h), grads = _run(lambda x, r, w, b, xb: add_layer_norm(x, r, w, b, eps, x_bias=xb, dropout_p=p,
+                                                               return_sum=True, backend=backend), tensors, douts)
+    r0 = tensors[1] if residual else torch.zeros_like(h)
+    keep = h != r0  # dropped elements leave exactly the residual
+    assert 0.5 < keep.float().mean().item() < 0.9
+
+    def masked_ref(x, r, w, b, xb):
+        return add_layer_norm_ref((x + xb) * keep / (1 - p), r, w, b, eps, return_sum=True)
+
+    (y64, h64), grads64 = _run(masked_ref, [None if t is None else t.double() for t in tensors],
+                               tuple(g.double() for g in douts))
+    (y_t, h_t), grads_t = _run(masked_ref, tensors, douts)
+    atol = ATOL[dtype] * 2
+    assert_close_to_ref(h, h64, h_t, atol=atol, name="h")
+    assert_close_to_ref(y, y64, y_t, atol=atol, name="y")
+    for name, g, g64, g_t, t in zip(NAMES, grads, grads64, grads_t, tensors, strict=True):
+        if t is not None:
+            assert_close_to_ref(g, g64, g_t, atol=atol * 4, name=f"d{name}")
+
+
 @pytest.mark.parametrize("backend", ["torch", *BACKENDS])
 def test_returned_sum_without_grad(backend):
     """Inference: (y, h) from the launcher directly, no autograd; h is the sum the next sub-layer adds to."""
