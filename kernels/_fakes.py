@@ -54,9 +54,11 @@ def embeddings_fwd(ids, pos_ids, tt_ids, word, position, token_type, weight, bia
 
 
 def embeddings_bwd(dy, ids, pos_ids, tt_ids, word, position, token_type, weight, mean, rstd, dropout_p, seed,
-                   word_padding_idx, position_padding_idx):
+                   word_padding_idx, position_padding_idx, has_bias=True):
+    dpos = torch.empty_like(position) if position is not None else word.new_empty((0,))
     dtt = torch.empty_like(token_type) if token_type is not None else word.new_empty((0,))
-    return torch.empty_like(word), torch.empty_like(position), dtt, torch.empty_like(weight), torch.empty_like(weight)
+    dbias = torch.empty_like(weight) if has_bias else word.new_empty((0,))
+    return torch.empty_like(word), dpos, dtt, torch.empty_like(weight), dbias
 
 
 def _lse_shape(q: torch.Tensor, cu_seqlens: torch.Tensor | None) -> tuple[int, ...]:

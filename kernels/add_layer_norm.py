@@ -55,7 +55,8 @@ def _add_layer_norm_fwd_kernel(
     HAS_DROPOUT: tl.constexpr,
     STORE_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    HAS_B: tl.constexpr = True,  # LayerNorm bias given (last, with a default: callers pass the others by position)
+    # last, with a default: the flags above may be passed by position
+    HAS_B: tl.constexpr = True,  # LayerNorm bias given
 ):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_D)
