@@ -171,6 +171,35 @@ def test_returned_sum_one_output_used(backend, used):
             assert_close_to_ref(a, b, c, atol=1e-4, name=f"d{name}")
 
 
+def test_returned_sum_under_auto_tuning(monkeypatch, tmp_path):
+    """auto's tuner times a return_sum call (forward and backward) on every candidate, none failing on the tuple."""
+    from fastenc import autotune
+
+    monkeypatch.setenv("FASTENC_TUNE_CACHE", str(tmp_path / "tune.json"))
+    # auto leaves the Triton kernels out for CPU tensors; here they run in the interpreter
+    monkeypatch.setattr(autotune, "candidates", lambda call: ("triton", "torch"))
+    autotune.forget_tuning()
+    x, r, w, xb = (t.requires_grad_() for t in _inputs((3, 40), torch.float32, torch.device("cpu"), bias=False)
+                   if t is not None)
+    timed = []
+
+    def timer(name, fn, device):
+        out = fn()
+        assert torch.isfinite(out).all()
+        timed.append(name)
+        return 1.0
+
+    try:
+        with autotune.tuning(timer):
+            y, h = add_layer_norm(x, r, w, None, 1e-5, x_bias=xb, return_sum=True)
+    finally:
+        autotune.forget_tuning()
+    assert sorted(timed) == ["torch", "triton"]
+    y_ref, h_ref = add_layer_norm_ref(x, r, w, None, 1e-5, xb, return_sum=True)
+    torch.testing.assert_close(h, h_ref)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("backend", ["torch", *BACKENDS])
 def test_returned_sum_without_grad(backend):
     """Inference: (y, h) from the launcher directly, no autograd; h is the sum the next sub-layer adds to."""
