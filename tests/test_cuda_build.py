@@ -173,6 +173,11 @@ def test_row_ops_wrappers_follow_the_contract(cuda_module):
     assert dx.shape == dh.shape == (n, d) and dxb.shape == (d,) and dw.dtype == db.dtype == torch.float32
     dx, dh, dxb, _, _ = m.add_layer_norm_bwd(x, x, w32, mean, rstd, 0.0, None, False)
     assert dx.numel() == 0 and dh.shape == (n, d) and dxb.numel() == 0
+    # bias-free LayerNorm and the pre-LN step: no bias, no dbias, the returned h's gradient passed in
+    y, h, mean, rstd = m.add_layer_norm_fwd(x, x, None, w32, None, 1e-5, 0.0, None, True)
+    assert y.shape == h.shape == (n, d)
+    dx, dh, dxb, dw, db = m.add_layer_norm_bwd(x, h, w32, mean, rstd, 0.1, seed, False, False, x)
+    assert dx.shape == dh.shape == (n, d) and dxb.numel() == 0 and dw.shape == (d,) and db.numel() == 0
 
     assert m.bias_gelu_fwd(x, _meta(d), True).shape == (n, d)
     dx, dbias = m.bias_gelu_bwd(x, x, None, False)
@@ -205,6 +210,12 @@ def test_embeddings_wrappers_follow_the_contract(cuda_module):
     assert y.shape == (n, e) and y.dtype == torch.float16 and mean.shape == (n,)
     dword, dpos, dtt, dw, db = m.embeddings_bwd(y, ids, ids, None, word, pos, None, w, mean, rstd, 0.0, None, 1, -1)
     assert dword.shape == word.shape and dpos.shape == pos.shape and dtt.numel() == 0 and dw.dtype == torch.float32
+    # no position table, bias-free LayerNorm: no dposition, no dbias
+    y, mean, rstd = m.embeddings_fwd(ids, None, None, word, None, None, w, None, 1e-12, 0.0, None)
+    assert y.shape == (n, e)
+    dword, dpos, dtt, dw, db = m.embeddings_bwd(y, ids, None, ids, word, None, tt, w, mean, rstd, 0.0, None, 1, -1,
+                                                False)
+    assert dword.shape == word.shape and dpos.numel() == db.numel() == 0 and dtt.shape == tt.shape
 
 
 def test_attention_wrappers_follow_the_contract(cuda_module):
