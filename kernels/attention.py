@@ -597,6 +597,11 @@ def _check_seed(dropout_p: float, seed: torch.Tensor | None) -> None:
         raise ValueError(f"seed must be an int64 tensor of shape [1] when dropout_p > 0, got {seed!r}")
 
 
+def _check_window(window: int) -> None:
+    if window != -1:
+        raise NotImplementedError("the Triton attention kernels have no window yet")
+
+
 def _fwd_impl(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -607,9 +612,11 @@ def _fwd_impl(
     softmax_scale: float,
     dropout_p: float,
     seed: torch.Tensor | None,
+    window: int = -1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward launcher: (o like q contiguous, lse fp32 [B, H, S] padded or [H, T] packed). See the module doc."""
     _check_seed(dropout_p, seed)
+    _check_window(window)
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     if softmax_scale < 0:  # the kernel takes the row max of raw scores, so it needs scale > 0: the sign goes on q
         q, softmax_scale = -q, -softmax_scale
@@ -642,9 +649,11 @@ def _bwd_impl(
     softmax_scale: float,
     dropout_p: float,
     seed: torch.Tensor | None,
+    window: int = -1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward launcher: (dq, dk, dv), contiguous, shaped like q, k, v. Deterministic (no atomics)."""
     _check_seed(dropout_p, seed)
+    _check_window(window)
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     do, o = do.contiguous(), o.contiguous()
     lay = _Layout(q, key_padding_mask, cu_seqlens, max_seqlen)
