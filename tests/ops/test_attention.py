@@ -529,7 +529,7 @@ def test_sdpa_named_never_falls_back():
 # ---------------------------------------------------------------------------------------------------------------
 # Local window (|i - j| <= window within each sequence)
 
-WINDOW_BACKENDS = [p for p in WITH_SDPA if p.values[0] != "triton"]
+WINDOW_BACKENDS = WITH_SDPA
 
 
 def _skip_unless_window(backend: str, q, k, v, dropout_p: float = 0.0) -> None:
@@ -594,7 +594,7 @@ def test_window_packed_matches_ref(backend, window):
     _check_against_ref(backend, q, k, v, cu_seqlens=cu, max_seqlen=max(lens), window=window)
 
 
-@pytest.mark.parametrize("backend", [p for p in BACKENDS if p.values[0] in [w.values[0] for w in WINDOW_BACKENDS]])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 def test_window_with_dropout_matches_ref_with_the_kernel_mask(monkeypatch, backend, packed):
     dev = device_for(backend)
