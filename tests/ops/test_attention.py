@@ -629,3 +629,35 @@ def test_window_errors_name_the_argument(backend):
     for bad in (-1, 2.0, True, "3"):
         with pytest.raises(ValueError, match="window"):
             attention(q, k, v, window=bad, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_window_skips_the_blocks_outside_it(backend, packed):
+    """Blocks no row of a program can reach are never read: NaN in the tokens from 72 on (in the last block, 64..79)
+    cannot reach the output and dq of rows 0..31 (their windows end at key 34, in block 32..47), nor the dk, dv of
+    keys 0..31 (the rows that reach them end at 34, in a block whose forward reads keys up to 50 only). A kernel
+    that read the last block there, even masked, would multiply a zero probability by NaN (the interpreter's blocks
+    are 16 rows; CUDA blocks are larger, so this case runs on triton only)."""
+    if backend != "triton":
+        pytest.skip("the block layout of this case is the Triton interpreter's (16 x 16)")
+    dev = device_for(backend)
+    window, seqlen = 3, 80
+    shape = (seqlen, 2, 32) if packed else (1, seqlen, 2, 32)
+    q, k, v = _fused_qkv(shape, torch.float32, dev)
+    do = torch.randn(q.shape, device=dev)
+    kw = dict(cu_seqlens=torch.tensor([0, seqlen], dtype=torch.int32, device=dev), max_seqlen=seqlen) if packed else {}
+    tok = (slice(None),) if packed else (slice(None), slice(None))  # index of the token dim
+    far = (*tok[:-1], slice(72, None))
+    near = (*tok[:-1], slice(0, 32))
+    poisoned = [t.detach().clone() for t in (q, k, v)]
+    for t in poisoned:
+        t[far] = math.nan
+    do_poisoned = do.clone()
+    do_poisoned[far] = math.nan
+    out, grads = _run(backend, *poisoned, do_poisoned, window=window, **kw)
+    out64, grads64 = _ref64(q, k, v, do, window=window, **kw)  # the clean inputs: equal on the near rows and keys
+    assert_close_to_ref(out[near], out64[near], atol=1e-5, rtol=1e-4, name="o")
+    for name, g, g64 in zip(("dq", "dk", "dv"), grads, grads64, strict=True):
+        assert_close_to_ref(g[near], g64[near], atol=1e-5, rtol=1e-4, name=name)
+    assert torch.isnan(out[far]).all()  # the poison is there: the far rows read it
