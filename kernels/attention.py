@@ -14,6 +14,12 @@ way (full blocks, then the partial one). Trade-off: the two backward kernels rec
 matmuls instead of FA2's 5), in exchange for no atomics: dq, dk and dv are deterministic and need no fp32 scratch
 buffer.
 
+Local window (|i - j| <= window, WINDOW constexpr): a program visits only the blocks its rows' windows reach
+(_window_range), in three loops: edge blocks (window and key masks), blocks inside every row's window and before the
+first masked key (no mask), edge blocks again. Without a window the first loop has constant empty bounds
+and the others are the two loops above, so that variant compiles as before; a window that masks nothing (>= seqlen -
+1) runs it. Dropout coordinates do not change, so the mask stays the CUDA kernels'.
+
 q, k, v are read in place through their strides (views of a fused QKV output need no copy). Head dims up to 128;
 BLOCK_D is the next power of two and the extra columns are masked. fp32 inputs use tf32 tensor cores only when
 torch.backends.cuda.matmul.allow_tf32 is set (as torch's own matmuls do), else exact fp32 ("ieee"); the CPU

@@ -661,3 +661,29 @@ def test_window_skips_the_blocks_outside_it(backend, packed):
     for name, g, g64 in zip(("dq", "dk", "dv"), grads, grads64, strict=True):
         assert_close_to_ref(g[near], g64[near], atol=1e-5, rtol=1e-4, name=name)
     assert torch.isnan(out[far]).all()  # the poison is there: the far rows read it
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_window_torch_compile_fullgraph_and_opcheck(backend):
+    """The window travels through the custom ops as their last argument (the fakes take it too)."""
+    dev = device_for(backend)
+    dtype = torch.float16 if backend == "cuda" else torch.float32
+    qkv = torch.randn(2, 20, 3, 2, 32, device=dev, dtype=dtype, requires_grad=True)
+    mask = _key_mask("right", 2, 20, dev)
+    _skip_unless_window(backend, *qkv.unbind(2))
+
+    def f(qkv, mask):
+        q, k, v = qkv.unbind(2)
+        return attention(q, k, v, key_padding_mask=mask, window=4, backend=backend).square().sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    (grad,) = torch.autograd.grad(compiled(qkv, mask), qkv)
+    (grad_eager,) = torch.autograd.grad(f(qkv, mask), qkv)
+    torch.testing.assert_close(grad, grad_eager, atol=0, rtol=0)
+    if backend == "triton":
+        impl = _impl(backend)
+        q, k, v = (t.detach() for t in qkv.unbind(2))
+        args = (mask.bool().contiguous(), None, 20, 0.2, 0.0, None, 4)
+        o, lse = impl.attention_fwd(q, k, v, *args)
+        torch.library.opcheck(impl.attention_fwd.op, (q, k, v, *args))
+        torch.library.opcheck(impl.attention_bwd.op, (torch.randn_like(o), q, k, v, o, lse, *args))
