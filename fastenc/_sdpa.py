@@ -78,7 +78,7 @@ def _padded(q, k, v, key_padding_mask, attn_bias, softmax_scale, dropout_p, wind
         mask = band if mask is None else mask & band
     if attn_bias is not None:
         bias = attn_bias.to(q.dtype)
-        mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
+        mask = bias if mask is None else torch.where(mask, bias, float("-inf"))  # broadcast both ways
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
                                          dropout_p=dropout_p, scale=softmax_scale)
     return out.transpose(1, 2).contiguous()

@@ -622,6 +622,13 @@ def test_window_with_dropout_matches_ref_with_the_kernel_mask(monkeypatch, backe
     assert (out.double() - no_drop).abs().max() > 1e-2  # dropout did something
 
 
+def test_sdpa_window_with_additive_bias_and_key_mask_matches_ref():
+    dev = device_for("sdpa")
+    q, k, v = _fused_qkv((2, 9, 2, 16), torch.float32, dev)
+    bias = torch.randn(2, 1, 1, 9, device=dev)  # a key bias broadcast over the queries
+    _check_against_ref("sdpa", q, k, v, key_padding_mask=_key_mask("right", 2, 9, dev), attn_bias=bias, window=2)
+
+
 @pytest.mark.parametrize("backend", WINDOW_BACKENDS)
 def test_window_errors_name_the_argument(backend):
     dev = device_for(backend)
