@@ -27,7 +27,7 @@ from fastenc.kernels._launch import launch as launch_jit
 
 MAX_KEPT = 3
 KERNELS = ("fwd", "dkdv", "dq")
-TUNE_KEY = ["seqlen_bucket", "BLOCK_D", "HAS_MASK", "PACKED", "DROPOUT", "INPUT_PRECISION"]
+TUNE_KEY = ["seqlen_bucket", "BLOCK_D", "HAS_MASK", "PACKED", "DROPOUT", "INPUT_PRECISION", "WINDOW"]
 INTERPRETER_CONFIG = (16, 16, 1, 1)
 
 # fp16 / bf16 candidates by BLOCK_D (<= 64, 128) for sm_90 (wgmma); AMPERE replaces some for sm_80 / sm_86 / sm_89
@@ -66,6 +66,13 @@ AMPERE: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
 AMPERE_DROPOUT: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
     "dkdv": {64: [(16, 128, 8, 2), (16, 64, 4, 2), (32, 32, 2, 2)]},
 }
+# With a local window (WINDOW) on sm_90a the forward's three key loops hold more registers: its 4-warp 128 x 64
+# (d64) and 64 x 64 (d128) configs spill on the packed layout (benchmarks/results/2026-12-07-sm90a-window-static/);
+# these lists leave them out.
+WINDOW: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
+    "fwd": {64: [(128, 64, 8, 3), (64, 32, 4, 2)],
+            128: [(128, 64, 8, 2), (64, 32, 4, 2)]},
+}
 FP32: dict[str, tuple[int, int, int, int]] = {"fwd": (32, 32, 4, 2), "dkdv": (16, 32, 4, 2), "dq": (32, 32, 4, 2)}
 
 
@@ -85,7 +92,7 @@ def configs(kernel: str) -> list[triton.Config]:
         raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
     if interpreter_on():
         return [_config(INTERPRETER_CONFIG)]
-    tables = (CANDIDATES, DROPOUT, AMPERE, AMPERE_DROPOUT)
+    tables = (CANDIDATES, DROPOUT, WINDOW, AMPERE, AMPERE_DROPOUT)
     lists = [*(cs for t in tables for cs in t.get(kernel, {}).values()), [FP32[kernel]]]
     seen = dict.fromkeys(c for cs in lists for c in cs)
     return [_config(c) for c in seen]
@@ -105,14 +112,15 @@ def _owned_rows(kernel: str, c: tuple[int, int, int, int]) -> int:
     return c[1] if kernel == "dkdv" else c[0]
 
 
-def candidates(kernel: str, block_d: int, arch: int, dropout: bool = False) -> list[tuple[int, int, int, int]]:
+def candidates(kernel: str, block_d: int, arch: int, dropout: bool = False,
+               window: bool = False) -> list[tuple[int, int, int, int]]:
     """fp16 / bf16 candidates of `kernel` at this BLOCK_D on a GPU of compute capability `arch` (80, 86, 89, 90),
-    for its dropout variant if `dropout`."""
+    for its dropout variant if `dropout`, its local-window variant if `window`."""
     d = 64 if block_d <= 64 else 128
     if arch < 90:
         tables = (AMPERE_DROPOUT, AMPERE) if dropout else (AMPERE,)
     else:
-        tables = (DROPOUT,) if dropout else ()
+        tables = (DROPOUT,) if dropout else (WINDOW,) if window else ()
     for table in tables:
         if d in table.get(kernel, {}):
             return table[kernel][d]
@@ -120,11 +128,11 @@ def candidates(kernel: str, block_d: int, arch: int, dropout: bool = False) -> l
 
 
 def kept(kernel: str, dtype_bytes: int, block_d: int, seqlen_bucket: int, max_shared: int, arch: int,
-         dropout: bool = False) -> list[tuple[int, int, int, int]]:
+         dropout: bool = False, window: bool = False) -> list[tuple[int, int, int, int]]:
     """The candidates `prune` keeps for this call, best first (never empty)."""
     if dtype_bytes == 4:
         return [FP32[kernel]]
-    cands = candidates(kernel, block_d, arch, dropout)
+    cands = candidates(kernel, block_d, arch, dropout, window)
     fits = [c for c in cands if shared_estimate(kernel, c, block_d, dtype_bytes) <= max_shared]
     fits = fits or [min(cands, key=lambda c: shared_estimate(kernel, c, block_d, dtype_bytes))]
     short = [c for c in fits if _owned_rows(kernel, c) <= max(seqlen_bucket, 16)]
@@ -141,14 +149,14 @@ def _device() -> tuple[int, int]:
 
 
 def prune(kernel: str) -> Callable:
-    """`early_config_prune` for `kernel`'s autotuner: reads the device, and dtype, BLOCK_D, seqlen_bucket and DROPOUT
-    of the call."""
+    """`early_config_prune` for `kernel`'s autotuner: reads the device, and dtype, BLOCK_D, seqlen_bucket, DROPOUT and
+    WINDOW of the call."""
 
     def early_config_prune(cfgs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
         args = {**named_args, **kwargs}
         arch, max_shared = _device()
         keep = kept(kernel, args["q_ptr"].element_size(), args["BLOCK_D"], int(args["seqlen_bucket"]), max_shared,
-                    arch, bool(args["DROPOUT"]))
+                    arch, bool(args["DROPOUT"]), bool(args.get("WINDOW", False)))
         by_tuple = {_as_tuple(c): c for c in cfgs}
         return [by_tuple[c] for c in keep if c in by_tuple] or cfgs[:1]
 

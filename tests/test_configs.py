@@ -91,6 +91,25 @@ def test_dropout_variants_get_their_own_lists():
     assert got[0] == C.DROPOUT["fwd"][64][0]
 
 
+def test_window_variants_get_their_own_lists_on_sm90():
+    """The windowed forward on sm_90 takes the WINDOW list (its own candidates, through prune too); with dropout the
+    dropout list; other kernels and sm_80 keep theirs."""
+    assert C.candidates("fwd", 64, 90, window=True) == C.WINDOW["fwd"][64] != C.candidates("fwd", 64, 90)
+    assert C.candidates("fwd", 64, 90, dropout=True, window=True) == C.DROPOUT["fwd"][64]
+    assert C.candidates("dq", 64, 90, window=True) == C.candidates("dq", 64, 90)
+    assert C.candidates("fwd", 64, 80, window=True) == C.candidates("fwd", 64, 80)
+    for c in C.WINDOW["fwd"][64]:
+        assert c[2] % 4 == 0 and C._owned_rows("fwd", c) >= 64 * (c[2] // 4), c
+    named = {"q_ptr": torch.empty(1, dtype=torch.float16), "seqlen_bucket": 512}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(C, "_device", lambda: (90, TARGETS["sm_90a"].max_shared))
+        mp.setattr(C, "interpreter_on", lambda: False)
+        cfgs = C.configs("fwd")
+        got = C.prune("fwd")(cfgs, named, BLOCK_D=64, DROPOUT=False, WINDOW=True, INPUT_PRECISION="ieee")
+    assert [C._as_tuple(g) for g in got] == C.kept("fwd", 2, 64, 512, TARGETS["sm_90a"].max_shared, 90, window=True)
+    assert C._as_tuple(got[0]) == C.WINDOW["fwd"][64][0]
+
+
 def test_smaller_shared_memory_keeps_fewer_or_smaller_configs():
     big, small = TARGETS["sm_90a"].max_shared, TARGETS["sm_86"].max_shared
     for kernel in C.KERNELS:
