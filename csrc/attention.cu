@@ -22,9 +22,9 @@
 // dK and dV take 160-250 registers already). dQ warps own two 16-row query tiles at d32 only (229 registers; per
 // mma 0.58 -> 0.33 ldmatrix): at d64 two spill on sm_90a (255 registers, 4 bytes), at d128 their 102 KiB of
 // shared memory would leave one block per A100 SM. Shared memory: dK / dV 30 / 54 / 68 KiB, dQ 40 / 54 / 68 KiB.
-// Dropout follows the Philox scheme of fastenc.kernels.attention (counter {j / 8, i, b, h}, 16-bit slice j % 8,
-// kept iff slice >= ceil(p * 2^16)), so the mask depends on the element only: backward regenerates forward's mask
-// exactly, and attention_dropout_mask returns it for tests. The 8 keys of one call lie in the 4 lanes of a quad
+// Dropout follows the Philox scheme of fastenc.kernels.attention (Philox4x32-7, counter {j / 16, i, b, h}, 8-bit
+// slices, kept iff slice >= ceil(p * 2^8)), so the mask depends on the element only: backward regenerates forward's
+// mask exactly, and attention_dropout_mask returns it for tests. The 16 keys of one call lie in the 4 lanes of a quad
 // (forward, dQ: rows are queries) or the 8 lanes of a column (dK / dV: rows are keys): each lane draws one call in
 // 4 (8) and the lanes trade words with shuffles, so a warp draws each call once; dK / dV build the mask once per
 // tile as a bit set and apply it to P and dP.
@@ -148,11 +148,11 @@ cudaError_t attention_dropout_mask(const int64_t* seed, uint8_t* out, int batch,
                                    cudaStream_t stream) {
   if (seed == nullptr || batch < 0 || heads < 0 || seqlen < 0 || dropout_p < 0.f || dropout_p >= 1.f)
     return cudaErrorInvalidValue;
-  const int64_t groups = static_cast<int64_t>(batch) * heads * seqlen * ((seqlen + 7) / 8);
+  const int64_t groups = static_cast<int64_t>(batch) * heads * seqlen * ((seqlen + 15) / 16);
   if (groups == 0) return cudaSuccess;
   const int64_t blocks = (groups + 255) / 256;
   attention_dropout_mask_kernel<<<static_cast<unsigned>(blocks < 65536 ? blocks : 65536), 256, 0, stream>>>(
-      seed, out, heads, seqlen, dropout_threshold16(dropout_p), groups);
+      seed, out, heads, seqlen, dropout_threshold8(dropout_p), groups);
   return cudaGetLastError();
 }
 

@@ -49,7 +49,7 @@ CANDIDATES: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
            128: [(64, 32, 4, 2)]},
 }
 DROPOUT: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
-    "fwd": {64: [(128, 64, 8, 3), (64, 32, 4, 2)],
+    "fwd": {64: [(128, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 2)],
             128: [(128, 32, 8, 2), (64, 32, 4, 2)]},
     "dkdv": {64: [(32, 128, 8, 2), (16, 64, 4, 2)]},
 }

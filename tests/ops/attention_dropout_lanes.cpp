@@ -76,7 +76,7 @@ int main() {
   float p;
   while (std::scanf(" %c %d %d %d %d %d %lld %f", &kind, &nt, &b, &h, &row0, &col0, &seed, &p) == 8) {
     fastenc::DropoutState d{true, static_cast<uint32_t>(seed), static_cast<uint32_t>(static_cast<uint64_t>(seed) >> 32),
-                            fastenc::dropout_threshold16(p), 1.f / (1.f - p)};
+                            fastenc::dropout_threshold8(p), 1.f / (1.f - p)};
     if (nt == 4) {
       run_tile<4>(kind, b, h, row0, col0, d);
     } else if (nt == 8) {

@@ -306,12 +306,13 @@ def test_dropout_matches_ref_with_the_kernel_mask(monkeypatch, backend, packed):
     assert not torch.equal(out, out_other)
 
 
-def _philox4x32_10(seed: int, counters: np.ndarray) -> np.ndarray:
-    """Philox4x32-10 (Salmon et al. 2011) on uint32 counters [..., 4]; the key is (seed low, seed high)."""
+def _philox4x32_10(seed: int, counters: np.ndarray, rounds: int = 10) -> np.ndarray:
+    """Philox4x32-10 (Salmon et al. 2011) on uint32 counters [..., 4]; the key is (seed low, seed high). `rounds`
+    gives the reduced variants (attention dropout: Philox4x32-7)."""
     mask32 = np.uint64(0xFFFFFFFF)
     c = [counters[..., i].astype(np.uint64) for i in range(4)]
     k0, k1 = np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32)
-    for _ in range(10):
+    for _ in range(rounds):
         p0 = np.uint64(0xD2511F53) * c[0]
         p2 = np.uint64(0xCD9E8D57) * c[2]
         c = [((p2 >> np.uint64(32)) ^ c[1] ^ k0) & mask32, p2 & mask32,
@@ -320,22 +321,29 @@ def _philox4x32_10(seed: int, counters: np.ndarray) -> np.ndarray:
     return np.stack(c, -1)
 
 
+def _attention_keep(seed: int, p: float, b, h, i, j) -> np.ndarray:
+    """The attention dropout scheme (fastenc.kernels.attention's module doc), written out: (b, h, i, j) is kept iff
+    byte (c % 2) + 2 (c // 8) of word (c % 8) // 2 of Philox4x32-7(seed; j // 16, i, b, h), c = j % 16, is
+    >= ceil(p * 2**8)."""
+    b, h, i, j = np.broadcast_arrays(b, h, i, j)
+    words = _philox4x32_10(seed, np.stack([j // 16, i, b, h], -1).astype(np.uint32), rounds=7)
+    c = j % 16
+    word = np.take_along_axis(words, ((c % 8) // 2)[..., None], -1)[..., 0]
+    u = (word >> (np.uint64(8) * (c % 2 + 2 * (c // 8)).astype(np.uint64))) & np.uint64(0xFF)
+    return u >= math.ceil(np.float32(p) * 256)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_dropout_mask_follows_the_documented_philox_scheme(backend):
-    """keep(b, h, i, j) = 16-bit slice j % 2 of word (j % 8) // 2 of Philox(seed; j // 8, i, b, h) >= ceil(p * 2**16),
-    in every sequence's own coordinates: independent of the batch's padded length (and so of the layout and the
-    kernels' block sizes)."""
+    """keep(b, h, i, j) = _attention_keep, in every sequence's own coordinates: independent of the batch's padded
+    length (and so of the layout and the kernels' block sizes); the keep probability is 1 - ceil(p * 2**8) / 2**8."""
     dev = device_for(backend)
     seed_value = 2**33 + 77
-    for p in (0.4, 0.1 + 2**-18):  # p * 2**16 not an integer: the threshold rounds up
+    for p in (0.4, 0.1 + 2**-10):  # p * 2**8 not an integer: the threshold rounds up
         seed = torch.tensor([seed_value], dtype=torch.int64, device=dev)
-        keep = _dropout_mask_fn(backend)(seed, 2, 3, 21, p).cpu()
+        keep = _dropout_mask_fn(backend)(seed, 2, 3, 37, p).cpu()
         b, h, i, j = np.meshgrid(*(np.arange(n) for n in keep.shape), indexing="ij")
-        words = _philox4x32_10(seed_value, np.stack([j // 8, i, b, h], -1).astype(np.uint32))
-        word = np.take_along_axis(words, ((j % 8) // 2)[..., None], -1)[..., 0]
-        u = (word >> (np.uint64(16) * (j % 2).astype(np.uint64))) & np.uint64(0xFFFF)
-        expected = u >= math.ceil(np.float32(p) * 65536)
-        assert torch.equal(keep, torch.from_numpy(expected))
+        assert torch.equal(keep, torch.from_numpy(_attention_keep(seed_value, p, b, h, i, j)))
     shorter = _dropout_mask_fn(backend)(seed, 2, 3, 6, p).cpu()
     assert torch.equal(shorter, keep[:, :, :6, :6])
 

@@ -24,7 +24,7 @@ import torch
 
 from fastenc.ops import attention_ref
 from tests.helpers import assert_close_to_ref
-from tests.ops.test_attention import _philox4x32_10
+from tests.ops.test_attention import _attention_keep
 from tests.test_cuda_build import build_host_emulation
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,10 +39,7 @@ def emulator(tmp_path_factory) -> Path:
 def _dropout_keep(seed: int, p: float, batch: int, heads: int, seqlen: int) -> torch.Tensor:
     """[B, H, S, S] keep mask of the documented scheme (fastenc.kernels.attention)."""
     b, h, i, j = np.meshgrid(*(np.arange(n) for n in (batch, heads, seqlen, seqlen)), indexing="ij")
-    words = _philox4x32_10(seed, np.stack([j // 8, i, b, h], -1).astype(np.uint32))
-    word = np.take_along_axis(words, ((j % 8) // 2)[..., None], -1)[..., 0]
-    slice16 = (word >> (np.uint64(16) * (j % 2).astype(np.uint64))) & np.uint64(0xFFFF)
-    return torch.from_numpy(slice16 >= math.ceil(np.float32(p) * 65536))
+    return torch.from_numpy(_attention_keep(seed, p, b, h, i, j))
 
 
 def _emulate(exe: Path, workdir: Path, q, k, v, do, *, dtype, mask=None, cu=None, max_seqlen, scale, p, seed,
