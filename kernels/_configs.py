@@ -49,9 +49,16 @@ CANDIDATES: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
            128: [(64, 32, 4, 2)]},
 }
 DROPOUT: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
-    "fwd": {64: [(128, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 2)],
+    "fwd": {64: [(128, 64, 8, 3), (64, 32, 4, 2)],
             128: [(128, 32, 8, 2), (64, 32, 4, 2)]},
     "dkdv": {64: [(32, 128, 8, 2), (16, 64, 4, 2)]},
+}
+# Dropout d64 on the padded layout without a window: the forward's 4-warp 128 x 64 tile and dk/dv's 64 x 128 hold
+# Philox's registers there, not on the packed layout (the forward spills 40 B/thread) nor with a window; figures in
+# benchmarks/results/2026-12-07-sm90a-static-dropout/.
+DROPOUT_PADDED: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
+    "fwd": {64: [(128, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 2)]},
+    "dkdv": {64: [(64, 128, 8, 2), (16, 64, 4, 2)]},
 }
 # sm_80 / sm_86 / sm_89 (mma.sync): shorter tiles where a Hopper tile spills; figures: benchmarks/results/figures.md.
 AMPERE: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
@@ -92,7 +99,7 @@ def configs(kernel: str) -> list[triton.Config]:
         raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
     if interpreter_on():
         return [_config(INTERPRETER_CONFIG)]
-    tables = (CANDIDATES, DROPOUT, WINDOW, AMPERE, AMPERE_DROPOUT)
+    tables = (CANDIDATES, DROPOUT, DROPOUT_PADDED, WINDOW, AMPERE, AMPERE_DROPOUT)
     lists = [*(cs for t in tables for cs in t.get(kernel, {}).values()), [FP32[kernel]]]
     seen = dict.fromkeys(c for cs in lists for c in cs)
     return [_config(c) for c in seen]
@@ -112,15 +119,16 @@ def _owned_rows(kernel: str, c: tuple[int, int, int, int]) -> int:
     return c[1] if kernel == "dkdv" else c[0]
 
 
-def candidates(kernel: str, block_d: int, arch: int, dropout: bool = False,
-               window: bool = False) -> list[tuple[int, int, int, int]]:
+def candidates(kernel: str, block_d: int, arch: int, dropout: bool = False, window: bool = False,
+               packed: bool = False) -> list[tuple[int, int, int, int]]:
     """fp16 / bf16 candidates of `kernel` at this BLOCK_D on a GPU of compute capability `arch` (80, 86, 89, 90),
-    for its dropout variant if `dropout`, its local-window variant if `window`."""
+    for its dropout variant if `dropout`, its local-window variant if `window`, on the packed layout if `packed`."""
     d = 64 if block_d <= 64 else 128
     if arch < 90:
         tables = (AMPERE_DROPOUT, AMPERE) if dropout else (AMPERE,)
     else:
-        tables = (DROPOUT,) if dropout else (WINDOW,) if window else ()
+        padded_dropout = (DROPOUT_PADDED,) if dropout and not window and not packed else ()
+        tables = (*padded_dropout, DROPOUT) if dropout else (WINDOW,) if window else ()
     for table in tables:
         if d in table.get(kernel, {}):
             return table[kernel][d]
@@ -128,11 +136,11 @@ def candidates(kernel: str, block_d: int, arch: int, dropout: bool = False,
 
 
 def kept(kernel: str, dtype_bytes: int, block_d: int, seqlen_bucket: int, max_shared: int, arch: int,
-         dropout: bool = False, window: bool = False) -> list[tuple[int, int, int, int]]:
+         dropout: bool = False, window: bool = False, packed: bool = False) -> list[tuple[int, int, int, int]]:
     """The candidates `prune` keeps for this call, best first (never empty)."""
     if dtype_bytes == 4:
         return [FP32[kernel]]
-    cands = candidates(kernel, block_d, arch, dropout, window)
+    cands = candidates(kernel, block_d, arch, dropout, window, packed)
     fits = [c for c in cands if shared_estimate(kernel, c, block_d, dtype_bytes) <= max_shared]
     fits = fits or [min(cands, key=lambda c: shared_estimate(kernel, c, block_d, dtype_bytes))]
     short = [c for c in fits if _owned_rows(kernel, c) <= max(seqlen_bucket, 16)]
@@ -149,14 +157,14 @@ def _device() -> tuple[int, int]:
 
 
 def prune(kernel: str) -> Callable:
-    """`early_config_prune` for `kernel`'s autotuner: reads the device, and dtype, BLOCK_D, seqlen_bucket, DROPOUT and
-    WINDOW of the call."""
+    """`early_config_prune` for `kernel`'s autotuner: reads the device, and dtype, BLOCK_D, seqlen_bucket, DROPOUT,
+    WINDOW and PACKED of the call."""
 
     def early_config_prune(cfgs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
         args = {**named_args, **kwargs}
         arch, max_shared = _device()
         keep = kept(kernel, args["q_ptr"].element_size(), args["BLOCK_D"], int(args["seqlen_bucket"]), max_shared,
-                    arch, bool(args["DROPOUT"]), bool(args.get("WINDOW", False)))
+                    arch, bool(args["DROPOUT"]), bool(args.get("WINDOW", False)), bool(args.get("PACKED", False)))
         by_tuple = {_as_tuple(c): c for c in cfgs}
         return [by_tuple[c] for c in keep if c in by_tuple] or cfgs[:1]
 

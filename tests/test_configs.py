@@ -79,16 +79,34 @@ def test_candidates_give_each_warp_its_own_rows(kernel, arch):
 
 
 def test_dropout_variants_get_their_own_lists():
+    """Dropout takes the DROPOUT lists (sm_90, packed or windowed), DROPOUT_PADDED before them (sm_90, padded, no
+    window), AMPERE_DROPOUT (sm_80)."""
     for arch, table, other in ((90, C.DROPOUT, C.AMPERE_DROPOUT), (80, C.AMPERE_DROPOUT, C.DROPOUT)):
         for kernel, by_d in table.items():
             for d, cands in by_d.items():
-                assert C.candidates(kernel, d, arch, dropout=True) == cands != C.candidates(kernel, d, arch)
+                assert C.candidates(kernel, d, arch, True, packed=True) == cands != C.candidates(kernel, d, arch)
         for kernel, by_d in other.items():
             for d in by_d:
                 if d not in table.get(kernel, {}):
-                    assert C.candidates(kernel, d, arch, dropout=True) == C.candidates(kernel, d, arch)
-    got = C.kept("fwd", 2, 64, 512, TARGETS["sm_90a"].max_shared, 90, dropout=True)
-    assert got[0] == C.DROPOUT["fwd"][64][0]
+                    assert C.candidates(kernel, d, arch, dropout=True, packed=True) == C.candidates(kernel, d, arch)
+    for kernel, by_d in C.DROPOUT_PADDED.items():
+        for d, cands in by_d.items():
+            assert C.candidates(kernel, d, 90, dropout=True) == cands != C.candidates(kernel, d, 90, True, packed=True)
+            assert C.candidates(kernel, d, 90, True, window=True) == C.candidates(kernel, d, 90, True, packed=True)
+            if d not in C.AMPERE_DROPOUT.get(kernel, {}):
+                assert C.candidates(kernel, d, 80, dropout=True) == C.candidates(kernel, d, 80)
+    limit = TARGETS["sm_90a"].max_shared
+    assert C.kept("fwd", 2, 64, 512, limit, 90, dropout=True)[0] == C.DROPOUT_PADDED["fwd"][64][0]
+    assert C.kept("fwd", 2, 64, 512, limit, 90, dropout=True, packed=True)[0] == C.DROPOUT["fwd"][64][0]
+    named = {"q_ptr": torch.empty(1, dtype=torch.float16), "seqlen_bucket": 512}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(C, "_device", lambda: (90, limit))
+        mp.setattr(C, "interpreter_on", lambda: False)
+        cfgs = C.configs("fwd")
+        for packed in (False, True):
+            got = C.prune("fwd")(cfgs, named, BLOCK_D=64, DROPOUT=True, WINDOW=False, PACKED=packed,
+                                 INPUT_PRECISION="ieee")
+            assert [C._as_tuple(g) for g in got] == C.kept("fwd", 2, 64, 512, limit, 90, True, packed=packed)
 
 
 def test_window_variants_get_their_own_lists_on_sm90():
