@@ -11,6 +11,9 @@ window: a symmetric local window (ModernBERT's local layers): query i attends ke
 |i - j| <= window (positions within each sequence; padded rows are positions 0..S-1 of their row, as transformers'
 sliding_window_bidirectional_overlay counts them). The call carries feature "window"; kernels skip the key blocks
 outside the window.
+dropout_p: the kernels (Triton and CUDA) draw one mask scheme (Philox4x32-7, 8-bit slices; fastenc.kernels.attention):
+an attention probability is kept with probability 1 - ceil(256 dropout_p) / 256 (within 2**-8 of 1 - dropout_p) and
+scaled by 1 / (1 - dropout_p); the torch paths use torch's dropout.
 
 Launcher contract (fastenc.kernels.attention and fastenc._cuda):
     attention_fwd(q, k, v, key_padding_mask [B, S] contiguous bool | None, cu_seqlens [B + 1] int32 | None,
