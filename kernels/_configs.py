@@ -80,6 +80,13 @@ WINDOW: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
     "fwd": {64: [(128, 64, 8, 3), (64, 32, 4, 2)],
             128: [(128, 64, 8, 2), (64, 32, 4, 2)]},
 }
+# With a window and dropout on sm_90a, d128: the 4-warp forward (64, 32) and dk/dv (16, 64) reach 255 registers and
+# spill 8 B/thread (forward packed under triton 3.9, dk/dv padded under 3.6;
+# benchmarks/results/2026-12-07-sm90a-static-dropout/); d64 keeps the DROPOUT lists.
+WINDOW_DROPOUT: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
+    "fwd": {128: [(128, 32, 8, 2)]},
+    "dkdv": {128: [(16, 128, 8, 2)]},
+}
 FP32: dict[str, tuple[int, int, int, int]] = {"fwd": (32, 32, 4, 2), "dkdv": (16, 32, 4, 2), "dq": (32, 32, 4, 2)}
 
 
@@ -99,7 +106,7 @@ def configs(kernel: str) -> list[triton.Config]:
         raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
     if interpreter_on():
         return [_config(INTERPRETER_CONFIG)]
-    tables = (CANDIDATES, DROPOUT, DROPOUT_PADDED, WINDOW, AMPERE, AMPERE_DROPOUT)
+    tables = (CANDIDATES, DROPOUT, DROPOUT_PADDED, WINDOW, WINDOW_DROPOUT, AMPERE, AMPERE_DROPOUT)
     lists = [*(cs for t in tables for cs in t.get(kernel, {}).values()), [FP32[kernel]]]
     seen = dict.fromkeys(c for cs in lists for c in cs)
     return [_config(c) for c in seen]
@@ -127,8 +134,8 @@ def candidates(kernel: str, block_d: int, arch: int, dropout: bool = False, wind
     if arch < 90:
         tables = (AMPERE_DROPOUT, AMPERE) if dropout else (AMPERE,)
     else:
-        padded_dropout = (DROPOUT_PADDED,) if dropout and not window and not packed else ()
-        tables = (*padded_dropout, DROPOUT) if dropout else (WINDOW,) if window else ()
+        first = (WINDOW_DROPOUT,) if window else () if packed else (DROPOUT_PADDED,)
+        tables = (*first, DROPOUT) if dropout else (WINDOW,) if window else ()
     for table in tables:
         if d in table.get(kernel, {}):
             return table[kernel][d]

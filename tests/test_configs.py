@@ -114,6 +114,11 @@ def test_window_variants_get_their_own_lists_on_sm90():
     dropout list; other kernels and sm_80 keep theirs."""
     assert C.candidates("fwd", 64, 90, window=True) == C.WINDOW["fwd"][64] != C.candidates("fwd", 64, 90)
     assert C.candidates("fwd", 64, 90, dropout=True, window=True) == C.DROPOUT["fwd"][64]
+    for kernel, by_d in C.WINDOW_DROPOUT.items():
+        for d, cands in by_d.items():
+            assert C.candidates(kernel, d, 90, dropout=True, window=True) == cands
+            assert C.candidates(kernel, d, 90, dropout=True, window=True, packed=True) == cands
+            assert set(cands) < set(C.candidates(kernel, d, 90, dropout=True))
     assert C.candidates("dq", 64, 90, window=True) == C.candidates("dq", 64, 90)
     assert C.candidates("fwd", 64, 80, window=True) == C.candidates("fwd", 64, 80)
     for c in C.WINDOW["fwd"][64]:
