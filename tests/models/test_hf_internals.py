@@ -52,6 +52,7 @@ def test_gelu_class_names():
     assert type(ACT2FN["gelu"]).__name__ in hf_internals.GELU_EXACT, f"{RELEASE} renamed its erf GELU class"
     for name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
         assert type(ACT2FN[name]).__name__ in hf_internals.GELU_TANH, f"{RELEASE} renamed the class of {name}"
+    assert type(ACT2FN["silu"]).__name__ in hf_internals.SILU, f"{RELEASE} renamed its SiLU class"
 
 
 @pytest.fixture
