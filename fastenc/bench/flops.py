@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-
 GATED_MLP = ("gte", "nomic_bert")  # model types whose MLP is down(act(gate(x)) * up(x))
 
 

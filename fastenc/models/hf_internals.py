@@ -7,8 +7,9 @@ A name missing from the installed transformers turns off the path that needs it,
 Each name, what it serves, and what turns off without it:
   - transformers.utils.output_capturing._active_collector: whether hidden states / attentions are being recorded;
     without it recording is assumed, which turns off packing and the direct layer path.
-  - transformers.utils.output_capturing._CAN_RECORD_REGISTRY: a live model's recordable outputs, keyed by instance,
-    refreshed when optimize() changes its class; without it transformers' own entry stays.
+  - transformers.utils.output_capturing._CAN_RECORD_REGISTRY: a model class's recordable outputs (5.25: set through
+    the instance; 5.17: a plain dict keyed by str(class)), registered when optimize() or a block swap changes a
+    model's class; without it transformers' own entry stays.
   - transformers.models.auto.auto_factory._get_model_class and the Auto classes' _model_mapping: the architecture
     transformers would pick for fastenc.AutoModel*; without them those raise an error that says so.
   - config._attn_implementation_internal: whether "eager" attention was asked for; without it an explicit "eager" is
@@ -85,7 +86,11 @@ def recording(key: str) -> bool:
 def refresh_recordable(model: Any) -> None:
     """Tell transformers' output-capture registry the recordable outputs of `model`'s (new) class."""
     registry = lookup("recordable outputs registry")
-    if registry is not None:
+    if registry is None:
+        return
+    if type(registry) is dict:  # transformers < 5.25: a plain dict keyed by str(class); later a class keying it so
+        registry[str(type(model))] = model._can_record_outputs
+    else:
         registry[model] = model._can_record_outputs
 
 
