@@ -277,3 +277,27 @@ def test_family_missing_from_the_release(monkeypatch):
 def test_installed_release_without_gte():
     with pytest.raises(ImportError, match="transformers.models.gte"):
         fastenc.GteModel.from_pretrained("anything")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_inputs_embeds_position_ids_and_4d_masks(family):
+    """inputs_embeds and caller positions (gathered with the real tokens on the packed path) and a 4-D additive
+    mask (the padded path) give transformers' numbers."""
+    name = _name(family, "ForTokenClassification")
+    hf = build_hf(name)
+    ours = fastenc.from_hf(hf)
+    inp = inputs(name, batch=3)
+    embeds = hf.base_model.embeddings.word_embeddings(inp.pop("input_ids"))
+    real = inp["attention_mask"].bool()
+    g = torch.Generator().manual_seed(7)
+    pos = torch.randint(0, 50, (3, 10), generator=g)
+    bias = torch.randn(3, 1, 10, 10, generator=g)
+    bias = bias.masked_fill(torch.rand(3, 1, 10, 10, generator=g) < 0.3, torch.finfo(torch.float32).min)
+    bias[..., 0] = 0.0  # every query keeps a key
+    with torch.no_grad():
+        for extra in ({}, {"position_ids": pos}):
+            out = ours(inputs_embeds=embeds, **inp, **extra, unpad=True).logits
+            assert_close(out, hf(inputs_embeds=embeds, **inp, **extra).logits, 1e-5, f"packed {list(extra)}",
+                         mask=real)
+        four_d = dict(inp, attention_mask=bias)
+        assert_outputs_close(ours(inputs_embeds=embeds, **four_d), hf(inputs_embeds=embeds, **four_d), 1e-5)
