@@ -117,7 +117,8 @@ class _Swap:
     range (renames on both sides); a release whose forward has another one keeps transformers' block (`swap_table`).
     needs: swaps of the same family without which this one is wrong (a refused one refuses this one too)."""
 
-    attrs: dict = {}  # instance attributes the forward needs, set by install_blocks and removed by remove_blocks
+    attrs: dict = {}  # instance attributes the forward needs, set by install_blocks (a callable: its value for the
+    # module) and removed by remove_blocks
     serves: frozenset[str] = frozenset()
     needs: tuple[type, ...] = ()
 
@@ -513,7 +514,7 @@ def install_blocks(model: nn.Module) -> int:
             if hasattr(m, "_can_record_outputs"):  # a base model that is its own encoder (GTE): registry by class
                 refresh_recordable(m)
             for name, value in type(m).attrs.items():
-                setattr(m, name, value)
+                setattr(m, name, value(m) if callable(value) else value)
             swapped += 1
     return swapped
 

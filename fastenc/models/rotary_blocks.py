@@ -51,7 +51,7 @@ class RotaryPositions:
     """What the swapped rotary embedding gives the layers in place of (cos, sin): positions [B | 1, S] and theta."""
 
     positions: torch.Tensor
-    theta: float
+    theta: float | int
 
 
 def rope_reason(module: nn.Module) -> str | None:
@@ -102,11 +102,18 @@ class _RotaryEmbeddings(_Swap):
         )
 
 
+def _theta(value: float) -> float | int:
+    """rope_theta as an int when it is integral (as published checkpoints' are): torch.compile with dynamic shapes
+    keeps a float attribute symbolic but specialises an int, and the rotary op checks theta's value."""
+    return int(value) if float(value).is_integer() else float(value)
+
+
 class _RotaryEmbedding(_Swap):
     """GteRotaryEmbedding / NomicBertRotaryEmbedding: no cos / sin tables; the positions and theta, for
     `ops.rotary` in the attention. Rotary types the op does not compute keep transformers' module (with a reason)."""
 
     serves = frozenset(("x", "position_ids"))
+    attrs = {"_fastenc_theta": lambda module: _theta(module.config.rope_parameters["rope_theta"])}
 
     @staticmethod
     def supports(module):
@@ -118,7 +125,7 @@ class _RotaryEmbedding(_Swap):
         return why is None
 
     def forward(self, x, position_ids):
-        return RotaryPositions(position_ids, float(self.config.rope_parameters["rope_theta"]))
+        return RotaryPositions(position_ids, self._fastenc_theta)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
