@@ -125,7 +125,10 @@ class _RotaryEmbedding(_Swap):
         return why is None
 
     def forward(self, x, position_ids):
-        return RotaryPositions(position_ids, self._fastenc_theta)
+        theta = self.__dict__.get("_fastenc_theta")
+        if theta is None:  # an instance install_blocks did not set up (built from the swapped class): transformers'
+            return super().forward(x, position_ids)
+        return RotaryPositions(position_ids, theta)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -301,3 +301,18 @@ def test_inputs_embeds_position_ids_and_4d_masks(family):
                          mask=real)
         four_d = dict(inp, attention_mask=bias)
         assert_outputs_close(ours(inputs_embeds=embeds, **four_d), hf(inputs_embeds=embeds, **four_d), 1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_swapped_rotary_class_built_anew_gives_transformers_tables(family):
+    """transformers' rope tests build the model's rotary class anew and unpack (cos, sin): an instance that
+    install_blocks did not set up is transformers' module."""
+    ours = fastenc.from_hf(build_hf(_name(family, "Model")))
+    cls = type(ours.rotary_emb)
+    assert issubclass(cls, rotary_blocks._RotaryEmbedding)
+    fresh = cls(config=ours.config)
+    reference = cls._fastenc_original(config=ours.config)
+    x, pos = torch.randn(1), torch.arange(7)[None]
+    for a, b in zip(fresh(x, pos), reference(x, pos), strict=True):
+        assert torch.equal(a, b)
+    assert isinstance(ours.rotary_emb(x, pos), rotary_blocks.RotaryPositions)
