@@ -244,7 +244,7 @@ class _RotaryModel(_Swap):
             if flat is not None:
                 return super().forward(*args, cu_seqlens=flat.cu_seqlens, max_seqlen=flat.max_seqlen, **kwargs)
             return super().forward(*args, **kwargs)
-        if attention_mask.dim() != 2 or recording("hidden_states") or recording("attentions"):
+        if attention_mask.dim() != 2 or self._fastenc_records(kwargs):
             return super().forward(*args, **kwargs)
         unpad, labels = scoped_unpad(self.__dict__.get("_fastenc_unpad"))
         packing, mask = choose_packing(attention_mask.bool(), unpad, labels)
@@ -252,6 +252,13 @@ class _RotaryModel(_Swap):
             return super().forward(input_ids, None if mask is None else attention_mask, token_type_ids,
                                    position_ids, inputs_embeds, **kwargs)
         return self._fastenc_packed(packing, input_ids, token_type_ids, position_ids, inputs_embeds, kwargs)
+
+    def _fastenc_records(self, kwargs: dict) -> bool:
+        """Whether this call records hidden states or attentions (asked for here, by the config, or by an enclosing
+        model): they keep the padded layout. This forward runs before transformers' own starts recording."""
+        return any(kwargs.get(f"output_{key}") or (kwargs.get(f"output_{key}") is None
+                                                   and getattr(self.config, f"output_{key}", False)) or recording(key)
+                   for key in ("hidden_states", "attentions"))
 
     def _fastenc_packed(self, packing, input_ids, token_type_ids, position_ids, inputs_embeds, kwargs):
         def pack(t):  # [B | 1, S] -> [1, T]; [B, S, E] -> [1, T, E]

@@ -316,3 +316,26 @@ def test_swapped_rotary_class_built_anew_gives_transformers_tables(family):
     for a, b in zip(fresh(x, pos), reference(x, pos), strict=True):
         assert torch.equal(a, b)
     assert isinstance(ours.rotary_emb(x, pos), rotary_blocks.RotaryPositions)
+
+
+@pytest.mark.parametrize("head", ["Model", "ForTokenClassification"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_recorded_outputs_keep_the_padded_layout(family, head):
+    """A batch that would run packed (rows starting with a real token) runs padded when hidden states or attentions
+    are recorded, asked for by the call or by the config: the base model decides before transformers' forward
+    starts recording."""
+    name = _name(family, head)
+    hf = build_hf(name)
+    eager = getattr(transformers, name)(hf.config.__class__(**{**hf.config.to_dict(), "attn_implementation": "eager"}))
+    eager.load_state_dict(hf.state_dict())
+    eager.eval()
+    ours = fastenc.from_hf(hf)
+    inp = inputs(name, batch=2)  # a full row and a right-padded one
+    with torch.no_grad():
+        ref = eager(**inp, output_hidden_states=True, output_attentions=True)
+        assert_outputs_close(ours(**inp, output_hidden_states=True, output_attentions=True), ref, 1e-5)
+        ours.config.output_hidden_states = True
+        by_config = ours(**inp)
+    assert len(by_config.hidden_states) == len(ref.hidden_states)
+    for a, b in zip(by_config.hidden_states, ref.hidden_states, strict=True):
+        assert_close(a, b, 1e-5, "hidden_states (config)")
