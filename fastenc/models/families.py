@@ -109,13 +109,27 @@ def unavailable(fam: Family, error: ImportError) -> dict[str, type]:
     warnings.warn(f"fastenc: {reason}", RuntimeWarning, stacklevel=3)
     note(f"family {fam.name}", reason)
 
+    return {fam.prefix + head: _refusing(fam.prefix + head, f"fastenc.models.{fam.file}", reason)
+            for head in fam.heads}
+
+
+def missing_config(name: str) -> type:
+    """fastenc.<Prefix>Config for a family the installed transformers lacks (`from fastenc import *` still works):
+    using it raises ImportError naming the release."""
+    import transformers
+
+    fam = next(f for f in FAMILIES if f.config == name)
+    return _refusing(name, "fastenc", f"transformers {transformers.__version__} has no {name}: the {fam.prefix} "
+                                      f"classes need a release that has transformers.models.{fam.name}")
+
+
+def _refusing(name: str, module: str, reason: str) -> type:
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise ImportError(f"fastenc: {reason}")
 
-    return {fam.prefix + head: type(fam.prefix + head, (), {
-        "__init__": refuse, "from_pretrained": classmethod(refuse), "_from_config": classmethod(refuse),
-        "_fastenc_hf_class": None, "_fastenc_unavailable": reason, "__module__": f"fastenc.models.{fam.file}",
-        "__qualname__": fam.prefix + head}) for head in fam.heads}
+    return type(name, (), {"__init__": refuse, "from_pretrained": classmethod(refuse),
+                           "_from_config": classmethod(refuse), "_fastenc_hf_class": None,
+                           "_fastenc_unavailable": reason, "__module__": module, "__qualname__": name})
 
 
 def family(name: str) -> Family:

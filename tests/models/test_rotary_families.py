@@ -271,12 +271,17 @@ def test_family_missing_from_the_release(monkeypatch):
         with pytest.raises(ImportError, match="transformers.models.gte"):
             cls.from_pretrained("anything")
     assert "family gte" in fastenc.explain()
+    with pytest.raises(ImportError, match=rf"transformers {transformers.__version__} has no GteConfig"):
+        families.missing_config("GteConfig")()
 
 
 @pytest.mark.skipif("gte" in ROTARY, reason="this transformers release has GTE")
 def test_installed_release_without_gte():
     with pytest.raises(ImportError, match="transformers.models.gte"):
         fastenc.GteModel.from_pretrained("anything")
+    with pytest.raises(ImportError, match="GteConfig"):
+        fastenc.GteConfig()
+    exec("from fastenc import *", {})  # every listed name resolves
 
 
 @pytest.mark.parametrize("family", FAMILIES)
