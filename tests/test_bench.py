@@ -53,6 +53,13 @@ def test_albert_flops_count_the_embedding_projection():
     assert flops.encoder_flops(cfg, [64, 64], pooler=False, mlm_head=True) == 2 * t * e * h + 12 * per_layer + head
 
 
+def test_gated_mlp_flops_count_both_input_projections():
+    cfg = cases.model_config("nomic-embed")
+    h, lens = 768, [5, 9, 130]
+    per_layer = (24 + 8) * sum(lens) * h**2 + 4 * sum(n * n for n in lens) * h  # gate_proj and up_proj: 4h wide each
+    assert flops.encoder_flops(cfg, lens, pooler=cases.has_pooler(cfg, False)) == 12 * per_layer
+
+
 def test_attention_flops():
     assert flops.attention_flops([128, 64], heads=12, head_dim=64) == 4 * 12 * 64 * (128**2 + 64**2)
     assert flops.attention_flops([128], 12, 64, backward=True) == 3.5 * 4 * 12 * 64 * 128**2

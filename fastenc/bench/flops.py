@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+GATED_MLP = ("gte", "nomic_bert")  # model types whose MLP is down(act(gate(x)) * up(x))
+
 
 def _lengths(seq_lens: Sequence[int]) -> list[int]:
     lens = [int(s) for s in seq_lens]
@@ -49,6 +51,8 @@ def encoder_matmuls(config: Any, seq_lens: Sequence[int], *, pooler: bool = True
             out += [(s, d, s)] * heads  # context = probs v, per head
         out.append((tokens, h, h))  # attention output dense
         out.append((tokens, inter, h))  # intermediate dense
+        if config.model_type in GATED_MLP:
+            out.append((tokens, inter, h))  # ... and the gated MLP's second input projection (up_proj)
         out.append((tokens, h, inter))  # output dense
     if pooler:
         out.append((len(lens), h, h))

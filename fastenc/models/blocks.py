@@ -34,7 +34,7 @@ from transformers.pytorch_utils import apply_chunking_to_forward
 from fastenc import ops
 from fastenc.autotune import note
 from fastenc.models.fused import EXACT_GELU, hook_free, linear_act, linear_act_norm, linear_add_norm, qkv
-from fastenc.models.hf_internals import VERSION, recording
+from fastenc.models.hf_internals import VERSION, recording, refresh_recordable
 from fastenc.models.packing import (
     choose_packing,
     packing_from_kwargs,
@@ -117,7 +117,8 @@ class _Swap:
     range (renames on both sides); a release whose forward has another one keeps transformers' block (`swap_table`).
     needs: swaps of the same family without which this one is wrong (a refused one refuses this one too)."""
 
-    attrs: dict = {}  # instance attributes the forward needs, set by install_blocks and removed by remove_blocks
+    attrs: dict = {}  # instance attributes the forward needs, set by install_blocks (a callable: its value for the
+    # module) and removed by remove_blocks
     serves: frozenset[str] = frozenset()
     needs: tuple[type, ...] = ()
 
@@ -415,6 +416,17 @@ TARGETS = {  # transformers family -> {block class name: swap}; XLM-RoBERTa and 
                    "TransformerBlock": _DistilBlock, "Transformer": _Encoder},
 }
 
+FAMILY_BLOCK_MODULES = ("fastenc.models.rotary_blocks",)  # modules with more families' swaps (a TARGETS each)
+
+
+def targets() -> dict[str, dict[str, type]]:
+    """Every family's {block class name: swap}: TARGETS and those of FAMILY_BLOCK_MODULES."""
+    merged = dict(TARGETS)
+    for name in FAMILY_BLOCK_MODULES:
+        merged.update(importlib.import_module(name).TARGETS)
+    return merged
+
+
 _swaps: dict[type, type] | None = None  # transformers block class -> swap mixin
 refused: dict[type, str] = {}  # transformers block class -> why it keeps its own forward in this release
 _ATTENTION_WRAPPERS: set[type] = set()  # transformers' <Prefix>Attention of the families whose layers are _Layer
@@ -429,8 +441,12 @@ def swap_table() -> dict[type, type]:
         from transformers.masking_utils import AttentionMaskInterface
 
         table = {}
-        for family, names in TARGETS.items():
-            module = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+        for family, names in targets().items():
+            try:
+                module = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+            except ImportError:  # a family newer than this release: its classes say so (families.unavailable)
+                note(f"blocks of {family}", f"transformers {VERSION} has no transformers.models.{family}")
+                continue
             table.update(_family_swaps(module, names))
             _ATTENTION_WRAPPERS.update(getattr(module, name.removesuffix("Layer") + "Attention")
                                        for name, swap in names.items() if swap is _Layer and hasattr(module, name))
@@ -495,8 +511,10 @@ def install_blocks(model: nn.Module) -> int:
     for m in model.modules():
         if type(m) in table and table[type(m)].supports(m):
             m.__class__ = _subclass(type(m))
+            if hasattr(m, "_can_record_outputs"):  # a base model that is its own encoder (GTE): registry by class
+                refresh_recordable(m)
             for name, value in type(m).attrs.items():
-                setattr(m, name, value)
+                setattr(m, name, value(m) if callable(value) else value)
             swapped += 1
     return swapped
 
@@ -504,11 +522,12 @@ def install_blocks(model: nn.Module) -> int:
 def remove_blocks(model: nn.Module) -> None:
     """Give every swapped block inside `model` its transformers class back."""
     for m in model.modules():
+        if not isinstance(m, _Swap):
+            continue
+        for name in (*type(m).attrs, "_fastenc_qkv", "_fastenc_gate_up"):
+            m.__dict__.pop(name, None)
         original = type(m).__dict__.get("_fastenc_original")
-        if original is not None and issubclass(type(m), _Swap):
-            for name in type(m).attrs:
-                m.__dict__.pop(name, None)
-            m.__dict__.pop("_fastenc_qkv", None)
+        if original is not None:  # a fastenc model class (a swap of its own: families.classes) keeps its class here
             m.__class__ = original
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fastenc.models.blocks import ATTN_IMPLEMENTATION, install_blocks
+from fastenc.models.blocks import ATTN_IMPLEMENTATION, _Swap, install_blocks
 from fastenc.models.hf_internals import refresh_recordable, requested_attn_implementation
 from fastenc.models.packing import tracing, unpad_scope
 from fastenc.ops.embeddings import ID_DTYPES
@@ -119,7 +119,8 @@ class FastencModel:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         mro = cls.__mro__
-        cls._fastenc_hf_class = mro[mro.index(FastencModel) + 1]  # the transformers class it subclasses
+        # the transformers class it subclasses (after a block swap placed before it, if any: families.classes)
+        cls._fastenc_hf_class = next(k for k in mro[mro.index(FastencModel) + 1:] if not issubclass(k, _Swap))
         if "forward" in cls.__dict__:
             return
         parent = _transformers_forward(cls)
@@ -142,6 +143,14 @@ class FastencModel:
         forward.__doc__ = parent.__doc__
         forward.__name__ = forward.__qualname__ = "forward"
         cls.forward = forward
+
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """transformers' answer for the class this one subclasses: fastenc's classes run transformers' own modelling
+        code, so its checkpoint conversions (GTE's original key layout, on loading and saving) and weight
+        initialisation apply to them as to transformers' classes (a class outside `transformers.` counts as custom
+        code, whose conversions transformers skips)."""
+        return cls._fastenc_hf_class.is_custom_code()
 
     def _fastenc_forward(self, parent: Callable, names: list[str], args: tuple, kwargs: dict,
                          unpad: bool | None, sparse_prediction: bool | None) -> Any:

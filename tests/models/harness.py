@@ -5,6 +5,7 @@ padded rows); labels per head; comparisons that never let NaN pass."""
 from __future__ import annotations
 
 import functools
+import importlib.util
 from typing import Any
 
 import torch
@@ -12,7 +13,8 @@ import transformers
 
 import fastenc
 
-VARIANTS = ("bert", "roberta", "albert", "electra", "xlm_roberta", "camembert", "distilbert")
+ROTARY = tuple(v for v in ("gte", "nomic_bert") if importlib.util.find_spec(f"transformers.models.{v}"))  # by release
+VARIANTS = ("bert", "roberta", "albert", "electra", "xlm_roberta", "camembert", "distilbert", *ROTARY)
 
 _SHARED = ["Model", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering", "ForMaskedLM",
            "ForMultipleChoice"]
@@ -24,10 +26,11 @@ HEADS = {
     "xlm_roberta": _SHARED,
     "camembert": _SHARED,
     "distilbert": _SHARED,
+    **dict.fromkeys(ROTARY, ["Model", "ForSequenceClassification", "ForTokenClassification", "ForMaskedLM"]),
 }
 CHOICES = 2  # ForMultipleChoice inputs are [batch, CHOICES, seq]
 PREFIX = {"bert": "Bert", "roberta": "Roberta", "albert": "Albert", "electra": "Electra", "xlm_roberta": "XLMRoberta",
-          "camembert": "Camembert", "distilbert": "DistilBert"}
+          "camembert": "Camembert", "distilbert": "DistilBert", "gte": "Gte", "nomic_bert": "NomicBert"}
 ALL_CLASSES = [PREFIX[v] + h for v in VARIANTS for h in HEADS[v]]
 
 COMMON = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
@@ -42,6 +45,9 @@ VARIANT_FIELDS = {
     "xlm_roberta": dict(hidden_act="gelu", layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2),
     "camembert": dict(hidden_act="gelu_new", layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2),
     "distilbert": dict(hidden_act="gelu"),
+    "gte": dict(hidden_act="gelu", layer_norm_eps=1e-12, pad_token_id=1, rope_parameters={"rope_type": "default",
+                                                                                          "rope_theta": 500.0}),
+    "nomic_bert": dict(hidden_act="silu", layer_norm_eps=1e-12, pad_token_id=0),
 }
 # DistilBERT's config names its fields differently (and has no token types or layer_norm_eps).
 _DISTILBERT_NAMES = {"hidden_size": "dim", "num_hidden_layers": "n_layers", "num_attention_heads": "n_heads",
