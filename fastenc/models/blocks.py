@@ -415,6 +415,17 @@ TARGETS = {  # transformers family -> {block class name: swap}; XLM-RoBERTa and 
                    "TransformerBlock": _DistilBlock, "Transformer": _Encoder},
 }
 
+FAMILY_BLOCKS = ("fastenc.models.modernbert_blocks",)  # modules with a TARGETS table of the same form
+
+
+def targets() -> dict[str, dict[str, type]]:
+    """TARGETS and the tables of FAMILY_BLOCKS: every family's {block class name: swap}."""
+    merged = dict(TARGETS)
+    for name in FAMILY_BLOCKS:
+        merged.update(importlib.import_module(name).TARGETS)
+    return merged
+
+
 _swaps: dict[type, type] | None = None  # transformers block class -> swap mixin
 refused: dict[type, str] = {}  # transformers block class -> why it keeps its own forward in this release
 _ATTENTION_WRAPPERS: set[type] = set()  # transformers' <Prefix>Attention of the families whose layers are _Layer
@@ -429,7 +440,7 @@ def swap_table() -> dict[type, type]:
         from transformers.masking_utils import AttentionMaskInterface
 
         table = {}
-        for family, names in TARGETS.items():
+        for family, names in targets().items():
             module = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
             table.update(_family_swaps(module, names))
             _ATTENTION_WRAPPERS.update(getattr(module, name.removesuffix("Layer") + "Attention")

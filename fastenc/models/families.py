@@ -58,6 +58,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("xlm_roberta", "XLMRoberta", _SHARED, "roberta"),  # RoBERTa's architecture under its own classes
     Family("camembert", "Camembert", _SHARED, "roberta"),
     Family("distilbert", "DistilBert", _SHARED, "distilbert"),
+    Family("modernbert", "ModernBert", _SHARED, "modernbert"),
 )
 
 CLASS_NAMES: tuple[str, ...] = tuple(name for family in FAMILIES for name in family.class_names)
@@ -65,10 +66,12 @@ CONFIG_NAMES: tuple[str, ...] = tuple(sorted(family.config for family in FAMILIE
 AUTO_NAMES: tuple[str, ...] = tuple(f"AutoModel{'' if head == 'Model' else head}" for head in HEAD_ATTRS)
 
 
-def classes(name: str, hooks: dict[str, dict[str, Callable[..., Any]]]) -> dict[str, type]:
+def classes(name: str, hooks: dict[str, dict[str, Callable[..., Any]]],
+            mixins: dict[str, type] | None = None) -> dict[str, type]:
     """fastenc's classes of the family `name`: FastencModel before each transformers class, with the head's
     attributes, and per head the methods in `hooks` (`_fastenc_mlm_logits`, `_fastenc_sparse_head`) for the heads
-    that predict MLM tokens on the sparse path."""
+    that predict MLM tokens on the sparse path. `mixins`: per head, a block swap placed before the transformers class
+    (a base model whose own forward is swapped, as ModernBERT's layer loop)."""
     from fastenc.models.heads import FastencModel
 
     fam = family(name)
@@ -80,7 +83,9 @@ def classes(name: str, hooks: dict[str, dict[str, Callable[..., Any]]]) -> dict[
         missing = attrs.get("_fastenc_sparse") and not {"_fastenc_mlm_logits", "_fastenc_sparse_head"} & set(attrs)
         if missing:
             raise TypeError(f"fastenc.models.{fam.file}: {cls_name} predicts MLM tokens but has no hook for it")
-        made[cls_name] = type(cls_name, (FastencModel, getattr(hf, cls_name)),
+        mixin = (mixins or {}).get(head)
+        bases = (FastencModel, getattr(hf, cls_name)) if mixin is None else (FastencModel, mixin, getattr(hf, cls_name))
+        made[cls_name] = type(cls_name, bases,
                               {**attrs, "__module__": f"fastenc.models.{fam.file}", "__qualname__": cls_name})
     return made
 

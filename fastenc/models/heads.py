@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fastenc.models.blocks import ATTN_IMPLEMENTATION, install_blocks
+from fastenc.models.blocks import ATTN_IMPLEMENTATION, _Swap, install_blocks
 from fastenc.models.hf_internals import refresh_recordable, requested_attn_implementation
 from fastenc.models.packing import tracing, unpad_scope
 from fastenc.ops.embeddings import ID_DTYPES
@@ -119,7 +119,8 @@ class FastencModel:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         mro = cls.__mro__
-        cls._fastenc_hf_class = mro[mro.index(FastencModel) + 1]  # the transformers class it subclasses
+        # the transformers class it subclasses (after a swapped forward placed before it: families.classes' mixins)
+        cls._fastenc_hf_class = next(k for k in mro[mro.index(FastencModel) + 1:] if not issubclass(k, _Swap))
         if "forward" in cls.__dict__:
             return
         parent = _transformers_forward(cls)

@@ -12,7 +12,7 @@ import transformers
 
 import fastenc
 
-VARIANTS = ("bert", "roberta", "albert", "electra", "xlm_roberta", "camembert", "distilbert")
+VARIANTS = ("bert", "roberta", "albert", "electra", "xlm_roberta", "camembert", "distilbert", "modernbert")
 
 _SHARED = ["Model", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering", "ForMaskedLM",
            "ForMultipleChoice"]
@@ -24,10 +24,11 @@ HEADS = {
     "xlm_roberta": _SHARED,
     "camembert": _SHARED,
     "distilbert": _SHARED,
+    "modernbert": _SHARED,
 }
 CHOICES = 2  # ForMultipleChoice inputs are [batch, CHOICES, seq]
 PREFIX = {"bert": "Bert", "roberta": "Roberta", "albert": "Albert", "electra": "Electra", "xlm_roberta": "XLMRoberta",
-          "camembert": "Camembert", "distilbert": "DistilBert"}
+          "camembert": "Camembert", "distilbert": "DistilBert", "modernbert": "ModernBert"}
 ALL_CLASSES = [PREFIX[v] + h for v in VARIANTS for h in HEADS[v]]
 
 COMMON = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
@@ -42,6 +43,10 @@ VARIANT_FIELDS = {
     "xlm_roberta": dict(hidden_act="gelu", layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2),
     "camembert": dict(hidden_act="gelu_new", layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2),
     "distilbert": dict(hidden_act="gelu"),
+    # 3 layers alternating global / local (window 2 = local_attention // 2, shorter than the test sequences)
+    "modernbert": dict(hidden_activation="gelu", norm_eps=1e-5, num_hidden_layers=3, local_attention=4,
+                       global_attn_every_n_layers=2, pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1,
+                       sep_token_id=2),
 }
 # DistilBERT's config names its fields differently (and has no token types or layer_norm_eps).
 _DISTILBERT_NAMES = {"hidden_size": "dim", "num_hidden_layers": "n_layers", "num_attention_heads": "n_heads",
@@ -117,7 +122,7 @@ def inputs(variant: str, batch: int = 4, seq: int = 10, seed: int = 1) -> dict[s
         mask[3] = 0
     ids = ids.masked_fill(mask == 0, pad)
     tt = torch.randint(0, 2, (batch, seq), generator=g)
-    if variant == "distilbert":  # no token types
+    if variant in ("distilbert", "modernbert"):  # no token types
         return {"input_ids": ids, "attention_mask": mask}
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt}
 
