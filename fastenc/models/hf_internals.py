@@ -85,9 +85,16 @@ def recording(key: str) -> bool:
 
 def refresh_recordable(model: Any) -> None:
     """Tell transformers' output-capture registry the recordable outputs of `model`'s (new) class."""
+    register_recordable(type(model))
+
+
+def register_recordable(cls: type) -> None:
+    """Register a model class's recordable outputs in transformers' output-capture registry, keyed by str(class) as
+    every supported release keys it (< 5.25 a plain dict written with that key; >= 5.25 a dict subclass whose
+    __setitem__ takes the model and stores that key)."""
     registry = lookup("recordable outputs registry")
-    if registry is not None:  # transformers < 5.25: a plain dict keyed by str(class); >= 5.25 keys it by itself
-        registry[str(model.__class__) if type(registry) is dict else model] = model._can_record_outputs
+    if registry is not None:
+        dict.__setitem__(registry, str(cls), cls._can_record_outputs)
 
 
 def auto_model_class(config: Any, auto_name: str) -> type:

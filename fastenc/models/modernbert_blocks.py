@@ -33,9 +33,9 @@ from transformers.models.modernbert import modeling_modernbert as hf
 
 from fastenc import ops
 from fastenc.autotune import note
-from fastenc.models.blocks import _bias_from_mask, _dropout_p, _Encoder, _Swap, refused
+from fastenc.models.blocks import _dropout_p, _Encoder, _Swap, attend, refused
 from fastenc.models.fused import _cast, _params, gelu_form, is_plain_linear, kernels_run, linear_act, linear_act_norm
-from fastenc.models.hf_internals import VERSION, lookup, recording, refresh_recordable
+from fastenc.models.hf_internals import VERSION, lookup, recording, register_recordable
 from fastenc.models.packing import choose_packing, packing_from_kwargs, packing_from_positions, scoped_unpad, tracing
 
 _WARNED: set[str] = set()
@@ -63,29 +63,6 @@ def _supported(module: nn.Module) -> bool:
         warnings.warn(f"fastenc: {text}", RuntimeWarning, stacklevel=4)
         note("family modernbert", text)
     return why is None
-
-
-def _attend(q, k, v, mask, dropout_p, scale, cu_seqlens, max_seqlen, window, with_probs):
-    """blocks.attend with a window: q, k, v [B, S, H, D] (with cu_seqlens the rows are one packed batch); mask None,
-    2-D key padding or 4-D (used as given: the window applies with None / 2-D masks only)."""
-    if mask is not None and mask.dim() == 4:
-        bias = _bias_from_mask(mask, q.dtype)
-        if with_probs:
-            return ops.attention_ref(q, k, v, attn_bias=bias, dropout_p=dropout_p, softmax_scale=scale,
-                                     return_probs=True)
-        return ops.attention(q, k, v, attn_bias=bias, dropout_p=dropout_p, softmax_scale=scale), None
-    if with_probs:
-        if cu_seqlens is not None:
-            raise ValueError("output_attentions is not supported with packed or flattened sequences "
-                             "(position_ids restarting inside a row)")
-        return ops.attention_ref(q, k, v, key_padding_mask=mask, dropout_p=dropout_p, softmax_scale=scale,
-                                 return_probs=True, window=window)
-    if cu_seqlens is not None:
-        out = ops.attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), cu_seqlens=cu_seqlens,
-                            max_seqlen=max_seqlen, dropout_p=dropout_p, softmax_scale=scale, window=window)
-        return out.view(*q.shape), None
-    return ops.attention(q, k, v, key_padding_mask=mask, dropout_p=dropout_p, softmax_scale=scale,
-                         window=window), None
 
 
 def _add_norm(x: torch.Tensor, dense: nn.Module, residual: torch.Tensor, norm: nn.Module, dropout_p: float
@@ -175,8 +152,8 @@ class _ModernBertAttention(_Swap):
             q, k = _rotate(q, k, cos, sin)
         window = config.sliding_window if layer_type == "sliding_attention" else None
         p = self.attention_dropout if self.training else 0.0
-        ctx, probs = _attend(q, k, v, attention_mask, p, self.head_dim**-0.5, cu_seqlens, max_seqlen, window,
-                             recording("attentions"))
+        ctx, probs = attend(q, k, v, attention_mask, p, self.head_dim**-0.5, cu_seqlens, max_seqlen,
+                            recording("attentions"), window)
         return ctx.flatten(-2), probs
 
 
@@ -227,8 +204,11 @@ class _ModernBertModel(_Encoder):
     serves = frozenset(("input_ids", "attention_mask", "position_ids", "inputs_embeds"))
     supports = staticmethod(_supported)
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        register_recordable(cls)  # transformers keys its output-capture table by class: the swapped one too
+
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, **kwargs):
-        refresh_recordable(self)  # transformers keys its output-capture table by class: this swapped one too
         capture = lookup("ModernBERT's layer loop")
         layers = self._modules["layers"]
         if (capture is None or hf.ModernBertModel in refused

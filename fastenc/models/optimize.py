@@ -58,8 +58,8 @@ def optimize(model: nn.Module, *, unpad: bool = True) -> nn.Module:
         raise TypeError(f"model: found no encoder fastenc covers (BERT, RoBERTa, ALBERT, ELECTRA, XLM-RoBERTa, "
                         f"CamemBERT, DistilBERT) from transformers inside "
                         f"{type(model).__name__}")
-    for m in every:
-        twin = twin_of(type(m))
+    for m in every:  # a base model whose forward is a swap (ModernBERT) is matched by its transformers class
+        twin = twin_of(type(m).__dict__.get("_fastenc_original", type(m)))
         if twin is not None:
             adopt(m, twin)
     for root in roots:  # eager is kept, as fastenc's classes keep it: asked for, for attention probabilities
