@@ -185,6 +185,79 @@ std::tuple<Tensor, Tensor> bias_gelu_bwd(const Tensor& dy, const Tensor& x, cons
   return {dx, dbias};
 }
 
+// ---- gated_act -----------------------------------------------------------------------------------------------
+
+// The kernels' activation code (fastenc::GatedAct, the order of fastenc.ops.gated_act.ACTIVATIONS).
+int gated_act_code(c10::string_view activation, const char* op) {
+  constexpr const char* kNames[] = {"gelu", "gelu_tanh", "silu"};
+  for (int i = 0; i < 3; ++i) {
+    if (activation == kNames[i]) return i;
+  }
+  TORCH_CHECK_VALUE(false, "fastenc.", op, ": activation must be one of gelu, gelu_tanh, silu, got ",
+                    std::string(activation));
+  return 0;
+}
+
+// x [n, 2d] (y None) or x, y [n, d]: CUDA, unit last stride, any row stride (views of a wider matmul output).
+// Returns d.
+int64_t check_gated_inputs(const Tensor& x, const OptTensor& y, const char* op) {
+  TORCH_CHECK_VALUE(x.is_cuda(), "fastenc.", op, ": x must be a CUDA tensor, got device ", x.device());
+  TORCH_CHECK_VALUE(x.dim() == 2 && x.size(1) > 0 && x.stride(1) == 1, "fastenc.", op,
+                    ": x must be 2-D [rows, columns] with a non-empty last dim of unit stride, got shape ", x.sizes(),
+                    ", strides ", x.strides());
+  dtype_of(x, op, "x");
+  if (!y) {
+    TORCH_CHECK_VALUE(x.size(1) % 2 == 0, "fastenc.", op, ": x must have an even number of columns when y is None, "
+                      "got shape ", x.sizes());
+    return x.size(1) / 2;
+  }
+  check_cuda(*y, x, op, "y");
+  TORCH_CHECK_VALUE(y->sizes() == x.sizes() && y->stride(1) == 1, "fastenc.", op, ": y must have the shape of x ",
+                    x.sizes(), " and unit last stride, got shape ", y->sizes(), ", strides ", y->strides());
+  TORCH_CHECK_TYPE(y->scalar_type() == x.scalar_type(), "fastenc.", op, ": y must have dtype ", x.scalar_type(),
+                   ", got ", y->scalar_type());
+  return x.size(1);
+}
+
+// Column `col` of a 2-D tensor with unit last stride.
+void* column_ptr(const Tensor& t, int64_t col) { return static_cast<char*>(t.data_ptr()) + col * t.element_size(); }
+
+Tensor gated_act_fwd(const Tensor& x, const OptTensor& y, c10::string_view activation, double dropout_p,
+                     const OptTensor& seed) {
+  const char* op = "gated_act_fwd";
+  const int64_t d = check_gated_inputs(x, y, op), n = x.size(0);
+  const int act = gated_act_code(activation, op);
+  const int64_t* sp = seed_ptr(seed, dropout_p, x, op);
+  const c10::cuda::CUDAGuard guard(x.device());
+  Tensor out = at::empty({n, d}, x.options());
+  const void* g = y ? y->data_ptr() : column_ptr(x, d);
+  const int64_t g_stride = y ? y->stride(0) : x.stride(0);
+  check_launch(fastenc::gated_act_fwd(x.data_ptr(), x.stride(0), g, g_stride, out.data_ptr(), n, d, act,
+                                      static_cast<float>(dropout_p), sp, dtype_of(x, op, "x"), stream_of(x)),
+               op);
+  return out;
+}
+
+// dx has x's shape (y None: both halves' gradients), contiguous; dy is empty when y is None.
+std::tuple<Tensor, Tensor> gated_act_bwd(const Tensor& dout, const Tensor& x, const OptTensor& y,
+                                         c10::string_view activation, double dropout_p, const OptTensor& seed) {
+  const char* op = "gated_act_bwd";
+  const int64_t d = check_gated_inputs(x, y, op), n = x.size(0);
+  const int act = gated_act_code(activation, op);
+  check_tensor(dout, x, op, "dout", {n, d}, x.scalar_type());
+  const int64_t* sp = seed_ptr(seed, dropout_p, x, op);
+  const c10::cuda::CUDAGuard guard(x.device());
+  Tensor dx = at::empty(x.sizes(), x.options()), dy = y ? at::empty({n, d}, x.options()) : empty0(x);
+  const void* g = y ? y->data_ptr() : column_ptr(x, d);
+  const int64_t g_stride = y ? y->stride(0) : x.stride(0);
+  void* dg = y ? dy.data_ptr() : column_ptr(dx, d);
+  check_launch(fastenc::gated_act_bwd(dout.data_ptr(), x.data_ptr(), x.stride(0), g, g_stride, dx.data_ptr(),
+                                      dx.stride(0), dg, y ? d : dx.stride(0), n, d, act,
+                                      static_cast<float>(dropout_p), sp, dtype_of(x, op, "x"), stream_of(x)),
+               op);
+  return {dx, dy};
+}
+
 // ---- gelu_layer_norm -----------------------------------------------------------------------------------------
 
 std::tuple<Tensor, Tensor, Tensor> gelu_layer_norm_fwd(const Tensor& x, const OptTensor& x_bias, const Tensor& weight,
@@ -484,6 +557,10 @@ TORCH_LIBRARY(fastenc, m) {
   m.def(
       "gelu_layer_norm_bwd(Tensor dy, Tensor x, Tensor? x_bias, Tensor weight, Tensor mean, Tensor rstd, "
       "bool tanh_approx) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("gated_act_fwd(Tensor x, Tensor? y, str activation, float dropout_p, Tensor? seed) -> Tensor");
+  m.def(
+      "gated_act_bwd(Tensor dout, Tensor x, Tensor? y, str activation, float dropout_p, Tensor? seed) "
+      "-> (Tensor, Tensor)");
   m.def(
       "embeddings_fwd(Tensor input_ids, Tensor position_ids, Tensor? token_type_ids, Tensor word, "
       "Tensor position, Tensor? token_type, Tensor weight, Tensor bias, float eps, float dropout_p, Tensor? seed) "
@@ -509,6 +586,8 @@ TORCH_LIBRARY_IMPL(fastenc, CUDA, m) {
   m.impl("bias_gelu_bwd", &bias_gelu_bwd);
   m.impl("gelu_layer_norm_fwd", &gelu_layer_norm_fwd);
   m.impl("gelu_layer_norm_bwd", &gelu_layer_norm_bwd);
+  m.impl("gated_act_fwd", &gated_act_fwd);
+  m.impl("gated_act_bwd", &gated_act_bwd);
   m.impl("embeddings_fwd", &embeddings_fwd);
   m.impl("embeddings_bwd", &embeddings_bwd);
   m.impl("attention_fwd", &attention_fwd);

@@ -52,6 +52,18 @@ cudaError_t gelu_layer_norm_bwd(const void* dy, const void* x, const void* x_bia
                                 void* dbias, float* partial, int64_t n, int64_t d, bool tanh_approx, DType dtype,
                                 DType param_dtype, cudaStream_t stream);
 
+// ---- gated_act: out = dropout(act(u) * g) ----------------------------------------------------------------------
+// act: a GatedAct (the order of fastenc.ops.gated_act.ACTIVATIONS). u, g: [n, d] rows at u + row * u_stride
+// (elements, unit column stride; the one-tensor form passes g = u + d with strides 2d); out contiguous [n, d].
+enum class GatedAct : int { kGelu = 0, kGeluTanh = 1, kSilu = 2 };
+cudaError_t gated_act_fwd(const void* u, int64_t u_stride, const void* g, int64_t g_stride, void* out, int64_t n,
+                          int64_t d, int act, float dropout_p, const int64_t* seed /*nullable iff dropout_p == 0*/,
+                          DType dtype, cudaStream_t stream);
+// dout contiguous [n, d]; du, dg: [n, d] rows at du + row * du_stride, dg + row * dg_stride.
+cudaError_t gated_act_bwd(const void* dout, const void* u, int64_t u_stride, const void* g, int64_t g_stride, void* du,
+                          int64_t du_stride, void* dg, int64_t dg_stride, int64_t n, int64_t d, int act,
+                          float dropout_p, const int64_t* seed, DType dtype, cudaStream_t stream);
+
 // ---- embeddings: y = dropout(LayerNorm(word[ids] + token_type[tt_ids] + position[pos_ids])) --------------------
 // ids int64 [n]; tables [word_rows, e], [position_rows, e], [token_type_rows, e] in `dtype`; tt_ids and
 // token_type nullable together. Ids outside a table are clamped into it (never read out of bounds).

@@ -26,7 +26,8 @@ _ops = torch.ops.fastenc
 
 # What the kernels support (see fastenc.backends); csrc/attention.cu instantiates exactly these head dims.
 SUPPORT = {
-    **{op: dict(devices=("cuda",), dtypes=FLOAT_DTYPES) for op in ("add_layer_norm", "bias_gelu", "gelu_layer_norm")},
+    **{op: dict(devices=("cuda",), dtypes=FLOAT_DTYPES)
+       for op in ("add_layer_norm", "bias_gelu", "gelu_layer_norm", "gated_act")},
     "embeddings": dict(devices=("cuda",), dtypes=FLOAT_DTYPES),
     "attention": dict(devices=("cuda",), dtypes=(torch.float16, torch.bfloat16), head_dims=(32, 64, 128),
                       min_capability=(8, 0), layouts=("padded", "packed")),
@@ -49,6 +50,8 @@ bias_gelu_fwd = _ops.bias_gelu_fwd
 bias_gelu_bwd = _ops.bias_gelu_bwd
 gelu_layer_norm_fwd = _ops.gelu_layer_norm_fwd
 gelu_layer_norm_bwd = _ops.gelu_layer_norm_bwd
+gated_act_fwd = _ops.gated_act_fwd
+gated_act_bwd = _ops.gated_act_bwd
 embeddings_fwd = _ops.embeddings_fwd
 embeddings_bwd = _ops.embeddings_bwd
 attention_fwd = _ops.attention_fwd

@@ -34,7 +34,7 @@ import torch
 
 BACKENDS = ("cuda", "triton", "sdpa", "torch")
 _CHOICES = (*BACKENDS, "auto")
-_ROW_OPS = ("embeddings", "add_layer_norm", "bias_gelu", "gelu_layer_norm")
+_ROW_OPS = ("embeddings", "add_layer_norm", "bias_gelu", "gelu_layer_norm", "gated_act")
 IMPLEMENTS: dict[str, tuple[str, ...]] = {
     **{op: ("cuda", "triton", "torch") for op in _ROW_OPS},
     "attention": ("cuda", "triton", "sdpa", "torch"),

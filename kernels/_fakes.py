@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 LAUNCHERS = ("add_layer_norm_fwd", "add_layer_norm_bwd", "bias_gelu_fwd", "bias_gelu_bwd", "gelu_layer_norm_fwd",
-             "gelu_layer_norm_bwd", "embeddings_fwd", "embeddings_bwd", "attention_fwd", "attention_bwd",
-             "attention_dropout_mask")
+             "gelu_layer_norm_bwd", "embeddings_fwd", "embeddings_bwd", "gated_act_fwd", "gated_act_bwd",
+             "attention_fwd", "attention_bwd", "attention_dropout_mask")
 
 
 def _stats(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,6 +56,14 @@ def embeddings_bwd(dy, ids, pos_ids, tt_ids, word, position, token_type, weight,
                    word_padding_idx, position_padding_idx):
     dtt = torch.empty_like(token_type) if token_type is not None else word.new_empty((0,))
     return torch.empty_like(word), torch.empty_like(position), dtt, torch.empty_like(weight), torch.empty_like(weight)
+
+
+def gated_act_fwd(x, y, activation, dropout_p, seed):
+    return x.new_empty((x.shape[0], x.shape[1] if y is not None else x.shape[1] // 2))
+
+
+def gated_act_bwd(dout, x, y, activation, dropout_p, seed):
+    return x.new_empty(x.shape), torch.empty_like(dout) if y is not None else x.new_empty((0,))
 
 
 def _lse_shape(q: torch.Tensor, cu_seqlens: torch.Tensor | None) -> tuple[int, ...]:

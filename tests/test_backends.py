@@ -109,6 +109,7 @@ def _op_calls(dtype=torch.float32) -> dict:
         "add_layer_norm": (ops.add_layer_norm, (x, r, w, b), {}),
         "bias_gelu": (ops.bias_gelu, (x, b), {}),
         "gelu_layer_norm": (ops.gelu_layer_norm, (x, w, b), {}),
+        "gated_act": (ops.gated_act, (x, r), {}),
         "embeddings": (ops.embeddings, (ids, table, torch.arange(3), table, ids % 2, table[:2], w, b), {}),
         "attention": (ops.attention, (q, q, q), {}),
     }

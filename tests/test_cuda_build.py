@@ -152,7 +152,7 @@ def cuda_module():
 
 
 def test_schemas_cover_every_op():
-    ops = ("embeddings", "add_layer_norm", "bias_gelu", "gelu_layer_norm", "attention")
+    ops = ("embeddings", "add_layer_norm", "bias_gelu", "gelu_layer_norm", "gated_act", "attention")
     assert set(_schemas()) == {f"{op}_{d}" for op in ops for d in ("fwd", "bwd")} | {"attention_dropout_mask"}
 
 
@@ -183,6 +183,15 @@ def test_row_ops_wrappers_follow_the_contract(cuda_module):
     dx, dxb, dw, db = m.gelu_layer_norm_bwd(x, x, _meta(d), _meta(d), mean, rstd, True)
     assert dx.shape == (n, d) and dxb.shape == dw.shape == db.shape == (d,)
     assert m.gelu_layer_norm_bwd(x, x, None, _meta(d), mean, rstd, True)[1].numel() == 0
+
+    wide = _meta(n, 3 * d)[:, : 2 * d]  # the one-tensor form, a view of a wider output
+    out = m.gated_act_fwd(wide, None, "silu", 0.1, seed)
+    assert out.shape == (n, d) and out.dtype == torch.float16
+    dx, dy = m.gated_act_bwd(out, wide, None, "silu", 0.1, seed)
+    assert dx.shape == (n, 2 * d) and dy.numel() == 0
+    assert m.gated_act_fwd(x, x, "gelu", 0.0, None).shape == (n, d)
+    dx, dy = m.gated_act_bwd(x, x, x, "gelu_tanh", 0.0, None)
+    assert dx.shape == dy.shape == (n, d)
 
 
 def test_embeddings_wrappers_follow_the_contract(cuda_module):

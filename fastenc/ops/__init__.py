@@ -5,6 +5,7 @@ from fastenc.ops.add_layer_norm import add_layer_norm, add_layer_norm_ref
 from fastenc.ops.attention import attention, attention_ref
 from fastenc.ops.bias_gelu import bias_gelu, bias_gelu_ref
 from fastenc.ops.embeddings import embeddings, embeddings_ref
+from fastenc.ops.gated_act import gated_act, gated_act_ref
 from fastenc.ops.gelu_layer_norm import gelu_layer_norm, gelu_layer_norm_ref
 
 __all__ = [
@@ -16,6 +17,8 @@ __all__ = [
     "bias_gelu_ref",
     "embeddings",
     "embeddings_ref",
+    "gated_act",
+    "gated_act_ref",
     "gelu_layer_norm",
     "gelu_layer_norm_ref",
 ]
