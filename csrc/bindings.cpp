@@ -66,10 +66,10 @@ void check_rows(const Tensor& x, const char* op, const char* name) {
   dtype_of(x, op, name);
 }
 
-// LayerNorm weight and bias: [d], one dtype, the input's dtype or fp32 (mixed precision).
-DType check_params(const Tensor& weight, const Tensor& bias, const Tensor& ref, int64_t d, const char* op) {
+// LayerNorm weight and bias (absent: bias-free): [d], one dtype, the input's dtype or fp32 (mixed precision).
+DType check_params(const Tensor& weight, const OptTensor& bias, const Tensor& ref, int64_t d, const char* op) {
   check_tensor(weight, ref, op, "weight", {d});
-  check_tensor(bias, ref, op, "bias", {d}, weight.scalar_type());
+  if (bias) check_tensor(*bias, ref, op, "bias", {d}, weight.scalar_type());
   TORCH_CHECK_TYPE(weight.scalar_type() == ref.scalar_type() || weight.scalar_type() == at::kFloat, "fastenc.", op,
                    ": weight must have the input's dtype ", ref.scalar_type(), " or float32, got ",
                    weight.scalar_type());
@@ -108,7 +108,7 @@ Tensor empty0(const Tensor& ref) { return at::empty({0}, ref.options()); }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> add_layer_norm_fwd(const Tensor& x, const OptTensor& residual,
                                                               const OptTensor& x_bias, const Tensor& weight,
-                                                              const Tensor& bias, double eps, double dropout_p,
+                                                              const OptTensor& bias, double eps, double dropout_p,
                                                               const OptTensor& seed, bool store_h) {
   const char* op = "add_layer_norm_fwd";
   check_rows(x, op, "x");
@@ -121,35 +121,39 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> add_layer_norm_fwd(const Tensor& x, c
   Tensor y = at::empty_like(x), h = store_h ? at::empty_like(x) : empty0(x);
   Tensor mean = at::empty({n}, x.options().dtype(at::kFloat)), rstd = at::empty_like(mean);
   check_launch(fastenc::add_layer_norm_fwd(
-                   x.data_ptr(), opt_ptr(residual), opt_ptr(x_bias), weight.data_ptr(), bias.data_ptr(), y.data_ptr(),
+                   x.data_ptr(), opt_ptr(residual), opt_ptr(x_bias), weight.data_ptr(), opt_ptr(bias), y.data_ptr(),
                    store_h ? h.data_ptr() : nullptr, mean.data_ptr<float>(), rstd.data_ptr<float>(), n, d,
                    static_cast<float>(eps), static_cast<float>(dropout_p), sp, dtype_of(x, op, "x"), pdt, stream_of(x)),
                op);
   return {y, h, mean, rstd};
 }
 
-// dx is empty when dropout_p == 0 (it equals dh); dx_bias is empty without has_x_bias.
+// dx is empty when dropout_p == 0 (it equals dh); dx_bias is empty without has_x_bias, dbias without has_bias;
+// dh_extra (the gradient of a returned h) is added to dh.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> add_layer_norm_bwd(const Tensor& dy, const Tensor& h,
                                                                       const Tensor& weight, const Tensor& mean,
                                                                       const Tensor& rstd, double dropout_p,
-                                                                      const OptTensor& seed, bool has_x_bias) {
+                                                                      const OptTensor& seed, bool has_x_bias,
+                                                                      bool has_bias, const OptTensor& dh_extra) {
   const char* op = "add_layer_norm_bwd";
   check_rows(h, op, "h");
   const int64_t n = h.size(0), d = h.size(1);
   check_tensor(dy, h, op, "dy", h.sizes(), h.scalar_type());
-  const DType pdt = check_params(weight, weight, h, d, op);
+  if (dh_extra) check_tensor(*dh_extra, h, op, "dh_extra", h.sizes(), h.scalar_type());
+  const DType pdt = check_params(weight, std::nullopt, h, d, op);
   check_stats(mean, rstd, h, n, op);
   const int64_t* sp = seed_ptr(seed, dropout_p, h, op);
   const c10::cuda::CUDAGuard guard(h.device());
   Tensor dh = at::empty_like(h), dx = sp ? at::empty_like(h) : empty0(h);
   Tensor dx_bias = has_x_bias ? at::empty({d}, h.options()) : empty0(h);
-  Tensor dweight = at::empty_like(weight), dbias = at::empty_like(weight);
+  Tensor dweight = at::empty_like(weight), dbias = has_bias ? at::empty_like(weight) : empty0(h);
   Tensor partial = partial_workspace(h, 3, n, d);
-  check_launch(fastenc::add_layer_norm_bwd(dy.data_ptr(), h.data_ptr(), weight.data_ptr(), mean.data_ptr<float>(),
-                                           rstd.data_ptr<float>(), sp ? dx.data_ptr() : nullptr, dh.data_ptr(),
-                                           has_x_bias ? dx_bias.data_ptr() : nullptr, dweight.data_ptr(),
-                                           dbias.data_ptr(), partial.data_ptr<float>(), n, d,
-                                           static_cast<float>(dropout_p), sp, dtype_of(h, op, "h"), pdt, stream_of(h)),
+  check_launch(fastenc::add_layer_norm_bwd(dy.data_ptr(), h.data_ptr(), opt_ptr(dh_extra), weight.data_ptr(),
+                                           mean.data_ptr<float>(), rstd.data_ptr<float>(), sp ? dx.data_ptr() : nullptr,
+                                           dh.data_ptr(), has_x_bias ? dx_bias.data_ptr() : nullptr,
+                                           dweight.data_ptr(), has_bias ? dbias.data_ptr() : nullptr,
+                                           partial.data_ptr<float>(), n, d, static_cast<float>(dropout_p), sp,
+                                           dtype_of(h, op, "h"), pdt, stream_of(h)),
                op);
   return {dx, dh, dx_bias, dweight, dbias};
 }
@@ -544,11 +548,12 @@ Tensor attention_dropout_mask(const Tensor& seed, int64_t batch, int64_t heads, 
 
 TORCH_LIBRARY(fastenc, m) {
   m.def(
-      "add_layer_norm_fwd(Tensor x, Tensor? residual, Tensor? x_bias, Tensor weight, Tensor bias, float eps, "
+      "add_layer_norm_fwd(Tensor x, Tensor? residual, Tensor? x_bias, Tensor weight, Tensor? bias, float eps, "
       "float dropout_p, Tensor? seed, bool store_h) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "add_layer_norm_bwd(Tensor dy, Tensor h, Tensor weight, Tensor mean, Tensor rstd, float dropout_p, "
-      "Tensor? seed, bool has_x_bias) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor? seed, bool has_x_bias, bool has_bias=True, Tensor? dh_extra=None) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("bias_gelu_fwd(Tensor x, Tensor? bias, bool tanh_approx) -> Tensor");
   m.def("bias_gelu_bwd(Tensor dy, Tensor x, Tensor? bias, bool tanh_approx) -> (Tensor, Tensor)");
   m.def(

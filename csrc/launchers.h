@@ -23,17 +23,19 @@ enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 int row_partials_blocks(int64_t n_rows);
 
 // ---- add_layer_norm: y = LayerNorm(dropout(x + x_bias) + residual) -------------------------------------------
-// x, residual, x_bias, y, h: `dtype`; weight, bias, dweight, dbias: `param_dtype` (dtype or fp32); mean, rstd fp32.
+// x, residual, x_bias, y, h, dh_extra: `dtype`; weight, bias, dweight, dbias: `param_dtype` (dtype or fp32); mean,
+// rstd fp32. bias nullable (bias-free LayerNorm).
 cudaError_t add_layer_norm_fwd(const void* x, const void* residual /*nullable*/, const void* x_bias /*nullable*/,
-                               const void* weight, const void* bias, void* y, void* h /*nullable*/, float* mean,
-                               float* rstd, int64_t n, int64_t d, float eps, float dropout_p,
+                               const void* weight, const void* bias /*nullable*/, void* y, void* h /*nullable*/,
+                               float* mean, float* rstd, int64_t n, int64_t d, float eps, float dropout_p,
                                const int64_t* seed /*nullable iff dropout_p == 0*/, DType dtype, DType param_dtype,
                                cudaStream_t stream);
-// dx may be nullptr when dropout_p == 0 (dx is then dh); dx_bias nullable; partial [3, G, d] fp32.
-cudaError_t add_layer_norm_bwd(const void* dy, const void* h, const void* weight, const float* mean, const float* rstd,
-                               void* dx, void* dh, void* dx_bias, void* dweight, void* dbias, float* partial, int64_t n,
-                               int64_t d, float dropout_p, const int64_t* seed, DType dtype, DType param_dtype,
-                               cudaStream_t stream);
+// dh = LayerNorm-backward(dy) + dh_extra (nullable: the gradient of a returned h); dx may be nullptr when
+// dropout_p == 0 (dx is then dh); dx_bias and dbias nullable; partial [3, G, d] fp32.
+cudaError_t add_layer_norm_bwd(const void* dy, const void* h, const void* dh_extra /*nullable*/, const void* weight,
+                               const float* mean, const float* rstd, void* dx, void* dh, void* dx_bias, void* dweight,
+                               void* dbias, float* partial, int64_t n, int64_t d, float dropout_p, const int64_t* seed,
+                               DType dtype, DType param_dtype, cudaStream_t stream);
 
 // ---- bias_gelu: y = gelu(x + bias) ---------------------------------------------------------------------------
 cudaError_t bias_gelu_fwd(const void* x, const void* bias /*nullable*/, void* y, int64_t n, int64_t d, bool tanh_approx,

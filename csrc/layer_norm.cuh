@@ -32,7 +32,7 @@ namespace fastenc {
 template <typename T, typename P, int VEC, class Op>
 __global__ void layer_norm_fwd_rows_kernel(Op op,
                                            const P* __restrict__ weight_ptr,  // [d]
-                                           const P* __restrict__ bias_ptr,    // [d]
+                                           const P* __restrict__ bias_ptr,    // [d] or nullptr (bias-free)
                                            float* __restrict__ mean_ptr,      // [n]
                                            float* __restrict__ rstd_ptr,      // [n]
                                            int64_t n, int64_t d, float eps) {
@@ -60,10 +60,10 @@ __global__ void layer_norm_fwd_rows_kernel(Op op,
       rstd_ptr[row] = rstd;
     }
     for (int64_t c0 = static_cast<int64_t>(threadIdx.x) * VEC; c0 < d; c0 += step) {
-      float h[VEC], wt[VEC], bs[VEC], y[VEC];
+      float h[VEC], wt[VEC], bs[VEC] = {}, y[VEC];
       op.load_h(row, c0, h, false);
       load_f<VEC>(weight_ptr + c0, wt);
-      load_f<VEC>(bias_ptr + c0, bs);
+      if (bias_ptr != nullptr) load_f<VEC>(bias_ptr + c0, bs);
 #pragma unroll
       for (int k = 0; k < VEC; ++k) y[k] = (h[k] - mean) * rstd * wt[k] + bs[k];
       op.store_y(row, c0, y);
@@ -210,8 +210,8 @@ inline unsigned fwd_rows_grid(int64_t n) {
   return static_cast<unsigned>(n < 1 ? 1 : (n < kMaxBlocks ? n : kMaxBlocks));
 }
 
-// Launches the backward skeleton and the fixed-order sums of its partials into dweight, dbias (param_dtype) and,
-// when `extra_out` is given, the op's extra gradient (dtype).
+// Launches the backward skeleton and the fixed-order sums of its partials into dweight, dbias (param_dtype; skipped
+// when dbias is nullptr: a bias-free LayerNorm) and, when `extra_out` is given, the op's extra gradient (dtype).
 template <typename T, typename P, int VEC, int NACC, class Op>
 cudaError_t launch_layer_norm_bwd(const Op& op, const P* weight, const float* mean, const float* rstd, float* partial,
                                   void* dweight, void* dbias, void* extra_out, int64_t n, int64_t d, DType dtype,
@@ -229,7 +229,8 @@ cudaError_t launch_layer_norm_bwd(const Op& op, const P* weight, const float* me
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   if ((err = colsum_partials(partial, dweight, param_dtype, g, d, stream)) != cudaSuccess) return err;
-  if ((err = colsum_partials(partial + static_cast<int64_t>(g) * d, dbias, param_dtype, g, d, stream)) != cudaSuccess)
+  if (dbias != nullptr &&
+      (err = colsum_partials(partial + static_cast<int64_t>(g) * d, dbias, param_dtype, g, d, stream)) != cudaSuccess)
     return err;
   if (NACC == 3 && extra_out != nullptr)
     return colsum_partials(partial + 2 * static_cast<int64_t>(g) * d, extra_out, dtype, g, d, stream);

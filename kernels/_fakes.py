@@ -24,10 +24,11 @@ def add_layer_norm_fwd(x, residual, x_bias, weight, bias, eps, dropout_p, seed, 
     return (torch.empty_like(x), h, *_stats(x, x.shape[0]))
 
 
-def add_layer_norm_bwd(dy, h, weight, mean, rstd, dropout_p, seed, has_x_bias):
+def add_layer_norm_bwd(dy, h, weight, mean, rstd, dropout_p, seed, has_x_bias, has_bias=True, dh_extra=None):
     dx = torch.empty_like(h) if dropout_p > 0 else h.new_empty((0,))
     dx_bias = h.new_empty((h.shape[1],)) if has_x_bias else h.new_empty((0,))
-    return dx, torch.empty_like(h), dx_bias, torch.empty_like(weight), torch.empty_like(weight)
+    dbias = torch.empty_like(weight) if has_bias else h.new_empty((0,))
+    return dx, torch.empty_like(h), dx_bias, torch.empty_like(weight), dbias
 
 
 def bias_gelu_fwd(x, bias, tanh_approx):
@@ -53,9 +54,11 @@ def embeddings_fwd(ids, pos_ids, tt_ids, word, position, token_type, weight, bia
 
 
 def embeddings_bwd(dy, ids, pos_ids, tt_ids, word, position, token_type, weight, mean, rstd, dropout_p, seed,
-                   word_padding_idx, position_padding_idx):
+                   word_padding_idx, position_padding_idx, has_bias=True):
+    dpos = torch.empty_like(position) if position is not None else word.new_empty((0,))
     dtt = torch.empty_like(token_type) if token_type is not None else word.new_empty((0,))
-    return torch.empty_like(word), torch.empty_like(position), dtt, torch.empty_like(weight), torch.empty_like(weight)
+    dbias = torch.empty_like(weight) if has_bias else word.new_empty((0,))
+    return torch.empty_like(word), dpos, dtt, torch.empty_like(weight), dbias
 
 
 def gated_act_fwd(x, y, activation, dropout_p, seed):

@@ -39,7 +39,7 @@ def _add_layer_norm_fwd_kernel(
     res_ptr,  # [N, D] residual, row stride res_stride, or None
     xb_ptr,  # [D] bias added to x, or None
     w_ptr,  # [D] LayerNorm weight
-    b_ptr,  # [D] LayerNorm bias
+    b_ptr,  # [D] LayerNorm bias, or None (bias-free LayerNorm)
     y_ptr,  # [N, D] output, contiguous
     h_ptr,  # [N, D] LayerNorm input saved for backward (contiguous), or None
     mean_ptr,  # [N] fp32 row means
@@ -55,6 +55,8 @@ def _add_layer_norm_fwd_kernel(
     HAS_DROPOUT: tl.constexpr,
     STORE_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    # last, with a default: the flags above may be passed by position
+    HAS_B: tl.constexpr = True,  # LayerNorm bias given
 ):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_D)
@@ -71,8 +73,9 @@ def _add_layer_norm_fwd_kernel(
         tl.store(h_ptr + row * D + cols, h.to(h_ptr.dtype.element_ty), mask=mask)
     mean, rstd = row_stats(h, mask, D, eps)
     w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    y = (h - mean) * rstd * w + b
+    y = (h - mean) * rstd * w
+    if HAS_B:
+        y += tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(y_ptr + row * D + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
     tl.store(mean_ptr + row, mean)
     tl.store(rstd_ptr + row, rstd)
@@ -86,16 +89,19 @@ def _add_layer_norm_bwd_kernel(
     mean_ptr,  # [N] fp32
     rstd_ptr,  # [N] fp32
     seed_ptr,  # [1] int64 dropout seed, or None
+    dhx_ptr,  # [N, D] gradient of the returned h, added to dh (contiguous), or None
     dh_ptr,  # [N, D] out: gradient of h (the residual's gradient)
     dx_ptr,  # [N, D] out: gradient of x (dropout backward of dh), or None without dropout
     dw_part_ptr,  # [P, D] fp32 out: per-program partial sums of dweight
-    db_part_ptr,  # [P, D] fp32 out: per-program partial sums of dbias
+    db_part_ptr,  # [P, D] fp32 out: per-program partial sums of dbias, or None (no bias)
     dxb_part_ptr,  # [P, D] fp32 out: per-program partial sums of dx_bias, or None
     N,  # rows
     D,  # hidden size
     p,  # dropout probability
     HAS_DROPOUT: tl.constexpr,
     HAS_XB: tl.constexpr,
+    HAS_B: tl.constexpr,
+    HAS_DHX: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -113,9 +119,12 @@ def _add_layer_norm_bwd_kernel(
         rstd = tl.load(rstd_ptr + row)
         xhat = tl.where(mask, (h - mean) * rstd, 0.0)
         dh = row_layer_norm_bwd(dy, xhat, w, rstd, mask, D)
+        if HAS_DHX:
+            dh += tl.load(dhx_ptr + row * D + cols, mask=mask, other=0.0).to(tl.float32)
         tl.store(dh_ptr + row * D + cols, dh.to(dh_ptr.dtype.element_ty), mask=mask)
         dw_acc += dy * xhat
-        db_acc += dy
+        if HAS_B:
+            db_acc += dy
         if HAS_DROPOUT:
             keep = dropout_keep(seed_ptr, row, p, BLOCK_D)
             dx = tl.where(keep, dh * dropout_scale(p), 0.0)
@@ -125,7 +134,8 @@ def _add_layer_norm_bwd_kernel(
         if HAS_XB:
             dxb_acc += dx
     tl.store(dw_part_ptr + pid * D + cols, dw_acc, mask=mask)
-    tl.store(db_part_ptr + pid * D + cols, db_acc, mask=mask)
+    if HAS_B:
+        tl.store(db_part_ptr + pid * D + cols, db_acc, mask=mask)
     if HAS_XB:
         tl.store(dxb_part_ptr + pid * D + cols, dxb_acc, mask=mask)
 
@@ -141,7 +151,7 @@ def _fwd_impl(
     residual: torch.Tensor | None,
     x_bias: torch.Tensor | None,
     weight: torch.Tensor,
-    bias: torch.Tensor,
+    bias: torch.Tensor | None,
     eps: float,
     dropout_p: float,
     seed: torch.Tensor | None,
@@ -166,8 +176,8 @@ def _fwd_impl(
             _add_layer_norm_fwd_kernel, (n,),
             x, residual, x_bias, weight, bias, y, h, mean, rstd, seed if has_dropout else None,
             x.stride(0), residual.stride(0) if residual is not None else 0, d, eps, dropout_p,
-            HAS_RES=residual is not None, HAS_XB=x_bias is not None, HAS_DROPOUT=has_dropout, STORE_H=store_h,
-            BLOCK_D=block, num_warps=row_warps(block),
+            HAS_RES=residual is not None, HAS_XB=x_bias is not None, HAS_DROPOUT=has_dropout, HAS_B=bias is not None,
+            STORE_H=store_h, BLOCK_D=block, num_warps=row_warps(block),
         )
     return y, dummy(h, x), mean, rstd
 
@@ -181,11 +191,16 @@ def _bwd_impl(
     dropout_p: float,
     seed: torch.Tensor | None,
     has_x_bias: bool,
+    has_bias: bool = True,
+    dh_extra: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     n, d = h.shape
     if not (dy.is_contiguous() and h.is_contiguous() and dy.shape == h.shape):
         raise ValueError(f"dy and h must be contiguous [N, D] tensors of one shape, got {tuple(dy.shape)} "
                          f"and {tuple(h.shape)}")
+    if dh_extra is not None and not (dh_extra.is_contiguous() and dh_extra.shape == h.shape):
+        raise ValueError(f"dh_extra must be a contiguous [N, D] tensor of h's shape {tuple(h.shape)}, got "
+                         f"{tuple(dh_extra.shape)}")
     has_dropout = dropout_p > 0
     if has_dropout and seed is None:
         raise ValueError("seed must be given when dropout_p > 0")
@@ -194,17 +209,22 @@ def _bwd_impl(
     progs = reduce_programs(h.device, n, warps)
     dh = torch.empty_like(h)
     dx = torch.empty_like(h) if has_dropout else None
-    parts = partials(3 if has_x_bias else 2, progs, d, rows=n, device=h.device)
+    # partial sums in the order dweight, dbias, dx_bias, of those the call has
+    parts = partials(1 + has_bias + has_x_bias, progs, d, rows=n, device=h.device)
+    db_part = parts[1] if has_bias else None
+    dxb_part = parts[-1] if has_x_bias else None
     if n:
         launch(
             _add_layer_norm_bwd_kernel, (progs,),
-            dy, h, weight, mean, rstd, seed if has_dropout else None, dh, dx, parts[0], parts[1],
-            parts[2] if has_x_bias else None, n, d, dropout_p,
-            HAS_DROPOUT=has_dropout, HAS_XB=has_x_bias, BLOCK_D=block, num_warps=warps,
+            dy, h, weight, mean, rstd, seed if has_dropout else None, dh_extra, dh, dx, parts[0], db_part, dxb_part,
+            n, d, dropout_p,
+            HAS_DROPOUT=has_dropout, HAS_XB=has_x_bias, HAS_B=has_bias, HAS_DHX=dh_extra is not None,
+            BLOCK_D=block, num_warps=warps,
         )
-    dweight, dbias, *dx_bias = sum_partials(parts, weight.dtype, weight.dtype, h.dtype)
-    dx_bias = dx_bias[0] if has_x_bias else None
-    return dummy(dx, h), dh, dummy(dx_bias, h), dweight, dbias
+    dweight, *rest = sum_partials(parts, weight.dtype, *([weight.dtype] if has_bias else []), h.dtype)
+    dbias = rest.pop(0) if has_bias else None
+    dx_bias = rest[0] if has_x_bias else None
+    return dummy(dx, h), dh, dummy(dx_bias, h), dweight, dummy(dbias, h)
 
 
 # The launchers (contract: fastenc/ops/add_layer_norm.py); absent outputs come back as empty tensors.

@@ -172,6 +172,11 @@ def test_row_ops_wrappers_follow_the_contract(cuda_module):
     assert dx.shape == dh.shape == (n, d) and dxb.shape == (d,) and dw.dtype == db.dtype == torch.float32
     dx, dh, dxb, _, _ = m.add_layer_norm_bwd(x, x, w32, mean, rstd, 0.0, None, False)
     assert dx.numel() == 0 and dh.shape == (n, d) and dxb.numel() == 0
+    # bias-free LayerNorm and the pre-LN step: no bias, no dbias, the returned h's gradient passed in
+    y, h, mean, rstd = m.add_layer_norm_fwd(x, x, None, w32, None, 1e-5, 0.0, None, True)
+    assert y.shape == h.shape == (n, d)
+    dx, dh, dxb, dw, db = m.add_layer_norm_bwd(x, h, w32, mean, rstd, 0.1, seed, False, False, x)
+    assert dx.shape == dh.shape == (n, d) and dxb.numel() == 0 and dw.shape == (d,) and db.numel() == 0
 
     assert m.bias_gelu_fwd(x, _meta(d), True).shape == (n, d)
     dx, dbias = m.bias_gelu_bwd(x, x, None, False)

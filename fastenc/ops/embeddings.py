@@ -4,21 +4,25 @@ One pass: each output row gathers its three table rows, sums, normalises and app
 never written. Backward rebuilds the normalised row from the tables and the saved fp32 mean / rstd (no activation
 of hidden size is stored) and scatters the row gradient into the three tables; rows at a padding_idx get no
 gradient, as with nn.Embedding(padding_idx=...). With inputs_embeds in place of input_ids the word gather does not
-apply and the reference path runs.
+apply and the reference path runs. Models with rotary positions (ModernBERT, GTE) have no position table:
+position_ids / position_embeddings None skip that gather and its gradient; bias None is a bias-free LayerNorm.
 
 Id values are checked here (`_check_id_ranges`): CPU ids with a clear IndexError in eager mode (one host read of
 the ids' min / max; skipped while torch.compile traces); GPU ids with an on-device assert queued ahead of the kernel
 (no host sync, also while tracing or capturing a CUDA graph), a device-side assert naming the argument.
 
 Launcher contract (fastenc.kernels.embeddings and fastenc._cuda); ids are contiguous int64 [N]:
-    embeddings_fwd(input_ids [N], position_ids [N], token_type_ids [N] | None, word [V, E], position [P, E],
-                   token_type [T, E] | None, weight [E], bias [E], eps: float, dropout_p: float,
-                   seed [1] int64 | None)
+    embeddings_fwd(input_ids [N], position_ids [N] | None, token_type_ids [N] | None, word [V, E],
+                   position [P, E] | None, token_type [T, E] | None, weight [E], bias [E] | None, eps: float,
+                   dropout_p: float, seed [1] int64 | None)
         -> (y [N, E] in the tables' dtype, mean [N] fp32, rstd [N] fp32)
     embeddings_bwd(dy [N, E], input_ids, position_ids, token_type_ids, word, position, token_type, weight,
-                   mean, rstd, dropout_p: float, seed, word_padding_idx: int, position_padding_idx: int)
-        -> (dword [V, E], dposition [P, E], dtoken_type [T, E] (empty without a table), dweight [E], dbias [E])
-   with padding_idx -1 meaning none; tables and LayerNorm parameters are passed contiguous.
+                   mean, rstd, dropout_p: float, seed, word_padding_idx: int, position_padding_idx: int,
+                   has_bias: bool = True)
+        -> (dword [V, E], dposition [P, E] (empty without a table), dtoken_type [T, E] (empty without a table),
+            dweight [E], dbias [E] (empty without has_bias))
+   with padding_idx -1 meaning none; position_ids and position are None together, as are token_type_ids and
+   token_type; tables and LayerNorm parameters are passed contiguous.
 """
 
 from __future__ import annotations
@@ -33,23 +37,24 @@ from fastenc.ops._common import check_dropout_p, check_last_dim, dropout_seed, g
 def embeddings_ref(
     input_ids: torch.Tensor | None,
     word_embeddings: torch.Tensor,
-    position_ids: torch.Tensor,
-    position_embeddings: torch.Tensor,
+    position_ids: torch.Tensor | None,
+    position_embeddings: torch.Tensor | None,
     token_type_ids: torch.Tensor | None,
     token_type_embeddings: torch.Tensor | None,
     weight: torch.Tensor,
-    bias: torch.Tensor,
+    bias: torch.Tensor | None,
     eps: float = 1e-12,
     dropout_p: float = 0.0,
     inputs_embeds: torch.Tensor | None = None,
     word_padding_idx: int | None = None,
     position_padding_idx: int | None = None,
 ) -> torch.Tensor:
-    """Reference, summing in transformers' order (word + token type + position)."""
+    """Reference, summing in transformers' order (word + token type + position); absent tables are skipped."""
     h = F.embedding(input_ids, word_embeddings, word_padding_idx) if inputs_embeds is None else inputs_embeds
     if token_type_embeddings is not None:
         h = h + F.embedding(token_type_ids, token_type_embeddings)
-    h = h + F.embedding(position_ids, position_embeddings, position_padding_idx)
+    if position_embeddings is not None:
+        h = h + F.embedding(position_ids, position_embeddings, position_padding_idx)
     y = F.layer_norm(h, (h.shape[-1],), weight, bias, eps)
     return F.dropout(y, dropout_p, training=True) if dropout_p > 0 else y
 
@@ -99,8 +104,8 @@ def _forward(ids, pos_ids, tt_ids, word, pos, tt, weight, bias, eps, dropout_p, 
     """The launch both paths share: (y [*ids.shape, E], the saved tensors, seed)."""
     flat = [None if t is None else t.reshape(-1).contiguous().long() for t in (ids, pos_ids, tt_ids)]
     seed = dropout_seed(word.device) if dropout_p > 0 else None
-    word, pos, weight, bias = word.contiguous(), pos.contiguous(), weight.contiguous(), bias.contiguous()
-    tt = None if tt is None else tt.contiguous()
+    word, weight = word.contiguous(), weight.contiguous()
+    pos, tt, bias = (None if t is None else t.contiguous() for t in (pos, tt, bias))
     y, mean, rstd = backends.launchers(backend, "embeddings").embeddings_fwd(
         *flat, word, pos, tt, weight, bias, float(eps), dropout_p, seed)
     return y.view(*ids.shape, word.shape[-1]), (*flat, word, pos, tt, weight, mean, rstd, seed)
@@ -111,7 +116,7 @@ class EmbeddingsFn(torch.autograd.Function):
     def forward(ctx, ids, pos_ids, tt_ids, word, pos, tt, weight, bias, eps, dropout_p, pads, backend):
         y, saved = _forward(ids, pos_ids, tt_ids, word, pos, tt, weight, bias, eps, dropout_p, backend)
         ctx.save_for_backward(*saved)
-        ctx.dropout_p, ctx.pads, ctx.backend = dropout_p, pads, backend
+        ctx.dropout_p, ctx.pads, ctx.backend, ctx.has_bias = dropout_p, pads, backend, bias is not None
         return y
 
     @staticmethod
@@ -120,21 +125,23 @@ class EmbeddingsFn(torch.autograd.Function):
         impl = backends.launchers(ctx.backend, "embeddings")
         dword, dpos, dtt, dweight, dbias = impl.embeddings_bwd(
             dy.reshape(-1, dy.shape[-1]).contiguous(), ids, pos_ids, tt_ids, word, pos, tt, weight, mean, rstd,
-            ctx.dropout_p, seed, *ctx.pads,
+            ctx.dropout_p, seed, *ctx.pads, ctx.has_bias,
         )
+        dpos = dpos if pos is not None else None
         dtt = dtt if tt is not None else None
+        dbias = dbias if ctx.has_bias else None
         return None, None, None, dword, dpos, dtt, dweight, dbias, None, None, None, None
 
 
 def embeddings(
     input_ids: torch.Tensor | None,
     word_embeddings: torch.Tensor,
-    position_ids: torch.Tensor,
-    position_embeddings: torch.Tensor,
+    position_ids: torch.Tensor | None,
+    position_embeddings: torch.Tensor | None,
     token_type_ids: torch.Tensor | None,
     token_type_embeddings: torch.Tensor | None,
     weight: torch.Tensor,
-    bias: torch.Tensor,
+    bias: torch.Tensor | None,
     eps: float = 1e-12,
     *,
     dropout_p: float = 0.0,
@@ -146,17 +153,21 @@ def embeddings(
     """Sum of word, token-type and position embeddings, LayerNorm and dropout; output shape ids.shape + [E].
 
     position_ids and token_type_ids broadcast to the input's shape. Exactly one of input_ids / inputs_embeds.
+    position_ids / position_embeddings None: no position table (rotary models); bias None: bias-free LayerNorm.
     """
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("exactly one of input_ids and inputs_embeds must be given")
     if (token_type_ids is None) != (token_type_embeddings is None):
         raise ValueError("token_type_ids and token_type_embeddings must be given together")
+    if (position_ids is None) != (position_embeddings is None):
+        raise ValueError("position_ids and position_embeddings must be given together")
     shape = input_ids.shape if inputs_embeds is None else inputs_embeds.shape[:-1]
     e = word_embeddings.shape[-1]
     input_ids = _check_ids(input_ids, "input_ids", shape)
     position_ids = _check_ids(position_ids, "position_ids", shape)
-    ranges = [(input_ids, "input_ids", word_embeddings.shape[0], "word embedding"),
-              (position_ids, "position_ids", position_embeddings.shape[0], "position embedding")]
+    ranges = [(input_ids, "input_ids", word_embeddings.shape[0], "word embedding")]
+    if position_embeddings is not None:
+        ranges.append((position_ids, "position_ids", position_embeddings.shape[0], "position embedding"))
     if token_type_embeddings is not None:
         token_type_ids = _check_ids(token_type_ids, "token_type_ids", shape)
         ranges.append((token_type_ids, "token_type_ids", token_type_embeddings.shape[0], "token type embedding"))

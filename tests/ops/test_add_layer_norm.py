@@ -1,6 +1,7 @@
 """add_layer_norm kernels against add_layer_norm_ref in float64 (dropout off; dropout is in test_dropout.py):
-output and every gradient, with and without residual / x_bias, fp32 and fp16, mixed-precision weights, awkward
-sizes, the launcher's custom-op registration, torch.compile and errors.
+output and every gradient, with and without residual / x_bias / bias, with the returned sum h (pre-LN) and its
+gradient, fp32 and fp16, mixed-precision weights, awkward sizes, the launcher's custom-op registration,
+torch.compile and errors.
 
 On CPU the Triton kernels run in the interpreter: shapes are tiny. GPU-only cases are marked `gpu`.
 """
@@ -19,20 +20,21 @@ ATOL = {torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 NAMES = ("x", "residual", "weight", "bias", "x_bias")
 
 
-def _inputs(shape, dtype, device, residual=True, x_bias=True, wdtype=None):
+def _inputs(shape, dtype, device, residual=True, x_bias=True, wdtype=None, bias=True):
     d = shape[-1]
     wdtype = wdtype or dtype
     return [
         torch.randn(shape, dtype=dtype, device=device),
         torch.randn(shape, dtype=dtype, device=device) if residual else None,
         1 + 0.5 * torch.randn(d, dtype=wdtype, device=device),
-        torch.randn(d, dtype=wdtype, device=device),
+        torch.randn(d, dtype=wdtype, device=device) if bias else None,
         torch.randn(d, dtype=dtype, device=device) if x_bias else None,
     ]
 
 
 def _run(fn, tensors, dy):
-    """fn's output and the gradients of every given tensor (None where the tensor is None)."""
+    """fn's output and the gradients of every given tensor (None where the tensor is None); a tuple output (y, h)
+    takes a tuple of incoming gradients."""
     leaves = [None if t is None else t.detach().clone().requires_grad_() for t in tensors]
     y = fn(*leaves)
     present = [t for t in leaves if t is not None]
@@ -40,20 +42,29 @@ def _run(fn, tensors, dy):
     return y, [None if t is None else next(grads) for t in leaves]
 
 
-def _check(backend, shape, dtype, residual=True, x_bias=True, wdtype=None, eps=1e-5):
+def _check(backend, shape, dtype, residual=True, x_bias=True, wdtype=None, eps=1e-5, bias=True, return_sum=False):
     device = device_for(backend)
-    tensors = _inputs(shape, dtype, device, residual, x_bias, wdtype)
+    tensors = _inputs(shape, dtype, device, residual, x_bias, wdtype, bias)
 
     def call(x, r, w, b, xb):
-        return add_layer_norm(x, r, w, b, eps, x_bias=xb, backend=backend)
+        return add_layer_norm(x, r, w, b, eps, x_bias=xb, return_sum=return_sum, backend=backend)
 
     def ref(x, r, w, b, xb):
-        return add_layer_norm_ref(x, r, w, b, eps, xb)
+        return add_layer_norm_ref(x, r, w, b, eps, xb, return_sum=return_sum)
 
     dy = torch.randn(shape, dtype=dtype, device=device)
-    y, grads = _run(call, tensors, dy)
-    y64, grads64 = _run(ref, [None if t is None else t.double() for t in tensors], dy.double())
-    y_t, grads_t = _run(ref, tensors, dy)
+    if return_sum:  # gradients of both outputs: the LayerNorm output and the sum that the next sub-layer reads
+        dy = (dy, torch.randn(shape, dtype=dtype, device=device))
+        y, grads = _run(call, tensors, dy)
+        y64, grads64 = _run(ref, [None if t is None else t.double() for t in tensors], tuple(g.double() for g in dy))
+        y_t, grads_t = _run(ref, tensors, dy)
+        (y, h), (y64, h64), (y_t, h_t) = y, y64, y_t
+        assert h.dtype == dtype and h.shape == tuple(shape)
+        assert_close_to_ref(h, h64, h_t, atol=ATOL[dtype], name="h")
+    else:
+        y, grads = _run(call, tensors, dy)
+        y64, grads64 = _run(ref, [None if t is None else t.double() for t in tensors], dy.double())
+        y_t, grads_t = _run(ref, tensors, dy)
     assert y.dtype == dtype and y.shape == tuple(shape)
     assert_close_to_ref(y, y64, y_t, atol=ATOL[dtype], name="y")
     for name, g, g64, g_t, t in zip(NAMES, grads, grads64, grads_t, tensors, strict=True):
@@ -79,6 +90,70 @@ def test_optional_inputs(backend, residual, x_bias):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fp32_weights_with_fp16_input(backend):
     _check(backend, (3, 96), torch.float16, wdtype=torch.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("residual,x_bias", [(True, True), (True, False), (False, False)])
+@pytest.mark.parametrize("bias,return_sum", [(False, False), (True, True), (False, True)])
+def test_bias_free_and_returned_sum(backend, residual, x_bias, bias, return_sum):
+    """Bias-free LayerNorm (no dbias) and the pre-LN step: h returned, its gradient added to the residual's."""
+    _check(backend, (5, 40), torch.float32, residual=residual, x_bias=x_bias, bias=bias, return_sum=return_sum)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bias_free_returned_sum_fp16(backend):
+    _check(backend, (2, 3, 64), torch.float16, bias=False, return_sum=True)
+    _check(backend, (3, 96), torch.float16, wdtype=torch.float32, bias=False, return_sum=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(4096, 768), (333, 1024), (8, 4096)], ids=str)
+def test_bias_free_returned_sum_gpu(backend, dtype, shape):
+    _check(backend, shape, dtype, eps=1e-5, bias=False, return_sum=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_returned_sum_with_dropout(backend, residual, dtype):
+    """Pre-LN step with dropout and no bias: h = dropout(x + x_bias) + residual, the mask read back from h, and
+    every gradient (y's and h's flowing in) against a float64 reference that applies that mask."""
+    device = device_for(backend)
+    p, eps, shape = 0.3, 1e-5, (6, 40)
+    tensors = _inputs(shape, dtype, device, residual=residual, bias=False)
+    douts = (torch.randn(shape, dtype=dtype, device=device), torch.randn(shape, dtype=dtype, device=device))
+    (y, h), grads = _run(lambda x, r, w, b, xb: add_layer_norm(x, r, w, b, eps, x_bias=xb, dropout_p=p,
+                                                               return_sum=True, backend=backend), tensors, douts)
+    r0 = tensors[1] if residual else torch.zeros_like(h)
+    keep = h != r0  # dropped elements leave exactly the residual
+    assert 0.5 < keep.float().mean().item() < 0.9
+
+    def masked_ref(x, r, w, b, xb):
+        return add_layer_norm_ref((x + xb) * keep / (1 - p), r, w, b, eps, return_sum=True)
+
+    (y64, h64), grads64 = _run(masked_ref, [None if t is None else t.double() for t in tensors],
+                               tuple(g.double() for g in douts))
+    (y_t, h_t), grads_t = _run(masked_ref, tensors, douts)
+    atol = ATOL[dtype] * 2
+    assert_close_to_ref(h, h64, h_t, atol=atol, name="h")
+    assert_close_to_ref(y, y64, y_t, atol=atol, name="y")
+    for name, g, g64, g_t, t in zip(NAMES, grads, grads64, grads_t, tensors, strict=True):
+        if t is not None:
+            assert_close_to_ref(g, g64, g_t, atol=atol * 4, name=f"d{name}")
+
+
+@pytest.mark.parametrize("backend", ["torch", *BACKENDS])
+def test_returned_sum_without_grad(backend):
+    """Inference: (y, h) from the launcher directly, no autograd; h is the sum the next sub-layer adds to."""
+    device = device_for(backend) if backend != "torch" else torch.device("cpu")
+    x, r, w, _, xb = _inputs((3, 40), torch.float32, device)
+    with torch.no_grad():
+        y, h = add_layer_norm(x, r, w, None, 1e-5, x_bias=xb, return_sum=True, backend=backend)
+    h64 = x.double() + xb.double() + r.double()
+    assert_close_to_ref(h, h64, atol=1e-5, name="h")
+    assert_close_to_ref(y, add_layer_norm_ref(h64, None, w.double(), None, 1e-5), atol=1e-5, name="y")
 
 
 @pytest.mark.gpu

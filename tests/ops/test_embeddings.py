@@ -1,7 +1,8 @@
 """embeddings kernels against embeddings_ref in float64 (dropout off; dropout is in test_dropout.py): output and
 the gradients of the three tables and the LayerNorm parameters, with and without token types, repeated ids,
-padding rows (BERT word padding, RoBERTa positions), broadcast position ids, fp32 and fp16, awkward sizes, id
-clamping in the kernel, the launchers' custom-op registration, torch.compile and errors.
+padding rows (BERT word padding, RoBERTa positions), broadcast position ids, without a position table or a
+LayerNorm bias (ModernBERT, GTE), fp32 and fp16, awkward sizes, id clamping in the kernel, the launchers' custom-op
+registration, torch.compile and errors.
 
 On CPU the Triton kernels run in the interpreter: shapes are tiny. GPU-only cases are marked `gpu`.
 """
@@ -20,15 +21,16 @@ ATOL = {torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 NAMES = ("word", "position", "token_type", "weight", "bias")
 
 
-def _tables(v, p, t, e, dtype, device, wdtype=None):
-    """word [v, e], position [p, e], token type [t, e] (None if t == 0), LayerNorm weight and bias [e]."""
+def _tables(v, p, t, e, dtype, device, wdtype=None, bias=True):
+    """word [v, e], position [p, e] (None if p == 0), token type [t, e] (None if t == 0), LayerNorm weight and
+    bias [e] (None unless `bias`)."""
     wdtype = wdtype or dtype
     return [
         torch.randn(v, e, dtype=dtype, device=device),
-        torch.randn(p, e, dtype=dtype, device=device),
+        torch.randn(p, e, dtype=dtype, device=device) if p else None,
         torch.randn(t, e, dtype=dtype, device=device) if t else None,
         1 + 0.5 * torch.randn(e, dtype=wdtype, device=device),
-        torch.randn(e, dtype=wdtype, device=device),
+        torch.randn(e, dtype=wdtype, device=device) if bias else None,
     ]
 
 
@@ -49,8 +51,8 @@ def _check(backend, tables, ids, pos_ids, tt_ids, word_pad=None, pos_pad=None, e
                           position_padding_idx=pos_pad, backend=backend)
 
     def ref(word, pos, tt, w, b):
-        return embeddings_ref(ids, word, pos_ids.expand(ids.shape), pos, tt_ids, tt, w, b, eps, 0.0, None,
-                              word_pad, pos_pad)
+        return embeddings_ref(ids, word, None if pos_ids is None else pos_ids.expand(ids.shape), pos, tt_ids, tt, w,
+                              b, eps, 0.0, None, word_pad, pos_pad)
 
     shape = (*ids.shape, tables[0].shape[1])
     dy = torch.randn(shape, dtype=dtype, device=ids.device)
@@ -78,6 +80,63 @@ def test_matches_ref(backend, dtype, e, token_types):
     pos_ids = torch.arange(5, device=device)  # broadcast over the batch
     tt_ids = torch.randint(0, 2, (2, 5), device=device) if token_types else None
     _check(backend, tables, ids, pos_ids, tt_ids)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("positions,token_types,bias", [(False, False, False), (False, True, True),
+                                                        (False, True, False), (True, False, False)])
+def test_without_position_table_or_bias(backend, dtype, positions, token_types, bias):
+    """ModernBERT: word only, bias-free LayerNorm; GTE: word + token type, no position table; BERT-like tables
+    with a bias-free LayerNorm. No position gradient without a table, no dbias without a bias."""
+    device = device_for(backend)
+    tables = _tables(9, 6 if positions else 0, 2 if token_types else 0, 40, dtype, device, bias=bias)
+    ids = torch.randint(0, 9, (2, 5), device=device)
+    pos_ids = torch.arange(5, device=device) if positions else None
+    tt_ids = torch.randint(0, 2, (2, 5), device=device) if token_types else None
+    _check(backend, tables, ids, pos_ids, tt_ids, word_pad=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("token_types", [True, False])
+def test_without_position_table_or_bias_dropout(backend, token_types):
+    """Dropout on the bias-free LayerNorm output of a table sum without positions: the mask read back from y, every
+    gradient against a float64 reference that applies it (backward regenerates the forward's mask)."""
+    device = device_for(backend)
+    p, eps = 0.25, 1e-5
+    tables = _tables(9, 0, 2 if token_types else 0, 48, torch.float32, device, bias=False)
+    ids = torch.randint(0, 9, (3, 6), device=device)
+    tt_ids = torch.randint(0, 2, (3, 6), device=device) if token_types else None
+    dy = torch.randn(3, 6, 48, device=device)
+    y, grads = _run(lambda word, pos, tt, w, b: embeddings(ids, word, None, pos, tt_ids, tt, w, b, eps, dropout_p=p,
+                                                           backend=backend), tables, dy)
+    keep = y != 0
+    assert 0.6 < keep.float().mean().item() < 0.9
+
+    def ref(word, pos, tt, w, b):
+        return embeddings_ref(ids, word, None, pos, tt_ids, tt, w, b, eps)
+
+    y64, grads64 = _run(ref, [None if t is None else t.double() for t in tables], dy.double() * keep / (1 - p))
+    assert_close_to_ref(y, y64 * keep / (1 - p), atol=2e-5, name="y")
+    for name, g, g64, t in zip(NAMES, grads, grads64, tables, strict=True):
+        if t is not None:
+            assert_close_to_ref(g, g64, atol=1e-4, name=f"d{name}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_without_position_table_launcher_outputs(backend):
+    """Absent table and bias: empty outputs, and word-table gradients that equal the full op's scatter."""
+    device = device_for(backend)
+    word, _, _, w, _ = _tables(5, 0, 0, 32, torch.float32, device, bias=False)
+    impl = backends.launchers(backend, "embeddings")
+    ids = torch.tensor([0, 3, 3, 4], device=device)
+    y, mean, rstd = impl.embeddings_fwd(ids, None, None, word, None, None, w, None, 1e-5, 0.0, None)
+    assert_close_to_ref(y, embeddings_ref(ids, word.double(), None, None, None, None, w.double(), None, 1e-5),
+                        atol=1e-5)
+    dword, dpos, dtt, dw, db = impl.embeddings_bwd(torch.randn_like(y), ids, None, None, word, None, None, w, mean,
+                                                   rstd, 0.0, None, -1, -1, False)
+    assert dpos.numel() == dtt.numel() == db.numel() == 0 and dw.shape == (32,)
+    assert (dword[[1, 2]] == 0).all() and (dword[3] != 0).any()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -166,6 +225,10 @@ def test_custom_ops_registered():
     bwd = k.embeddings_bwd.op
     torch.library.opcheck(bwd, (dy, ids, pos_ids, tt_ids, word, pos, tt, w, mean, rstd, 0.1, seed, 1, -1))
     torch.library.opcheck(bwd, (dy, ids, pos_ids, None, word, pos, None, w, mean, rstd, 0.0, None, -1, 0))
+    # no position table, bias-free LayerNorm
+    torch.library.opcheck(k.embeddings_fwd.op, (ids, None, tt_ids, word, None, tt, w, None, 1e-5, 0.1, seed))
+    y, mean, rstd = k.embeddings_fwd.op(ids, None, tt_ids, word, None, tt, w, None, 1e-5, 0.1, seed)
+    torch.library.opcheck(bwd, (dy, ids, None, tt_ids, word, None, tt, w, mean, rstd, 0.1, seed, 1, -1, False))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -205,6 +268,10 @@ def test_errors(backend):
         call(pos_ids=torch.arange(4, device=device))
     with pytest.raises(ValueError, match="token_type"):
         call(tt_ids=torch.zeros_like(ids))
+    with pytest.raises(ValueError, match="position_ids and position_embeddings"):
+        embeddings(ids, word, None, pos, None, None, w, b, backend=backend)
+    with pytest.raises(ValueError, match="position_ids and position_embeddings"):
+        embeddings(ids, word, pos_ids, None, None, None, w, b, backend=backend)
     with pytest.raises(ValueError, match="weight"):
         call(w=w[:-1])
     impl = backends.launchers(backend, "embeddings")
