@@ -13,6 +13,9 @@ aten::_flash_attention_forward is CUDA-only), so on CPU SDPA runs once per seque
 call per sequence. Padding to [B, max_seqlen, H, D] instead costs two copies of every tensor per layer and the
 padded compute, which ate what packing saved; a block-diagonal mask costs O(tokens^2). Everything is
 differentiable by torch's autograd: no backward of our own.
+
+Window (|i - j| <= window): a bool [S, S] band combined with the key mask (padded, and per sequence on CPU), so SDPA
+computes the whole [S, S] score matrix and skips nothing; varlen_attn's own window_size=(window, window) on CUDA.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ except ImportError:  # torch < 2.10
 
 SUPPORT = {
     "attention": dict(devices=("cpu", "cuda"), dtypes=FLOAT_DTYPES, layouts=("padded", "packed"),
-                      features=("attn_bias",)),
+                      features=("attn_bias", "window")),
 }
 _VARLEN_DTYPES = (torch.float16, torch.bfloat16)
 _VARLEN_MAX_HEAD_DIM = 256
@@ -60,10 +63,19 @@ def not_supported_reasons(op: str, call: Call) -> list[str]:
     return out
 
 
-def _padded(q, k, v, key_padding_mask, attn_bias, softmax_scale, dropout_p):
+def _band(seqlen: int, window: int, device: torch.device) -> torch.Tensor:
+    """bool [S, S], True where |i - j| <= window."""
+    pos = torch.arange(seqlen, device=device)
+    return (pos[:, None] - pos[None, :]).abs() <= window
+
+
+def _padded(q, k, v, key_padding_mask, attn_bias, softmax_scale, dropout_p, window):
     mask = None
     if key_padding_mask is not None:
         mask = key_padding_mask.bool()[:, None, None, :]
+    if window >= 0:
+        band = _band(q.shape[1], window, q.device)
+        mask = band if mask is None else mask & band
     if attn_bias is not None:
         bias = attn_bias.to(q.dtype)
         mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
@@ -73,20 +85,21 @@ def _padded(q, k, v, key_padding_mask, attn_bias, softmax_scale, dropout_p):
 
 
 def _packed_per_sequence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
-                         softmax_scale: float, dropout_p: float) -> torch.Tensor:
+                         softmax_scale: float, dropout_p: float, window: int) -> torch.Tensor:
     """CPU packed layout: one SDPA call per sequence on views of the packed tokens, outputs concatenated."""
     bounds = cu_seqlens.tolist()  # CPU tensors: a plain read, no device to wait for
-    outs = [_padded(q[a:b][None], k[a:b][None], v[a:b][None], None, None, softmax_scale, dropout_p)[0]
+    outs = [_padded(q[a:b][None], k[a:b][None], v[a:b][None], None, None, softmax_scale, dropout_p, window)[0]
             for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
     return torch.cat(outs) if outs else torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None,
               cu_seqlens: torch.Tensor | None, max_seqlen: int, attn_bias: torch.Tensor | None,
-              softmax_scale: float, dropout_p: float) -> torch.Tensor:
-    """softmax(q k^T * scale + mask) v in q's layout, contiguous (see fastenc.ops.attention)."""
+              softmax_scale: float, dropout_p: float, window: int = -1) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) v in q's layout, contiguous (see fastenc.ops.attention; window -1 = none)."""
     if cu_seqlens is None:
-        return _padded(q, k, v, key_padding_mask, attn_bias, softmax_scale, dropout_p)
+        return _padded(q, k, v, key_padding_mask, attn_bias, softmax_scale, dropout_p, window)
     if q.is_cuda:
-        return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=softmax_scale)
-    return _packed_per_sequence(q, k, v, cu_seqlens, softmax_scale, dropout_p)
+        return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=softmax_scale,
+                           window_size=(window, window))
+    return _packed_per_sequence(q, k, v, cu_seqlens, softmax_scale, dropout_p, window)

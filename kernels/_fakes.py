@@ -75,11 +75,12 @@ def _lse_shape(q: torch.Tensor, cu_seqlens: torch.Tensor | None) -> tuple[int, .
     return (q.shape[0], q.shape[2], q.shape[1])
 
 
-def attention_fwd(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, softmax_scale, dropout_p, seed):
+def attention_fwd(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, softmax_scale, dropout_p, seed, window=-1):
     return q.new_empty(q.shape), q.new_empty(_lse_shape(q, cu_seqlens), dtype=torch.float32)
 
 
-def attention_bwd(do, q, k, v, o, lse, key_padding_mask, cu_seqlens, max_seqlen, softmax_scale, dropout_p, seed):
+def attention_bwd(do, q, k, v, o, lse, key_padding_mask, cu_seqlens, max_seqlen, softmax_scale, dropout_p, seed,
+                  window=-1):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 

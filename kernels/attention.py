@@ -125,6 +125,29 @@ def _key_range(mask_ptr, b, mask_stride_b, mask_stride_s, seqlen, HAS_MASK: tl.c
 
 
 @triton.jit
+def _window_range(own_start, window, full_end, end, OWN: tl.constexpr, STEP: tl.constexpr):
+    """(lo, mid_start, mid_end, hi): the blocks of STEP positions that rows own_start + arange(OWN) may reach within
+    |i - j| <= window, in three loops: [lo, mid_start) and [mid_end, hi) are edge blocks (window mask and the key or row
+    mask), [mid_start, mid_end) lie inside the window for every owned row and below full_end (no mask at all). lo,
+    mid_start and mid_end are multiples of STEP (or hi); hi <= end. window < the sequence length, so nothing
+    overflows."""
+    lo = tl.maximum(own_start - window, 0) // STEP * STEP
+    hi = tl.minimum(end, own_start + OWN + window)
+    inside_lo = (tl.maximum(own_start + OWN - 1 - window, 0) + STEP - 1) // STEP * STEP
+    inside_hi = (own_start + window + 1) // STEP * STEP  # a block c with c + STEP <= own_start + window + 1
+    mid_start = tl.minimum(tl.maximum(inside_lo, lo), hi)
+    mid_end = tl.maximum(mid_start, tl.minimum(inside_hi, full_end))
+    return lo, mid_start, mid_end, hi
+
+
+@triton.jit
+def _in_window(rows, cols, window):
+    """[len(rows), len(cols)] bool: |i - j| <= window."""
+    d = rows[:, None] - cols[None, :]
+    return (d <= window) & (d >= -window)
+
+
+@triton.jit
 def _dropout_words(seed, b, h, rows, col_start, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """[BLOCK_M, BLOCK_N // 2] uint32: the Philox word of each key pair of query rows `rows`, key columns col_start +
     arange(BLOCK_N) (col_start a multiple of 8): one Philox call per 8 keys (module doc); key 8 g + 2 w + half gets
@@ -171,20 +194,23 @@ def _dropout_threshold(dropout_p):
 @triton.jit
 def _attention_fwd_block(acc, l_i, m_i, q, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
                          mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold,
-                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_MASK: tl.constexpr, MASK_KEYS: tl.constexpr,
-                         DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
-                         BLOCK_N: tl.constexpr):
+                         window, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_MASK: tl.constexpr,
+                         MASK_KEYS: tl.constexpr, WINDOW_EDGE: tl.constexpr, DROPOUT: tl.constexpr,
+                         INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One key block of the forward's online softmax: the updated (acc, l_i, m_i). qk_scale > 0 (the launcher moves
     a negative scale's sign onto q), so the row max of the raw scores gives the scaled one and each probability costs
     one FMA and one exp2. MASK_KEYS: the block may hold keys past seqlen or masked out (see _key_range); without it the
-    block is read with no mask at all."""
+    block is read with no mask at all. WINDOW_EDGE: the block may hold keys outside some row's window."""
     cols = col_start + tl.arange(0, BLOCK_N)
     k = _load_block(k_ptr, k_base, cols, seqlen, k_stride_s, offs_d, HEAD_DIM, BLOCK_D, MASK_KEYS)
     v = _load_block(v_ptr, v_base, cols, seqlen, v_stride_s, offs_d, HEAD_DIM, BLOCK_D, MASK_KEYS)
     s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)
     if MASK_KEYS:
         allowed = _key_allowed(mask_ptr, b, mask_stride_b, mask_stride_s, cols, seqlen, HAS_MASK)
-        s = tl.where(allowed[None, :], s, float("-inf"))
+        if WINDOW_EDGE:
+            s = tl.where(allowed[None, :] & _in_window(rows, cols, window), s, float("-inf"))
+        else:
+            s = tl.where(allowed[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet: keep exp2 away from -inf + inf
     alpha = tl.exp2(m_i - m_use)
@@ -222,11 +248,13 @@ def _attention_fwd_kernel(
     seqlen_bucket,  # next power of two of max_seqlen: autotune key only
     qk_scale,  # softmax_scale * log2(e)
     dropout_p,  # probability of dropping an attention probability
+    window,  # query i attends key j only if |i - j| <= window (read only if WINDOW; < the sequence length)
     HEAD_DIM: tl.constexpr,  # D
     BLOCK_D: tl.constexpr,  # next power of two >= D (at least 16)
     HAS_MASK: tl.constexpr,
     PACKED: tl.constexpr,
     DROPOUT: tl.constexpr,
+    WINDOW: tl.constexpr,  # a local window: each program visits only the key blocks its rows' windows reach
     INPUT_PRECISION: tl.constexpr,  # "ieee" or "tf32" for fp32 dots
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -252,16 +280,26 @@ def _attention_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for col_start in range(0, full_end, BLOCK_N):
+    # key blocks: [lo, mid_start) window edge, [mid_start, mid_end) no mask, [mid_end, hi) masked (and window edge);
+    # without a window the first loop is empty (constant bounds) and the others are the mask-free and masked parts
+    lo, mid_start, mid_end, hi = 0, 0, full_end, kv_end
+    if WINDOW:
+        lo, mid_start, mid_end, hi = _window_range(pid_m * BLOCK_M, window, full_end, kv_end, BLOCK_M, BLOCK_N)
+    for col_start in range(lo, mid_start, BLOCK_N):
         acc, l_i, m_i = _attention_fwd_block(
             acc, l_i, m_i, q, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr, mask_stride_b,
-            mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, HEAD_DIM, BLOCK_D,
-            HAS_MASK, False, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
-    for col_start in range(full_end, kv_end, BLOCK_N):
+            mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, window, HEAD_DIM,
+            BLOCK_D, HAS_MASK, True, True, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+    for col_start in range(mid_start, mid_end, BLOCK_N):
         acc, l_i, m_i = _attention_fwd_block(
             acc, l_i, m_i, q, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr, mask_stride_b,
-            mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, HEAD_DIM, BLOCK_D,
-            HAS_MASK, True, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+            mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, window, HEAD_DIM,
+            BLOCK_D, HAS_MASK, False, False, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+    for col_start in range(mid_end, hi, BLOCK_N):
+        acc, l_i, m_i = _attention_fwd_block(
+            acc, l_i, m_i, q, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr, mask_stride_b,
+            mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, window, HEAD_DIM,
+            BLOCK_D, HAS_MASK, True, WINDOW, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
 
     empty = l_i == 0.0
     o_scale = 1.0 / tl.where(empty, 1.0, l_i)
@@ -316,18 +354,21 @@ def _row_stats(lse_ptr, delta_ptr, offs, rows, seqlen):
 @triton.jit
 def _attention_dq_block(dq, q, do, lse2, delta, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
                         mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold,
-                        dropout_p, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_MASK: tl.constexpr,
-                        MASK_KEYS: tl.constexpr, DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                        dropout_p, window, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_MASK: tl.constexpr,
+                        MASK_KEYS: tl.constexpr, WINDOW_EDGE: tl.constexpr, DROPOUT: tl.constexpr,
+                        INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dq += dS K over one key block, with P recomputed from lse (one FMA and one exp2 per probability).
-    MASK_KEYS: see _attention_fwd_block."""
+    MASK_KEYS, WINDOW_EDGE: see _attention_fwd_block."""
     cols = col_start + tl.arange(0, BLOCK_N)
     k = _load_block(k_ptr, k_base, cols, seqlen, k_stride_s, offs_d, HEAD_DIM, BLOCK_D, MASK_KEYS)
     v = _load_block(v_ptr, v_base, cols, seqlen, v_stride_s, offs_d, HEAD_DIM, BLOCK_D, MASK_KEYS)
     p = tl.exp2(tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale - lse2[:, None])
     if MASK_KEYS:
         allowed = _key_allowed(mask_ptr, b, mask_stride_b, mask_stride_s, cols, seqlen, HAS_MASK)
-        p = tl.where(allowed[None, :], p, 0.0)
+        if WINDOW_EDGE:
+            p = tl.where(allowed[None, :] & _in_window(rows, cols, window), p, 0.0)
+        else:
+            p = tl.where(allowed[None, :], p, 0.0)
     dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
     if DROPOUT:  # dP of the dropped probabilities, scaled by 1 / (1 - p) in the FMA that subtracts delta
         dp = _dropout_apply(dp, seed, b, h, rows, col_start, threshold, BLOCK_M, BLOCK_N)
@@ -340,11 +381,12 @@ def _attention_dq_block(dq, q, do, lse2, delta, k_ptr, v_ptr, k_base, v_base, k_
 @triton.jit
 def _attention_dkdv_block(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, q_base, do_base, lse_base,
                           q_stride_s, o_stride_s, lse_stride_s, b, h, row_start, col_start, seqlen, offs_d, qk_scale,
-                          seed, threshold, dropout_p, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                          MASK_ROWS: tl.constexpr, DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                          seed, threshold, dropout_p, window, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                          MASK_ROWS: tl.constexpr, WINDOW_EDGE: tl.constexpr, DROPOUT: tl.constexpr,
+                          INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dv += P^T dO and dk += dS^T Q over one query block (P^T recomputed from lse). MASK_ROWS: the block may hold
-    rows past seqlen (read as q = do = 0, lse = +inf, so their probabilities are 0); without it no mask at all."""
+    rows past seqlen (read as q = do = 0, lse = +inf, so their probabilities are 0); without it no mask at all.
+    WINDOW_EDGE: the block may hold rows outside some key's window (their probabilities are set to 0)."""
     rows = row_start + tl.arange(0, BLOCK_M)
     if MASK_ROWS:
         q = _load_rows(q_ptr, q_base, rows, seqlen, q_stride_s, offs_d, HEAD_DIM)
@@ -356,6 +398,8 @@ def _attention_dkdv_block(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, q_bas
         lse2 = tl.load(lse_ptr + lse_base + rows * lse_stride_s) * 1.4426950408889634
         delta = tl.load(delta_ptr + lse_base + rows * lse_stride_s)
     pt = tl.exp2(tl.dot(k, tl.trans(q), input_precision=INPUT_PRECISION) * qk_scale - lse2[None, :])
+    if WINDOW_EDGE:
+        pt = tl.where(_in_window(col_start + tl.arange(0, BLOCK_N), rows, window), pt, 0.0)
     dpt = tl.dot(v, tl.trans(do), input_precision=INPUT_PRECISION)
     if DROPOUT:
         keep = tl.trans(_dropout_keep(seed, b, h, rows, col_start, threshold, BLOCK_M, BLOCK_N))
@@ -389,8 +433,10 @@ def _attention_bwd_dkdv_kernel(
     lse_stride_b, lse_stride_h, lse_stride_s,  # strides of lse and delta
     seqlen_padded, seqlen_bucket, qk_scale, dropout_p,  # like in the forward kernel
     softmax_scale,  # scale of q k^T, applied to dk
+    window,  # like in the forward kernel
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_MASK: tl.constexpr, PACKED: tl.constexpr,
     DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    WINDOW: tl.constexpr,  # a local window: each program visits only the query blocks its keys' windows reach
     BLOCK_M: tl.constexpr,  # query rows per inner step
     BLOCK_N: tl.constexpr,  # key rows owned by the program
 ):
@@ -419,18 +465,27 @@ def _attention_bwd_dkdv_kernel(
     # of dV += P^T dO and dK += dS^T Q, with no transpose of a register tile between the dots.
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    # query blocks: the full ones with no row mask, then the last, partial one
+    # query blocks: the full ones with no row mask, then the last, partial one; with a window only those its keys
+    # reach: [lo, mid_start) window edge, [mid_start, mid_end) no mask, [mid_end, hi) row mask and window edge
     rows_full = seqlen // BLOCK_M * BLOCK_M
-    for row_start in range(0, rows_full, BLOCK_M):
+    lo, mid_start, mid_end, hi = 0, 0, rows_full, seqlen
+    if WINDOW:
+        lo, mid_start, mid_end, hi = _window_range(col_start, window, rows_full, seqlen, BLOCK_N, BLOCK_M)
+    for row_start in range(lo, mid_start, BLOCK_M):
         dk, dv = _attention_dkdv_block(
             dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, q_base, do_base, lse_base, q_stride_s, o_stride_s,
-            lse_stride_s, b, h, row_start, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p, HEAD_DIM,
-            BLOCK_D, False, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
-    for row_start in range(rows_full, seqlen, BLOCK_M):
+            lse_stride_s, b, h, row_start, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p, window,
+            HEAD_DIM, BLOCK_D, True, True, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+    for row_start in range(mid_start, mid_end, BLOCK_M):
         dk, dv = _attention_dkdv_block(
             dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, q_base, do_base, lse_base, q_stride_s, o_stride_s,
-            lse_stride_s, b, h, row_start, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p, HEAD_DIM,
-            BLOCK_D, True, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+            lse_stride_s, b, h, row_start, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p, window,
+            HEAD_DIM, BLOCK_D, False, False, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+    for row_start in range(mid_end, hi, BLOCK_M):
+        dk, dv = _attention_dkdv_block(
+            dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, q_base, do_base, lse_base, q_stride_s, o_stride_s,
+            lse_stride_s, b, h, row_start, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p, window,
+            HEAD_DIM, BLOCK_D, True, WINDOW, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
 
     # rows of masked keys: zeroed here, once (each row of dk, dv depends only on its own key's row of P^T)
     out_ptrs = b * o_stride_b + (start + cols[:, None]) * o_stride_s + h * o_stride_h + offs_d[None, :]
@@ -461,8 +516,10 @@ def _attention_bwd_dq_kernel(
     lse_stride_b, lse_stride_h, lse_stride_s,  # strides of lse and delta
     seqlen_padded, seqlen_bucket, qk_scale, dropout_p,  # like in the forward kernel
     softmax_scale,  # scale of q k^T, applied to dq
+    window,  # like in the forward kernel
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_MASK: tl.constexpr, PACKED: tl.constexpr,
     DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    WINDOW: tl.constexpr,  # like in the forward kernel
     BLOCK_M: tl.constexpr,  # query rows owned by the program
     BLOCK_N: tl.constexpr,  # key rows per inner step
     SCAN: tl.constexpr,  # mask entries per step of the key-range scan (HAS_MASK)
@@ -490,16 +547,25 @@ def _attention_bwd_dq_kernel(
     full_end, kv_end = _key_range(mask_ptr, b, mask_stride_b, mask_stride_s, seqlen, HAS_MASK, BLOCK_N, SCAN)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for col_start in range(0, full_end, BLOCK_N):
+    # key blocks as in the forward kernel
+    lo, mid_start, mid_end, hi = 0, 0, full_end, kv_end
+    if WINDOW:
+        lo, mid_start, mid_end, hi = _window_range(pid_m * BLOCK_M, window, full_end, kv_end, BLOCK_M, BLOCK_N)
+    for col_start in range(lo, mid_start, BLOCK_N):
         dq = _attention_dq_block(
             dq, q, do, lse2, delta, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr, mask_stride_b,
-            mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p, HEAD_DIM,
-            BLOCK_D, HAS_MASK, False, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
-    for col_start in range(full_end, kv_end, BLOCK_N):
+            mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p, window,
+            HEAD_DIM, BLOCK_D, HAS_MASK, True, True, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+    for col_start in range(mid_start, mid_end, BLOCK_N):
         dq = _attention_dq_block(
             dq, q, do, lse2, delta, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr, mask_stride_b,
-            mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p, HEAD_DIM,
-            BLOCK_D, HAS_MASK, True, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+            mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p, window,
+            HEAD_DIM, BLOCK_D, HAS_MASK, False, False, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+    for col_start in range(mid_end, hi, BLOCK_N):
+        dq = _attention_dq_block(
+            dq, q, do, lse2, delta, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr, mask_stride_b,
+            mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p, window,
+            HEAD_DIM, BLOCK_D, HAS_MASK, True, WINDOW, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
 
     dq_ptrs = dq_ptr + b * o_stride_b + (start + rows[:, None]) * o_stride_s + h * o_stride_h + offs_d[None, :]
     tl.store(dq_ptrs, (dq * softmax_scale).to(dq_ptr.dtype.element_ty),
@@ -561,7 +627,7 @@ class _Layout:
     """Grid and the scalar kernel arguments shared by every attention kernel of one call."""
 
     def __init__(self, q: torch.Tensor, key_padding_mask: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
-                 max_seqlen: int):
+                 max_seqlen: int, window: int):
         self.packed = cu_seqlens is not None
         if self.packed:
             self.batch, self.seqlen = cu_seqlens.shape[0] - 1, int(max_seqlen)
@@ -578,8 +644,13 @@ class _Layout:
         self.mask_strides = (mask.stride(0), mask.stride(1)) if mask is not None else (0, 0)
         self.lse_shape = (self.heads, q.shape[0]) if self.packed else (self.batch, self.heads, self.seqlen)
         self.bucket, self.dtype = next_pow2(self.seqlen), q.dtype
+        if not isinstance(window, int) or window < -1:
+            raise ValueError(f"window must be an int >= 0, or -1 for none, got {window!r}")
+        # a window of seqlen - 1 or more masks nothing: such calls run the kernels without one (and nothing overflows)
+        self.window = window if 0 <= window < self.seqlen - 1 else 0
         self.consts = dict(HEAD_DIM=self.head_dim, BLOCK_D=_block_d(self.head_dim), HAS_MASK=mask is not None,
-                           PACKED=self.packed, INPUT_PRECISION=_input_precision(q.dtype))
+                           PACKED=self.packed, INPUT_PRECISION=_input_precision(q.dtype),
+                           WINDOW=0 <= window < self.seqlen - 1)
 
     def lse_strides(self, lse: torch.Tensor) -> tuple[int, int, int]:
         return (0, lse.stride(0), lse.stride(1)) if self.packed else (lse.stride(0), lse.stride(1), lse.stride(2))
@@ -607,13 +678,14 @@ def _fwd_impl(
     softmax_scale: float,
     dropout_p: float,
     seed: torch.Tensor | None,
+    window: int = -1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward launcher: (o like q contiguous, lse fp32 [B, H, S] padded or [H, T] packed). See the module doc."""
     _check_seed(dropout_p, seed)
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     if softmax_scale < 0:  # the kernel takes the row max of raw scores, so it needs scale > 0: the sign goes on q
         q, softmax_scale = -q, -softmax_scale
-    lay = _Layout(q, key_padding_mask, cu_seqlens, max_seqlen)
+    lay = _Layout(q, key_padding_mask, cu_seqlens, max_seqlen, window)
     o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(lay.lse_shape, dtype=torch.float32, device=q.device)
     if q.numel() == 0:
@@ -623,7 +695,7 @@ def _fwd_impl(
         q, k, v, lay.mask, lay.cu_seqlens, seed if dropout_p > 0 else q, o, lse,
         *_strides(q, lay.packed), *_strides(k, lay.packed), *_strides(v, lay.packed), *_strides(o, lay.packed),
         *lay.mask_strides, *lay.lse_strides(lse),
-        lay.seqlen, lay.bucket, softmax_scale * _LOG2E, dropout_p,
+        lay.seqlen, lay.bucket, softmax_scale * _LOG2E, dropout_p, lay.window,
         DROPOUT=dropout_p > 0, SCAN=_scan(), **lay.consts,
     )
     return o, lse
@@ -642,12 +714,13 @@ def _bwd_impl(
     softmax_scale: float,
     dropout_p: float,
     seed: torch.Tensor | None,
+    window: int = -1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward launcher: (dq, dk, dv), contiguous, shaped like q, k, v. Deterministic (no atomics)."""
     _check_seed(dropout_p, seed)
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     do, o = do.contiguous(), o.contiguous()
-    lay = _Layout(q, key_padding_mask, cu_seqlens, max_seqlen)
+    lay = _Layout(q, key_padding_mask, cu_seqlens, max_seqlen, window)
     dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
     if q.numel() == 0:
         return dq, dk, dv
@@ -662,7 +735,7 @@ def _bwd_impl(
     common = (
         *_strides(q, lay.packed), *_strides(k, lay.packed), *_strides(v, lay.packed), *o_strides,
         *lay.mask_strides, *lse_strides,
-        lay.seqlen, lay.bucket, softmax_scale * _LOG2E, dropout_p, softmax_scale,
+        lay.seqlen, lay.bucket, softmax_scale * _LOG2E, dropout_p, softmax_scale, lay.window,
     )
     seed_arg = seed if dropout_p > 0 else q
     _configs.launch(
@@ -698,7 +771,7 @@ def attention_dropout_mask(seed: torch.Tensor, batch: int, heads: int, seqlen: i
 
 SUPPORT = {
     "attention": dict(devices=("cuda", "cpu"), dtypes=FLOAT_DTYPES, max_head_dim=MAX_HEAD_DIM,
-                      layouts=("padded", "packed")),
+                      layouts=("padded", "packed"), features=("window",)),
 }
 
 

@@ -7,16 +7,22 @@ dim must be unit-stride):
 The output has q's layout and shape, contiguous. A query row with no key to attend to gives zeros and zero
 gradients, as transformers' default (sdpa) attention does. An additive float mask (`attn_bias`, transformers'
 4-D masks) and returning the probabilities run on the reference path only.
+window: a symmetric local window (ModernBERT's local layers): query i attends key j of its own sequence only if
+|i - j| <= window (positions within each sequence; padded rows are positions 0..S-1 of their row, as transformers'
+sliding_window_bidirectional_overlay counts them). The call carries feature "window"; kernels skip the key blocks
+outside the window.
 
 Launcher contract (fastenc.kernels.attention and fastenc._cuda):
     attention_fwd(q, k, v, key_padding_mask [B, S] contiguous bool | None, cu_seqlens [B + 1] int32 | None,
-                  max_seqlen: int, softmax_scale: float, dropout_p: float, seed [1] int64 | None)
+                  max_seqlen: int, softmax_scale: float, dropout_p: float, seed [1] int64 | None, window: int)
         -> (o like q, contiguous; lse fp32: [B, H, S] padded or [H, T] packed)
-    attention_bwd(do, q, k, v, o, lse, key_padding_mask, cu_seqlens, max_seqlen, softmax_scale, dropout_p, seed)
+    attention_bwd(do, q, k, v, o, lse, key_padding_mask, cu_seqlens, max_seqlen, softmax_scale, dropout_p, seed,
+                  window)
         -> (dq, dk, dv) shaped like q, k, v
+    window: the half width of the local window, -1 for none.
 What each backend supports is declared in its module (SUPPORT, see fastenc.backends). Backend "sdpa" is torch's
 own attention (fastenc._sdpa): attention(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, attn_bias,
-softmax_scale, dropout_p) -> o, differentiated by torch's autograd.
+softmax_scale, dropout_p, window) -> o (window -1 = none), differentiated by torch's autograd.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ def attention_ref(
     softmax_scale: float | None = None,
     return_probs: bool = False,
     dropout_mask: torch.Tensor | None = None,
+    window: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Reference attention in plain PyTorch, both layouts. Matmuls in the input dtype, softmax in fp32.
 
@@ -58,6 +65,7 @@ def attention_ref(
     dropout_mask: bool keep-mask [B, H, S, S] (padded coordinates also for the packed layout) applied instead of
     torch's dropout, so tests can replay a kernel's mask; kept probabilities are scaled by 1 / (1 - dropout_p).
     return_probs: also return the (pre-dropout) probabilities [B, H, S, S].
+    window: query i attends key j only if |i - j| <= window, positions within each sequence (None: no window).
     """
     packed = cu_seqlens is not None
     if packed:
@@ -78,6 +86,10 @@ def attention_ref(
         finite = torch.isfinite(attn_bias).expand(scores.shape) if attn_bias.is_floating_point() else None
         if finite is not None:
             allowed = finite if allowed is None else allowed & finite
+    if window is not None:
+        pos = torch.arange(scores.shape[-1], device=scores.device)
+        near = ((pos[:, None] - pos[None, :]).abs() <= window).expand(scores.shape)
+        allowed = near if allowed is None else allowed & near
     if allowed is not None:
         scores = scores.masked_fill(~allowed, torch.finfo(torch.float32).min)
         any_key = allowed.any(-1, keepdim=True)
@@ -98,12 +110,14 @@ def attention_ref(
 
 class AttentionFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, key_padding_mask, cu_seqlens, max_seqlen, softmax_scale, dropout_p, backend):
+    def forward(ctx, q, k, v, key_padding_mask, cu_seqlens, max_seqlen, softmax_scale, dropout_p, window, backend):
         impl = backends.launchers(backend, "attention")
         seed = dropout_seed(q.device) if dropout_p > 0 else None
-        o, lse = impl.attention_fwd(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, softmax_scale, dropout_p, seed)
+        o, lse = impl.attention_fwd(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, softmax_scale, dropout_p, seed,
+                                    window)
         ctx.save_for_backward(q, k, v, o, lse, key_padding_mask, cu_seqlens, seed)
-        ctx.max_seqlen, ctx.softmax_scale, ctx.dropout_p, ctx.backend = max_seqlen, softmax_scale, dropout_p, backend
+        ctx.max_seqlen, ctx.softmax_scale, ctx.dropout_p, ctx.window = max_seqlen, softmax_scale, dropout_p, window
+        ctx.backend = backend
         return o
 
     @staticmethod
@@ -111,9 +125,10 @@ class AttentionFn(torch.autograd.Function):
         q, k, v, o, lse, mask, cu_seqlens, seed = ctx.saved_tensors
         impl = backends.launchers(ctx.backend, "attention")
         dq, dk, dv = impl.attention_bwd(
-            do.contiguous(), q, k, v, o, lse, mask, cu_seqlens, ctx.max_seqlen, ctx.softmax_scale, ctx.dropout_p, seed
+            do.contiguous(), q, k, v, o, lse, mask, cu_seqlens, ctx.max_seqlen, ctx.softmax_scale, ctx.dropout_p, seed,
+            ctx.window,
         )
-        return dq, dk, dv, None, None, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None, None, None
 
 
 def _check_layout(q, k, v, key_padding_mask, cu_seqlens, max_seqlen) -> None:
@@ -144,6 +159,16 @@ def _check_layout(q, k, v, key_padding_mask, cu_seqlens, max_seqlen) -> None:
             raise ValueError(f"max_seqlen must be a positive int with cu_seqlens, got {max_seqlen!r}")
 
 
+def _check_window(window) -> int:
+    """The launchers' window argument: the int itself, -1 for None."""
+    if window is None:
+        return -1
+    if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+        raise ValueError(f"window must be an int >= 0 (query i attends keys j with |i - j| <= window) or None, "
+                         f"got {window!r}")
+    return int(window)
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -155,11 +180,13 @@ def attention(
     attn_bias: torch.Tensor | None = None,
     dropout_p: float = 0.0,
     softmax_scale: float | None = None,
+    window: int | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Scaled dot-product attention over the padded or packed layout (see the module doc)."""
     _check_layout(q, k, v, key_padding_mask, cu_seqlens, max_seqlen)
     dropout_p = check_dropout_p(dropout_p)
+    win = _check_window(window)
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     packed = cu_seqlens is not None
     # the padded layout's max_seqlen is its length; a traced one may be symbolic: int() would specialise the graph
@@ -168,25 +195,27 @@ def attention(
         "attention", {"q": q, "k": k, "v": v, "key_padding_mask": key_padding_mask, "cu_seqlens": cu_seqlens,
                       "attn_bias": attn_bias},
         length=seqlen, layout="packed" if packed else "padded",
-        head_dim=q.shape[-1], dropout=dropout_p > 0, features=("attn_bias",) if attn_bias is not None else (),
+        head_dim=q.shape[-1], dropout=dropout_p > 0,
+        features=(*(("attn_bias",) if attn_bias is not None else ()), *(("window",) if window is not None else ())),
     )
 
     def run(name: str) -> torch.Tensor:
         return attention(q, k, v, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
-                         attn_bias=attn_bias, dropout_p=dropout_p, softmax_scale=scale, backend=name)
+                         attn_bias=attn_bias, dropout_p=dropout_p, softmax_scale=scale, window=window, backend=name)
 
     name = dispatch.choose(call, backend, run)
     if name == "torch":
         return attention_ref(q, k, v, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens,
-                             max_seqlen=max_seqlen, attn_bias=attn_bias, dropout_p=dropout_p, softmax_scale=scale)
+                             max_seqlen=max_seqlen, attn_bias=attn_bias, dropout_p=dropout_p, softmax_scale=scale,
+                             window=window)
     if name == "sdpa":
         return backends.launchers(name, "attention").attention(
-            q, k, v, key_padding_mask, cu_seqlens, seqlen, attn_bias, scale, dropout_p)
+            q, k, v, key_padding_mask, cu_seqlens, seqlen, attn_bias, scale, dropout_p, win)
     if key_padding_mask is not None:  # the kernels read a contiguous bool mask
         key_padding_mask = (key_padding_mask if key_padding_mask.dtype == torch.bool else key_padding_mask != 0)
         key_padding_mask = key_padding_mask.contiguous()
     if not grad_needed(q, k, v):
         seed = dropout_seed(q.device) if dropout_p > 0 else None
         return backends.launchers(name, "attention").attention_fwd(
-            q, k, v, key_padding_mask, cu_seqlens, seqlen, scale, dropout_p, seed)[0]
-    return AttentionFn.apply(q, k, v, key_padding_mask, cu_seqlens, seqlen, scale, dropout_p, name)
+            q, k, v, key_padding_mask, cu_seqlens, seqlen, scale, dropout_p, seed, win)[0]
+    return AttentionFn.apply(q, k, v, key_padding_mask, cu_seqlens, seqlen, scale, dropout_p, win, name)

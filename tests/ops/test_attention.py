@@ -524,3 +524,140 @@ def test_sdpa_named_never_falls_back():
     with pytest.raises(backends.BackendNotSupportedError, match=r"sdpa: dtype torch.float64 not supported") as info:
         attention(q, k, v, backend="sdpa")
     assert "torch: supported" in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Local window (|i - j| <= window within each sequence)
+
+WINDOW_BACKENDS = WITH_SDPA
+
+
+def _skip_unless_window(backend: str, q, k, v, dropout_p: float = 0.0) -> None:
+    """cuda gets the window from another change; until it declares "window" its cases skip with its reasons."""
+    if backend == "cuda":
+        call = _call(q, k, v, dropout_p)
+        call.features = ("window",)
+        reasons = backends.not_supported_reasons(backend, call)
+        if reasons:
+            pytest.skip("cuda backend: " + "; ".join(reasons))
+
+
+def test_window_ref_counts_distance_within_each_sequence():
+    q, k, v = _fused_qkv((3, 9, 2, 8), torch.float64, torch.device("cpu"))
+    plain = attention_ref(q, k, v)
+    assert torch.equal(attention_ref(q, k, v, window=8), plain)  # every |i - j| <= S - 1
+    assert not torch.allclose(attention_ref(q, k, v, window=7), plain)
+    torch.testing.assert_close(attention_ref(q, k, v, window=0), v)  # each query sees only its own key
+    pos = torch.arange(9)
+    band = torch.where((pos[:, None] - pos[None, :]).abs() <= 2, 0.0, -math.inf).double()
+    torch.testing.assert_close(attention_ref(q, k, v, window=2), attention_ref(q, k, v, attn_bias=band))
+    # packed: positions restart at each sequence, so each sequence equals its own padded call
+    lens = [5, 9, 1]
+    cu = torch.tensor([0, *np.cumsum(lens)], dtype=torch.int32)
+    qp, kp, vp = _fused_qkv((sum(lens), 2, 8), torch.float64, torch.device("cpu"))
+    out = attention_ref(qp, kp, vp, cu_seqlens=cu, max_seqlen=9, window=2)
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True):
+        own = attention_ref(qp[a:b][None], kp[a:b][None], vp[a:b][None], window=2)[0]
+        torch.testing.assert_close(out[a:b], own)
+
+
+WINDOW_PADDED_CASES = [
+    # dtype, seqlen, window, mask kind
+    (torch.float32, 50, 5, "none"),  # whole key blocks outside the window
+    (torch.float32, 50, 0, "random"),
+    (torch.float16, 37, 16, "right"),
+    (torch.float32, 17, 17, "left"),  # window = seqlen
+    (torch.float32, 17, 40, "none"),  # window > seqlen: no effect
+    (torch.float16, 50, 20, "empty_row"),
+]
+
+
+@pytest.mark.parametrize("backend", WINDOW_BACKENDS)
+@pytest.mark.parametrize(("dtype", "seqlen", "window", "mask_kind"), WINDOW_PADDED_CASES,
+                         ids=[f"{str(c[0])[6:]}-s{c[1]}-w{c[2]}-{c[3]}" for c in WINDOW_PADDED_CASES])
+def test_window_padded_matches_ref(backend, dtype, seqlen, window, mask_kind):
+    dev = device_for(backend)
+    q, k, v = _fused_qkv((2, seqlen, 2, 32), dtype, dev)
+    _skip_unless_window(backend, q, k, v)
+    mask = _key_mask(mask_kind, 2, seqlen, dev)
+    _check_against_ref(backend, q, k, v, key_padding_mask=mask, window=window)
+
+
+@pytest.mark.parametrize("backend", WINDOW_BACKENDS)
+@pytest.mark.parametrize("window", [0, 7, 100])
+def test_window_packed_matches_ref(backend, window):
+    dev = device_for(backend)
+    lens = [50, 3, 0, 21]
+    cu = torch.tensor([0, *np.cumsum(lens)], dtype=torch.int32, device=dev)
+    q, k, v = _fused_qkv((sum(lens), 2, 32), torch.float32, dev)
+    _skip_unless_window(backend, q, k, v)
+    _check_against_ref(backend, q, k, v, cu_seqlens=cu, max_seqlen=max(lens), window=window)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_window_with_dropout_matches_ref_with_the_kernel_mask(monkeypatch, backend, packed):
+    dev = device_for(backend)
+    p, window = 0.25, 6
+    seed = torch.tensor([24680], dtype=torch.int64, device=dev)
+    if packed:
+        lens = [40, 9]
+        cu = torch.tensor([0, *np.cumsum(lens)], dtype=torch.int32, device=dev)
+        q, k, v = _fused_qkv((sum(lens), 2, 32), torch.float32, dev)
+        kw = dict(cu_seqlens=cu, max_seqlen=40)
+        batch, seqlen = 2, 40
+    else:
+        q, k, v = _fused_qkv((2, 40, 2, 32), torch.float32, dev)
+        kw = dict(key_padding_mask=_key_mask("random", 2, 40, dev))
+        batch, seqlen = 2, 40
+    _skip_unless_window(backend, q, k, v, p)
+    keep = _dropout_mask_fn(backend)(seed, batch, 2, seqlen, p)
+    do = torch.randn(q.shape, device=dev)
+    out, grads = _run_with_seed(monkeypatch, backend, seed, q, k, v, do, dropout_p=p, window=window, **kw)
+    out64, grads64 = _ref64(q, k, v, do, dropout_p=p, dropout_mask=keep, window=window, **kw)
+    assert_close_to_ref(out, out64, atol=1e-5, rtol=1e-4, name="o")
+    for name, g, g64 in zip(("dq", "dk", "dv"), grads, grads64, strict=True):
+        assert_close_to_ref(g, g64, atol=1e-5, rtol=1e-4, name=name)
+    no_drop = attention_ref(q.double(), k.double(), v.double(), window=window, **kw)
+    assert (out.double() - no_drop).abs().max() > 1e-2  # dropout did something
+
+
+@pytest.mark.parametrize("backend", WINDOW_BACKENDS)
+def test_window_errors_name_the_argument(backend):
+    dev = device_for(backend)
+    q, k, v = _fused_qkv((1, 4, 2, 16), torch.float32, dev)
+    for bad in (-1, 2.0, True, "3"):
+        with pytest.raises(ValueError, match="window"):
+            attention(q, k, v, window=bad, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_window_skips_the_blocks_outside_it(backend, packed):
+    """Blocks no row of a program can reach are never read: NaN in the tokens from 72 on (in the last block, 64..79)
+    cannot reach the output and dq of rows 0..31 (their windows end at key 34, in block 32..47), nor the dk, dv of
+    keys 0..31 (the rows that reach them end at 34, in a block whose forward reads keys up to 50 only). A kernel
+    that read the last block there, even masked, would multiply a zero probability by NaN (the interpreter's blocks
+    are 16 rows; CUDA blocks are larger, so this case runs on triton only)."""
+    if backend != "triton":
+        pytest.skip("the block layout of this case is the Triton interpreter's (16 x 16)")
+    dev = device_for(backend)
+    window, seqlen = 3, 80
+    shape = (seqlen, 2, 32) if packed else (1, seqlen, 2, 32)
+    q, k, v = _fused_qkv(shape, torch.float32, dev)
+    do = torch.randn(q.shape, device=dev)
+    kw = dict(cu_seqlens=torch.tensor([0, seqlen], dtype=torch.int32, device=dev), max_seqlen=seqlen) if packed else {}
+    tok = (slice(None),) if packed else (slice(None), slice(None))  # index of the token dim
+    far = (*tok[:-1], slice(72, None))
+    near = (*tok[:-1], slice(0, 32))
+    poisoned = [t.detach().clone() for t in (q, k, v)]
+    for t in poisoned:
+        t[far] = math.nan
+    do_poisoned = do.clone()
+    do_poisoned[far] = math.nan
+    out, grads = _run(backend, *poisoned, do_poisoned, window=window, **kw)
+    out64, grads64 = _ref64(q, k, v, do, window=window, **kw)  # the clean inputs: equal on the near rows and keys
+    assert_close_to_ref(out[near], out64[near], atol=1e-5, rtol=1e-4, name="o")
+    for name, g, g64 in zip(("dq", "dk", "dv"), grads, grads64, strict=True):
+        assert_close_to_ref(g[near], g64[near], atol=1e-5, rtol=1e-4, name=name)
+    assert torch.isnan(out[far]).all()  # the poison is there: the far rows read it
