@@ -57,6 +57,12 @@ def _electra(**kw: Any) -> Any:
     return ElectraConfig(hidden_size=768, embedding_size=768, num_attention_heads=12, intermediate_size=3072, **kw)
 
 
+def _modernbert(**kw: Any) -> Any:
+    from transformers import ModernBertConfig
+
+    return ModernBertConfig(**kw)  # ModernBERT-base: 22 layers, local window 128 on two layers of three
+
+
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=1000,
             max_position_embeddings=128)
 MODELS: dict[str, Callable[[], Any]] = {
@@ -66,6 +72,7 @@ MODELS: dict[str, Callable[[], Any]] = {
     "electra-base": _electra,
     "bert-large": lambda: _bert(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
     "bert-tiny": lambda: _bert(**TINY),
+    "modernbert-base": _modernbert,
 }
 GPU_MODELS = ("bert-base", "roberta-base", "albert-base", "electra-base", "bert-large")
 
@@ -77,8 +84,8 @@ def model_config(name: str) -> Any:
 
 
 def has_pooler(config: Any, mlm_head: bool) -> bool:
-    """transformers' base models carry a [CLS] pooler except ELECTRA; its MLM models never do."""
-    return not mlm_head and config.model_type != "electra"
+    """transformers' base models carry a [CLS] pooler except ELECTRA and ModernBERT; its MLM models never do."""
+    return not mlm_head and config.model_type not in ("electra", "modernbert")
 
 
 @dataclass(frozen=True)
