@@ -209,21 +209,15 @@ class _ModernBertModel(_Encoder):
         register_recordable(cls)  # transformers keys its output-capture table by class: the swapped one too
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, **kwargs):
-        capture = lookup("ModernBERT's layer loop")
         layers = self._modules["layers"]
-        if (capture is None or hf.ModernBertModel in refused
+        if (_FUSED is None or hf.ModernBertModel in refused
                 or self.config._attn_implementation != "fastenc"
                 or (attention_mask is not None and (not isinstance(attention_mask, torch.Tensor)
                                                     or attention_mask.dim() != 2))
                 or not all(isinstance(layer, _ModernBertLayer) for layer in layers)
                 or not isinstance(self._modules["embeddings"], _ModernBertEmbeddings)):
             return hf.ModernBertModel.forward(self, input_ids, attention_mask, position_ids, inputs_embeds, **kwargs)
-        if _FUSED[0] is None:
-            _FUSED[0] = capture(_fused_forward)
-        return _FUSED[0](self, input_ids, attention_mask, position_ids, inputs_embeds, **kwargs)
-
-
-_FUSED: list = [None]  # _fused_forward wrapped by transformers' output capture, made at first use
+        return _FUSED(self, input_ids, attention_mask, position_ids, inputs_embeds, **kwargs)
 
 
 def _fused_forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, **kwargs):
@@ -248,7 +242,8 @@ def _fused_forward(self, input_ids=None, attention_mask=None, position_ids=None,
                 cu_seqlens, max_seqlen = flat.cu_seqlens, flat.max_seqlen
         elif not recording("hidden_states") and not recording("attentions"):
             unpad, labels = scoped_unpad(getattr(self, "_fastenc_unpad", None))
-            packing, mask = choose_packing(mask, unpad, labels)
+            windowed = "sliding_attention" in self.config.layer_types
+            packing, mask = choose_packing(mask, unpad, labels, one_run=windowed)
     if packing is not None:
         hidden = packing.pack(hidden)
         positions = packing.pack(positions.unsqueeze(-1)).squeeze(-1)
@@ -263,6 +258,10 @@ def _fused_forward(self, input_ids=None, attention_mask=None, position_ids=None,
     if packing is not None:
         normed = packing.unpack(normed)
     return BaseModelOutput(last_hidden_state=normed)
+
+
+_capture = lookup("ModernBERT's layer loop")
+_FUSED = None if _capture is None else _capture(_fused_forward)  # with transformers' output capture around it
 
 
 class _ModernBertHead(_Swap):

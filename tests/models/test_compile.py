@@ -35,7 +35,7 @@ REL = 1e-5
 FAMILY_HEADS = {"bert": "BertForSequenceClassification", "roberta": "RobertaForMaskedLM",
                 "albert": "AlbertForTokenClassification", "electra": "ElectraForPreTraining",
                 "xlm_roberta": "XLMRobertaForQuestionAnswering", "camembert": "CamembertForMultipleChoice",
-                "distilbert": "DistilBertForSequenceClassification"}
+                "distilbert": "DistilBertForSequenceClassification", "modernbert": "ModernBertForTokenClassification"}
 SWEEP = [name for family, head in FAMILY_HEADS.items()
          for name in ("DistilBertModel" if family == "distilbert" else f"{head.split('For')[0]}Model", head)]
 

@@ -315,3 +315,57 @@ def test_auto_classes_and_gradient_checkpointing(tmp_path):
     out.backward()
     assert_close(out, ref, 1e-4, "loss")
     assert_grads_close(ours, hf, 1e-4)
+
+
+def test_rows_with_gaps_stay_padded_under_windows():
+    """Packing closes the gaps of a row whose real tokens are not one run, which would change the distances a
+    window measures: such a batch stays padded (one_run), with transformers' numbers."""
+    from fastenc.models.packing import choose_packing
+
+    runs = torch.tensor([[1, 1, 1, 0], [0, 1, 1, 0]], dtype=torch.bool)
+    gaps = torch.tensor([[1, 1, 1, 0], [1, 0, 1, 1]], dtype=torch.bool)
+    assert choose_packing(runs, True, one_run=True)[0].index.tolist() == [0, 1, 2, 5, 6]
+    assert choose_packing(gaps, True, one_run=True) == (None, gaps)
+    assert choose_packing(gaps, True)[0] is not None
+    hf, ours = _pair("ModernBertModel")
+    inp = {k: v[:2] for k, v in _batch("ModernBertModel").items()}
+    inp["attention_mask"][1, 2:5] = 0
+    with torch.no_grad():
+        assert_outputs_close(ours(**inp, unpad=True), hf(**inp), 1e-5)
+
+
+def _graph_batches(device: str):
+    for b, s in ((4, 16), (1, 3), (3, 9), (4, 16), (2, 8)):
+        inp = inputs("ModernBertModel", batch=b, seq=s, seed=b + s)
+        inp["attention_mask"][:, 0] = 1  # the graphs wrapper's padded rows attend to their first position
+        yield {k: v.to(device) for k, v in inp.items()}
+
+
+def test_bucketed_graph_path_on_cpu():
+    """fastenc.cuda_graphs' pad -> model -> trim path (capture off on CPU) over shrinking and growing shapes."""
+    from fastenc.graphs import CudaGraphModel
+
+    hf, ours = _pair("ModernBertModel")
+    runner = CudaGraphModel(ours.eval(), batch_buckets=(2, 4), seq_buckets=(8, 16), capture=False)
+    for inp in _graph_batches("cpu"):
+        out = runner(inp["input_ids"], inp["attention_mask"])
+        with torch.no_grad():
+            ref = hf(**inp)
+        assert_close(out.last_hidden_state, ref.last_hidden_state, 1e-5, "last_hidden_state",
+                     mask=inp["attention_mask"].bool())
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_replay_and_shape_changes():
+    from fastenc.graphs import cuda_graphs
+
+    hf, ours = _pair("ModernBertModel")
+    hf, ours = hf.cuda(), ours.cuda().eval()
+    graphs = cuda_graphs(ours, batch_buckets=(2, 4), seq_buckets=(8, 16))
+    for inp in _graph_batches("cuda"):
+        out = graphs(inp["input_ids"], inp["attention_mask"])
+        with torch.no_grad():
+            ref = hf(**inp)
+        assert_close(out.last_hidden_state.cpu(), ref.last_hidden_state.cpu(), 1e-4, "last_hidden_state",
+                     mask=inp["attention_mask"].bool().cpu())
+    assert graphs.num_graphs == 3
