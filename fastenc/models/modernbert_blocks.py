@@ -29,7 +29,6 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.models.modernbert import modeling_modernbert as hf
 
 from fastenc import ops
 from fastenc.autotune import note
@@ -202,21 +201,26 @@ class _ModernBertModel(_Encoder):
     Anything else (see the module doc) runs transformers' forward."""
 
     serves = frozenset(("input_ids", "attention_mask", "position_ids", "inputs_embeds"))
-    supports = staticmethod(_supported)
+
+    @staticmethod
+    def supports(module):  # fastenc's ModernBertModel has this forward already (found under transformers' name when
+        return not isinstance(module, _ModernBertModel) and _supported(module)  # a caller puts it there)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         register_recordable(cls)  # transformers keys its output-capture table by class: the swapped one too
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, **kwargs):
+        cls = type(self)
+        original = cls.__dict__.get("_fastenc_original") or cls._fastenc_hf_class  # swapped, or fastenc's class
         layers = self._modules["layers"]
-        if (_FUSED is None or hf.ModernBertModel in refused
+        if (_FUSED is None or original in refused
                 or self.config._attn_implementation != "fastenc"
                 or (attention_mask is not None and (not isinstance(attention_mask, torch.Tensor)
                                                     or attention_mask.dim() != 2))
                 or not all(isinstance(layer, _ModernBertLayer) for layer in layers)
                 or not isinstance(self._modules["embeddings"], _ModernBertEmbeddings)):
-            return hf.ModernBertModel.forward(self, input_ids, attention_mask, position_ids, inputs_embeds, **kwargs)
+            return original.forward(self, input_ids, attention_mask, position_ids, inputs_embeds, **kwargs)
         return _FUSED(self, input_ids, attention_mask, position_ids, inputs_embeds, **kwargs)
 
 
