@@ -17,7 +17,8 @@ Each name, what it serves, and what turns off without it:
     replaced by "fastenc" like any other.
   - "output_capturing_hook", the name of transformers' capture hooks: such hooks do not stop a block's forward from
     being called directly; without the name every hooked block is called as a module.
-  - the GELU class names of transformers.activations: the activations bias_gelu implements; other names run unfused.
+  - the GELU and SiLU class names of transformers.activations: the activations bias_gelu / gated_act implement;
+    other names run unfused.
 
 Trade-off: reading internals buys behaviour transformers exposes no public way to get (recording state, the Auto
 resolution); each is looked up once, at first use, so a release that moves one costs that path, not the model.
@@ -39,6 +40,7 @@ OUTPUT_CAPTURING_HOOK = "output_capturing_hook"  # __name__ of transformers' out
 ATTN_IMPLEMENTATION_ATTR = "_attn_implementation_internal"  # config: the implementation asked for, None if default
 GELU_EXACT = ("GELUActivation",)  # transformers.activations classes computing erf GELU
 GELU_TANH = ("NewGELUActivation", "GELUTanh", "PytorchGELUTanh", "FastGELUActivation")  # ... and its tanh form
+SILU = ("SiLUActivation",)  # transformers.activations classes computing silu (gated_act's "silu")
 
 # module-level private names: what they serve -> (module, name)
 MODULE_NAMES: dict[str, tuple[str, str]] = {

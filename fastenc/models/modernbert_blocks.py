@@ -34,7 +34,7 @@ from fastenc import ops
 from fastenc.autotune import note
 from fastenc.models.blocks import _dropout_p, _Encoder, _Swap, attend, refused
 from fastenc.models.fused import _cast, _params, gelu_form, is_plain_linear, kernels_run, linear_act, linear_act_norm
-from fastenc.models.hf_internals import VERSION, lookup, recording, register_recordable
+from fastenc.models.hf_internals import SILU, VERSION, lookup, recording, register_recordable
 from fastenc.models.packing import choose_packing, packing_from_kwargs, packing_from_positions, scoped_unpad, tracing
 
 _WARNED: set[str] = set()
@@ -91,7 +91,7 @@ def _activation(act: nn.Module) -> str | None:
     form = gelu_form(act)
     if form is not None:
         return {"none": "gelu", "tanh": "gelu_tanh"}[form]
-    return "silu" if isinstance(act, nn.SiLU) or type(act).__name__ == "SiLUActivation" else None
+    return "silu" if isinstance(act, nn.SiLU) or type(act).__name__ in SILU else None
 
 
 def _gated(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
