@@ -6,8 +6,9 @@
 - Sanitizer workload (`python -m benchmarks.gpu_checks sanitize`): fastenc.ops.attention on a padded batch with a key
   mask (rows of 37, 20 and 5 real keys: the padded kernels, never unpadded) and on the packed layout of the same
   lengths, forward and backward, fp16 and bf16, with and without dropout, head dims 32 / 64 / 128, for each kernel
-  backend; then a 1-layer BERT forward + backward (the row ops: embeddings, add_layer_norm, bias_gelu,
-  gelu_layer_norm) per backend and dtype. Shapes are odd and small: tails of every block, seconds under memcheck.
+  backend; gated_act in both input forms; then a 1-layer BERT forward + backward (the row ops: embeddings,
+  add_layer_norm, bias_gelu, gelu_layer_norm) per backend and dtype. Shapes are odd and small: tails of every block,
+  seconds under memcheck.
 
 Trade-off: the workload runs each kernel on one small shape rather than the tests' many: memcheck and racecheck
 cost 10-100x per launch, and what they look for (an out-of-bounds or racing access) shows on any shape that has a
@@ -30,6 +31,8 @@ CPU_ONLY = (
     "tests/ops/test_attention_emulation.py",
     "tests/ops/test_attention_dropout_lanes.py",
     "tests/ops/test_attention.py::test_kernels_compile_for_ampere_and_hopper",
+    "tests/ops/test_gated_act_emulation.py",
+    "tests/ops/test_gated_act.py::test_kernels_compile_for_ampere_and_hopper",
 )
 KERNEL_BACKENDS = ("cuda", "triton")  # the hand-written kernels first, should memcheck run out of time
 LENGTHS = (37, 20, 5)  # one full row, a part-padded one, a mostly padded one; no length a multiple of a block
@@ -114,6 +117,33 @@ def run_attention(backend: str, dtype: torch.dtype, head_dim: int, layout: str, 
     return f"{what}: ok (max error {err:.2g})"
 
 
+def run_gated_act(backend: str, dtype: torch.dtype, device: torch.device, check: bool = True) -> str:
+    """fastenc.ops.gated_act forward + backward with `backend`: the one-tensor form as a view of a wider output with
+    dropout (vector path), and separate x, y with an odd width (scalar path); with `check`, raises unless outputs
+    and gradients are finite and the dropout-free case is within a loose bound of the float64 reference."""
+    from fastenc.ops import gated_act, gated_act_ref
+
+    g = torch.Generator().manual_seed(11)
+    wide = torch.randn(sum(LENGTHS), 2 * 72 + 8, generator=g).to(device, dtype)
+    x, y = torch.randn(2, 3, 2, 37, generator=g).to(device, dtype).unbind(2)
+    lines = []
+    for xi, yi, p, act in ((wide[:, : 2 * 72], None, 0.1, "gelu"), (x, y, 0.0, "silu")):
+        leaves = [t.detach().requires_grad_(True) for t in (xi, yi) if t is not None]
+        out = gated_act(*leaves, *([None] if yi is None else []), act, p, backend=backend)
+        out.backward(torch.randn_like(out))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        what = f"gated_act {backend} {str(dtype)[6:]} {act} {'split' if yi is None else 'xy'} p={p}"
+        if check and not all(torch.isfinite(t).all() for t in (out, *(t.grad for t in leaves))):
+            raise RuntimeError(f"{what}: non-finite output or gradient")
+        if check and p == 0.0:
+            err = (out.double() - gated_act_ref(*(t.detach().double() for t in leaves), act)).abs().max().item()
+            if err > 0.05:
+                raise RuntimeError(f"{what}: max error {err:.3g} against the float64 reference")
+        lines.append(what)
+    return "; ".join(lines) + ": ok"
+
+
 def run_model(backend: str, dtype: torch.dtype, device: torch.device, check: bool = True) -> str:
     """A 1-layer BERT masked-LM forward + backward under autocast with `backend`, on a padded batch of LENGTHS; with
     `check`, raises unless the loss is finite."""
@@ -150,6 +180,7 @@ def sanitize(backends: Sequence[str], dtypes: Sequence[torch.dtype], device: tor
             continue
         steps = [functools.partial(run_attention, backend, *c, device=device, check=check)
                  for c in _attention_cases(dtypes)]
+        steps += [functools.partial(run_gated_act, backend, d, device, check) for d in dtypes]
         if model:
             steps += [functools.partial(run_model, backend, d, device, check) for d in dtypes]
         for step in steps:

@@ -206,7 +206,7 @@ int gated_act_code(c10::string_view activation, const char* op) {
 // Returns d.
 int64_t check_gated_inputs(const Tensor& x, const OptTensor& y, const char* op) {
   TORCH_CHECK_VALUE(x.is_cuda(), "fastenc.", op, ": x must be a CUDA tensor, got device ", x.device());
-  TORCH_CHECK_VALUE(x.dim() == 2 && x.size(1) > 0 && x.stride(1) == 1, "fastenc.", op,
+  TORCH_CHECK_VALUE(x.dim() == 2 && x.size(1) > 0 && (x.stride(1) == 1 || x.size(1) == 1), "fastenc.", op,
                     ": x must be 2-D [rows, columns] with a non-empty last dim of unit stride, got shape ", x.sizes(),
                     ", strides ", x.strides());
   dtype_of(x, op, "x");
@@ -216,8 +216,9 @@ int64_t check_gated_inputs(const Tensor& x, const OptTensor& y, const char* op) 
     return x.size(1) / 2;
   }
   check_cuda(*y, x, op, "y");
-  TORCH_CHECK_VALUE(y->sizes() == x.sizes() && y->stride(1) == 1, "fastenc.", op, ": y must have the shape of x ",
-                    x.sizes(), " and unit last stride, got shape ", y->sizes(), ", strides ", y->strides());
+  TORCH_CHECK_VALUE(y->sizes() == x.sizes() && (y->stride(1) == 1 || y->size(1) == 1), "fastenc.", op,
+                    ": y must have the shape of x ", x.sizes(), " and unit last stride, got shape ", y->sizes(),
+                    ", strides ", y->strides());
   TORCH_CHECK_TYPE(y->scalar_type() == x.scalar_type(), "fastenc.", op, ": y must have dtype ", x.scalar_type(),
                    ", got ", y->scalar_type());
   return x.size(1);

@@ -21,7 +21,7 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 INFER_SHAPES = ("1x16", "8x128", "32x128", "32x512", "128x128", "var")
 TRAIN_SHAPES = ("32x128", "16x512")
 VAR_BATCH, VAR_MIN, VAR_MAX, VAR_SEED = 32, 16, 512, 0
-OPS = ("embeddings", "add_layer_norm", "bias_gelu", "gelu_layer_norm", "attention", "attention_packed")
+OPS = ("embeddings", "add_layer_norm", "bias_gelu", "gelu_layer_norm", "gated_act", "attention", "attention_packed")
 
 
 def public_op(op: str) -> str:
@@ -193,6 +193,8 @@ def op_case(op: str, shape: Shape, hidden: int = 768, heads: int = 12, inter: in
             return (act(shape.batch, shape.seq, inter), _param(inter, dtype, device, grad, g, 0.1)), {}
         if op == "gelu_layer_norm":
             return (act(shape.batch, shape.seq, hidden), w, b), {"x_bias": _param(hidden, dtype, device, grad, g, 0.1)}
+        if op == "gated_act":  # ModernBERT's form: one [.., 2 inter] output split into input and gate
+            return (act(shape.batch, shape.seq, 2 * inter),), {"activation": "gelu"}
         if op == "attention_packed":
             q, k, v = (act(shape.tokens, heads, hidden // heads) for _ in range(3))
             cu = torch.zeros(shape.batch + 1, dtype=torch.int32)
@@ -209,5 +211,6 @@ def op_case(op: str, shape: Shape, hidden: int = 768, heads: int = 12, inter: in
 
         elems = 4 * (shape.tokens if op == "attention_packed" else n) * hidden
         return OpCase(op, shape, make, elems, flops=attention_flops(shape.lengths, heads, hidden // heads))
-    rows = {"add_layer_norm": 3 * hidden, "bias_gelu": 2 * inter, "gelu_layer_norm": 2 * hidden}[op]
+    rows = {"add_layer_norm": 3 * hidden, "bias_gelu": 2 * inter, "gelu_layer_norm": 2 * hidden,
+            "gated_act": 3 * inter}[op]
     return OpCase(op, shape, make, n * rows)

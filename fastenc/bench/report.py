@@ -230,7 +230,7 @@ def table_from_results(doc: dict[str, Any]) -> dict[str, Any]:
             match.update(head_dim=dims["hidden"] // dims["heads"], layout="packed" if name != op else "padded",
                          dropout=False, bucket=length_bucket(seq))
         else:
-            match.update(hidden=dims["inter"] if op == "bias_gelu" else dims["hidden"], layout="rows",
+            match.update(hidden=dims["inter"] if op in ("bias_gelu", "gated_act") else dims["hidden"], layout="rows",
                          dropout=False, bucket=length_bucket(batch * seq))
         ms = modes.get("fwd+bwd") or modes["fwd"]
         entries.append({"match": match, "order": sorted(ms, key=ms.__getitem__), "source": run, "ms": ms,

@@ -4,10 +4,9 @@ Two input forms: `y=None` with x's last dim 2I split in halves (ModernBERT's `ac
 output), or x and y separate tensors of one shape (GTE / NomicBERT: `act(gate_proj(h)) * up_proj(h)`). The kernels
 read the two halves of the one tensor through its strides, so the split costs no copy, and backward writes both
 halves' gradients into one [N, 2I] tensor: the gradient of the Wi output, again without a concatenation. Backward
-recomputes act(x) and act'(x) from the saved inputs instead of storing act(x) (two tensors saved, as eager PyTorch
-saves for its own mul, and no extra one for the activation); the dropout mask is never stored: backward
-regenerates it from the seed (the row-wise Philox scheme of fastenc.kernels._common, element (row, c) of the
-[N, I] output).
+recomputes act(x) and act'(x) from the saved inputs, so only x and y are kept (eager PyTorch keeps act(x) too); the
+dropout mask is never stored: backward regenerates it from the seed (the row-wise Philox scheme of
+fastenc.kernels._common over element (row, c) of the [N, I] output).
 
 Launcher contract (fastenc.kernels.gated_act and fastenc._cuda), on 2-D tensors with unit last stride (x and y may
 have any row stride: views of a wider matmul output); activation is one of ACTIVATIONS:

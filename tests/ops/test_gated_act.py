@@ -8,7 +8,11 @@ On CPU the Triton kernels run in the interpreter: shapes are tiny. GPU-only case
 
 from __future__ import annotations
 
+import json
 import math
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,7 +22,7 @@ import torch.nn.functional as F
 from fastenc import backends
 from fastenc.ops import gated_act, gated_act_ref
 from fastenc.ops.gated_act import ACTIVATIONS
-from tests.helpers import assert_close_to_ref, backend_params, device_for
+from tests.helpers import assert_close_to_ref, backend_params, compiler_env, device_for
 
 BACKENDS = backend_params()
 ATOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
@@ -82,6 +86,18 @@ def test_strided_views(backend, split):
     _check(backend, x, y, "gelu_tanh", torch.float32)
     xt, yt = x.transpose(0, 1), None if y is None else y.transpose(0, 1)
     _check(backend, xt, yt, "silu", torch.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_edge_sizes(backend):
+    """No rows; one column (I = 1, where a size-1 dim may carry any stride); a single row."""
+    device = device_for(backend)
+    big = 3 * torch.randn(3, 4, device=device)
+    _check(backend, big[:, :2], None, "gelu", torch.float32)
+    _check(backend, big[:, :1], big[:, 3:], "silu", torch.float32)
+    _check(backend, big[:1, :], None, "gelu_tanh", torch.float32)
+    out = gated_act(torch.randn(0, 5, 8, device=device), backend=backend)
+    assert out.shape == (0, 5, 4)
 
 
 def test_activations_are_distinct():
@@ -203,6 +219,26 @@ def test_backward_uses_forward_mask(backend, dtype, split):
         assert_close_to_ref(dy, dy64, dy_t, atol=ATOL[dtype], name="dy")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_checkpoint_recomputes_the_same_mask(backend):
+    """torch.utils.checkpoint restores the RNG state, so recomputation draws the same seed and mask."""
+    from torch.utils.checkpoint import checkpoint
+
+    device = device_for(backend)
+    x = 3 * torch.randn(2, 5, 48, device=device)
+    dout = torch.randn(2, 5, 24, device=device)
+
+    def block(x):
+        return gated_act(x * 2, None, "gelu", 0.3, backend=backend)
+
+    torch.manual_seed(11)
+    out, (dx,) = _run(block, [x], dout)
+    torch.manual_seed(11)
+    out_ckpt, (dx_ckpt,) = _run(lambda t: checkpoint(block, t, use_reentrant=False), [x], dout)
+    assert torch.equal(out, out_ckpt)
+    torch.testing.assert_close(dx, dx_ckpt)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # GPU sizes, registration, tracing, errors
 
@@ -220,6 +256,7 @@ def test_matches_ref_gpu(backend, activation, dtype):
 def test_custom_ops_registered():
     from fastenc.kernels import gated_act as k
 
+    assert k.ACTIVATIONS == ACTIVATIONS  # the kernels' ACT codes (and csrc's GatedAct) index the op's names
     x, seed = torch.randn(5, 72), torch.tensor([3], dtype=torch.int64)
     for y, dout in ((None, torch.randn(5, 36)), (torch.randn(5, 72), torch.randn(5, 72))):
         for act in ACTIVATIONS:
@@ -243,6 +280,41 @@ def test_torch_compile_fullgraph(backend, split):
     torch.testing.assert_close(out, out_e)
     for g, g_e in zip(grads, grads_e, strict=True):
         torch.testing.assert_close(g, g_e)
+
+
+_COMPILE_SCRIPT = """
+import dataclasses, json, sys
+import torch
+from fastenc import backends, precompile as P
+
+out = []
+for target, dtype in (("sm_80", torch.bfloat16), ("sm_90a", torch.float16)):
+    with P.target_driver(P.target(target)) as driver:
+        k = backends.launchers("triton", "gated_act")
+        x, y, seed = torch.randn(37, 144).to(dtype), torch.randn(37, 72).to(dtype), torch.tensor([5])
+        for act in ("gelu", "gelu_tanh", "silu"):
+            k.gated_act_fwd(x, None, act, 0.1, seed)
+            k.gated_act_bwd(y, x, None, act, 0.1, seed)
+            k.gated_act_fwd(x[:, :72], y, act, 0.0, None)
+            k.gated_act_bwd(y, x[:, :72], y, act, 0.0, None)
+        out += [dict(dataclasses.asdict(u), target=target) for u in driver.kernels.values()]
+json.dump(out, open(sys.argv[1], "w"))
+"""
+
+
+def test_kernels_compile_for_ampere_and_hopper(tmp_path):
+    """The interpreter does not run Triton's compiler: every kernel variant (three activations, both input forms,
+    with and without dropout) compiles for sm_80 and sm_90a through precompile's stand-in driver, without spills."""
+    env = compiler_env(tmp_path)
+    root = pathlib.Path(__file__).resolve().parents[2]
+    run = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT, str(tmp_path / "uses.json")], env=env, cwd=root,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-4000:]
+    uses = json.loads((tmp_path / "uses.json").read_text())
+    for target in ("sm_80", "sm_90a"):
+        names = [u["name"] for u in uses if u["target"] == target]
+        assert names.count("_gated_act_fwd_kernel") == 6 and names.count("_gated_act_bwd_kernel") == 6, names
+    assert all(u["regs"] > 0 and u["spill_bytes"] == 0 for u in uses), uses
 
 
 @pytest.mark.parametrize("backend", [*BACKENDS, "torch"])

@@ -33,6 +33,9 @@ def _rows(op: str):
         w, b, xb = (torch.randn(16, generator=g).to(dev) for _ in range(3))
         if op == "bias_gelu":
             return (lambda x, r, xb: ops.bias_gelu(x, xb, "tanh", backend=backend) + r), (x, r, xb), ()
+        if op == "gated_act":  # the one-tensor form, and x, y with the gate a view of a wider tensor
+            return (lambda x, r: ops.gated_act(x, backend=backend) + ops.gated_act(x[..., :8], r[..., 8:], "silu",
+                                                                                   backend=backend)), (x, r), ()
         if op == "gelu_layer_norm":
             return (lambda x, w, b, xb: ops.gelu_layer_norm(x, w, b, 1e-5, x_bias=xb, backend=backend)), \
                 (x, w, b, xb), ()
@@ -60,7 +63,8 @@ def _attention(layout: str):
     return make
 
 
-CASES = {"embeddings": _embeddings, **{op: _rows(op) for op in ("add_layer_norm", "bias_gelu", "gelu_layer_norm")},
+ROW_OPS = ("add_layer_norm", "bias_gelu", "gelu_layer_norm", "gated_act")
+CASES = {"embeddings": _embeddings, **{op: _rows(op) for op in ROW_OPS},
          "attention_padded": _attention("padded"), "attention_packed": _attention("packed")}
 
 
