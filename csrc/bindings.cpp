@@ -323,23 +323,26 @@ void check_table(const Tensor& t, const Tensor& word, const char* op, const char
                    " must have the word table's dtype ", word.scalar_type(), ", got ", t.scalar_type());
 }
 
-void check_embedding_inputs(const Tensor& ids, const Tensor& pos_ids, const OptTensor& tt_ids, const Tensor& word,
-                            const Tensor& position, const OptTensor& token_type, const char* op) {
+void check_embedding_inputs(const Tensor& ids, const OptTensor& pos_ids, const OptTensor& tt_ids, const Tensor& word,
+                            const OptTensor& position, const OptTensor& token_type, const char* op) {
   check_rows(word, op, "word");
-  check_table(position, word, op, "position");
+  TORCH_CHECK_VALUE(pos_ids.has_value() == position.has_value(), "fastenc.", op,
+                    ": position_ids and position must be given together");
+  if (position) check_table(*position, word, op, "position");
   TORCH_CHECK_VALUE(tt_ids.has_value() == token_type.has_value(), "fastenc.", op,
                     ": token_type_ids and token_type must be given together");
   if (token_type) check_table(*token_type, word, op, "token_type");
   const int64_t n = ids.numel();
   check_ids(ids, word, n, op, "input_ids");
-  check_ids(pos_ids, word, n, op, "position_ids");
+  if (pos_ids) check_ids(*pos_ids, word, n, op, "position_ids");
   if (tt_ids) check_ids(*tt_ids, word, n, op, "token_type_ids");
 }
 
-std::tuple<Tensor, Tensor, Tensor> embeddings_fwd(const Tensor& ids, const Tensor& pos_ids, const OptTensor& tt_ids,
-                                                  const Tensor& word, const Tensor& position,
-                                                  const OptTensor& token_type, const Tensor& weight, const Tensor& bias,
-                                                  double eps, double dropout_p, const OptTensor& seed) {
+std::tuple<Tensor, Tensor, Tensor> embeddings_fwd(const Tensor& ids, const OptTensor& pos_ids,
+                                                  const OptTensor& tt_ids, const Tensor& word,
+                                                  const OptTensor& position, const OptTensor& token_type,
+                                                  const Tensor& weight, const OptTensor& bias, double eps,
+                                                  double dropout_p, const OptTensor& seed) {
   const char* op = "embeddings_fwd";
   check_embedding_inputs(ids, pos_ids, tt_ids, word, position, token_type, op);
   const int64_t n = ids.numel(), e = word.size(1);
@@ -349,20 +352,23 @@ std::tuple<Tensor, Tensor, Tensor> embeddings_fwd(const Tensor& ids, const Tenso
   Tensor y = at::empty({n, e}, word.options());
   Tensor mean = at::empty({n}, word.options().dtype(at::kFloat)), rstd = at::empty_like(mean);
   check_launch(fastenc::embeddings_fwd(
-                   ids.data_ptr<int64_t>(), pos_ids.data_ptr<int64_t>(), tt_ids ? tt_ids->data_ptr<int64_t>() : nullptr,
-                   word.data_ptr(), position.data_ptr(), opt_ptr(token_type), weight.data_ptr(), bias.data_ptr(),
-                   y.data_ptr(), mean.data_ptr<float>(), rstd.data_ptr<float>(), n, e, word.size(0), position.size(0),
+                   ids.data_ptr<int64_t>(), pos_ids ? pos_ids->data_ptr<int64_t>() : nullptr,
+                   tt_ids ? tt_ids->data_ptr<int64_t>() : nullptr, word.data_ptr(), opt_ptr(position),
+                   opt_ptr(token_type), weight.data_ptr(), opt_ptr(bias), y.data_ptr(), mean.data_ptr<float>(),
+                   rstd.data_ptr<float>(), n, e, word.size(0), position ? position->size(0) : 0,
                    token_type ? token_type->size(0) : 0, static_cast<float>(eps), static_cast<float>(dropout_p), sp,
                    dtype_of(word, op, "word"), pdt, stream_of(word)),
                op);
   return {y, mean, rstd};
 }
 
-// dtoken_type is empty without a token-type table. Table gradients are summed in fp32 (atomics), then cast.
+// dposition / dtoken_type are empty without their tables, dbias without has_bias. Table gradients are summed in
+// fp32 (atomics), then cast.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> embeddings_bwd(
-    const Tensor& dy, const Tensor& ids, const Tensor& pos_ids, const OptTensor& tt_ids, const Tensor& word,
-    const Tensor& position, const OptTensor& token_type, const Tensor& weight, const Tensor& mean, const Tensor& rstd,
-    double dropout_p, const OptTensor& seed, int64_t word_padding_idx, int64_t position_padding_idx) {
+    const Tensor& dy, const Tensor& ids, const OptTensor& pos_ids, const OptTensor& tt_ids, const Tensor& word,
+    const OptTensor& position, const OptTensor& token_type, const Tensor& weight, const Tensor& mean,
+    const Tensor& rstd, double dropout_p, const OptTensor& seed, int64_t word_padding_idx,
+    int64_t position_padding_idx, bool has_bias) {
   const char* op = "embeddings_bwd";
   check_embedding_inputs(ids, pos_ids, tt_ids, word, position, token_type, op);
   const int64_t n = ids.numel(), e = word.size(1);
@@ -372,22 +378,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> embeddings_bwd(
   const int64_t* sp = seed_ptr(seed, dropout_p, word, op);
   const c10::cuda::CUDAGuard guard(word.device());
   const auto f32 = word.options().dtype(at::kFloat);
-  Tensor dword = at::zeros(word.sizes(), f32), dposition = at::zeros(position.sizes(), f32);
+  Tensor dword = at::zeros(word.sizes(), f32);
+  Tensor dposition = position ? at::zeros(position->sizes(), f32) : empty0(word);
   Tensor dtoken_type = token_type ? at::zeros(token_type->sizes(), f32) : empty0(word);
-  Tensor dweight = at::empty_like(weight), dbias = at::empty_like(weight);
+  Tensor dweight = at::empty_like(weight), dbias = has_bias ? at::empty_like(weight) : empty0(word);
   Tensor partial = partial_workspace(word, 2, n, e);
   check_launch(
-      fastenc::embeddings_bwd(dy.data_ptr(), ids.data_ptr<int64_t>(), pos_ids.data_ptr<int64_t>(),
-                              tt_ids ? tt_ids->data_ptr<int64_t>() : nullptr, word.data_ptr(), position.data_ptr(),
+      fastenc::embeddings_bwd(dy.data_ptr(), ids.data_ptr<int64_t>(), pos_ids ? pos_ids->data_ptr<int64_t>() : nullptr,
+                              tt_ids ? tt_ids->data_ptr<int64_t>() : nullptr, word.data_ptr(), opt_ptr(position),
                               opt_ptr(token_type), weight.data_ptr(), mean.data_ptr<float>(), rstd.data_ptr<float>(),
-                              dword.data_ptr<float>(), dposition.data_ptr<float>(),
+                              dword.data_ptr<float>(), position ? dposition.data_ptr<float>() : nullptr,
                               token_type ? dtoken_type.data_ptr<float>() : nullptr, dweight.data_ptr(),
-                              dbias.data_ptr(), partial.data_ptr<float>(), n, e, word.size(0), position.size(0),
-                              token_type ? token_type->size(0) : 0, static_cast<float>(dropout_p), sp, word_padding_idx,
-                              position_padding_idx, dtype_of(word, op, "word"), pdt, stream_of(word)),
+                              has_bias ? dbias.data_ptr() : nullptr, partial.data_ptr<float>(), n, e, word.size(0),
+                              position ? position->size(0) : 0, token_type ? token_type->size(0) : 0,
+                              static_cast<float>(dropout_p), sp, word_padding_idx, position_padding_idx,
+                              dtype_of(word, op, "word"), pdt, stream_of(word)),
       op);
   const auto dt = word.scalar_type();
-  return {dword.to(dt), dposition.to(dt), token_type ? dtoken_type.to(dt) : empty0(word), dweight, dbias};
+  return {dword.to(dt), position ? dposition.to(dt) : empty0(word), token_type ? dtoken_type.to(dt) : empty0(word),
+          dweight, dbias};
 }
 
 // ---- attention -----------------------------------------------------------------------------------------------
@@ -568,13 +577,14 @@ TORCH_LIBRARY(fastenc, m) {
       "gated_act_bwd(Tensor dout, Tensor x, Tensor? y, str activation, float dropout_p, Tensor? seed) "
       "-> (Tensor, Tensor)");
   m.def(
-      "embeddings_fwd(Tensor input_ids, Tensor position_ids, Tensor? token_type_ids, Tensor word, "
-      "Tensor position, Tensor? token_type, Tensor weight, Tensor bias, float eps, float dropout_p, Tensor? seed) "
+      "embeddings_fwd(Tensor input_ids, Tensor? position_ids, Tensor? token_type_ids, Tensor word, "
+      "Tensor? position, Tensor? token_type, Tensor weight, Tensor? bias, float eps, float dropout_p, Tensor? seed) "
       "-> (Tensor, Tensor, Tensor)");
   m.def(
-      "embeddings_bwd(Tensor dy, Tensor input_ids, Tensor position_ids, Tensor? token_type_ids, Tensor word, "
-      "Tensor position, Tensor? token_type, Tensor weight, Tensor mean, Tensor rstd, float dropout_p, "
-      "Tensor? seed, int word_padding_idx, int position_padding_idx) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "embeddings_bwd(Tensor dy, Tensor input_ids, Tensor? position_ids, Tensor? token_type_ids, Tensor word, "
+      "Tensor? position, Tensor? token_type, Tensor weight, Tensor mean, Tensor rstd, float dropout_p, "
+      "Tensor? seed, int word_padding_idx, int position_padding_idx, bool has_bias=True) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, Tensor? cu_seqlens, "
       "int max_seqlen, float softmax_scale, float dropout_p, Tensor? seed) -> (Tensor, Tensor)");

@@ -1,5 +1,6 @@
 // embeddings: y = dropout(LayerNorm(word[ids] + token_type[tt_ids] + position[pos_ids])), gather to dropout in one
-// kernel; backward scatters dL/dh into the three tables.
+// kernel; backward scatters dL/dh into the three tables. The token type and position tables are optional (rotary
+// models have no position table), as is the LayerNorm bias.
 //
 // Trade-off: the table gradients are summed with fp32 atomicAdd into zero-filled fp32 buffers (a row id repeats
 // across the batch, and sorting ids to make the scatter deterministic costs more than the op), so dword /
@@ -16,10 +17,10 @@ namespace {
 template <typename T, int VEC>
 struct EmbeddingsFwdOp {
   const int64_t* ids_ptr;      // [n]
-  const int64_t* pos_ids_ptr;  // [n]
+  const int64_t* pos_ids_ptr;  // [n] or nullptr
   const int64_t* tt_ids_ptr;   // [n] or nullptr
   const T* word_ptr;           // [V, e]
-  const T* position_ptr;       // [P, e]
+  const T* position_ptr;       // [P, e] or nullptr
   const T* token_type_ptr;     // [T, e] or nullptr
   T* y_ptr;                    // [n, e]
   int64_t e;
@@ -33,7 +34,7 @@ struct EmbeddingsFwdOp {
 
   __device__ void row_begin(int64_t row) {
     word_id = clamp_id(ids_ptr[row], word_rows);
-    pos_id = clamp_id(pos_ids_ptr[row], position_rows);
+    pos_id = pos_ids_ptr != nullptr ? clamp_id(pos_ids_ptr[row], position_rows) : 0;
     word_off = word_id * e;
     pos_off = pos_id * e;
     tt_id = tt_ids_ptr != nullptr ? clamp_id(tt_ids_ptr[row], token_type_rows) : 0;
@@ -48,9 +49,11 @@ struct EmbeddingsFwdOp {
 #pragma unroll
       for (int k = 0; k < VEC; ++k) h[k] += t[k];
     }
-    load_f<VEC>(position_ptr + pos_off + c0, t);
+    if (position_ptr != nullptr) {
+      load_f<VEC>(position_ptr + pos_off + c0, t);
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) h[k] += t[k];
+      for (int k = 0; k < VEC; ++k) h[k] += t[k];
+    }
   }
 
   __device__ void store_y(int64_t row, int64_t c0, const float (&y)[VEC]) {
@@ -76,7 +79,7 @@ struct EmbeddingsBwdOp {
   EmbeddingsFwdOp<T, VEC> fwd;                     // gathers h again (its y_ptr is unused)
   const T* dy_ptr;                                 // [n, e]
   float* dword_ptr;                                // [V, e] fp32, zero-filled
-  float* dposition_ptr;                            // [P, e] fp32, zero-filled
+  float* dposition_ptr;                            // [P, e] fp32, zero-filled, or nullptr
   float* dtoken_type_ptr;                          // [T, e] fp32, zero-filled, or nullptr
   int64_t word_padding_idx, position_padding_idx;  // -1: none
   bool word_grad, pos_grad;
@@ -86,7 +89,7 @@ struct EmbeddingsBwdOp {
   __device__ void row_begin(int64_t row) {
     fwd.row_begin(row);
     word_grad = fwd.word_id != word_padding_idx;
-    pos_grad = fwd.pos_id != position_padding_idx;
+    pos_grad = dposition_ptr != nullptr && fwd.pos_id != position_padding_idx;
   }
   __device__ void load_h(int64_t row, int64_t c0, float (&h)[VEC]) { fwd.load_h(row, c0, h, false); }
   __device__ void load_dy(int64_t row, int64_t c0, float (&dy)[VEC]) {
@@ -155,15 +158,17 @@ cudaError_t embeddings_fwd(const int64_t* ids, const int64_t* pos_ids, const int
                            int64_t token_type_rows, float eps, float dropout_p, const int64_t* seed, DType dtype,
                            DType param_dtype, cudaStream_t stream) {
   const int64_t rows[3] = {word_rows, position_rows, token_type_rows};
-  if (e < 1 || n < 0 || word_rows < 1 || position_rows < 1 || (token_type != nullptr && token_type_rows < 1) ||
+  if (e < 1 || n < 0 || word_rows < 1 || (position != nullptr && position_rows < 1) ||
+      (token_type != nullptr && token_type_rows < 1) || (pos_ids == nullptr) != (position == nullptr) ||
       (tt_ids == nullptr) != (token_type == nullptr) || (dropout_p > 0.f && seed == nullptr))
     return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
   const DropoutParams drop = make_dropout(seed, dropout_p);
   FASTENC_DISPATCH_DTYPE(
       dtype, T, FASTENC_DISPATCH_PARAM(dtype, param_dtype, T, P, {
-        const bool vec = e % vec_width<T>() == 0 && aligned16(word) && aligned16(position) &&
-                         (!token_type || aligned16(token_type)) && aligned16(y) && aligned16(weight) && aligned16(bias);
+        const bool vec = e % vec_width<T>() == 0 && aligned16(word) && (!position || aligned16(position)) &&
+                         (!token_type || aligned16(token_type)) && aligned16(y) && aligned16(weight) &&
+                         (!bias || aligned16(bias));
         FASTENC_DISPATCH_VEC(vec, T, VEC, {
           const auto op = make_fwd_op<T, VEC>(ids, pos_ids, tt_ids, word, position, token_type, y, e, rows, drop);
           layer_norm_fwd_rows_kernel<T, P, VEC><<<fwd_rows_grid(n), row_threads((e + VEC - 1) / VEC), 0, stream>>>(
@@ -181,15 +186,17 @@ cudaError_t embeddings_bwd(const void* dy, const int64_t* ids, const int64_t* po
                            int64_t word_padding_idx, int64_t position_padding_idx, DType dtype, DType param_dtype,
                            cudaStream_t stream) {
   const int64_t rows[3] = {word_rows, position_rows, token_type_rows};
-  if (e < 1 || n < 0 || word_rows < 1 || position_rows < 1 || (token_type != nullptr && token_type_rows < 1) ||
-      (tt_ids == nullptr) != (token_type == nullptr) || (token_type == nullptr) != (dtoken_type == nullptr) ||
-      (dropout_p > 0.f && seed == nullptr))
+  if (e < 1 || n < 0 || word_rows < 1 || (position != nullptr && position_rows < 1) ||
+      (token_type != nullptr && token_type_rows < 1) || (pos_ids == nullptr) != (position == nullptr) ||
+      (position == nullptr) != (dposition == nullptr) || (tt_ids == nullptr) != (token_type == nullptr) ||
+      (token_type == nullptr) != (dtoken_type == nullptr) || (dropout_p > 0.f && seed == nullptr))
     return cudaErrorInvalidValue;
   const DropoutParams drop = make_dropout(seed, dropout_p);
   FASTENC_DISPATCH_DTYPE(
       dtype, T, FASTENC_DISPATCH_PARAM(dtype, param_dtype, T, P, {
-        const bool vec = e % vec_width<T>() == 0 && aligned16(dy) && aligned16(word) && aligned16(position) &&
-                         (!token_type || aligned16(token_type)) && aligned16(weight);
+        const bool vec = e % vec_width<T>() == 0 && aligned16(dy) && aligned16(word) &&
+                         (!position || aligned16(position)) && (!token_type || aligned16(token_type)) &&
+                         aligned16(weight);
         FASTENC_DISPATCH_VEC(vec, T, VEC, {
           const EmbeddingsBwdOp<T, VEC> op{
               make_fwd_op<T, VEC>(ids, pos_ids, tt_ids, word, position, token_type, nullptr, e, rows, drop),

@@ -67,16 +67,17 @@ cudaError_t gated_act_bwd(const void* dout, const void* u, int64_t u_stride, con
                           float dropout_p, const int64_t* seed, DType dtype, cudaStream_t stream);
 
 // ---- embeddings: y = dropout(LayerNorm(word[ids] + token_type[tt_ids] + position[pos_ids])) --------------------
-// ids int64 [n]; tables [word_rows, e], [position_rows, e], [token_type_rows, e] in `dtype`; tt_ids and
-// token_type nullable together. Ids outside a table are clamped into it (never read out of bounds).
+// ids int64 [n]; tables [word_rows, e], [position_rows, e], [token_type_rows, e] in `dtype`; pos_ids and position
+// nullable together (no position table), as are tt_ids and token_type; bias nullable (bias-free LayerNorm). Ids
+// outside a table are clamped into it (never read out of bounds).
 cudaError_t embeddings_fwd(const int64_t* ids, const int64_t* pos_ids, const int64_t* tt_ids, const void* word,
                            const void* position, const void* token_type, const void* weight, const void* bias, void* y,
                            float* mean, float* rstd, int64_t n, int64_t e, int64_t word_rows, int64_t position_rows,
                            int64_t token_type_rows, float eps, float dropout_p, const int64_t* seed, DType dtype,
                            DType param_dtype, cudaStream_t stream);
 // Table gradients accumulate with fp32 atomicAdd into the zero-filled dword / dposition / dtoken_type buffers
-// (fp32, table shapes; dtoken_type nullable); rows whose id equals a padding index (-1: none) add nothing.
-// partial [2, G, e] fp32.
+// (fp32, table shapes; dposition and dtoken_type nullable with their tables); rows whose id equals a padding index
+// (-1: none) add nothing. dbias nullable (no dbias sum). partial [2, G, e] fp32.
 cudaError_t embeddings_bwd(const void* dy, const int64_t* ids, const int64_t* pos_ids, const int64_t* tt_ids,
                            const void* word, const void* position, const void* token_type, const void* weight,
                            const float* mean, const float* rstd, float* dword, float* dposition, float* dtoken_type,

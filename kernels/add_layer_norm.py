@@ -1,10 +1,13 @@
 """Triton add_layer_norm: y = LayerNorm(dropout(x + x_bias) + residual), forward and backward.
 
-Forward: one program per row, the row in registers; h (the LayerNorm input) is written only when backward needs it.
+Forward: one program per row, the row in registers; h (the LayerNorm input) is written only when backward or the
+caller (return_sum) needs it.
 Backward: a fixed number of programs (a few per SM) each loop over rows, write dh and dx, and keep fp32 partial
 sums of dweight, dbias and dx_bias in registers; torch sums the [programs, D] partials. At BERT sizes (hidden 256
 to 1024) this reads dy and h once and touches each partial once per program instead of once per row, and needs no
-atomics, so the reduction is deterministic. The dropout mask is regenerated from the seed (see _common).
+atomics, so the reduction is deterministic. The dropout mask is regenerated from the seed (see _common). The
+pre-LN step's gradient of the returned h is added to dh in the same pass; a bias-free LayerNorm compiles without the
+bias load and the dbias sums.
 """
 
 from __future__ import annotations

@@ -209,6 +209,12 @@ def test_embeddings_wrappers_follow_the_contract(cuda_module):
     assert y.shape == (n, e) and y.dtype == torch.float16 and mean.shape == (n,)
     dword, dpos, dtt, dw, db = m.embeddings_bwd(y, ids, ids, None, word, pos, None, w, mean, rstd, 0.0, None, 1, -1)
     assert dword.shape == word.shape and dpos.shape == pos.shape and dtt.numel() == 0 and dw.dtype == torch.float32
+    # no position table, bias-free LayerNorm: no dposition, no dbias
+    y, mean, rstd = m.embeddings_fwd(ids, None, None, word, None, None, w, None, 1e-12, 0.0, None)
+    assert y.shape == (n, e)
+    dword, dpos, dtt, dw, db = m.embeddings_bwd(y, ids, None, ids, word, None, tt, w, mean, rstd, 0.0, None, 1, -1,
+                                                False)
+    assert dword.shape == word.shape and dpos.numel() == db.numel() == 0 and dtt.shape == tt.shape
 
 
 def test_attention_wrappers_follow_the_contract(cuda_module):

@@ -76,20 +76,24 @@ class AddLayerNormFn(torch.autograd.Function):
         ctx.save_for_backward(h, weight.contiguous(), mean, rstd, seed)
         ctx.dropout_p, ctx.backend, ctx.return_sum = dropout_p, backend, return_sum
         ctx.has_residual, ctx.has_x_bias, ctx.has_bias = residual is not None, x_bias is not None, bias is not None
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no zeros read by the kernel
         return (y, h.view(*x.shape)) if return_sum else y
 
     @staticmethod
     def backward(ctx, dy, dh_out=None):
         h, weight, mean, rstd, seed = ctx.saved_tensors
-        dh_extra = dh_out.reshape(h.shape).contiguous() if ctx.return_sum else None
+        if dy is None and dh_out is None:
+            return (None,) * 9
+        shape = (dy if dy is not None else dh_out).shape
+        dy = torch.zeros_like(h) if dy is None else dy.reshape(h.shape).contiguous()
+        dh_extra = None if dh_out is None else dh_out.reshape(h.shape).contiguous()
         impl = backends.launchers(ctx.backend, "add_layer_norm")
         dx, dh, dx_bias, dweight, dbias = impl.add_layer_norm_bwd(
-            dy.reshape(h.shape).contiguous(), h, weight, mean, rstd, ctx.dropout_p, seed, ctx.has_x_bias,
-            ctx.has_bias, dh_extra,
+            dy, h, weight, mean, rstd, ctx.dropout_p, seed, ctx.has_x_bias, ctx.has_bias, dh_extra
         )
         dx = dx if ctx.dropout_p > 0 else dh
-        dresidual = dh.view(*dy.shape) if ctx.has_residual else None
-        return (dx.view(*dy.shape), dresidual, dweight, dbias if ctx.has_bias else None, None,
+        dresidual = dh.view(shape) if ctx.has_residual else None
+        return (dx.view(shape), dresidual, dweight, dbias if ctx.has_bias else None, None,
                 dx_bias if ctx.has_x_bias else None, None, None, None)
 
 
@@ -122,9 +126,10 @@ def add_layer_norm(
                                             "x_bias": x_bias},
                          length=x.numel() // max(d, 1), hidden=d, dropout=dropout_p > 0)
 
-    def run(name: str) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        return add_layer_norm(x, residual, weight, bias, eps, x_bias=x_bias, dropout_p=dropout_p,
-                              return_sum=return_sum, backend=name)
+    def run(name: str) -> torch.Tensor:  # the call for auto's tuner, which times one output (and its backward)
+        out = add_layer_norm(x, residual, weight, bias, eps, x_bias=x_bias, dropout_p=dropout_p,
+                             return_sum=return_sum, backend=name)
+        return out[0] if return_sum else out
 
     name = dispatch.choose(call, backend, run)
     if name == "torch":

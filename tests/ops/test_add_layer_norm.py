@@ -144,6 +144,62 @@ def test_returned_sum_with_dropout(backend, residual, dtype):
             assert_close_to_ref(g, g64, g_t, atol=atol * 4, name=f"d{name}")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("used", ["y", "h"])
+def test_returned_sum_one_output_used(backend, used):
+    """Only one of (y, h) reaches the loss: the other's gradient is None, not zeros, and the rest still matches."""
+    device = device_for(backend)
+    tensors = _inputs((4, 48), torch.float32, device, bias=False)
+    g = torch.randn(4, 48, device=device)
+
+    def grads(fn, ts):
+        leaves = [None if t is None else t.detach().clone().requires_grad_() for t in ts]
+        y, h = fn(*leaves)
+        out = y if used == "y" else h
+        present = [t for t in leaves if t is not None]
+        return torch.autograd.grad((out * g.to(out.dtype)).sum(), present, allow_unused=True)
+
+    got = grads(lambda x, r, w, b, xb: add_layer_norm(x, r, w, b, 1e-5, x_bias=xb, return_sum=True, backend=backend),
+                tensors)
+    ref = lambda x, r, w, b, xb: add_layer_norm_ref(x, r, w, b, 1e-5, xb, return_sum=True)  # noqa: E731
+    want = grads(ref, [None if t is None else t.double() for t in tensors])
+    want_t = grads(ref, tensors)
+    for name, a, b, c in zip(("x", "residual", "weight", "x_bias"), got, want, want_t, strict=True):
+        if b is None:  # h does not depend on the LayerNorm weight
+            assert a is None or (a == 0).all(), name
+        else:
+            assert_close_to_ref(a, b, c, atol=1e-4, name=f"d{name}")
+
+
+def test_returned_sum_under_auto_tuning(monkeypatch, tmp_path):
+    """auto's tuner times a return_sum call (forward and backward) on every candidate, none failing on the tuple."""
+    from fastenc import autotune
+
+    monkeypatch.setenv("FASTENC_TUNE_CACHE", str(tmp_path / "tune.json"))
+    # auto leaves the Triton kernels out for CPU tensors; here they run in the interpreter
+    monkeypatch.setattr(autotune, "candidates", lambda call: ("triton", "torch"))
+    autotune.forget_tuning()
+    x, r, w, xb = (t.requires_grad_() for t in _inputs((3, 40), torch.float32, torch.device("cpu"), bias=False)
+                   if t is not None)
+    timed = []
+
+    def timer(name, fn, device):
+        out = fn()
+        assert torch.isfinite(out).all()
+        timed.append(name)
+        return 1.0
+
+    try:
+        with autotune.tuning(timer):
+            y, h = add_layer_norm(x, r, w, None, 1e-5, x_bias=xb, return_sum=True)
+    finally:
+        autotune.forget_tuning()
+    assert sorted(timed) == ["torch", "triton"]
+    y_ref, h_ref = add_layer_norm_ref(x, r, w, None, 1e-5, xb, return_sum=True)
+    torch.testing.assert_close(h, h_ref)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("backend", ["torch", *BACKENDS])
 def test_returned_sum_without_grad(backend):
     """Inference: (y, h) from the launcher directly, no autograd; h is the sum the next sub-layer adds to."""
@@ -201,6 +257,23 @@ def test_torch_compile_fullgraph(backend):
     dy = torch.randn(2, 3, 32, device=device)
     y, grads = _run(torch.compile(f, fullgraph=True, backend="aot_eager"), tensors, dy)
     y_e, grads_e = _run(f, tensors, dy)
+    torch.testing.assert_close(y, y_e)
+    for g, g_e in zip(grads, grads_e, strict=True):
+        torch.testing.assert_close(g, g_e)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_compile_fullgraph_bias_free_returned_sum(backend):
+    device = device_for(backend)
+    x, r, w, _, xb = _inputs((2, 3, 32), torch.float32, device)
+
+    def f(x, r, w, xb):
+        y, h = add_layer_norm(x, r, w, None, 1e-5, x_bias=xb, return_sum=True, backend=backend)
+        return y * h  # both outputs reach the loss
+
+    dy = torch.randn(2, 3, 32, device=device)
+    y, grads = _run(torch.compile(f, fullgraph=True, backend="aot_eager"), [x, r, w, xb], dy)
+    y_e, grads_e = _run(f, [x, r, w, xb], dy)
     torch.testing.assert_close(y, y_e)
     for g, g_e in zip(grads, grads_e, strict=True):
         torch.testing.assert_close(g, g_e)

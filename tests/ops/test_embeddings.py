@@ -250,6 +250,23 @@ def test_torch_compile_fullgraph(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_compile_fullgraph_without_position_table_or_bias(backend):
+    device = device_for(backend)
+    word, _, tt, w, _ = _tables(7, 0, 2, 32, torch.float32, device, bias=False)
+    ids, tt_ids = torch.randint(0, 7, (2, 5), device=device), torch.randint(0, 2, (2, 5), device=device)
+    dy = torch.randn(2, 5, 32, device=device)
+
+    def f(word, tt, w):
+        return embeddings(ids, word, None, None, tt_ids, tt, w, None, 1e-5, backend=backend)
+
+    y, grads = _run(torch.compile(f, fullgraph=True, backend="aot_eager"), [word, tt, w], dy)
+    y_e, grads_e = _run(f, [word, tt, w], dy)
+    torch.testing.assert_close(y, y_e)
+    for g, g_e in zip(grads, grads_e, strict=True):
+        torch.testing.assert_close(g, g_e)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_errors(backend):
     device = device_for(backend)
     word, pos, tt, w, b = _tables(5, 4, 2, 32, torch.float32, device)
