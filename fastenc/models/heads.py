@@ -116,6 +116,13 @@ class FastencModel:
         if requested != "eager":  # eager is never transformers' default: it was asked for (attention probabilities)
             self.set_attn_implementation(ATTN_IMPLEMENTATION)
 
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """transformers' answer for the class it subclasses: the modules, keys and `_init_weights` are transformers'
+        own, so checkpoint key conversions apply and weights a checkpoint lacks are initialised as transformers does
+        (transformers skips both for classes defined outside its package)."""
+        return cls._fastenc_hf_class.is_custom_code()
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         mro = cls.__mro__

@@ -369,3 +369,17 @@ def test_cuda_graphs_replay_and_shape_changes():
         assert_close(out.last_hidden_state.cpu(), ref.last_hidden_state.cpu(), 1e-4, "last_hidden_state",
                      mask=inp["attention_mask"].bool().cpu())
     assert graphs.num_graphs == 3
+
+
+def test_weights_a_checkpoint_lacks_are_initialised_as_transformers_does(tmp_path):
+    """A head loaded from a base checkpoint: ModernBERT initialises the classifier (and Wqkv, Wi, ...) from the
+    parent module's _init_weights branch, which transformers runs for its own classes only, not custom code."""
+    build_hf("ModernBertModel", **LOCAL).save_pretrained(tmp_path)
+    name = "ModernBertForSequenceClassification"
+    torch.manual_seed(0)
+    ref = getattr(transformers, name).from_pretrained(tmp_path)
+    torch.manual_seed(0)
+    ours = getattr(fastenc, name).from_pretrained(tmp_path)
+    assert not type(ours).is_custom_code()
+    for key, value in ref.state_dict().items():
+        assert torch.equal(ours.state_dict()[key], value), key
