@@ -24,11 +24,13 @@ re-stating the ~20 lines of transformers' forward that it replaces (embeddings, 
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.models.modernbert import modeling_modernbert
 
 from fastenc import ops
 from fastenc.autotune import note
@@ -264,6 +266,8 @@ def _fused_forward(self, input_ids=None, attention_mask=None, position_ids=None,
     return BaseModelOutput(last_hidden_state=normed)
 
 
+# transformers' signature (its **kwargs annotation says which outputs it records: callers inspect it)
+_ModernBertModel.forward.__signature__ = inspect.signature(modeling_modernbert.ModernBertModel.forward)
 _capture = lookup("ModernBERT's layer loop")
 _FUSED = None if _capture is None else _capture(_fused_forward)  # with transformers' output capture around it
 

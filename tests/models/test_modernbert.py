@@ -381,5 +381,6 @@ def test_weights_a_checkpoint_lacks_are_initialised_as_transformers_does(tmp_pat
     torch.manual_seed(0)
     ours = getattr(fastenc, name).from_pretrained(tmp_path)
     assert not type(ours).is_custom_code()
+    assert inspect.signature(ours.model.forward) == inspect.signature(ref.model.forward)
     for key, value in ref.state_dict().items():
         assert torch.equal(ours.state_dict()[key], value), key
