@@ -518,13 +518,16 @@ def install_blocks(model: nn.Module) -> int:
 
 
 def remove_blocks(model: nn.Module) -> None:
-    """Give every swapped block inside `model` its transformers class back."""
+    """Give every swapped block inside `model` its transformers class back (a fastenc model class that carries a swap,
+    ModernBertModel, loses the swap's attributes here and its class in optimize.restore)."""
     for m in model.modules():
+        if not isinstance(m, _Swap):
+            continue
+        for name in type(m).attrs:
+            m.__dict__.pop(name, None)
+        m.__dict__.pop("_fastenc_qkv", None)
         original = type(m).__dict__.get("_fastenc_original")
-        if original is not None and issubclass(type(m), _Swap):
-            for name in type(m).attrs:
-                m.__dict__.pop(name, None)
-            m.__dict__.pop("_fastenc_qkv", None)
+        if original is not None:
             m.__class__ = original
 
 

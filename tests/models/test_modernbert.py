@@ -193,16 +193,20 @@ def test_optimize_and_restore_round_trip():
 
 def test_optimize_a_base_model_packs_and_restores():
     hf = build_hf("ModernBertModel", **LOCAL)
-    model = fastenc.optimize(copy.deepcopy(hf))
+    model = copy.deepcopy(hf)
+    before = set(model.__dict__)
+    fastenc.optimize(model)
     assert type(model) is fastenc.ModernBertModel
     inp = {k: v[:2] for k, v in _batch("ModernBertModel").items()}
+    real = inp["attention_mask"].bool()
     with torch.no_grad():
         out, ref = model(**inp).last_hidden_state, hf(**inp).last_hidden_state
-    real = inp["attention_mask"].bool()
-    assert (out[~real] == 0).all()
-    assert_close(out, ref, 1e-5, "last_hidden_state", mask=real)
+        assert (out[~real] == 0).all()
+        assert_close(out, ref, 1e-5, "last_hidden_state", mask=real)
+        fastenc.optimize(model, unpad=False)  # padded: transformers' values at every position
+        assert_close(model(**inp).last_hidden_state, ref, 1e-5, "unpad=False")
     fastenc.restore(model)
-    assert type(model) is transformers.ModernBertModel
+    assert type(model) is transformers.ModernBertModel and set(model.__dict__) == before
 
 
 def test_output_attentions_match_eager_transformers():
