@@ -69,6 +69,10 @@ def _nomic_bert(**kw: Any) -> Any:  # nomic-embed-text-v1.5's shape
     from transformers import NomicBertConfig
 
     return NomicBertConfig(**kw)
+def _modernbert(**kw: Any) -> Any:
+    from transformers import ModernBertConfig
+
+    return ModernBertConfig(**kw)  # ModernBERT-base: 22 layers, local window 128 on two layers of three
 
 
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=1000,
@@ -82,6 +86,7 @@ MODELS: dict[str, Callable[[], Any]] = {
     "bert-tiny": lambda: _bert(**TINY),
     "gte-base": _gte,
     "nomic-embed": _nomic_bert,
+    "modernbert-base": _modernbert,
 }
 GPU_MODELS = ("bert-base", "roberta-base", "albert-base", "electra-base", "bert-large")
 
@@ -93,8 +98,9 @@ def model_config(name: str) -> Any:
 
 
 def has_pooler(config: Any, mlm_head: bool) -> bool:
-    """transformers' base models carry a [CLS] pooler except ELECTRA, GTE and NomicBERT; its MLM models never do."""
-    return not mlm_head and config.model_type not in ("electra", "gte", "nomic_bert")
+    """transformers' base models carry a [CLS] pooler except ELECTRA, ModernBERT, GTE and NomicBERT; its MLM models
+    never do."""
+    return not mlm_head and config.model_type not in ("electra", "modernbert", "gte", "nomic_bert")
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("distilbert", "DistilBert", _SHARED, "distilbert"),
     Family("gte", "Gte", _ROTARY, "gte"),  # transformers >= 5.25 (rotary_blocks)
     Family("nomic_bert", "NomicBert", _ROTARY, "nomic_bert"),
+    Family("modernbert", "ModernBert", _SHARED, "modernbert"),
 )
 
 CLASS_NAMES: tuple[str, ...] = tuple(name for family in FAMILIES for name in family.class_names)
@@ -73,8 +74,8 @@ def classes(name: str, hooks: dict[str, dict[str, Callable[..., Any]]],
     """fastenc's classes of the family `name`: FastencModel before each transformers class, with the head's
     attributes, and per head the methods in `hooks` (`_fastenc_mlm_logits`, `_fastenc_sparse_head`) for the heads
     that predict MLM tokens on the sparse path. `mixins`: per head, a block swap placed between FastencModel and the
-    transformers class (a base model that is its own encoder: GTE, NomicBERT). A family the installed transformers
-    lacks gets classes that raise an error naming the release (`unavailable`)."""
+    transformers class (a base model that is its own encoder: GTE, NomicBERT; ModernBERT's layer loop). A family the
+    installed transformers lacks gets classes that raise an error naming the release (`unavailable`)."""
     from fastenc.models.heads import FastencModel
 
     fam = family(name)

@@ -116,6 +116,13 @@ class FastencModel:
         if requested != "eager":  # eager is never transformers' default: it was asked for (attention probabilities)
             self.set_attn_implementation(ATTN_IMPLEMENTATION)
 
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """transformers' answer for the class it subclasses: the modules, keys and `_init_weights` are transformers'
+        own, so checkpoint key conversions apply and weights a checkpoint lacks are initialised as transformers does
+        (transformers skips both for classes defined outside its package: GTE's original key layout would not load)."""
+        return cls._fastenc_hf_class.is_custom_code()
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         mro = cls.__mro__
@@ -143,14 +150,6 @@ class FastencModel:
         forward.__doc__ = parent.__doc__
         forward.__name__ = forward.__qualname__ = "forward"
         cls.forward = forward
-
-    @classmethod
-    def is_custom_code(cls) -> bool:
-        """transformers' answer for the class this one subclasses: fastenc's classes run transformers' own modelling
-        code, so its checkpoint conversions (GTE's original key layout, on loading and saving) and weight
-        initialisation apply to them as to transformers' classes (a class outside `transformers.` counts as custom
-        code, whose conversions transformers skips)."""
-        return cls._fastenc_hf_class.is_custom_code()
 
     def _fastenc_forward(self, parent: Callable, names: list[str], args: tuple, kwargs: dict,
                          unpad: bool | None, sparse_prediction: bool | None) -> Any:

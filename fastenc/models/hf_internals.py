@@ -12,6 +12,8 @@ Each name, what it serves, and what turns off without it:
     model's class; without it transformers' own entry stays.
   - transformers.models.auto.auto_factory._get_model_class and the Auto classes' _model_mapping: the architecture
     transformers would pick for fastenc.AutoModel*; without them those raise an error that says so.
+  - transformers.utils.output_capturing.capture_outputs: the output capture around fastenc's own ModernBERT layer
+    loop (fastenc.models.modernbert_blocks); without it ModernBERT runs transformers' model forward.
   - config._attn_implementation_internal: whether "eager" attention was asked for; without it an explicit "eager" is
     replaced by "fastenc" like any other.
   - "output_capturing_hook", the name of transformers' capture hooks: such hooks do not stop a block's forward from
@@ -46,6 +48,7 @@ MODULE_NAMES: dict[str, tuple[str, str]] = {
     "recording state": ("transformers.utils.output_capturing", "_active_collector"),
     "recordable outputs registry": ("transformers.utils.output_capturing", "_CAN_RECORD_REGISTRY"),
     "Auto class resolution": ("transformers.models.auto.auto_factory", "_get_model_class"),
+    "ModernBERT's layer loop": ("transformers.utils.output_capturing", "capture_outputs"),
 }
 
 _MISSING = object()
@@ -85,13 +88,16 @@ def recording(key: str) -> bool:
 
 def refresh_recordable(model: Any) -> None:
     """Tell transformers' output-capture registry the recordable outputs of `model`'s (new) class."""
+    register_recordable(type(model))
+
+
+def register_recordable(cls: type) -> None:
+    """Register a model class's recordable outputs in transformers' output-capture registry, keyed by str(class) as
+    every supported release keys it (< 5.25 a plain dict written with that key; >= 5.25 a dict subclass whose
+    __setitem__ takes the model and stores that key)."""
     registry = lookup("recordable outputs registry")
-    if registry is None:
-        return
-    if type(registry) is dict:  # transformers < 5.25: a plain dict keyed by str(class); later a class keying it so
-        registry[str(type(model))] = model._can_record_outputs
-    else:
-        registry[model] = model._can_record_outputs
+    if registry is not None:
+        dict.__setitem__(registry, str(cls), cls._can_record_outputs)
 
 
 def auto_model_class(config: Any, auto_name: str) -> type:

@@ -56,10 +56,10 @@ def optimize(model: nn.Module, *, unpad: bool = True) -> nn.Module:
         check_encoder_config(m.config, f"model ({type(m).__name__})")
     if not roots or not (install_blocks(model) or has_blocks(model)):
         raise TypeError(f"model: found no encoder fastenc covers (BERT, RoBERTa, ALBERT, ELECTRA, XLM-RoBERTa, "
-                        f"CamemBERT, DistilBERT, GTE, NomicBERT) from transformers inside "
+                        f"CamemBERT, DistilBERT, ModernBERT, GTE, NomicBERT) from transformers inside "
                         f"{type(model).__name__}")
-    for m in every:
-        twin = twin_of(type(m))
+    for m in every:  # a base model whose forward is a swap (ModernBERT) is matched by its transformers class
+        twin = twin_of(type(m).__dict__.get("_fastenc_original", type(m)))
         if twin is not None:
             adopt(m, twin)
     for root in roots:  # eager is kept, as fastenc's classes keep it: asked for, for attention probabilities

@@ -36,7 +36,7 @@ REL = 1e-5
 FAMILY_HEADS = {"bert": "BertForSequenceClassification", "roberta": "RobertaForMaskedLM",
                 "albert": "AlbertForTokenClassification", "electra": "ElectraForPreTraining",
                 "xlm_roberta": "XLMRobertaForQuestionAnswering", "camembert": "CamembertForMultipleChoice",
-                "distilbert": "DistilBertForSequenceClassification",
+                "distilbert": "DistilBertForSequenceClassification", "modernbert": "ModernBertForTokenClassification",
                 **{family: head for family, head in (("gte", "GteForTokenClassification"),
                                                      ("nomic_bert", "NomicBertForMaskedLM")) if family in ROTARY}}
 SWEEP = [name for family, head in FAMILY_HEADS.items()

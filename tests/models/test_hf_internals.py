@@ -66,6 +66,18 @@ def test_gelu_class_names():
     assert type(ACT2FN["silu"]).__name__ in hf_internals.SILU, f"{RELEASE} renamed its SiLU class"
 
 
+def test_output_capture_registry_is_keyed_by_class_name():
+    """register_recordable writes str(class) keys, which transformers' capture reads in every supported release."""
+    from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+
+    model = build_hf("ModernBertModel")
+    key = str(type(model))
+    assert key in _CAN_RECORD_REGISTRY, f"{RELEASE} keys its output-capture registry otherwise"
+    renamed = type("Renamed", (type(model),), {})
+    hf_internals.register_recordable(renamed)
+    assert dict.get(_CAN_RECORD_REGISTRY, str(renamed)) == model._can_record_outputs
+
+
 @pytest.fixture
 def forget_lookups():
     hf_internals._found.clear()
