@@ -70,7 +70,7 @@ def _add_norm(x: torch.Tensor, dense: nn.Module, residual: torch.Tensor, norm: n
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """(norm(h), h) with h = dropout(dense(x)) + residual, one add_layer_norm(return_sum=True), dense's bias folded
     in for a plain Linear when fastenc's kernels run."""
-    if is_plain_linear(dense) and kernels_run(x):
+    if is_plain_linear(dense) and kernels_run(x, "add_layer_norm"):
         weight, x_bias = _params(dense)
         y = F.linear(x, weight)
     else:
