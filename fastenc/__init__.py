@@ -29,7 +29,12 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'fastenc' has no attribute {name!r}")
     mod = importlib.import_module(module)
-    value = mod if name == "models" else getattr(mod, name)
+    if name in _CONFIGS and not hasattr(mod, name):  # a family newer than the installed transformers (GTE on 5.17)
+        from fastenc.models.families import missing_config
+
+        value = missing_config(name)
+    else:
+        value = mod if name == "models" else getattr(mod, name)
     globals()[name] = value
     return value
 

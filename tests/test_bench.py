@@ -53,6 +53,23 @@ def test_albert_flops_count_the_embedding_projection():
     assert flops.encoder_flops(cfg, [64, 64], pooler=False, mlm_head=True) == 2 * t * e * h + 12 * per_layer + head
 
 
+def test_gated_mlp_flops_count_both_input_projections():
+    cfg = cases.model_config("nomic-embed")
+    h, lens = 768, [5, 9, 130]
+    per_layer = (24 + 8) * sum(lens) * h**2 + 4 * sum(n * n for n in lens) * h  # gate_proj and up_proj: 4h wide each
+    assert flops.encoder_flops(cfg, lens, pooler=cases.has_pooler(cfg, False)) == 12 * per_layer
+def test_modernbert_flops_count_the_gate_and_only_pairs_inside_local_windows():
+    cfg = cases.model_config("modernbert-base")
+    assert cfg.sliding_window == 64 and cfg.layer_types.count("sliding_attention") == 14
+    h, inter, s = 768, 1152, 200
+    dense = 2 * s * (4 * h * h + 3 * inter * h)  # q, k, v, out; Wi (input and gate) and Wo
+    pairs = sum(min(i + 64, s - 1) - max(i - 64, 0) + 1 for i in range(s))
+    assert pairs == s * 129 - 2 * sum(range(1, 65))  # rows near the ends see fewer keys
+    full, local = 4 * s * s * h, 4 * pairs * h
+    assert not cases.has_pooler(cfg, mlm_head=False)
+    assert flops.encoder_flops(cfg, [s], pooler=False) == 22 * dense + 8 * full + 14 * local
+
+
 def test_attention_flops():
     assert flops.attention_flops([128, 64], heads=12, head_dim=64) == 4 * 12 * 64 * (128**2 + 64**2)
     assert flops.attention_flops([128], 12, 64, backward=True) == 3.5 * 4 * 12 * 64 * 128**2

@@ -19,6 +19,8 @@ def test_every_name_derives_from_the_table():
         for name in family.class_names:
             cls = getattr(fastenc, name)
             assert cls.__name__ == name and cls.__module__ == f"fastenc.models.{family.file}"
+            if cls._fastenc_hf_class is None:  # a family this transformers release lacks (families.unavailable)
+                continue
             assert cls._fastenc_hf_class.__module__ == f"transformers.models.{family.name}.modeling_{family.name}"
 
 
@@ -26,7 +28,7 @@ def test_every_family_has_blocks_and_a_readme_entry():
     from fastenc.models import blocks
 
     for family in families.FAMILIES:
-        assert family.name in blocks.TARGETS, f"{family.name}: no blocks to swap"
+        assert family.name in blocks.targets(), f"{family.name}: no blocks to swap"
         assert f"{family.prefix}Model" in README, f"README's model list lacks {family.prefix}Model"
 
 

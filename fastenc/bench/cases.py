@@ -59,6 +59,22 @@ def _electra(**kw: Any) -> Any:
     return ElectraConfig(hidden_size=768, embedding_size=768, num_attention_heads=12, intermediate_size=3072, **kw)
 
 
+def _gte(**kw: Any) -> Any:  # gte-multilingual-base's shape (transformers >= 5.25)
+    from transformers import GteConfig
+
+    return GteConfig(vocab_size=250048, max_position_embeddings=8192, type_vocab_size=1, **kw)
+
+
+def _nomic_bert(**kw: Any) -> Any:  # nomic-embed-text-v1.5's shape
+    from transformers import NomicBertConfig
+
+    return NomicBertConfig(**kw)
+def _modernbert(**kw: Any) -> Any:
+    from transformers import ModernBertConfig
+
+    return ModernBertConfig(**kw)  # ModernBERT-base: 22 layers, local window 128 on two layers of three
+
+
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=1000,
             max_position_embeddings=128)
 MODELS: dict[str, Callable[[], Any]] = {
@@ -68,6 +84,9 @@ MODELS: dict[str, Callable[[], Any]] = {
     "electra-base": _electra,
     "bert-large": lambda: _bert(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
     "bert-tiny": lambda: _bert(**TINY),
+    "gte-base": _gte,
+    "nomic-embed": _nomic_bert,
+    "modernbert-base": _modernbert,
 }
 GPU_MODELS = ("bert-base", "roberta-base", "albert-base", "electra-base", "bert-large")
 
@@ -79,8 +98,9 @@ def model_config(name: str) -> Any:
 
 
 def has_pooler(config: Any, mlm_head: bool) -> bool:
-    """transformers' base models carry a [CLS] pooler except ELECTRA; its MLM models never do."""
-    return not mlm_head and config.model_type != "electra"
+    """transformers' base models carry a [CLS] pooler except ELECTRA, ModernBERT, GTE and NomicBERT; its MLM models
+    never do."""
+    return not mlm_head and config.model_type not in ("electra", "modernbert", "gte", "nomic_bert")
 
 
 @dataclass(frozen=True)

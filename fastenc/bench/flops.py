@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+GATED_MLP = ("gte", "nomic_bert")  # model types whose MLP is down(act(gate(x)) * up(x))
+
 
 def _lengths(seq_lens: Sequence[int]) -> list[int]:
     lens = [int(s) for s in seq_lens]
@@ -42,13 +44,22 @@ def encoder_matmuls(config: Any, seq_lens: Sequence[int], *, pooler: bool = True
     out: list[tuple[int, int, int]] = []
     if emb != h:  # ALBERT / ELECTRA: embeddings projected up to the hidden size
         out.append((tokens, h, emb))
-    for _ in range(config.num_hidden_layers):
+    gated = getattr(config, "model_type", None) == "modernbert"  # one Wi matmul gives act's input and the gate
+    layer_types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
+    for layer_type in layer_types:
         out += [(tokens, h, h)] * 3  # query, key, value
+        window = config.sliding_window if layer_type == "sliding_attention" else None
         for s in lens:
-            out += [(s, s, d)] * heads  # scores = q k^T, per head
-            out += [(s, d, s)] * heads  # context = probs v, per head
+            if window is None:
+                out += [(s, s, d)] * heads  # scores = q k^T, per head
+                out += [(s, d, s)] * heads  # context = probs v, per head
+            else:  # only the (query, key) pairs inside the window: |i - j| <= window
+                pairs = sum(min(i + window, s - 1) - max(i - window, 0) + 1 for i in range(s))
+                out += [(pairs, 1, d), (pairs, d, 1)] * heads
         out.append((tokens, h, h))  # attention output dense
-        out.append((tokens, inter, h))  # intermediate dense
+        out.append((tokens, 2 * inter if gated else inter, h))  # intermediate dense (ModernBERT's Wi: input and gate)
+        if config.model_type in GATED_MLP:
+            out.append((tokens, inter, h))  # ... and the gated MLP's second input projection (up_proj)
         out.append((tokens, h, inter))  # output dense
     if pooler:
         out.append((len(lens), h, h))

@@ -22,7 +22,9 @@ def _model_classes() -> dict[str, type]:
 
 
 def twin_of(cls: type) -> type | None:
-    """fastenc's class for exactly the transformers class `cls` (not a subclass of it), or None."""
+    """fastenc's class for exactly the transformers class `cls` (not a subclass of it, but for its block swap), or
+    None."""
+    cls = cls.__dict__.get("_fastenc_original", cls)
     twin = __getattr__("MODEL_CLASSES").get(cls.__name__)
     return twin if twin is not None and twin._fastenc_hf_class is cls else None
 

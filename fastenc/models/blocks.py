@@ -34,7 +34,7 @@ from transformers.pytorch_utils import apply_chunking_to_forward
 from fastenc import ops
 from fastenc.autotune import note
 from fastenc.models.fused import EXACT_GELU, hook_free, linear_act, linear_act_norm, linear_add_norm, qkv
-from fastenc.models.hf_internals import VERSION, recording
+from fastenc.models.hf_internals import VERSION, recording, refresh_recordable
 from fastenc.models.packing import (
     choose_packing,
     packing_from_kwargs,
@@ -77,34 +77,39 @@ def _bias_from_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask
 
 
-def attend(q, k, v, mask, dropout_p, scale, cu_seqlens=None, max_seqlen=None, with_probs=False):
+def attend(q, k, v, mask, dropout_p, scale, cu_seqlens=None, max_seqlen=None, with_probs=False, window=None):
     """q, k, v [B, S, H, D]; with cu_seqlens, the B * S tokens are the packed sequences (packed rows are [1, T]);
-    mask: None, 2-D key padding or 4-D (bias / bool). Returns (context like q, probabilities [B, H, S, S] or None)."""
+    mask: None, 2-D key padding or 4-D (bias / bool, used as given: `window`, keys within that distance of the
+    query in its sequence, applies with None / 2-D masks only, as transformers' masks carry their window).
+    Returns (context like q, probabilities [B, H, S, S] or None)."""
+    if mask is not None and mask.dim() == 4:
+        bias = _bias_from_mask(mask, q.dtype)
+        if with_probs:
+            return ops.attention_ref(q, k, v, attn_bias=bias, dropout_p=dropout_p, softmax_scale=scale,
+                                     return_probs=True)
+        return ops.attention(q, k, v, attn_bias=bias, dropout_p=dropout_p, softmax_scale=scale), None
     if with_probs:
         if cu_seqlens is not None:
             raise ValueError("output_attentions is not supported with packed or flattened sequences "
                              "(position_ids restarting inside a row)")
-        bias = None if mask is None or mask.dim() == 2 else _bias_from_mask(mask, q.dtype)
-        kpm = mask if mask is not None and mask.dim() == 2 else None
-        return ops.attention_ref(q, k, v, key_padding_mask=kpm, attn_bias=bias, dropout_p=dropout_p,
-                                 softmax_scale=scale, return_probs=True)
-    if mask is not None and mask.dim() == 4:
-        return ops.attention(q, k, v, attn_bias=_bias_from_mask(mask, q.dtype), dropout_p=dropout_p,
-                             softmax_scale=scale), None
+        return ops.attention_ref(q, k, v, key_padding_mask=mask, dropout_p=dropout_p, softmax_scale=scale,
+                                 return_probs=True, window=window)
     if cu_seqlens is not None:  # the packed layout [T, H, D] is a view of the rows
         out = ops.attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), cu_seqlens=cu_seqlens,
-                            max_seqlen=max_seqlen, dropout_p=dropout_p, softmax_scale=scale)
+                            max_seqlen=max_seqlen, dropout_p=dropout_p, softmax_scale=scale, window=window)
         return out.view(*q.shape), None
-    return ops.attention(q, k, v, key_padding_mask=mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
-                         dropout_p=dropout_p, softmax_scale=scale), None
+    return ops.attention(q, k, v, key_padding_mask=mask, dropout_p=dropout_p, softmax_scale=scale,
+                         window=window), None
 
 
 def _hf_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, cu_seqlens=None,
-                  max_seqlen=None, **kwargs):
+                  max_seqlen=None, sliding_window=None, **kwargs):
     """transformers attention interface: q, k, v [B, H, S, D] -> ([B, S, H, D], None); packed rows ([1, T]) with
-    cu_seqlens when a fastenc encoder runs a block that stayed transformers' own."""
+    cu_seqlens when a fastenc encoder runs a block that stayed transformers' own. sliding_window is in transformers'
+    flash convention (keys within sliding_window - 1 of the query, ModernBERT's local layers)."""
+    window = None if sliding_window is None else sliding_window - 1
     return attend(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attention_mask, dropout,
-                  scaling, cu_seqlens, max_seqlen)
+                  scaling, cu_seqlens, max_seqlen, window=window)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -117,7 +122,8 @@ class _Swap:
     range (renames on both sides); a release whose forward has another one keeps transformers' block (`swap_table`).
     needs: swaps of the same family without which this one is wrong (a refused one refuses this one too)."""
 
-    attrs: dict = {}  # instance attributes the forward needs, set by install_blocks and removed by remove_blocks
+    attrs: dict = {}  # instance attributes the forward needs, set by install_blocks (a callable: its value for the
+    # module) and removed by remove_blocks
     serves: frozenset[str] = frozenset()
     needs: tuple[type, ...] = ()
 
@@ -415,6 +421,18 @@ TARGETS = {  # transformers family -> {block class name: swap}; XLM-RoBERTa and 
                    "TransformerBlock": _DistilBlock, "Transformer": _Encoder},
 }
 
+# modules with more families' swaps (a TARGETS each)
+FAMILY_BLOCK_MODULES = ("fastenc.models.rotary_blocks", "fastenc.models.modernbert_blocks")
+
+
+def targets() -> dict[str, dict[str, type]]:
+    """Every family's {block class name: swap}: TARGETS and those of FAMILY_BLOCK_MODULES."""
+    merged = dict(TARGETS)
+    for name in FAMILY_BLOCK_MODULES:
+        merged.update(importlib.import_module(name).TARGETS)
+    return merged
+
+
 _swaps: dict[type, type] | None = None  # transformers block class -> swap mixin
 refused: dict[type, str] = {}  # transformers block class -> why it keeps its own forward in this release
 _ATTENTION_WRAPPERS: set[type] = set()  # transformers' <Prefix>Attention of the families whose layers are _Layer
@@ -429,8 +447,12 @@ def swap_table() -> dict[type, type]:
         from transformers.masking_utils import AttentionMaskInterface
 
         table = {}
-        for family, names in TARGETS.items():
-            module = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+        for family, names in targets().items():
+            try:
+                module = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+            except ImportError:  # a family newer than this release: its classes say so (families.unavailable)
+                note(f"blocks of {family}", f"transformers {VERSION} has no transformers.models.{family}")
+                continue
             table.update(_family_swaps(module, names))
             _ATTENTION_WRAPPERS.update(getattr(module, name.removesuffix("Layer") + "Attention")
                                        for name, swap in names.items() if swap is _Layer and hasattr(module, name))
@@ -495,20 +517,24 @@ def install_blocks(model: nn.Module) -> int:
     for m in model.modules():
         if type(m) in table and table[type(m)].supports(m):
             m.__class__ = _subclass(type(m))
+            if hasattr(m, "_can_record_outputs"):  # a base model that is its own encoder (GTE): registry by class
+                refresh_recordable(m)
             for name, value in type(m).attrs.items():
-                setattr(m, name, value)
+                setattr(m, name, value(m) if callable(value) else value)
             swapped += 1
     return swapped
 
 
 def remove_blocks(model: nn.Module) -> None:
-    """Give every swapped block inside `model` its transformers class back."""
+    """Give every swapped block inside `model` its transformers class back (a fastenc model class that carries a swap,
+    ModernBertModel, loses the swap's attributes here and its class in optimize.restore)."""
     for m in model.modules():
+        if not isinstance(m, _Swap):
+            continue
+        for name in (*type(m).attrs, "_fastenc_qkv", "_fastenc_gate_up"):
+            m.__dict__.pop(name, None)
         original = type(m).__dict__.get("_fastenc_original")
-        if original is not None and issubclass(type(m), _Swap):
-            for name in type(m).attrs:
-                m.__dict__.pop(name, None)
-            m.__dict__.pop("_fastenc_qkv", None)
+        if original is not None:  # a fastenc model class (a swap of its own: families.classes) keeps its class here
             m.__class__ = original
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 _SHARED = ("Model", "ForMaskedLM", "ForSequenceClassification", "ForMultipleChoice", "ForTokenClassification",
            "ForQuestionAnswering")
+_ROTARY = ("Model", "ForMaskedLM", "ForSequenceClassification", "ForTokenClassification")  # GTE and NomicBERT
 
 # head -> the FastencModel class attributes it sets (heads.FastencModel says what each means)
 HEAD_ATTRS: dict[str, dict[str, Any]] = {
@@ -58,6 +59,9 @@ FAMILIES: tuple[Family, ...] = (
     Family("xlm_roberta", "XLMRoberta", _SHARED, "roberta"),  # RoBERTa's architecture under its own classes
     Family("camembert", "Camembert", _SHARED, "roberta"),
     Family("distilbert", "DistilBert", _SHARED, "distilbert"),
+    Family("gte", "Gte", _ROTARY, "gte"),  # transformers >= 5.25 (rotary_blocks)
+    Family("nomic_bert", "NomicBert", _ROTARY, "nomic_bert"),
+    Family("modernbert", "ModernBert", _SHARED, "modernbert"),
 )
 
 CLASS_NAMES: tuple[str, ...] = tuple(name for family in FAMILIES for name in family.class_names)
@@ -65,14 +69,20 @@ CONFIG_NAMES: tuple[str, ...] = tuple(sorted(family.config for family in FAMILIE
 AUTO_NAMES: tuple[str, ...] = tuple(f"AutoModel{'' if head == 'Model' else head}" for head in HEAD_ATTRS)
 
 
-def classes(name: str, hooks: dict[str, dict[str, Callable[..., Any]]]) -> dict[str, type]:
+def classes(name: str, hooks: dict[str, dict[str, Callable[..., Any]]],
+            mixins: dict[str, type] | None = None) -> dict[str, type]:
     """fastenc's classes of the family `name`: FastencModel before each transformers class, with the head's
     attributes, and per head the methods in `hooks` (`_fastenc_mlm_logits`, `_fastenc_sparse_head`) for the heads
-    that predict MLM tokens on the sparse path."""
+    that predict MLM tokens on the sparse path. `mixins`: per head, a block swap placed between FastencModel and the
+    transformers class (a base model that is its own encoder: GTE, NomicBERT; ModernBERT's layer loop). A family the
+    installed transformers lacks gets classes that raise an error naming the release (`unavailable`)."""
     from fastenc.models.heads import FastencModel
 
     fam = family(name)
-    hf = importlib.import_module(f"transformers.models.{fam.name}.modeling_{fam.name}")
+    try:
+        hf = importlib.import_module(f"transformers.models.{fam.name}.modeling_{fam.name}")
+    except ImportError as e:
+        return unavailable(fam, e)
     made = {}
     for head in fam.heads:
         cls_name = fam.prefix + head
@@ -80,9 +90,47 @@ def classes(name: str, hooks: dict[str, dict[str, Callable[..., Any]]]) -> dict[
         missing = attrs.get("_fastenc_sparse") and not {"_fastenc_mlm_logits", "_fastenc_sparse_head"} & set(attrs)
         if missing:
             raise TypeError(f"fastenc.models.{fam.file}: {cls_name} predicts MLM tokens but has no hook for it")
-        made[cls_name] = type(cls_name, (FastencModel, getattr(hf, cls_name)),
+        bases = (FastencModel, *((mixins[head],) if mixins and head in mixins else ()), getattr(hf, cls_name))
+        made[cls_name] = type(cls_name, bases,
                               {**attrs, "__module__": f"fastenc.models.{fam.file}", "__qualname__": cls_name})
     return made
+
+
+def unavailable(fam: Family, error: ImportError) -> dict[str, type]:
+    """Classes of a family the installed transformers does not have: importing and listing them works; building or
+    loading one raises ImportError naming the release (a warning and explain() say it once)."""
+    import warnings
+
+    import transformers
+
+    from fastenc.autotune import note
+
+    reason = (f"transformers {transformers.__version__} has no transformers.models.{fam.name} ({error}); the "
+              f"{fam.prefix} classes need a release that has it")
+    warnings.warn(f"fastenc: {reason}", RuntimeWarning, stacklevel=3)
+    note(f"family {fam.name}", reason)
+
+    return {fam.prefix + head: _refusing(fam.prefix + head, f"fastenc.models.{fam.file}", reason)
+            for head in fam.heads}
+
+
+def missing_config(name: str) -> type:
+    """fastenc.<Prefix>Config for a family the installed transformers lacks (`from fastenc import *` still works):
+    using it raises ImportError naming the release."""
+    import transformers
+
+    fam = next(f for f in FAMILIES if f.config == name)
+    return _refusing(name, "fastenc", f"transformers {transformers.__version__} has no {name}: the {fam.prefix} "
+                                      f"classes need a release that has transformers.models.{fam.name}")
+
+
+def _refusing(name: str, module: str, reason: str) -> type:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise ImportError(f"fastenc: {reason}")
+
+    return type(name, (), {"__init__": refuse, "from_pretrained": classmethod(refuse),
+                           "_from_config": classmethod(refuse), "_fastenc_hf_class": None,
+                           "_fastenc_unavailable": reason, "__module__": module, "__qualname__": name})
 
 
 def family(name: str) -> Family:

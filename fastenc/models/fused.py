@@ -117,30 +117,55 @@ def linear_act_norm(x: torch.Tensor, dense: nn.Module, act: nn.Module, norm: nn.
                                approximate=approximate)
 
 
+def _concatenated(module: nn.Module, lins: tuple[nn.Module, ...], slot: str
+                  ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(weight, bias) of the plain Linears `lins` stacked along their outputs (bias None when none has one), or None
+    when they cannot be (one is not a plain Linear, or some have biases and some not). Cached in module.__dict__[slot]
+    while gradients are off (see the module doc)."""
+    if not all(is_plain_linear(m) for m in lins):
+        return None
+    biased = [m._parameters["bias"] is not None for m in lins]
+    if any(biased) and not all(biased):
+        return None
+    params = (*(m._parameters["weight"] for m in lins), *(m._parameters["bias"] for m in lins if biased[0]))
+    n = len(lins)
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
+        return torch.cat(params[:n]), (torch.cat(params[n:]) if biased[0] else None)
+    # Keyed by storage address and version: an in-place update bumps the version, and any new storage (.to(),
+    # reassignment, `.data =`) has another address, because the cache holds the storages it was built from (a
+    # caching allocator would otherwise hand a freed weight's block to its replacement).
+    key = (*(p.data_ptr() for p in params), *(p._version for p in params), params[0].dtype, params[0].device)
+    cache = module.__dict__.get(slot)
+    if cache is None or cache[0] != key:
+        with torch.no_grad():
+            cache = module.__dict__[slot] = (key, torch.cat(params[:n]),
+                                             torch.cat(params[n:]) if biased[0] else None,
+                                             tuple(p.detach() for p in params))
+    return cache[1], cache[2]
+
+
 def qkv(module: nn.Module, x: torch.Tensor, names: tuple[str, str, str] = ("query", "key", "value"),
-        heads: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        heads: int | None = None, head_dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Q, K, V of `module` (its projections `names`) as [..., heads, head_dim]: strided views of one matmul over
-    the concatenated weights when all three are plain Linears with biases and fastenc's kernels run the row ops,
-    else three calls (on the CPU reference path three matmuls and contiguous q, k, v measured faster than one
-    matmul and strided views: benchmarks/results/figures.md)."""
-    heads, d = heads or module.num_attention_heads, module.attention_head_size
+    the concatenated weights when all three are plain Linears, all with biases or all without, and fastenc's
+    kernels run the row ops, else three calls (on the CPU reference path three matmuls and contiguous q, k, v
+    measured faster than one matmul and strided views: benchmarks/results/figures.md)."""
+    heads, d = heads or module.num_attention_heads, head_dim or module.attention_head_size
     subs = module._modules
     lins = (subs[names[0]], subs[names[1]], subs[names[2]])
-    fused = kernels_run(x, "add_layer_norm")  # the row ops after attention run on fastenc's kernels
-    if not (fused and all(is_plain_linear(m) and m._parameters["bias"] is not None for m in lins)):
+    fused = _concatenated(module, lins, "_fastenc_qkv") if kernels_run(x, "add_layer_norm") else None
+    if fused is None:
         return tuple(m(x).unflatten(-1, (heads, d)) for m in lins)
-    params = (*(m._parameters["weight"] for m in lins), *(m._parameters["bias"] for m in lins))
-    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
-        weight, bias = torch.cat(params[:3]), torch.cat(params[3:])
-    else:
-        # Keyed by storage address and version: an in-place update bumps the version, and any new storage (.to(),
-        # reassignment, `.data =`) has another address, because the cache holds the storages it was built from (a
-        # caching allocator would otherwise hand a freed weight's block to its replacement).
-        key = (*(p.data_ptr() for p in params), *(p._version for p in params), params[0].dtype, params[0].device)
-        cache = module.__dict__.get("_fastenc_qkv")
-        if cache is None or cache[0] != key:
-            with torch.no_grad():
-                cache = module.__dict__["_fastenc_qkv"] = (key, torch.cat(params[:3]), torch.cat(params[3:]),
-                                                            tuple(p.detach() for p in params))
-        weight, bias = cache[1], cache[2]
-    return F.linear(x, weight, bias).view(*x.shape[:-1], 3, heads, d).unbind(-3)
+    return F.linear(x, *fused).view(*x.shape[:-1], 3, heads, d).unbind(-3)
+
+
+def gate_up(module: nn.Module, x: torch.Tensor, names: tuple[str, str] = ("gate_proj", "up_proj")
+            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A gated MLP's two input projections: (gate | up) [..., 2I] from one matmul over the concatenated weights
+    (the layout `ops.gated_act(x)` splits in halves) when both are plain Linears and fastenc's kernels run, with
+    None; else (gate [..., I], up [..., I]) from two calls."""
+    lins = (module._modules[names[0]], module._modules[names[1]])
+    fused = _concatenated(module, lins, "_fastenc_gate_up") if kernels_run(x, "gated_act") else None
+    if fused is None:
+        return lins[0](x), lins[1](x)
+    return F.linear(x, *fused), None

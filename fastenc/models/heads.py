@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fastenc.models.blocks import ATTN_IMPLEMENTATION, install_blocks
+from fastenc.models.blocks import ATTN_IMPLEMENTATION, _Swap, install_blocks
 from fastenc.models.hf_internals import refresh_recordable, requested_attn_implementation
 from fastenc.models.packing import tracing, unpad_scope
 from fastenc.ops.embeddings import ID_DTYPES
@@ -116,10 +116,18 @@ class FastencModel:
         if requested != "eager":  # eager is never transformers' default: it was asked for (attention probabilities)
             self.set_attn_implementation(ATTN_IMPLEMENTATION)
 
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """transformers' answer for the class it subclasses: the modules, keys and `_init_weights` are transformers'
+        own, so checkpoint key conversions apply and weights a checkpoint lacks are initialised as transformers does
+        (transformers skips both for classes defined outside its package: GTE's original key layout would not load)."""
+        return cls._fastenc_hf_class.is_custom_code()
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         mro = cls.__mro__
-        cls._fastenc_hf_class = mro[mro.index(FastencModel) + 1]  # the transformers class it subclasses
+        # the transformers class it subclasses (after a block swap placed before it, if any: families.classes)
+        cls._fastenc_hf_class = next(k for k in mro[mro.index(FastencModel) + 1:] if not issubclass(k, _Swap))
         if "forward" in cls.__dict__:
             return
         parent = _transformers_forward(cls)

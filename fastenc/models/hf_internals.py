@@ -7,15 +7,19 @@ A name missing from the installed transformers turns off the path that needs it,
 Each name, what it serves, and what turns off without it:
   - transformers.utils.output_capturing._active_collector: whether hidden states / attentions are being recorded;
     without it recording is assumed, which turns off packing and the direct layer path.
-  - transformers.utils.output_capturing._CAN_RECORD_REGISTRY: a live model's recordable outputs, keyed by instance,
-    refreshed when optimize() changes its class; without it transformers' own entry stays.
+  - transformers.utils.output_capturing._CAN_RECORD_REGISTRY: a model class's recordable outputs (5.25: set through
+    the instance; 5.17: a plain dict keyed by str(class)), registered when optimize() or a block swap changes a
+    model's class; without it transformers' own entry stays.
   - transformers.models.auto.auto_factory._get_model_class and the Auto classes' _model_mapping: the architecture
     transformers would pick for fastenc.AutoModel*; without them those raise an error that says so.
+  - transformers.utils.output_capturing.capture_outputs: the output capture around fastenc's own ModernBERT layer
+    loop (fastenc.models.modernbert_blocks); without it ModernBERT runs transformers' model forward.
   - config._attn_implementation_internal: whether "eager" attention was asked for; without it an explicit "eager" is
     replaced by "fastenc" like any other.
   - "output_capturing_hook", the name of transformers' capture hooks: such hooks do not stop a block's forward from
     being called directly; without the name every hooked block is called as a module.
-  - the GELU class names of transformers.activations: the activations bias_gelu implements; other names run unfused.
+  - the GELU and SiLU class names of transformers.activations: the activations bias_gelu and gated_act implement;
+    other names run unfused.
 
 Trade-off: reading internals buys behaviour transformers exposes no public way to get (recording state, the Auto
 resolution); each is looked up once, at first use, so a release that moves one costs that path, not the model.
@@ -37,12 +41,14 @@ OUTPUT_CAPTURING_HOOK = "output_capturing_hook"  # __name__ of transformers' out
 ATTN_IMPLEMENTATION_ATTR = "_attn_implementation_internal"  # config: the implementation asked for, None if default
 GELU_EXACT = ("GELUActivation",)  # transformers.activations classes computing erf GELU
 GELU_TANH = ("NewGELUActivation", "GELUTanh", "PytorchGELUTanh", "FastGELUActivation")  # ... and its tanh form
+SILU = ("SiLUActivation",)  # ... computing silu (x * sigmoid(x)), besides torch's nn.SiLU
 
 # module-level private names: what they serve -> (module, name)
 MODULE_NAMES: dict[str, tuple[str, str]] = {
     "recording state": ("transformers.utils.output_capturing", "_active_collector"),
     "recordable outputs registry": ("transformers.utils.output_capturing", "_CAN_RECORD_REGISTRY"),
     "Auto class resolution": ("transformers.models.auto.auto_factory", "_get_model_class"),
+    "ModernBERT's layer loop": ("transformers.utils.output_capturing", "capture_outputs"),
 }
 
 _MISSING = object()
@@ -82,9 +88,16 @@ def recording(key: str) -> bool:
 
 def refresh_recordable(model: Any) -> None:
     """Tell transformers' output-capture registry the recordable outputs of `model`'s (new) class."""
+    register_recordable(type(model))
+
+
+def register_recordable(cls: type) -> None:
+    """Register a model class's recordable outputs in transformers' output-capture registry, keyed by str(class) as
+    every supported release keys it (< 5.25 a plain dict written with that key; >= 5.25 a dict subclass whose
+    __setitem__ takes the model and stores that key)."""
     registry = lookup("recordable outputs registry")
     if registry is not None:
-        registry[model] = model._can_record_outputs
+        dict.__setitem__(registry, str(cls), cls._can_record_outputs)
 
 
 def auto_model_class(config: Any, auto_name: str) -> type:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from fastenc.models import MODEL_CLASSES, FastencModel, twin_of
-from fastenc.models.blocks import ATTN_IMPLEMENTATION, _Encoder, has_blocks, install_blocks, remove_blocks
+from fastenc.models.blocks import ATTN_IMPLEMENTATION, _Swap, has_blocks, install_blocks, remove_blocks
 from fastenc.models.heads import adopt, check_encoder_config
 
 
@@ -56,10 +56,10 @@ def optimize(model: nn.Module, *, unpad: bool = True) -> nn.Module:
         check_encoder_config(m.config, f"model ({type(m).__name__})")
     if not roots or not (install_blocks(model) or has_blocks(model)):
         raise TypeError(f"model: found no encoder fastenc covers (BERT, RoBERTa, ALBERT, ELECTRA, XLM-RoBERTa, "
-                        f"CamemBERT, DistilBERT) from transformers inside "
+                        f"CamemBERT, DistilBERT, ModernBERT, GTE, NomicBERT) from transformers inside "
                         f"{type(model).__name__}")
-    for m in every:
-        twin = twin_of(type(m))
+    for m in every:  # a base model whose forward is a swap (ModernBERT) is matched by its transformers class
+        twin = twin_of(type(m).__dict__.get("_fastenc_original", type(m)))
         if twin is not None:
             adopt(m, twin)
     for root in roots:  # eager is kept, as fastenc's classes keep it: asked for, for attention probabilities
@@ -67,7 +67,7 @@ def optimize(model: nn.Module, *, unpad: bool = True) -> nn.Module:
             root._fastenc_attn_implementation = root.config._attn_implementation
             root.set_attn_implementation(ATTN_IMPLEMENTATION)
     for m in model.modules():
-        if isinstance(m, _Encoder):
+        if isinstance(m, _Swap) and "_fastenc_unpad" in m.attrs:  # encoders, and base models that are their own
             m._fastenc_unpad = None if unpad else False
     return model
 

@@ -100,23 +100,28 @@ class Packing:
         return x.view(self.batch, self.seq, x.shape[-1])
 
 
-def choose_packing(keep: torch.Tensor, unpad: bool | None, labels: torch.Tensor | None = None
-                   ) -> tuple[Packing | None, torch.Tensor | None]:
+def choose_packing(keep: torch.Tensor, unpad: bool | None, labels: torch.Tensor | None = None,
+                   one_run: bool = False) -> tuple[Packing | None, torch.Tensor | None]:
     """The layout for a 2-D keep mask [B, S] (True = real token): (Packing, None) for the packed layout, or
     (None, mask) for the padded one, mask None when no position is padded. unpad=True packs, False never does;
     None (auto) packs when the batch has padding and every row starts with a real token, in eager mode only.
-    Never packs when `labels` (token labels of the loss) are not -100 at some padded position.
+    Never packs when `labels` (token labels of the loss) are not -100 at some padded position, nor, with
+    `one_run` (a model whose attention windows measure distances in the row: ModernBERT), when a row's real tokens
+    are not one contiguous run (packing would close the gaps).
 
     Host syncs: none for unpad=False or while tracing; otherwise exactly one read, of everything at once
-    (whether anything is padded, the first column, the longest row, the token count, the labels check)."""
+    (whether anything is padded, the first column, the longest row, the token count, the labels and runs checks)."""
     if unpad is False or tracing(keep):
         return None, keep
     lens = keep.sum(1, dtype=torch.int32)
     stats = [~keep.all(), keep[:, 0].all(), lens.max(), lens.sum()]
     if labels is not None:
         stats.append(((labels != -100) & ~keep.to(labels.device)).any().to(keep.device))
-    has_padding, first_real, max_len, tokens, *labels_on_padding = torch.stack([t.long() for t in stats]).tolist()
-    if any(labels_on_padding) or (unpad is None and not (has_padding and first_real)):
+    if one_run:  # a run starts where a real token follows a padded one (or the row's start): at most one per row
+        starts = keep[:, 1:] & ~keep[:, :-1]
+        stats.append((starts.sum(1) + keep[:, 0].long() > 1).any())
+    has_padding, first_real, max_len, tokens, *refusals = torch.stack([t.long() for t in stats]).tolist()
+    if any(refusals) or (unpad is None and not (has_padding and first_real)):
         return None, keep if has_padding else None
     return Packing.from_keep(keep, lens, max_len, tokens), None
 

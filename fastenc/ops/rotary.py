@@ -75,7 +75,10 @@ def _check(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, theta: flo
     if k.device != q.device or positions.device != q.device:
         raise ValueError(f"q, k and positions must be on one device, got {q.device}, {k.device}, "
                          f"{positions.device}")
-    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not math.isfinite(theta) or theta <= 0:
+    # traced with dynamic shapes, theta may be symbolic: its value is checked in eager calls only
+    symbolic = torch.compiler.is_compiling() or isinstance(theta, (torch.SymInt, torch.SymFloat))
+    if isinstance(theta, bool) or not (symbolic or isinstance(theta, (int, float))) or (
+            not symbolic and (not math.isfinite(theta) or theta <= 0)):
         raise ValueError(f"theta must be a finite number > 0, got {theta!r}")
 
 

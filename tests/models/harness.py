@@ -5,6 +5,7 @@ padded rows); labels per head; comparisons that never let NaN pass."""
 from __future__ import annotations
 
 import functools
+import importlib.util
 from typing import Any
 
 import torch
@@ -12,7 +13,8 @@ import transformers
 
 import fastenc
 
-VARIANTS = ("bert", "roberta", "albert", "electra", "xlm_roberta", "camembert", "distilbert")
+ROTARY = tuple(v for v in ("gte", "nomic_bert") if importlib.util.find_spec(f"transformers.models.{v}"))  # by release
+VARIANTS = ("bert", "roberta", "albert", "electra", "xlm_roberta", "camembert", "distilbert", "modernbert", *ROTARY)
 
 _SHARED = ["Model", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering", "ForMaskedLM",
            "ForMultipleChoice"]
@@ -24,10 +26,13 @@ HEADS = {
     "xlm_roberta": _SHARED,
     "camembert": _SHARED,
     "distilbert": _SHARED,
+    "modernbert": _SHARED,
+    **dict.fromkeys(ROTARY, ["Model", "ForSequenceClassification", "ForTokenClassification", "ForMaskedLM"]),
 }
 CHOICES = 2  # ForMultipleChoice inputs are [batch, CHOICES, seq]
 PREFIX = {"bert": "Bert", "roberta": "Roberta", "albert": "Albert", "electra": "Electra", "xlm_roberta": "XLMRoberta",
-          "camembert": "Camembert", "distilbert": "DistilBert"}
+          "camembert": "Camembert", "distilbert": "DistilBert", "modernbert": "ModernBert", "gte": "Gte",
+          "nomic_bert": "NomicBert"}
 ALL_CLASSES = [PREFIX[v] + h for v in VARIANTS for h in HEADS[v]]
 
 COMMON = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
@@ -42,6 +47,13 @@ VARIANT_FIELDS = {
     "xlm_roberta": dict(hidden_act="gelu", layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2),
     "camembert": dict(hidden_act="gelu_new", layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2),
     "distilbert": dict(hidden_act="gelu"),
+    # 3 layers alternating global / local (window 2 = local_attention // 2, shorter than the test sequences)
+    "modernbert": dict(hidden_activation="gelu", norm_eps=1e-5, num_hidden_layers=3, local_attention=4,
+                       global_attn_every_n_layers=2, pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1,
+                       sep_token_id=2),
+    "gte": dict(hidden_act="gelu", layer_norm_eps=1e-12, pad_token_id=1, rope_parameters={"rope_type": "default",
+                                                                                          "rope_theta": 500.0}),
+    "nomic_bert": dict(hidden_act="silu", layer_norm_eps=1e-12, pad_token_id=0),
 }
 # DistilBERT's config names its fields differently (and has no token types or layer_norm_eps).
 _DISTILBERT_NAMES = {"hidden_size": "dim", "num_hidden_layers": "n_layers", "num_attention_heads": "n_heads",
@@ -117,7 +129,7 @@ def inputs(variant: str, batch: int = 4, seq: int = 10, seed: int = 1) -> dict[s
         mask[3] = 0
     ids = ids.masked_fill(mask == 0, pad)
     tt = torch.randint(0, 2, (batch, seq), generator=g)
-    if variant == "distilbert":  # no token types
+    if variant in ("distilbert", "modernbert"):  # no token types
         return {"input_ids": ids, "attention_mask": mask}
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt}
 

@@ -20,6 +20,7 @@ from torch._dynamo.utils import counters
 
 import fastenc
 from tests.models.harness import (
+    ROTARY,
     assert_close,
     assert_outputs_close,
     build_hf,
@@ -35,7 +36,9 @@ REL = 1e-5
 FAMILY_HEADS = {"bert": "BertForSequenceClassification", "roberta": "RobertaForMaskedLM",
                 "albert": "AlbertForTokenClassification", "electra": "ElectraForPreTraining",
                 "xlm_roberta": "XLMRobertaForQuestionAnswering", "camembert": "CamembertForMultipleChoice",
-                "distilbert": "DistilBertForSequenceClassification"}
+                "distilbert": "DistilBertForSequenceClassification", "modernbert": "ModernBertForTokenClassification",
+                **{family: head for family, head in (("gte", "GteForTokenClassification"),
+                                                     ("nomic_bert", "NomicBertForMaskedLM")) if family in ROTARY}}
 SWEEP = [name for family, head in FAMILY_HEADS.items()
          for name in ("DistilBertModel" if family == "distilbert" else f"{head.split('For')[0]}Model", head)]
 

@@ -46,12 +46,36 @@ def test_capture_hooks_carry_their_name():
     assert hf_internals.OUTPUT_CAPTURING_HOOK in names, f"{RELEASE} renamed its capture hook: {sorted(map(str, names))}"
 
 
+def test_recordable_outputs_follow_a_class_change():
+    """A model whose class changed after construction (optimize, a base model's block swap) records hidden states
+    once refresh_recordable registered its new class (the registry's keying differs between 5.17 and 5.25)."""
+    model = build_hf("BertModel").eval()
+    model.__class__ = type("BertModel", (type(model),), {"__module__": __name__})
+    hf_internals.refresh_recordable(model)
+    with torch.no_grad():
+        out = model(**inputs("bert"), output_hidden_states=True)
+    assert out.hidden_states is not None and len(out.hidden_states) == 3, f"{RELEASE} changed its registry"
+
+
 def test_gelu_class_names():
     from transformers.activations import ACT2FN
 
     assert type(ACT2FN["gelu"]).__name__ in hf_internals.GELU_EXACT, f"{RELEASE} renamed its erf GELU class"
     for name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
         assert type(ACT2FN[name]).__name__ in hf_internals.GELU_TANH, f"{RELEASE} renamed the class of {name}"
+    assert type(ACT2FN["silu"]).__name__ in hf_internals.SILU, f"{RELEASE} renamed its SiLU class"
+
+
+def test_output_capture_registry_is_keyed_by_class_name():
+    """register_recordable writes str(class) keys, which transformers' capture reads in every supported release."""
+    from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+
+    model = build_hf("ModernBertModel")
+    key = str(type(model))
+    assert key in _CAN_RECORD_REGISTRY, f"{RELEASE} keys its output-capture registry otherwise"
+    renamed = type("Renamed", (type(model),), {})
+    hf_internals.register_recordable(renamed)
+    assert dict.get(_CAN_RECORD_REGISTRY, str(renamed)) == model._can_record_outputs
 
 
 @pytest.fixture

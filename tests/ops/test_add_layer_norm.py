@@ -177,7 +177,7 @@ def test_returned_sum_under_auto_tuning(monkeypatch, tmp_path):
 
     monkeypatch.setenv("FASTENC_TUNE_CACHE", str(tmp_path / "tune.json"))
     # auto leaves the Triton kernels out for CPU tensors; here they run in the interpreter
-    monkeypatch.setattr(autotune, "candidates", lambda call: ("triton", "torch"))
+    monkeypatch.setattr(backends, "auto_candidates", lambda call: ("triton", "torch"))
     autotune.forget_tuning()
     x, r, w, xb = (t.requires_grad_() for t in _inputs((3, 40), torch.float32, torch.device("cpu"), bias=False)
                    if t is not None)

@@ -260,3 +260,18 @@ def test_kernel_compiles_for_ampere_and_hopper(tmp_path):
     run = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=compiler_env(tmp_path), cwd=root,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
+
+
+def test_traced_with_dynamic_shapes_and_a_float_theta():
+    """torch.compile(dynamic=True) may pass theta symbolically: the op traces (no value check on a symbolic theta),
+    and every theta gives the reference's result."""
+    from fastenc import ops
+
+    fn = torch.compile(lambda q, k, pos, theta: ops.rotary(q, k, pos, theta, backend="torch"), dynamic=True,
+                       fullgraph=True)
+    q, k = torch.randn(2, 2, 5, 2, 8).unbind(0)
+    pos = torch.arange(5).expand(2, 5)
+    for theta in (10000.0, 12345.5):
+        want = ops.rotary_ref(q.double(), k.double(), pos, theta)
+        for got, ref in zip(fn(q, k, pos, theta), want, strict=True):
+            assert (got.double() - ref).abs().max().item() < 1e-5
