@@ -1,4 +1,4 @@
-"""Pieces every op shares: the dropout seed, argument checks, row flattening.
+"""Pieces every op shares: the dropout seed and argument checks (how an op runs a call: fastenc.dispatch.run_op).
 
 Kernel dropout draws from a counter-based generator (Philox) keyed by a seed tensor and the element index, so the
 backward pass regenerates the forward mask from the same seed instead of storing it. The seed is drawn from torch's
@@ -17,12 +17,6 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 def dropout_seed(device: torch.device) -> torch.Tensor:
     """A fresh seed for one kernel-dropout call: int64 tensor of shape [1] on `device`."""
     return torch.randint(0, 2**31 - 1, (1,), device=device, dtype=torch.int64)
-
-
-def grad_needed(*tensors: torch.Tensor | None) -> bool:
-    """Whether autograd must record an op on these inputs: grad mode on and one of them requires grad. When it
-    need not (inference), the op calls its launcher directly: no autograd.Function, no saved tensors."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def check_dropout_p(p: float, name: str = "dropout_p") -> float:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from fastenc import backends, dispatch
-from fastenc.ops._common import check_dropout_p, check_last_dim, check_same_dtype, dropout_seed, grad_needed
+from fastenc.ops._common import check_dropout_p, check_last_dim, check_same_dtype, dropout_seed
 
 
 def add_layer_norm_ref(
@@ -131,10 +131,14 @@ def add_layer_norm(
                              return_sum=return_sum, backend=name)
         return out[0] if return_sum else out
 
-    name = dispatch.choose(call, backend, run)
-    if name == "torch":
-        return add_layer_norm_ref(x, residual, weight, bias, eps, x_bias, dropout_p, return_sum)
-    if not grad_needed(x, residual, weight, bias, x_bias):
+    def launch(name: str):
         y, h = _forward(x, residual, weight, bias, eps, x_bias, dropout_p, name, return_sum)[:2]
         return (y, h.view(*x.shape)) if return_sum else y
-    return AddLayerNormFn.apply(x, residual, weight, bias, eps, x_bias, dropout_p, return_sum, name)
+
+    return dispatch.run_op(
+        call, backend, run,
+        ref=lambda: add_layer_norm_ref(x, residual, weight, bias, eps, x_bias, dropout_p, return_sum),
+        launch=launch,
+        apply=lambda name: AddLayerNormFn.apply(x, residual, weight, bias, eps, x_bias, dropout_p, return_sum, name),
+        grad_inputs=(x, residual, weight, bias, x_bias),
+    )

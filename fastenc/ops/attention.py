@@ -35,7 +35,7 @@ import math
 import torch
 
 from fastenc import backends, dispatch
-from fastenc.ops._common import check_dropout_p, dropout_seed, grad_needed
+from fastenc.ops._common import check_dropout_p, dropout_seed
 
 
 def _pad(x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,6 +134,13 @@ class AttentionFn(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None, None, None, None
 
 
+def _kernel_mask(key_padding_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The mask as the kernels read it: contiguous bool."""
+    if key_padding_mask is None:
+        return None
+    return (key_padding_mask if key_padding_mask.dtype == torch.bool else key_padding_mask != 0).contiguous()
+
+
 def _check_layout(q, k, v, key_padding_mask, cu_seqlens, max_seqlen) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
@@ -206,19 +213,22 @@ def attention(
         return attention(q, k, v, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
                          attn_bias=attn_bias, dropout_p=dropout_p, softmax_scale=scale, window=window, backend=name)
 
-    name = dispatch.choose(call, backend, run)
-    if name == "torch":
-        return attention_ref(q, k, v, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens,
-                             max_seqlen=max_seqlen, attn_bias=attn_bias, dropout_p=dropout_p, softmax_scale=scale,
-                             window=window)
-    if name == "sdpa":
-        return backends.launchers(name, "attention").attention(
-            q, k, v, key_padding_mask, cu_seqlens, seqlen, attn_bias, scale, dropout_p, win)
-    if key_padding_mask is not None:  # the kernels read a contiguous bool mask
-        key_padding_mask = (key_padding_mask if key_padding_mask.dtype == torch.bool else key_padding_mask != 0)
-        key_padding_mask = key_padding_mask.contiguous()
-    if not grad_needed(q, k, v):
+    def launch(name: str) -> torch.Tensor:
+        if name == "sdpa":  # torch's own op: it takes the mask as given and records autograd itself
+            return backends.launchers(name, "attention").attention(
+                q, k, v, key_padding_mask, cu_seqlens, seqlen, attn_bias, scale, dropout_p, win)
         seed = dropout_seed(q.device) if dropout_p > 0 else None
         return backends.launchers(name, "attention").attention_fwd(
-            q, k, v, key_padding_mask, cu_seqlens, seqlen, scale, dropout_p, seed, win)[0]
-    return AttentionFn.apply(q, k, v, key_padding_mask, cu_seqlens, seqlen, scale, dropout_p, win, name)
+            q, k, v, _kernel_mask(key_padding_mask), cu_seqlens, seqlen, scale, dropout_p, seed, win)[0]
+
+    return dispatch.run_op(
+        call, backend, run,
+        ref=lambda: attention_ref(q, k, v, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens,
+                                  max_seqlen=max_seqlen, attn_bias=attn_bias, dropout_p=dropout_p,
+                                  softmax_scale=scale, window=window),
+        launch=launch,
+        apply=lambda name: AttentionFn.apply(q, k, v, _kernel_mask(key_padding_mask), cu_seqlens, seqlen, scale,
+                                             dropout_p, win, name),
+        grad_inputs=(q, k, v),
+        own_autograd=("sdpa",),
+    )

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from fastenc import backends, dispatch
-from fastenc.ops._common import check_last_dim, check_same_dtype, grad_needed
+from fastenc.ops._common import check_last_dim, check_same_dtype
 
 APPROXIMATIONS = ("none", "tanh")
 
@@ -61,9 +61,10 @@ def bias_gelu(
 
     d = x.shape[-1]
     call = backends.Call("bias_gelu", {"x": x, "bias": bias}, length=x.numel() // max(d, 1), hidden=d)
-    name = dispatch.choose(call, backend, lambda name: bias_gelu(x, bias, approximate, backend=name))
-    if name == "torch":
-        return bias_gelu_ref(x, bias, approximate)
-    if not grad_needed(x, bias):
-        return _forward(x, bias, approximate, name)[0]
-    return BiasGeluFn.apply(x, bias, approximate, name)
+    return dispatch.run_op(
+        call, backend, lambda name: bias_gelu(x, bias, approximate, backend=name),
+        ref=lambda: bias_gelu_ref(x, bias, approximate),
+        launch=lambda name: _forward(x, bias, approximate, name)[0],
+        apply=lambda name: BiasGeluFn.apply(x, bias, approximate, name),
+        grad_inputs=(x, bias),
+    )

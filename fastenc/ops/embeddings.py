@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from fastenc import backends, dispatch
-from fastenc.ops._common import check_dropout_p, check_last_dim, dropout_seed, grad_needed
+from fastenc.ops._common import check_dropout_p, check_last_dim, dropout_seed
 
 
 def embeddings_ref(
@@ -193,17 +193,21 @@ def embeddings(
                           token_type_embeddings, weight, bias, eps, dropout_p=dropout_p, inputs_embeds=inputs_embeds,
                           word_padding_idx=word_padding_idx, position_padding_idx=position_padding_idx, backend=name)
 
-    name = dispatch.choose(call, backend, run)
-    if name == "torch":
-        return embeddings_ref(
+    def apply(name: str) -> torch.Tensor:
+        pads = tuple(-1 if i is None else i for i in (word_padding_idx, position_padding_idx))
+        return EmbeddingsFn.apply(
+            input_ids, position_ids, token_type_ids, word_embeddings, position_embeddings, token_type_embeddings,
+            weight, bias, eps, dropout_p, pads, name,
+        )
+
+    return dispatch.run_op(
+        call, backend, run,
+        ref=lambda: embeddings_ref(
             input_ids, word_embeddings, position_ids, position_embeddings, token_type_ids, token_type_embeddings,
             weight, bias, eps, dropout_p, inputs_embeds, word_padding_idx, position_padding_idx,
-        )
-    if not grad_needed(word_embeddings, position_embeddings, token_type_embeddings, weight, bias):
-        return _forward(input_ids, position_ids, token_type_ids, word_embeddings, position_embeddings,
-                        token_type_embeddings, weight, bias, eps, dropout_p, name)[0]
-    pads = tuple(-1 if i is None else i for i in (word_padding_idx, position_padding_idx))
-    return EmbeddingsFn.apply(
-        input_ids, position_ids, token_type_ids, word_embeddings, position_embeddings, token_type_embeddings,
-        weight, bias, eps, dropout_p, pads, name,
+        ),
+        launch=lambda name: _forward(input_ids, position_ids, token_type_ids, word_embeddings, position_embeddings,
+                                     token_type_embeddings, weight, bias, eps, dropout_p, name)[0],
+        apply=apply,
+        grad_inputs=(word_embeddings, position_embeddings, token_type_embeddings, weight, bias),
     )

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from fastenc import backends, dispatch
-from fastenc.ops._common import check_dropout_p, check_same_dtype, dropout_seed, grad_needed
+from fastenc.ops._common import check_dropout_p, check_same_dtype, dropout_seed
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "silu")
 _ACT_FN = {
@@ -107,12 +107,10 @@ def gated_act(
     call = backends.Call("gated_act", {"x": x, "y": y}, length=math.prod(x.shape[:-1]), hidden=inter,
                          dropout=dropout_p > 0)
 
-    def run(name: str) -> torch.Tensor:
-        return gated_act(x, y, activation, dropout_p, backend=name)
-
-    name = dispatch.choose(call, backend, run)
-    if name == "torch":
-        return gated_act_ref(x, y, activation, dropout_p)
-    if not grad_needed(x, y):
-        return _forward(x, y, activation, dropout_p, name)[0]
-    return GatedActFn.apply(x, y, activation, dropout_p, name)
+    return dispatch.run_op(
+        call, backend, lambda name: gated_act(x, y, activation, dropout_p, backend=name),
+        ref=lambda: gated_act_ref(x, y, activation, dropout_p),
+        launch=lambda name: _forward(x, y, activation, dropout_p, name)[0],
+        apply=lambda name: GatedActFn.apply(x, y, activation, dropout_p, name),
+        grad_inputs=(x, y),
+    )

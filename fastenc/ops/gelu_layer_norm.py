@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from fastenc import backends, dispatch
-from fastenc.ops._common import check_last_dim, check_same_dtype, grad_needed
+from fastenc.ops._common import check_last_dim, check_same_dtype
 from fastenc.ops.bias_gelu import APPROXIMATIONS
 
 
@@ -83,12 +83,11 @@ def gelu_layer_norm(
     call = backends.Call("gelu_layer_norm", {"x": x, "weight": weight, "bias": bias, "x_bias": x_bias},
                          length=x.numel() // max(d, 1), hidden=d)
 
-    def run(name: str) -> torch.Tensor:
-        return gelu_layer_norm(x, weight, bias, eps, x_bias=x_bias, approximate=approximate, backend=name)
-
-    name = dispatch.choose(call, backend, run)
-    if name == "torch":
-        return gelu_layer_norm_ref(x, weight, bias, eps, x_bias, approximate)
-    if not grad_needed(x, weight, bias, x_bias):
-        return _forward(x, weight, bias, eps, x_bias, approximate, name)[0]
-    return GeluLayerNormFn.apply(x, weight, bias, eps, x_bias, approximate, name)
+    return dispatch.run_op(
+        call, backend,
+        lambda name: gelu_layer_norm(x, weight, bias, eps, x_bias=x_bias, approximate=approximate, backend=name),
+        ref=lambda: gelu_layer_norm_ref(x, weight, bias, eps, x_bias, approximate),
+        launch=lambda name: _forward(x, weight, bias, eps, x_bias, approximate, name)[0],
+        apply=lambda name: GeluLayerNormFn.apply(x, weight, bias, eps, x_bias, approximate, name),
+        grad_inputs=(x, weight, bias, x_bias),
+    )

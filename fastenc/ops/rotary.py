@@ -26,7 +26,7 @@ import math
 import torch
 
 from fastenc import backends, dispatch
-from fastenc.ops._common import check_same_dtype, grad_needed
+from fastenc.ops._common import check_same_dtype
 
 POSITION_DTYPES = (torch.int32, torch.int64)
 
@@ -119,9 +119,10 @@ def rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, theta: flo
     n = positions.numel()
     call = backends.Call("rotary", {"q": q, "k": k, "positions": positions}, length=n, head_dim=q.shape[-1],
                          hidden=q.shape[-2] * q.shape[-1])
-    name = dispatch.choose(call, backend, lambda name: rotary(q, k, positions, theta, backend=name))
-    if name == "torch":
-        return rotary_ref(q, k, positions, theta)
-    if not grad_needed(q, k):
-        return _launch("fwd", q, k, positions, theta, name)[:2]
-    return RotaryFn.apply(q, k, positions, theta, name)
+    return dispatch.run_op(
+        call, backend, lambda name: rotary(q, k, positions, theta, backend=name),
+        ref=lambda: rotary_ref(q, k, positions, theta),
+        launch=lambda name: _launch("fwd", q, k, positions, theta, name)[:2],
+        apply=lambda name: RotaryFn.apply(q, k, positions, theta, name),
+        grad_inputs=(q, k),
+    )
