@@ -25,10 +25,10 @@ def test_every_name_derives_from_the_table():
 
 
 def test_every_family_has_blocks_and_a_readme_entry():
-    from fastenc.models import blocks
+    from fastenc.models import swaps
 
     for family in families.FAMILIES:
-        assert family.name in blocks.targets(), f"{family.name}: no blocks to swap"
+        assert family.name in swaps.targets(), f"{family.name}: no blocks to swap"
         assert f"{family.prefix}Model" in README, f"README's model list lacks {family.prefix}Model"
 
 

@@ -1,4 +1,5 @@
-"""transformers' encoder blocks running fastenc's ops, switched in place by class.
+"""The BERT-like families' blocks (BERT, RoBERTa, XLM-RoBERTa, CamemBERT, ELECTRA, ALBERT, DistilBERT) running
+fastenc's ops, switched in place by class (fastenc.models.swaps).
 
 Every transformers building block with a fastenc equivalent gets its `__class__` set to a subclass whose `forward`
 calls fastenc.ops on the module's own parameters: embeddings -> `embeddings`; Q/K/V -> one fused matmul;
@@ -9,12 +10,8 @@ Parameter objects (optimizer state, DDP buckets, hooks, PEFT LoRA wrappers) and 
 and `remove_blocks` undoes it. The layers (BertLayer...) stay subclasses of transformers' GradientCheckpointingLayer,
 whose __call__ wraps their forward, so gradient checkpointing keeps working on the swapped blocks.
 
-The attention implementation "fastenc" is registered with transformers (AttentionInterface and
-AttentionMaskInterface): its mask is the 2-D key padding mask itself, which the encoder packs by (its one host read
-also says whether anything is padded: a batch without padding runs with no mask). A 4-D mask (from the caller, or
-another attention implementation's mask function) runs as an additive bias: the call declares it (feature
-"attn_bias") and dispatch picks a backend that has it (sdpa, the reference). Recorded attentions (output_attentions)
-come from the reference attention, the one that returns the probabilities transformers' eager attention gives.
+Attention runs through `fastenc.models.attend.attend` (the padding mask, 4-D masks, recorded probabilities); the
+machinery that finds, checks, installs and removes the swaps is fastenc.models.swaps, which reads TARGETS here.
 
 Trade-off: swapping classes instead of owning the modules keeps transformers' module layout, loading, saving and
 every PreTrainedModel feature, and keeps every reference a caller holds valid; the price is that fastenc's forward
@@ -23,18 +20,14 @@ follows transformers' block boundaries (one op boundary per block) and its keywo
 
 from __future__ import annotations
 
-import importlib
-import inspect
-import warnings
-
 import torch
 from torch import nn
 from transformers.pytorch_utils import apply_chunking_to_forward
 
 from fastenc import ops
-from fastenc.autotune import note
+from fastenc.models.attend import attend
 from fastenc.models.fused import EXACT_GELU, hook_free, linear_act, linear_act_norm, linear_add_norm, qkv
-from fastenc.models.hf_internals import VERSION, recording, refresh_recordable
+from fastenc.models.hf_internals import recording
 from fastenc.models.packing import (
     choose_packing,
     packing_from_kwargs,
@@ -42,8 +35,7 @@ from fastenc.models.packing import (
     scoped_unpad,
     tracing,
 )
-
-ATTN_IMPLEMENTATION = "fastenc"
+from fastenc.models.swaps import _ATTENTION_WRAPPERS, _Swap
 
 
 def _check_length(input_ids, seq: int, limit: int) -> None:
@@ -58,78 +50,8 @@ def _dropout_p(module: nn.Module, dropout: nn.Module) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Attention and mask functions registered with transformers: used by modules that are not swapped, and to carry the
-# 2-D padding mask from the model's forward to the encoder.
-
-
-def _padding_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None,
-                  attention_mask=None, **kwargs):
-    """transformers mask interface: the 2-D bool key padding mask as it is (whether anything is padded is read
-    once, by the encoder's layout choice, not here: no host sync)."""
-    if attention_mask is None:
-        return None
-    return attention_mask[:, -kv_length:].bool()
-
-
-def _bias_from_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    if mask.dtype == torch.bool:
-        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
-    return mask
-
-
-def attend(q, k, v, mask, dropout_p, scale, cu_seqlens=None, max_seqlen=None, with_probs=False, window=None):
-    """q, k, v [B, S, H, D]; with cu_seqlens, the B * S tokens are the packed sequences (packed rows are [1, T]);
-    mask: None, 2-D key padding or 4-D (bias / bool, used as given: `window`, keys within that distance of the
-    query in its sequence, applies with None / 2-D masks only, as transformers' masks carry their window).
-    Returns (context like q, probabilities [B, H, S, S] or None)."""
-    if mask is not None and mask.dim() == 4:
-        bias = _bias_from_mask(mask, q.dtype)
-        if with_probs:
-            return ops.attention_ref(q, k, v, attn_bias=bias, dropout_p=dropout_p, softmax_scale=scale,
-                                     return_probs=True)
-        return ops.attention(q, k, v, attn_bias=bias, dropout_p=dropout_p, softmax_scale=scale), None
-    if with_probs:
-        if cu_seqlens is not None:
-            raise ValueError("output_attentions is not supported with packed or flattened sequences "
-                             "(position_ids restarting inside a row)")
-        return ops.attention_ref(q, k, v, key_padding_mask=mask, dropout_p=dropout_p, softmax_scale=scale,
-                                 return_probs=True, window=window)
-    if cu_seqlens is not None:  # the packed layout [T, H, D] is a view of the rows
-        out = ops.attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), cu_seqlens=cu_seqlens,
-                            max_seqlen=max_seqlen, dropout_p=dropout_p, softmax_scale=scale, window=window)
-        return out.view(*q.shape), None
-    return ops.attention(q, k, v, key_padding_mask=mask, dropout_p=dropout_p, softmax_scale=scale,
-                         window=window), None
-
-
-def _hf_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, cu_seqlens=None,
-                  max_seqlen=None, sliding_window=None, **kwargs):
-    """transformers attention interface: q, k, v [B, H, S, D] -> ([B, S, H, D], None); packed rows ([1, T]) with
-    cu_seqlens when a fastenc encoder runs a block that stayed transformers' own. sliding_window is in transformers'
-    flash convention (keys within sliding_window - 1 of the query, ModernBERT's local layers)."""
-    window = None if sliding_window is None else sliding_window - 1
-    return attend(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attention_mask, dropout,
-                  scaling, cu_seqlens, max_seqlen, window=window)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The swapped forwards. Each class is a mixin placed before the transformers class; `supports(module)` says whether a
 # given instance can take it (else the module keeps its own forward).
-
-
-class _Swap:
-    """serves: every parameter of the transformers forwards this swap replaces, in every release of the supported
-    range (renames on both sides); a release whose forward has another one keeps transformers' block (`swap_table`).
-    needs: swaps of the same family without which this one is wrong (a refused one refuses this one too)."""
-
-    attrs: dict = {}  # instance attributes the forward needs, set by install_blocks (a callable: its value for the
-    # module) and removed by remove_blocks
-    serves: frozenset[str] = frozenset()
-    needs: tuple[type, ...] = ()
-
-    @staticmethod
-    def supports(module: nn.Module) -> bool:
-        return True
 
 
 class _Embeddings(_Swap):
@@ -218,6 +140,7 @@ class _Layer(_Swap):
 
     serves = frozenset(("hidden_states", "attention_mask", "encoder_hidden_states", "encoder_attention_mask",
                         "past_key_values", "cache"))
+    calls_attention_parts = True
 
     @staticmethod
     def supports(module):
@@ -420,123 +343,3 @@ TARGETS = {  # transformers family -> {block class name: swap}; XLM-RoBERTa and 
     "distilbert": {"Embeddings": _DistilEmbeddings, "DistilBertSelfAttention": _DistilSelfAttention,
                    "TransformerBlock": _DistilBlock, "Transformer": _Encoder},
 }
-
-# modules with more families' swaps (a TARGETS each)
-FAMILY_BLOCK_MODULES = ("fastenc.models.rotary_blocks", "fastenc.models.modernbert_blocks")
-
-
-def targets() -> dict[str, dict[str, type]]:
-    """Every family's {block class name: swap}: TARGETS and those of FAMILY_BLOCK_MODULES."""
-    merged = dict(TARGETS)
-    for name in FAMILY_BLOCK_MODULES:
-        merged.update(importlib.import_module(name).TARGETS)
-    return merged
-
-
-_swaps: dict[type, type] | None = None  # transformers block class -> swap mixin
-refused: dict[type, str] = {}  # transformers block class -> why it keeps its own forward in this release
-_ATTENTION_WRAPPERS: set[type] = set()  # transformers' <Prefix>Attention of the families whose layers are _Layer
-_subclasses: dict[type, type] = {}  # transformers block class -> its swapped subclass
-
-
-def swap_table() -> dict[type, type]:
-    """{transformers block class: swap mixin}; registers the "fastenc" attention implementation on first use."""
-    global _swaps
-    if _swaps is None:
-        from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface
-
-        table = {}
-        for family, names in targets().items():
-            try:
-                module = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
-            except ImportError:  # a family newer than this release: its classes say so (families.unavailable)
-                note(f"blocks of {family}", f"transformers {VERSION} has no transformers.models.{family}")
-                continue
-            table.update(_family_swaps(module, names))
-            _ATTENTION_WRAPPERS.update(getattr(module, name.removesuffix("Layer") + "Attention")
-                                       for name, swap in names.items() if swap is _Layer and hasattr(module, name))
-        AttentionInterface.register(ATTN_IMPLEMENTATION, _hf_attention)
-        AttentionMaskInterface.register(ATTN_IMPLEMENTATION, _padding_mask)
-        _swaps = table
-    return _swaps
-
-
-def _unknown_parameters(cls: type, swap: type) -> list[str]:
-    """Parameters of transformers' `cls.forward` (as installed) that `swap` does not serve."""
-    params = list(inspect.signature(cls.forward).parameters.values())[1:]
-    return [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in swap.serves]
-
-
-def _refuse(cls: type, why: str) -> None:
-    refused[cls] = why
-    text = f"{cls.__name__} stays transformers' own (transformers {VERSION}): {why}"
-    warnings.warn(f"fastenc: {text}", RuntimeWarning, stacklevel=4)
-    note(f"block {cls.__module__}.{cls.__name__}", text)
-
-
-def _family_swaps(module, names: dict[str, type]) -> dict[type, type]:
-    """{class: swap} for one family's module: a block whose installed forward takes a parameter its swap does not
-    serve keeps transformers' forward (warned, and noted for explain()), and so does a swap that needs it."""
-    swaps = {}
-    for name, swap in names.items():
-        cls = getattr(module, name, None)
-        if cls is None:
-            note(f"block {module.__name__}.{name}", f"transformers {VERSION} has no such class: nothing to swap")
-            continue
-        unknown = _unknown_parameters(cls, swap)
-        if unknown:
-            _refuse(cls, f"its forward takes {', '.join(repr(n) for n in unknown)}, which fastenc's "
-                         f"{swap.__name__.lstrip('_')} block does not know")
-        else:
-            swaps[cls] = swap
-    changed = True
-    while changed:  # a refusal can refuse the swaps that need it, in turn
-        changed = False
-        off = {swap: cls for name, swap in names.items() if (cls := getattr(module, name, None)) in refused}
-        for cls, swap in list(swaps.items()):
-            missing = [off[n] for n in swap.needs if n in off]
-            if missing:
-                del swaps[cls]
-                _refuse(cls, f"it needs fastenc's {missing[0].__name__}, which stays transformers'")
-                changed = True
-    return swaps
-
-
-def _subclass(cls: type) -> type:
-    if cls not in _subclasses:
-        _subclasses[cls] = type(cls.__name__, (swap_table()[cls], cls),
-                                {"_fastenc_original": cls, "__module__": __name__, "__qualname__": cls.__qualname__})
-    return _subclasses[cls]
-
-
-def install_blocks(model: nn.Module) -> int:
-    """Swap every supported block inside `model` (in place); returns how many were swapped."""
-    table = swap_table()
-    swapped = 0
-    for m in model.modules():
-        if type(m) in table and table[type(m)].supports(m):
-            m.__class__ = _subclass(type(m))
-            if hasattr(m, "_can_record_outputs"):  # a base model that is its own encoder (GTE): registry by class
-                refresh_recordable(m)
-            for name, value in type(m).attrs.items():
-                setattr(m, name, value(m) if callable(value) else value)
-            swapped += 1
-    return swapped
-
-
-def remove_blocks(model: nn.Module) -> None:
-    """Give every swapped block inside `model` its transformers class back (a fastenc model class that carries a swap,
-    ModernBertModel, loses the swap's attributes here and its class in optimize.restore)."""
-    for m in model.modules():
-        if not isinstance(m, _Swap):
-            continue
-        for name in (*type(m).attrs, "_fastenc_qkv", "_fastenc_gate_up"):
-            m.__dict__.pop(name, None)
-        original = type(m).__dict__.get("_fastenc_original")
-        if original is not None:  # a fastenc model class (a swap of its own: families.classes) keeps its class here
-            m.__class__ = original
-
-
-def has_blocks(model: nn.Module) -> bool:
-    return any(isinstance(m, _Swap) for m in model.modules())

@@ -1,7 +1,7 @@
 """What every fastenc model class adds to the transformers class it subclasses.
 
 `class BertModel(FastencModel, transformers.BertModel)`: construction builds transformers' model, then switches its
-blocks to fastenc's (`fastenc.models.blocks`) and its attention implementation to "fastenc" (unless "eager" was
+blocks to fastenc's (`fastenc.models.swaps`) and its attention implementation to "fastenc" (unless "eager" was
 asked for: that one's mask is an additive bias, run by the reference attention, which returns the probabilities
 transformers' eager attention gives; the blocks are fastenc's either way). Everything else -
 loading, saving, resizing, tying, gradient checkpointing, the Hub, PEFT - is transformers' own. The forward keeps
@@ -29,9 +29,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fastenc.models.blocks import ATTN_IMPLEMENTATION, _Swap, install_blocks
+from fastenc.models.attend import ATTN_IMPLEMENTATION
 from fastenc.models.hf_internals import refresh_recordable, requested_attn_implementation
 from fastenc.models.packing import tracing, unpad_scope
+from fastenc.models.swaps import _Swap, install_blocks
 from fastenc.ops.embeddings import ID_DTYPES
 
 

@@ -1,4 +1,5 @@
-"""ModernBERT's blocks running fastenc's ops (the swaps of `fastenc.models.blocks`, for transformers.models.modernbert).
+"""ModernBERT's blocks running fastenc's ops (swaps as `fastenc.models.swaps` installs them, for
+transformers.models.modernbert).
 
 ModernBERT is pre-LN: `h = h + attn(attn_norm(h))`, `h = h + mlp(mlp_norm(h))`, `final_norm(h)` at the end, with
 bias-free LayerNorms, rotary positions, alternating local (sliding window) and global attention, and a gated MLP.
@@ -34,10 +35,12 @@ from transformers.models.modernbert import modeling_modernbert
 
 from fastenc import ops
 from fastenc.autotune import note
-from fastenc.models.blocks import _dropout_p, _Encoder, _Swap, attend, refused
+from fastenc.models.attend import attend
+from fastenc.models.blocks import _dropout_p, _Encoder
 from fastenc.models.fused import _cast, _params, gelu_form, is_plain_linear, kernels_run, linear_act, linear_act_norm
 from fastenc.models.hf_internals import SILU, VERSION, lookup, recording, register_recordable
 from fastenc.models.packing import choose_packing, packing_from_kwargs, packing_from_positions, scoped_unpad, tracing
+from fastenc.models.swaps import _Swap, refused
 
 _WARNED: set[str] = set()
 

@@ -3,7 +3,7 @@ the same parameters.
 
 optimize(model) gives every transformers model inside `model` that fastenc has a class for (BertModel,
 RobertaForMaskedLM, ...) that class - fastenc's classes subclass transformers' and add no state, so this is a
-`__class__` assignment - and switches every supported block to fastenc's ops (`fastenc.models.blocks`). Models of
+`__class__` assignment - and switches every supported block to fastenc's ops (`fastenc.models.swaps`). Models of
 other classes (a user's own head around a BertModel) keep their class; their blocks are switched all the same. No
 parameter, buffer or submodule is created, moved or renamed: optimizers, DDP, hooks, PEFT LoRA wrappers,
 gradient checkpointing, AMP and the HF Trainer keep working. `restore(model)` undoes all of it.
@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from fastenc.models import MODEL_CLASSES, FastencModel, twin_of
-from fastenc.models.blocks import ATTN_IMPLEMENTATION, _Swap, has_blocks, install_blocks, remove_blocks
+from fastenc.models.attend import ATTN_IMPLEMENTATION
 from fastenc.models.heads import adopt, check_encoder_config
+from fastenc.models.swaps import _Swap, has_blocks, install_blocks, remove_blocks
 
 
 def _pretrained_models(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:

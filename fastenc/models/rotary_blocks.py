@@ -1,5 +1,6 @@
 """The blocks of the rotary post-LN families, GTE and NomicBERT, running fastenc's ops (switched in place by class,
-as fastenc.models.blocks does for the BERT families; its `_Swap` rules apply: `serves`, `needs`, `supports`).
+as fastenc.models.blocks does for the BERT families; the rules of fastenc.models.swaps' `_Swap` apply: `serves`,
+`needs`, `supports`).
 
 Both are BERT-shaped without a position table: embeddings (word + token types when present) -> `embeddings` with no
 position table; each layer is `LN(h + dropout(o_proj(attention)))` then `LN(h + dropout(down(gated MLP)))` ->
@@ -27,7 +28,8 @@ from torch import nn
 
 from fastenc import ops
 from fastenc.autotune import note
-from fastenc.models.blocks import _RobertaLMHead, _Swap, attend, swap_table
+from fastenc.models.attend import attend
+from fastenc.models.blocks import _RobertaLMHead
 from fastenc.models.fused import gate_up, gelu_form, hook_free, linear_act_norm, linear_add_norm, qkv
 from fastenc.models.hf_internals import SILU, VERSION, recording
 from fastenc.models.packing import (
@@ -38,6 +40,7 @@ from fastenc.models.packing import (
     scoped_unpad,
     tracing,
 )
+from fastenc.models.swaps import _Swap, swap_table
 
 _PACKED: contextvars.ContextVar[Packing | None] = contextvars.ContextVar("fastenc_rotary_packed", default=None)
 

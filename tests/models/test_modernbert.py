@@ -15,7 +15,7 @@ import transformers
 
 import fastenc
 from fastenc import autotune
-from fastenc.models import blocks
+from fastenc.models import swaps
 from fastenc.models.modernbert_blocks import _ModernBertLayer, _ModernBertModel
 from tests.models.harness import (
     assert_close,
@@ -256,9 +256,9 @@ def test_rotary_types_other_than_default_stay_transformers_with_a_reason():
 @pytest.fixture
 def fresh_table():
     def reset():
-        blocks._swaps = None
-        blocks.refused.clear()
-        blocks._ATTENTION_WRAPPERS.clear()
+        swaps._swaps = None
+        swaps.refused.clear()
+        swaps._ATTENTION_WRAPPERS.clear()
         autotune._notes.clear()
 
     reset()
@@ -290,8 +290,8 @@ def test_a_future_forward_parameter_keeps_transformers_block(block, monkeypatch,
         ours = fastenc.from_hf(copy.deepcopy(hf)).train()
     assert all(type(m) is cls for m in ours.modules() if isinstance(m, cls))
     if block in ("ModernBertEncoderLayer", "ModernBertAttention"):  # each needs the other; the loop needs both
-        assert hf_mod.ModernBertAttention in blocks.refused and hf_mod.ModernBertEncoderLayer in blocks.refused
-        assert hf_mod.ModernBertModel in blocks.refused
+        assert hf_mod.ModernBertAttention in swaps.refused and hf_mod.ModernBertEncoderLayer in swaps.refused
+        assert hf_mod.ModernBertModel in swaps.refused
     assert "future_option" in fastenc.explain()
     inp = _batch("ModernBertForMaskedLM")
     lab = labels_for("ModernBertForMaskedLM", inp)

@@ -15,11 +15,11 @@ import transformers
 
 import fastenc
 from fastenc import autotune
-from fastenc.models import blocks
+from fastenc.models import blocks, swaps
 from tests.models.harness import PREFIX, assert_close, assert_grads_close, build_hf, inputs, labels_for
 
 FUTURE = "future_option"
-CASES = [(family, name) for family, names in blocks.targets().items() for name in names
+CASES = [(family, name) for family, names in swaps.targets().items() for name in names
          if importlib.util.find_spec(f"transformers.models.{family}")]  # GTE: transformers >= 5.25
 
 
@@ -28,9 +28,9 @@ def fresh_table():
     """The swap table rebuilt for the test and again after it (the faked forward is gone by then)."""
 
     def reset():
-        blocks._swaps = None
-        blocks.refused.clear()
-        blocks._ATTENTION_WRAPPERS.clear()
+        swaps._swaps = None
+        swaps.refused.clear()
+        swaps._ATTENTION_WRAPPERS.clear()
         autotune._notes.clear()
 
     reset()
@@ -93,11 +93,11 @@ def test_needs_are_refused_with_what_they_need(monkeypatch, fresh_table):
 
     _fake_future_forward(monkeypatch, hf_mod.TransformerBlock)
     with pytest.warns(RuntimeWarning):
-        table = blocks.swap_table()
-    assert hf_mod.TransformerBlock in blocks.refused
-    assert hf_mod.DistilBertSelfAttention in blocks.refused
-    assert hf_mod.Transformer in blocks.refused
-    assert "TransformerBlock" in blocks.refused[hf_mod.DistilBertSelfAttention]
+        table = swaps.swap_table()
+    assert hf_mod.TransformerBlock in swaps.refused
+    assert hf_mod.DistilBertSelfAttention in swaps.refused
+    assert hf_mod.Transformer in swaps.refused
+    assert "TransformerBlock" in swaps.refused[hf_mod.DistilBertSelfAttention]
     assert hf_mod.Embeddings in table
 
 
