@@ -1,5 +1,5 @@
-"""The public op functions. Each `<op>` dispatches to a backend (see fastenc.backends); `<op>_ref` is its
-pure-PyTorch reference: the CPU path, the test oracle and the benchmark baseline."""
+"""The public op functions. Each `<op>` runs through fastenc.dispatch.run_op on a backend (see fastenc.backends);
+`<op>_ref` is its pure-PyTorch reference: the CPU path, the test oracle and the benchmark baseline."""
 
 from fastenc.ops.add_layer_norm import add_layer_norm, add_layer_norm_ref
 from fastenc.ops.attention import attention, attention_ref
