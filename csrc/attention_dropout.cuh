@@ -12,27 +12,12 @@
 
 namespace fastenc {
 
-// Philox4x32 with 7 rounds (the round function of philox4x32_10 in common.cuh).
-__device__ __forceinline__ U32x4 philox4x32_7(U32x4 ctr, uint32_t key0, uint32_t key1) {
-  constexpr uint32_t kMul0 = 0xD2511F53u, kMul1 = 0xCD9E8D57u;
-  constexpr uint32_t kWeyl0 = 0x9E3779B9u, kWeyl1 = 0xBB67AE85u;
-#pragma unroll
-  for (int round = 0; round < 7; ++round) {
-    const uint32_t hi0 = __umulhi(kMul0, ctr.x), lo0 = kMul0 * ctr.x;
-    const uint32_t hi1 = __umulhi(kMul1, ctr.z), lo1 = kMul1 * ctr.z;
-    ctr = U32x4{hi1 ^ ctr.y ^ key0, lo1, hi0 ^ ctr.w ^ key1, lo0};
-    key0 += kWeyl0;
-    key1 += kWeyl1;
-  }
-  return ctr;
-}
-
 // Dropout keeps element (i, j) of sequence b, head h iff its 8-bit slice of Philox4x32-7(key = seed, counter =
 // {j / 16, i, b, h}) is >= threshold = ceil(p * 2^8): with c = j % 16, byte (c % 2) + 2 (c / 8) of word (c % 8) / 2,
 // so word w holds keys 2w, 2w + 1, 2w + 8, 2w + 9 (the columns of lane w of a quad in two m16n8 tiles). The scheme
 // fastenc.kernels.attention documents, so both backends draw the same mask, in each sequence's own coordinates.
 __device__ __forceinline__ U32x4 dropout_words(uint32_t key0, uint32_t key1, int b, int h, int i, int j) {
-  return philox4x32_7(U32x4{static_cast<uint32_t>(j >> 4), static_cast<uint32_t>(i), static_cast<uint32_t>(b),
+  return philox4x32<7>(U32x4{static_cast<uint32_t>(j >> 4), static_cast<uint32_t>(i), static_cast<uint32_t>(b),
                             static_cast<uint32_t>(h)},
                       key0, key1);
 }

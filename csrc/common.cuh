@@ -86,11 +86,13 @@ struct U32x4 {
   uint32_t x, y, z, w;
 };
 
-__device__ __forceinline__ U32x4 philox4x32_10(U32x4 ctr, uint32_t key0, uint32_t key1) {
+// Philox4x32 with kRounds rounds: 10 for the row ops' dropout, 7 for attention's (attention_dropout.cuh).
+template <int kRounds>
+__device__ __forceinline__ U32x4 philox4x32(U32x4 ctr, uint32_t key0, uint32_t key1) {
   constexpr uint32_t kMul0 = 0xD2511F53u, kMul1 = 0xCD9E8D57u;
   constexpr uint32_t kWeyl0 = 0x9E3779B9u, kWeyl1 = 0xBB67AE85u;
 #pragma unroll
-  for (int round = 0; round < 10; ++round) {
+  for (int round = 0; round < kRounds; ++round) {
     const uint32_t hi0 = __umulhi(kMul0, ctr.x), lo0 = kMul0 * ctr.x;
     const uint32_t hi1 = __umulhi(kMul1, ctr.z), lo1 = kMul1 * ctr.z;
     ctr = U32x4{hi1 ^ ctr.y ^ key0, lo1, hi0 ^ ctr.w ^ key1, lo0};
@@ -131,7 +133,7 @@ __device__ __forceinline__ void rowwise_keep(uint32_t key0, uint32_t key1, uint3
     const int64_t c = c0 + k;
     if ((c >> 2) != quad) {
       quad = c >> 2;
-      r = philox4x32_10(U32x4{static_cast<uint32_t>(quad), static_cast<uint32_t>(row),
+      r = philox4x32<10>(U32x4{static_cast<uint32_t>(quad), static_cast<uint32_t>(row),
                               static_cast<uint32_t>(static_cast<uint64_t>(row) >> 32), kRowwiseStream},
                         key0, key1);
     }

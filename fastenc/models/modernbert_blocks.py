@@ -40,6 +40,7 @@ from fastenc.models.blocks import _dropout_p, _Encoder
 from fastenc.models.fused import _cast, _params, gelu_form, is_plain_linear, kernels_run, linear_act, linear_act_norm
 from fastenc.models.hf_internals import SILU, VERSION, lookup, recording, register_recordable
 from fastenc.models.packing import choose_packing, packing_from_kwargs, packing_from_positions, scoped_unpad, tracing
+from fastenc.models.rotary_blocks import rope_params_reason
 from fastenc.models.swaps import _Swap, refused
 
 _WARNED: set[str] = set()
@@ -48,14 +49,9 @@ _WARNED: set[str] = set()
 def unsupported_reason(config) -> str | None:
     """Why fastenc cannot run this ModernBERT configuration (None: it can): only default rotary is computed."""
     for layer_type in sorted(set(config.layer_types)):
-        params = (getattr(config, "rope_parameters", None) or {}).get(layer_type) or {}
-        rope_type = params.get("rope_type", "default")
-        if rope_type != "default":
-            return f"rope_type {rope_type!r} on {layer_type} layers (fastenc's rotary computes only 'default')"
-        if params.get("partial_rotary_factor", 1.0) != 1.0:
-            return f"partial_rotary_factor {params['partial_rotary_factor']} on {layer_type} layers"
-        if "rope_theta" not in params:
-            return f"no rope_theta for {layer_type} layers in config.rope_parameters"
+        why = rope_params_reason((getattr(config, "rope_parameters", None) or {}).get(layer_type) or {})
+        if why is not None:
+            return f"{layer_type} layers: {why}"
     return None
 
 

@@ -57,10 +57,9 @@ class RotaryPositions:
     theta: float | int
 
 
-def rope_reason(module: nn.Module) -> str | None:
-    """Why `ops.rotary` cannot compute the rotary embedding of this GteRotaryEmbedding / NomicBertRotaryEmbedding
-    (None when it can: rotate-half over the whole head, theta ** (-2i / D), no scaling)."""
-    params = getattr(module.config, "rope_parameters", None) or {}
+def rope_params_reason(params: dict) -> str | None:
+    """Why `ops.rotary` cannot compute a rotary embedding with these rope_parameters (None when it can:
+    rotate-half over the whole head, theta ** (-2i / D)); ModernBERT asks it once per layer type."""
     rope_type = params.get("rope_type", "default")
     if rope_type != "default":
         return f"rope_type {rope_type!r} (fastenc's rotary op computes the 'default' type only)"
@@ -68,6 +67,15 @@ def rope_reason(module: nn.Module) -> str | None:
         return f"partial_rotary_factor {params['partial_rotary_factor']} (fastenc rotates the whole head)"
     if "rope_theta" not in params:
         return "rope_parameters has no rope_theta"
+    return None
+
+
+def rope_reason(module: nn.Module) -> str | None:
+    """Why `ops.rotary` cannot compute the rotary embedding of this GteRotaryEmbedding / NomicBertRotaryEmbedding
+    (None when it can: the parameters above, and no scaling)."""
+    why = rope_params_reason(getattr(module.config, "rope_parameters", None) or {})
+    if why is not None:
+        return why
     if getattr(module, "attention_scaling", 1.0) != 1.0:
         return f"attention_scaling {module.attention_scaling} (fastenc's rotary op does not scale)"
     return None
