@@ -9,7 +9,7 @@ import torch
 from transformers import DataCollatorWithFlattening
 
 import fastenc
-from tests.models.harness import assert_close, assert_grads_close, build_hf
+from tests.models.harness import PREFIX, ROTARY, assert_close, assert_grads_close, build_hf
 
 LENGTHS = (5, 3, 7)
 
@@ -20,7 +20,8 @@ def _sequences(seed: int = 0) -> list[list[int]]:
 
 
 @pytest.mark.parametrize("flash_kwargs", [False, True], ids=["position_ids", "cu_seq_lens"])
-@pytest.mark.parametrize("name", ["BertForMaskedLM", "AlbertForMaskedLM"])
+# GTE / NomicBERT where the release has them: base models that pack their own inputs (rotary_blocks)
+@pytest.mark.parametrize("name", ["BertForMaskedLM", "AlbertForMaskedLM", *(PREFIX[f] + "ForMaskedLM" for f in ROTARY)])
 def test_flattened_batch_equals_separate_sequences(name, flash_kwargs):
     seqs = _sequences()
     batch = DataCollatorWithFlattening(return_flash_attn_kwargs=flash_kwargs)([{"input_ids": s} for s in seqs])

@@ -253,19 +253,6 @@ def test_rotary_types_other_than_default_stay_transformers_with_a_reason():
         assert_outputs_close(ours(**inp), hf(**inp), 1e-5)
 
 
-@pytest.fixture
-def fresh_table():
-    def reset():
-        swaps._swaps = None
-        swaps.refused.clear()
-        swaps._ATTENTION_WRAPPERS.clear()
-        autotune._notes.clear()
-
-    reset()
-    yield
-    reset()
-
-
 @pytest.mark.parametrize("block", ["ModernBertEncoderLayer", "ModernBertAttention", "ModernBertModel",
                                    "ModernBertEmbeddings", "ModernBertPredictionHead"])
 def test_a_future_forward_parameter_keeps_transformers_block(block, monkeypatch, fresh_table):

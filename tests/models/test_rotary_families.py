@@ -10,7 +10,6 @@ import importlib
 import pytest
 import torch
 import transformers
-from transformers import DataCollatorWithFlattening
 
 import fastenc
 from fastenc import autotune
@@ -92,31 +91,6 @@ def test_packed_training_loss_and_grads_match_transformers(family, head):
     ref.loss.backward()
     out.loss.backward()
     assert_grads_close(ours, hf, 1e-4)
-
-
-@pytest.mark.parametrize("flash_kwargs", [False, True], ids=["position_ids", "cu_seq_lens"])
-@pytest.mark.parametrize("family", FAMILIES)
-def test_flattened_batch_equals_separate_sequences(family, flash_kwargs):
-    g = torch.Generator().manual_seed(0)
-    seqs = [torch.randint(3, 99, (n,), generator=g).tolist() for n in (5, 3, 7)]
-    batch = DataCollatorWithFlattening(return_flash_attn_kwargs=flash_kwargs)([{"input_ids": s} for s in seqs])
-    name = _name(family, "ForMaskedLM")
-    ours = fastenc.from_hf(build_hf(name)).train()
-    separate = fastenc.from_hf(build_hf(name)).train()
-    flat = ours(**batch)
-    labels, start, pieces, losses = batch["labels"][0], 0, [], []
-    for s in seqs:
-        n = len(s)
-        out = separate(input_ids=torch.tensor([s]), labels=labels[start:start + n][None], unpad=False)
-        pieces.append(out.logits[0])
-        losses.append(out.loss * int((labels[start:start + n] != -100).sum()))
-        start += n
-    assert_close(flat.logits[0], torch.cat(pieces), 1e-5, "logits")
-    total = sum(losses) / int((labels != -100).sum())
-    assert_close(flat.loss, total, 1e-5, "loss")
-    flat.loss.backward()
-    total.backward()
-    assert_grads_close(ours, separate, 1e-4)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

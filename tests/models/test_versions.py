@@ -14,28 +14,12 @@ import torch
 import transformers
 
 import fastenc
-from fastenc import autotune
 from fastenc.models import blocks, swaps
 from tests.models.harness import PREFIX, assert_close, assert_grads_close, build_hf, inputs, labels_for
 
 FUTURE = "future_option"
 CASES = [(family, name) for family, names in swaps.targets().items() for name in names
          if importlib.util.find_spec(f"transformers.models.{family}")]  # GTE: transformers >= 5.25
-
-
-@pytest.fixture
-def fresh_table():
-    """The swap table rebuilt for the test and again after it (the faked forward is gone by then)."""
-
-    def reset():
-        swaps._swaps = None
-        swaps.refused.clear()
-        swaps._ATTENTION_WRAPPERS.clear()
-        autotune._notes.clear()
-
-    reset()
-    yield
-    reset()
 
 
 def _fake_future_forward(monkeypatch, cls: type) -> None:
