@@ -27,7 +27,7 @@ from fastenc.kernels._launch import launch as launch_jit
 
 MAX_KEPT = 3
 KERNELS = ("fwd", "dkdv", "dq")
-TUNE_KEY = ["seqlen_bucket", "BLOCK_D", "HAS_MASK", "PACKED", "DROPOUT", "INPUT_PRECISION", "WINDOW"]
+TUNE_KEY = ["seqlen_bucket", "BLOCK_D", "HAS_MASK", "PACKED", "DROPOUT", "INPUT_PRECISION", "WINDOW", "TMA"]
 INTERPRETER_CONFIG = (16, 16, 1, 1)
 
 # fp16 / bf16 candidates by BLOCK_D (<= 64, 128) for sm_90 (wgmma); AMPERE replaces some for sm_80 / sm_86 / sm_89
@@ -154,13 +154,20 @@ def kept(kernel: str, dtype_bytes: int, block_d: int, seqlen_bucket: int, max_sh
     return (short or [min(fits, key=lambda c: _owned_rows(kernel, c))])[:MAX_KEPT]
 
 
+def arch() -> int:
+    """Compute capability of the current device as Triton numbers it (80, 90, ...)."""
+    from triton.runtime.driver import driver
+
+    return int(driver.active.get_current_target().arch)
+
+
 def _device() -> tuple[int, int]:
     """(compute capability as Triton numbers it, opt-in shared memory per block) of the current device."""
     from triton.runtime.driver import driver
 
     active = driver.active
     props = active.utils.get_device_properties(active.get_current_device())
-    return int(active.get_current_target().arch), int(props["max_shared_mem"])
+    return arch(), int(props["max_shared_mem"])
 
 
 def prune(kernel: str) -> Callable:

@@ -54,6 +54,7 @@ import triton.language as tl
 
 from fastenc.kernels import _configs
 from fastenc.kernels import _fakes as fakes
+from fastenc.kernels import _triton_internals as ti
 from fastenc.kernels._common import FLOAT_DTYPES, cdiv, interpreter_on, launch_reasons, next_pow2, register
 from fastenc.kernels._launch import launch
 
@@ -96,11 +97,29 @@ def _load_full_rows(ptr, base, rows, stride_s, offs_d, HEAD_DIM: tl.constexpr, B
 
 
 @triton.jit
-def _load_block(ptr, base, rows, seqlen, stride_s, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                MASK_ROWS: tl.constexpr):
-    """_load_rows when rows past seqlen may be in the block (MASK_ROWS), else _load_full_rows."""
+def _rows_desc(ptr, base, seqlen, stride_s, HEAD_DIM: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+               TMA: tl.constexpr):
+    """With TMA: a tensor descriptor of one head of one sequence, [seqlen, HEAD_DIM] from ptr + base with row stride
+    stride_s, read in [BLOCK_ROWS, BLOCK_D] tiles (rows past seqlen and columns past HEAD_DIM read as 0); without,
+    ptr itself (unused: _load_block reads through pointers)."""
+    if TMA:  # one return of one type per variant (both branches' returns would have to agree)
+        desc = tl.make_tensor_descriptor(ptr + base, shape=[seqlen, HEAD_DIM], strides=[stride_s, 1],
+                                         block_shape=[BLOCK_ROWS, BLOCK_D])
+    else:
+        desc = ptr
+    return desc
+
+
+@triton.jit
+def _load_block(ptr, desc, base, row_start, seqlen, stride_s, offs_d, HEAD_DIM: tl.constexpr, BLOCK_ROWS: tl.constexpr,
+                BLOCK_D: tl.constexpr, MASK_ROWS: tl.constexpr, TMA: tl.constexpr):
+    """Rows row_start + arange(BLOCK_ROWS): _load_rows when rows past seqlen may be in the block (MASK_ROWS), else
+    one tile load through `desc` (_rows_desc) with TMA, or _load_full_rows without."""
+    rows = row_start + tl.arange(0, BLOCK_ROWS)
     if MASK_ROWS:
         return _load_rows(ptr, base, rows, seqlen, stride_s, offs_d, HEAD_DIM)
+    if TMA:
+        return desc.load([row_start, 0])
     return _load_full_rows(ptr, base, rows, stride_s, offs_d, HEAD_DIM, BLOCK_D)
 
 
@@ -199,18 +218,22 @@ def _dropout_threshold(dropout_p):
 
 
 @triton.jit
-def _attention_fwd_block(acc, l_i, m_i, q, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
-                         mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold,
-                         window, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_MASK: tl.constexpr,
+def _attention_fwd_block(acc, l_i, m_i, q, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s,
+                         mask_ptr, mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed,
+                         threshold, window, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_MASK: tl.constexpr,
                          MASK_KEYS: tl.constexpr, WINDOW_EDGE: tl.constexpr, DROPOUT: tl.constexpr,
-                         INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                         INPUT_PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_N: tl.constexpr):
     """One key block of the forward's online softmax: the updated (acc, l_i, m_i). qk_scale > 0 (the launcher moves
     a negative scale's sign onto q), so the row max of the raw scores gives the scaled one and each probability costs
     one FMA and one exp2. MASK_KEYS: the block may hold keys past seqlen or masked out (see _key_range); without it the
-    block is read with no mask at all. WINDOW_EDGE: the block may hold keys outside some row's window."""
+    block is read with no mask at all (through the descriptors k_desc, v_desc with TMA). WINDOW_EDGE: the block may
+    hold keys outside some row's window."""
     cols = col_start + tl.arange(0, BLOCK_N)
-    k = _load_block(k_ptr, k_base, cols, seqlen, k_stride_s, offs_d, HEAD_DIM, BLOCK_D, MASK_KEYS)
-    v = _load_block(v_ptr, v_base, cols, seqlen, v_stride_s, offs_d, HEAD_DIM, BLOCK_D, MASK_KEYS)
+    k = _load_block(k_ptr, k_desc, k_base, col_start, seqlen, k_stride_s, offs_d, HEAD_DIM, BLOCK_N, BLOCK_D,
+                    MASK_KEYS, TMA)
+    v = _load_block(v_ptr, v_desc, v_base, col_start, seqlen, v_stride_s, offs_d, HEAD_DIM, BLOCK_N, BLOCK_D,
+                    MASK_KEYS, TMA)
     s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)
     if MASK_KEYS:
         allowed = _key_allowed(mask_ptr, b, mask_stride_b, mask_stride_s, cols, seqlen, HAS_MASK)
@@ -263,6 +286,7 @@ def _attention_fwd_kernel(
     DROPOUT: tl.constexpr,
     WINDOW: tl.constexpr,  # a local window: each program visits only the key blocks its rows' windows reach
     INPUT_PRECISION: tl.constexpr,  # "ieee" or "tf32" for fp32 dots
+    TMA: tl.constexpr,  # sm_90+: the unmasked key blocks through tensor descriptors (TMA): see _tma
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     SCAN: tl.constexpr,  # mask entries per step of the key-range scan (HAS_MASK)
@@ -280,6 +304,8 @@ def _attention_fwd_kernel(
                    HEAD_DIM)
     k_base = b * k_stride_b + start * k_stride_s + h * k_stride_h
     v_base = b * v_stride_b + start * v_stride_s + h * v_stride_h
+    k_desc = _rows_desc(k_ptr, k_base, seqlen, k_stride_s, HEAD_DIM, BLOCK_N, BLOCK_D, TMA)
+    v_desc = _rows_desc(v_ptr, v_base, seqlen, v_stride_s, HEAD_DIM, BLOCK_N, BLOCK_D, TMA)
     seed = tl.load(seed_ptr) if DROPOUT else 0
     threshold = _dropout_threshold(dropout_p)
     full_end, kv_end = _key_range(mask_ptr, b, mask_stride_b, mask_stride_s, seqlen, HAS_MASK, BLOCK_N, SCAN)
@@ -294,19 +320,19 @@ def _attention_fwd_kernel(
         lo, mid_start, mid_end, hi = _window_range(pid_m * BLOCK_M, window, full_end, kv_end, BLOCK_M, BLOCK_N)
     for col_start in range(lo, mid_start, BLOCK_N):
         acc, l_i, m_i = _attention_fwd_block(
-            acc, l_i, m_i, q, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr, mask_stride_b,
-            mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, window, HEAD_DIM,
-            BLOCK_D, HAS_MASK, True, True, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+            acc, l_i, m_i, q, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
+            mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, window,
+            HEAD_DIM, BLOCK_D, HAS_MASK, True, True, DROPOUT, INPUT_PRECISION, TMA, BLOCK_M, BLOCK_N)
     for col_start in range(mid_start, mid_end, BLOCK_N):
         acc, l_i, m_i = _attention_fwd_block(
-            acc, l_i, m_i, q, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr, mask_stride_b,
-            mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, window, HEAD_DIM,
-            BLOCK_D, HAS_MASK, False, False, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+            acc, l_i, m_i, q, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
+            mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, window,
+            HEAD_DIM, BLOCK_D, HAS_MASK, False, False, DROPOUT, INPUT_PRECISION, TMA, BLOCK_M, BLOCK_N)
     for col_start in range(mid_end, hi, BLOCK_N):
         acc, l_i, m_i = _attention_fwd_block(
-            acc, l_i, m_i, q, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr, mask_stride_b,
-            mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, window, HEAD_DIM,
-            BLOCK_D, HAS_MASK, True, WINDOW, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+            acc, l_i, m_i, q, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
+            mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, window,
+            HEAD_DIM, BLOCK_D, HAS_MASK, True, WINDOW, DROPOUT, INPUT_PRECISION, TMA, BLOCK_M, BLOCK_N)
 
     empty = l_i == 0.0
     o_scale = 1.0 / tl.where(empty, 1.0, l_i)
@@ -359,16 +385,19 @@ def _row_stats(lse_ptr, delta_ptr, offs, rows, seqlen):
 
 
 @triton.jit
-def _attention_dq_block(dq, q, do, lse2, delta, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
-                        mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold,
-                        dropout_p, window, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_MASK: tl.constexpr,
-                        MASK_KEYS: tl.constexpr, WINDOW_EDGE: tl.constexpr, DROPOUT: tl.constexpr,
-                        INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _attention_dq_block(dq, q, do, lse2, delta, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s,
+                        mask_ptr, mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed,
+                        threshold, dropout_p, window, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                        HAS_MASK: tl.constexpr, MASK_KEYS: tl.constexpr, WINDOW_EDGE: tl.constexpr,
+                        DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr,
+                        BLOCK_N: tl.constexpr):
     """dq += dS K over one key block, with P recomputed from lse (one FMA and one exp2 per probability).
-    MASK_KEYS, WINDOW_EDGE: see _attention_fwd_block."""
+    MASK_KEYS, WINDOW_EDGE, TMA: see _attention_fwd_block."""
     cols = col_start + tl.arange(0, BLOCK_N)
-    k = _load_block(k_ptr, k_base, cols, seqlen, k_stride_s, offs_d, HEAD_DIM, BLOCK_D, MASK_KEYS)
-    v = _load_block(v_ptr, v_base, cols, seqlen, v_stride_s, offs_d, HEAD_DIM, BLOCK_D, MASK_KEYS)
+    k = _load_block(k_ptr, k_desc, k_base, col_start, seqlen, k_stride_s, offs_d, HEAD_DIM, BLOCK_N, BLOCK_D,
+                    MASK_KEYS, TMA)
+    v = _load_block(v_ptr, v_desc, v_base, col_start, seqlen, v_stride_s, offs_d, HEAD_DIM, BLOCK_N, BLOCK_D,
+                    MASK_KEYS, TMA)
     p = tl.exp2(tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale - lse2[:, None])
     if MASK_KEYS:
         allowed = _key_allowed(mask_ptr, b, mask_stride_b, mask_stride_s, cols, seqlen, HAS_MASK)
@@ -386,22 +415,24 @@ def _attention_dq_block(dq, q, do, lse2, delta, k_ptr, v_ptr, k_base, v_base, k_
 
 
 @triton.jit
-def _attention_dkdv_block(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, q_base, do_base, lse_base,
+def _attention_dkdv_block(dk, dv, k, v, q_ptr, do_ptr, q_desc, do_desc, lse_ptr, delta_ptr, q_base, do_base, lse_base,
                           q_stride_s, o_stride_s, lse_stride_s, b, h, row_start, col_start, seqlen, offs_d, qk_scale,
                           seed, threshold, dropout_p, window, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                           MASK_ROWS: tl.constexpr, WINDOW_EDGE: tl.constexpr, DROPOUT: tl.constexpr,
-                          INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                          INPUT_PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr,
+                          BLOCK_N: tl.constexpr):
     """dv += P^T dO and dk += dS^T Q over one query block (P^T recomputed from lse). MASK_ROWS: the block may hold
-    rows past seqlen (read as q = do = 0, lse = +inf, so their probabilities are 0); without it no mask at all.
-    WINDOW_EDGE: the block may hold rows outside some key's window (their probabilities are set to 0)."""
+    rows past seqlen (read as q = do = 0, lse = +inf, so their probabilities are 0); without it no mask at all (q, do
+    through the descriptors q_desc, do_desc with TMA). WINDOW_EDGE: the block may hold rows outside some key's window
+    (their probabilities are set to 0)."""
     rows = row_start + tl.arange(0, BLOCK_M)
+    q = _load_block(q_ptr, q_desc, q_base, row_start, seqlen, q_stride_s, offs_d, HEAD_DIM, BLOCK_M, BLOCK_D,
+                    MASK_ROWS, TMA)
+    do = _load_block(do_ptr, do_desc, do_base, row_start, seqlen, o_stride_s, offs_d, HEAD_DIM, BLOCK_M, BLOCK_D,
+                     MASK_ROWS, TMA)
     if MASK_ROWS:
-        q = _load_rows(q_ptr, q_base, rows, seqlen, q_stride_s, offs_d, HEAD_DIM)
-        do = _load_rows(do_ptr, do_base, rows, seqlen, o_stride_s, offs_d, HEAD_DIM)
         lse2, delta = _row_stats(lse_ptr, delta_ptr, lse_base + rows * lse_stride_s, rows, seqlen)
     else:
-        q = _load_full_rows(q_ptr, q_base, rows, q_stride_s, offs_d, HEAD_DIM, BLOCK_D)
-        do = _load_full_rows(do_ptr, do_base, rows, o_stride_s, offs_d, HEAD_DIM, BLOCK_D)
         lse2 = tl.load(lse_ptr + lse_base + rows * lse_stride_s) * 1.4426950408889634
         delta = tl.load(delta_ptr + lse_base + rows * lse_stride_s)
     pt = tl.exp2(tl.dot(k, tl.trans(q), input_precision=INPUT_PRECISION) * qk_scale - lse2[None, :])
@@ -444,6 +475,7 @@ def _attention_bwd_dkdv_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_MASK: tl.constexpr, PACKED: tl.constexpr,
     DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     WINDOW: tl.constexpr,  # a local window: each program visits only the query blocks its keys' windows reach
+    TMA: tl.constexpr,  # sm_90+: the unmasked query blocks (q, do) through tensor descriptors (TMA)
     BLOCK_M: tl.constexpr,  # query rows per inner step
     BLOCK_N: tl.constexpr,  # key rows owned by the program
 ):
@@ -465,6 +497,8 @@ def _attention_bwd_dkdv_kernel(
     q_base = b * q_stride_b + start * q_stride_s + h * q_stride_h
     do_base = b * o_stride_b + start * o_stride_s + h * o_stride_h
     lse_base = b * lse_stride_b + h * lse_stride_h + start * lse_stride_s
+    q_desc = _rows_desc(q_ptr, q_base, seqlen, q_stride_s, HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
+    do_desc = _rows_desc(do_ptr, do_base, seqlen, o_stride_s, HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
     seed = tl.load(seed_ptr) if DROPOUT else 0
     threshold = _dropout_threshold(dropout_p)
 
@@ -480,19 +514,19 @@ def _attention_bwd_dkdv_kernel(
         lo, mid_start, mid_end, hi = _window_range(col_start, window, rows_full, seqlen, BLOCK_N, BLOCK_M)
     for row_start in range(lo, mid_start, BLOCK_M):
         dk, dv = _attention_dkdv_block(
-            dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, q_base, do_base, lse_base, q_stride_s, o_stride_s,
-            lse_stride_s, b, h, row_start, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p, window,
-            HEAD_DIM, BLOCK_D, True, True, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+            dk, dv, k, v, q_ptr, do_ptr, q_desc, do_desc, lse_ptr, delta_ptr, q_base, do_base, lse_base, q_stride_s,
+            o_stride_s, lse_stride_s, b, h, row_start, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p,
+            window, HEAD_DIM, BLOCK_D, True, True, DROPOUT, INPUT_PRECISION, TMA, BLOCK_M, BLOCK_N)
     for row_start in range(mid_start, mid_end, BLOCK_M):
         dk, dv = _attention_dkdv_block(
-            dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, q_base, do_base, lse_base, q_stride_s, o_stride_s,
-            lse_stride_s, b, h, row_start, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p, window,
-            HEAD_DIM, BLOCK_D, False, False, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+            dk, dv, k, v, q_ptr, do_ptr, q_desc, do_desc, lse_ptr, delta_ptr, q_base, do_base, lse_base, q_stride_s,
+            o_stride_s, lse_stride_s, b, h, row_start, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p,
+            window, HEAD_DIM, BLOCK_D, False, False, DROPOUT, INPUT_PRECISION, TMA, BLOCK_M, BLOCK_N)
     for row_start in range(mid_end, hi, BLOCK_M):
         dk, dv = _attention_dkdv_block(
-            dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, q_base, do_base, lse_base, q_stride_s, o_stride_s,
-            lse_stride_s, b, h, row_start, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p, window,
-            HEAD_DIM, BLOCK_D, True, WINDOW, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+            dk, dv, k, v, q_ptr, do_ptr, q_desc, do_desc, lse_ptr, delta_ptr, q_base, do_base, lse_base, q_stride_s,
+            o_stride_s, lse_stride_s, b, h, row_start, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p,
+            window, HEAD_DIM, BLOCK_D, True, WINDOW, DROPOUT, INPUT_PRECISION, TMA, BLOCK_M, BLOCK_N)
 
     # rows of masked keys: zeroed here, once (each row of dk, dv depends only on its own key's row of P^T)
     out_ptrs = b * o_stride_b + (start + cols[:, None]) * o_stride_s + h * o_stride_h + offs_d[None, :]
@@ -527,6 +561,7 @@ def _attention_bwd_dq_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_MASK: tl.constexpr, PACKED: tl.constexpr,
     DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     WINDOW: tl.constexpr,  # like in the forward kernel
+    TMA: tl.constexpr,  # like in the forward kernel
     BLOCK_M: tl.constexpr,  # query rows owned by the program
     BLOCK_N: tl.constexpr,  # key rows per inner step
     SCAN: tl.constexpr,  # mask entries per step of the key-range scan (HAS_MASK)
@@ -548,6 +583,8 @@ def _attention_bwd_dq_kernel(
     lse2, delta = _row_stats(lse_ptr, delta_ptr, lse_offs, rows, seqlen)
     k_base = b * k_stride_b + start * k_stride_s + h * k_stride_h
     v_base = b * v_stride_b + start * v_stride_s + h * v_stride_h
+    k_desc = _rows_desc(k_ptr, k_base, seqlen, k_stride_s, HEAD_DIM, BLOCK_N, BLOCK_D, TMA)
+    v_desc = _rows_desc(v_ptr, v_base, seqlen, v_stride_s, HEAD_DIM, BLOCK_N, BLOCK_D, TMA)
     seed = tl.load(seed_ptr) if DROPOUT else 0
     threshold = _dropout_threshold(dropout_p)
 
@@ -560,19 +597,19 @@ def _attention_bwd_dq_kernel(
         lo, mid_start, mid_end, hi = _window_range(pid_m * BLOCK_M, window, full_end, kv_end, BLOCK_M, BLOCK_N)
     for col_start in range(lo, mid_start, BLOCK_N):
         dq = _attention_dq_block(
-            dq, q, do, lse2, delta, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr, mask_stride_b,
-            mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p, window,
-            HEAD_DIM, BLOCK_D, HAS_MASK, True, True, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+            dq, q, do, lse2, delta, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
+            mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p,
+            window, HEAD_DIM, BLOCK_D, HAS_MASK, True, True, DROPOUT, INPUT_PRECISION, TMA, BLOCK_M, BLOCK_N)
     for col_start in range(mid_start, mid_end, BLOCK_N):
         dq = _attention_dq_block(
-            dq, q, do, lse2, delta, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr, mask_stride_b,
-            mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p, window,
-            HEAD_DIM, BLOCK_D, HAS_MASK, False, False, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+            dq, q, do, lse2, delta, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
+            mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p,
+            window, HEAD_DIM, BLOCK_D, HAS_MASK, False, False, DROPOUT, INPUT_PRECISION, TMA, BLOCK_M, BLOCK_N)
     for col_start in range(mid_end, hi, BLOCK_N):
         dq = _attention_dq_block(
-            dq, q, do, lse2, delta, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr, mask_stride_b,
-            mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p, window,
-            HEAD_DIM, BLOCK_D, HAS_MASK, True, WINDOW, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+            dq, q, do, lse2, delta, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
+            mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p,
+            window, HEAD_DIM, BLOCK_D, HAS_MASK, True, WINDOW, DROPOUT, INPUT_PRECISION, TMA, BLOCK_M, BLOCK_N)
 
     dq_ptrs = dq_ptr + b * o_stride_b + (start + rows[:, None]) * o_stride_s + h * o_stride_h + offs_d[None, :]
     tl.store(dq_ptrs, (dq * softmax_scale).to(dq_ptr.dtype.element_ty),
@@ -630,11 +667,49 @@ def _unit_last(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def _tma_device() -> bool:
+    """Whether the kernels run on a GPU with TMA (compute capability 9.0 on): never under the interpreter (its
+    tests force the TMA variants on by replacing this function)."""
+    return not interpreter_on() and _configs.arch() >= 90
+
+
+def _describable(t: torch.Tensor) -> bool:
+    """Whether a tensor descriptor reads every head of every sequence of `t` ([B, S, H, D] or [T, H, D], unit last
+    stride) exactly: TMA needs a 16-byte aligned base and strides, and each program's base adds batch, token and head
+    strides to the data pointer; rows of a multiple of 16 bytes (so at least 16)."""
+    e = t.element_size()
+    return t.data_ptr() % 16 == 0 and all(s * e % 16 == 0 for s in t.stride()[:-1]) and t.shape[-1] * e % 16 == 0
+
+
+def _tma(*tensors: torch.Tensor) -> bool:
+    """TMA of the kernels reading `tensors`: on a TMA GPU, fp16 / bf16 (what the sm_90a report measures), every
+    tensor describable, and triton's scratch allocator available (set here to torch's caching allocator unless the
+    caller set one: each program writes its descriptors to global scratch); else the pointer loads."""
+    if tensors[0].dtype not in (torch.float16, torch.bfloat16) or not _tma_device():
+        return False
+    if not all(_describable(t) for t in tensors):
+        return False
+    if interpreter_on():
+        return True
+    if ti.unavailable_reason(ti.TMA):
+        return False
+    unset = ti.get("triton.runtime._allocation.NullAllocator")
+    if isinstance(ti.get("triton.runtime._allocation._allocator").get(), unset):
+        triton.set_allocator(_scratch)
+    return True
+
+
+def _scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
+    """Triton's global scratch for one launch (the allocator of triton.set_allocator): torch's caching allocator on
+    the current device (its blocks are 512-byte aligned)."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
 class _Layout:
     """Grid and the scalar kernel arguments shared by every attention kernel of one call."""
 
     def __init__(self, q: torch.Tensor, key_padding_mask: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
-                 max_seqlen: int, window: int):
+                 max_seqlen: int, window: int, tma: bool):
         self.packed = cu_seqlens is not None
         if self.packed:
             self.batch, self.seqlen = cu_seqlens.shape[0] - 1, int(max_seqlen)
@@ -657,7 +732,7 @@ class _Layout:
         self.window = window if 0 <= window < self.seqlen - 1 else 0
         self.consts = dict(HEAD_DIM=self.head_dim, BLOCK_D=_block_d(self.head_dim), HAS_MASK=mask is not None,
                            PACKED=self.packed, INPUT_PRECISION=_input_precision(q.dtype),
-                           WINDOW=0 <= window < self.seqlen - 1)
+                           WINDOW=0 <= window < self.seqlen - 1, TMA=tma)
 
     def lse_strides(self, lse: torch.Tensor) -> tuple[int, int, int]:
         return (0, lse.stride(0), lse.stride(1)) if self.packed else (lse.stride(0), lse.stride(1), lse.stride(2))
@@ -692,7 +767,7 @@ def _fwd_impl(
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     if softmax_scale < 0:  # the kernel takes the row max of raw scores, so it needs scale > 0: the sign goes on q
         q, softmax_scale = -q, -softmax_scale
-    lay = _Layout(q, key_padding_mask, cu_seqlens, max_seqlen, window)
+    lay = _Layout(q, key_padding_mask, cu_seqlens, max_seqlen, window, _tma(k, v))
     o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(lay.lse_shape, dtype=torch.float32, device=q.device)
     if q.numel() == 0:
@@ -727,7 +802,7 @@ def _bwd_impl(
     _check_seed(dropout_p, seed)
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     do, o = do.contiguous(), o.contiguous()
-    lay = _Layout(q, key_padding_mask, cu_seqlens, max_seqlen, window)
+    lay = _Layout(q, key_padding_mask, cu_seqlens, max_seqlen, window, _tma(q, k, v, do))
     dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
     if q.numel() == 0:
         return dq, dk, dv
