@@ -25,6 +25,18 @@ BLOCK_D is the next power of two and the extra columns are masked. fp32 inputs u
 torch.backends.cuda.matmul.allow_tf32 is set (as torch's own matmuls do), else exact fp32 ("ieee"); the CPU
 interpreter always uses "ieee".
 
+TMA (sm_90): the forward and dq kernels may read their unmasked key blocks of k and v through tensor descriptors
+made on the device, one per head of each sequence ([length, D] from the sequence's first row, with its row stride;
+rows past the length and columns past D read as 0, so a tile never reaches another sequence's rows), while the
+masked edge blocks keep the masked pointer loads. The launcher picks it per call (the TMA constexpr, _tma): a GPU of
+compute capability 9.0 on, fp16 / bf16, and tensors a descriptor describes exactly (16-byte aligned data and
+strides, rows a multiple of 16 bytes), else the pointer loads (and sm_80 binaries are the same as without it). Which
+kernels, block sizes and triton releases take it is TMA_KERNELS, from the sm_90a binaries' main loops: kept only
+where no loop got longer (dk/dv has none). Trade-off: each program writes its descriptors to global scratch
+(triton's allocator; the launcher sets one on torch's caching allocator when the caller has none) and each tile
+waits on a barrier, in exchange for no per-thread address arithmetic or copy instructions for its tiles: on small
+tiles the barrier costs about what the loads save.
+
 Dropout: probability (b, h, i, j) (sequence, head, query, key; per-sequence coordinates in both layouts) is kept
 iff the 8-bit slice u of key j satisfies u >= t, t = ceil(dropout_p * 2**8): with c = j % 16, u is byte
 (c % 2) + 2 (c // 8) of word (c % 8) // 2 of Philox4x32-7 with key (seed & 0xffffffff, seed >> 32) and counter
@@ -286,7 +298,7 @@ def _attention_fwd_kernel(
     DROPOUT: tl.constexpr,
     WINDOW: tl.constexpr,  # a local window: each program visits only the key blocks its rows' windows reach
     INPUT_PRECISION: tl.constexpr,  # "ieee" or "tf32" for fp32 dots
-    TMA: tl.constexpr,  # sm_90+: the unmasked key blocks through tensor descriptors (TMA): see _tma
+    TMA: tl.constexpr,  # 0, or: the unmasked key blocks through tensor descriptors if BLOCK_N >= TMA (sm_90, _tma)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     SCAN: tl.constexpr,  # mask entries per step of the key-range scan (HAS_MASK)
@@ -304,8 +316,9 @@ def _attention_fwd_kernel(
                    HEAD_DIM)
     k_base = b * k_stride_b + start * k_stride_s + h * k_stride_h
     v_base = b * v_stride_b + start * v_stride_s + h * v_stride_h
-    k_desc = _rows_desc(k_ptr, k_base, seqlen, k_stride_s, HEAD_DIM, BLOCK_N, BLOCK_D, TMA)
-    v_desc = _rows_desc(v_ptr, v_base, seqlen, v_stride_s, HEAD_DIM, BLOCK_N, BLOCK_D, TMA)
+    tma: tl.constexpr = (TMA > 0) & (BLOCK_N >= TMA)
+    k_desc = _rows_desc(k_ptr, k_base, seqlen, k_stride_s, HEAD_DIM, BLOCK_N, BLOCK_D, tma)
+    v_desc = _rows_desc(v_ptr, v_base, seqlen, v_stride_s, HEAD_DIM, BLOCK_N, BLOCK_D, tma)
     seed = tl.load(seed_ptr) if DROPOUT else 0
     threshold = _dropout_threshold(dropout_p)
     full_end, kv_end = _key_range(mask_ptr, b, mask_stride_b, mask_stride_s, seqlen, HAS_MASK, BLOCK_N, SCAN)
@@ -322,17 +335,17 @@ def _attention_fwd_kernel(
         acc, l_i, m_i = _attention_fwd_block(
             acc, l_i, m_i, q, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
             mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, window,
-            HEAD_DIM, BLOCK_D, HAS_MASK, True, True, DROPOUT, INPUT_PRECISION, TMA, BLOCK_M, BLOCK_N)
+            HEAD_DIM, BLOCK_D, HAS_MASK, True, True, DROPOUT, INPUT_PRECISION, tma, BLOCK_M, BLOCK_N)
     for col_start in range(mid_start, mid_end, BLOCK_N):
         acc, l_i, m_i = _attention_fwd_block(
             acc, l_i, m_i, q, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
             mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, window,
-            HEAD_DIM, BLOCK_D, HAS_MASK, False, False, DROPOUT, INPUT_PRECISION, TMA, BLOCK_M, BLOCK_N)
+            HEAD_DIM, BLOCK_D, HAS_MASK, False, False, DROPOUT, INPUT_PRECISION, tma, BLOCK_M, BLOCK_N)
     for col_start in range(mid_end, hi, BLOCK_N):
         acc, l_i, m_i = _attention_fwd_block(
             acc, l_i, m_i, q, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
             mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, window,
-            HEAD_DIM, BLOCK_D, HAS_MASK, True, WINDOW, DROPOUT, INPUT_PRECISION, TMA, BLOCK_M, BLOCK_N)
+            HEAD_DIM, BLOCK_D, HAS_MASK, True, WINDOW, DROPOUT, INPUT_PRECISION, tma, BLOCK_M, BLOCK_N)
 
     empty = l_i == 0.0
     o_scale = 1.0 / tl.where(empty, 1.0, l_i)
@@ -415,24 +428,22 @@ def _attention_dq_block(dq, q, do, lse2, delta, k_ptr, v_ptr, k_desc, v_desc, k_
 
 
 @triton.jit
-def _attention_dkdv_block(dk, dv, k, v, q_ptr, do_ptr, q_desc, do_desc, lse_ptr, delta_ptr, q_base, do_base, lse_base,
+def _attention_dkdv_block(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, q_base, do_base, lse_base,
                           q_stride_s, o_stride_s, lse_stride_s, b, h, row_start, col_start, seqlen, offs_d, qk_scale,
                           seed, threshold, dropout_p, window, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                           MASK_ROWS: tl.constexpr, WINDOW_EDGE: tl.constexpr, DROPOUT: tl.constexpr,
-                          INPUT_PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr,
-                          BLOCK_N: tl.constexpr):
+                          INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dv += P^T dO and dk += dS^T Q over one query block (P^T recomputed from lse). MASK_ROWS: the block may hold
-    rows past seqlen (read as q = do = 0, lse = +inf, so their probabilities are 0); without it no mask at all (q, do
-    through the descriptors q_desc, do_desc with TMA). WINDOW_EDGE: the block may hold rows outside some key's window
-    (their probabilities are set to 0)."""
+    rows past seqlen (read as q = do = 0, lse = +inf, so their probabilities are 0); without it no mask at all.
+    WINDOW_EDGE: the block may hold rows outside some key's window (their probabilities are set to 0)."""
     rows = row_start + tl.arange(0, BLOCK_M)
-    q = _load_block(q_ptr, q_desc, q_base, row_start, seqlen, q_stride_s, offs_d, HEAD_DIM, BLOCK_M, BLOCK_D,
-                    MASK_ROWS, TMA)
-    do = _load_block(do_ptr, do_desc, do_base, row_start, seqlen, o_stride_s, offs_d, HEAD_DIM, BLOCK_M, BLOCK_D,
-                     MASK_ROWS, TMA)
     if MASK_ROWS:
+        q = _load_rows(q_ptr, q_base, rows, seqlen, q_stride_s, offs_d, HEAD_DIM)
+        do = _load_rows(do_ptr, do_base, rows, seqlen, o_stride_s, offs_d, HEAD_DIM)
         lse2, delta = _row_stats(lse_ptr, delta_ptr, lse_base + rows * lse_stride_s, rows, seqlen)
     else:
+        q = _load_full_rows(q_ptr, q_base, rows, q_stride_s, offs_d, HEAD_DIM, BLOCK_D)
+        do = _load_full_rows(do_ptr, do_base, rows, o_stride_s, offs_d, HEAD_DIM, BLOCK_D)
         lse2 = tl.load(lse_ptr + lse_base + rows * lse_stride_s) * 1.4426950408889634
         delta = tl.load(delta_ptr + lse_base + rows * lse_stride_s)
     pt = tl.exp2(tl.dot(k, tl.trans(q), input_precision=INPUT_PRECISION) * qk_scale - lse2[None, :])
@@ -475,7 +486,6 @@ def _attention_bwd_dkdv_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_MASK: tl.constexpr, PACKED: tl.constexpr,
     DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     WINDOW: tl.constexpr,  # a local window: each program visits only the query blocks its keys' windows reach
-    TMA: tl.constexpr,  # sm_90+: the unmasked query blocks (q, do) through tensor descriptors (TMA)
     BLOCK_M: tl.constexpr,  # query rows per inner step
     BLOCK_N: tl.constexpr,  # key rows owned by the program
 ):
@@ -497,8 +507,6 @@ def _attention_bwd_dkdv_kernel(
     q_base = b * q_stride_b + start * q_stride_s + h * q_stride_h
     do_base = b * o_stride_b + start * o_stride_s + h * o_stride_h
     lse_base = b * lse_stride_b + h * lse_stride_h + start * lse_stride_s
-    q_desc = _rows_desc(q_ptr, q_base, seqlen, q_stride_s, HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
-    do_desc = _rows_desc(do_ptr, do_base, seqlen, o_stride_s, HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
     seed = tl.load(seed_ptr) if DROPOUT else 0
     threshold = _dropout_threshold(dropout_p)
 
@@ -514,19 +522,19 @@ def _attention_bwd_dkdv_kernel(
         lo, mid_start, mid_end, hi = _window_range(col_start, window, rows_full, seqlen, BLOCK_N, BLOCK_M)
     for row_start in range(lo, mid_start, BLOCK_M):
         dk, dv = _attention_dkdv_block(
-            dk, dv, k, v, q_ptr, do_ptr, q_desc, do_desc, lse_ptr, delta_ptr, q_base, do_base, lse_base, q_stride_s,
-            o_stride_s, lse_stride_s, b, h, row_start, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p,
-            window, HEAD_DIM, BLOCK_D, True, True, DROPOUT, INPUT_PRECISION, TMA, BLOCK_M, BLOCK_N)
+            dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, q_base, do_base, lse_base, q_stride_s, o_stride_s,
+            lse_stride_s, b, h, row_start, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p, window,
+            HEAD_DIM, BLOCK_D, True, True, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
     for row_start in range(mid_start, mid_end, BLOCK_M):
         dk, dv = _attention_dkdv_block(
-            dk, dv, k, v, q_ptr, do_ptr, q_desc, do_desc, lse_ptr, delta_ptr, q_base, do_base, lse_base, q_stride_s,
-            o_stride_s, lse_stride_s, b, h, row_start, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p,
-            window, HEAD_DIM, BLOCK_D, False, False, DROPOUT, INPUT_PRECISION, TMA, BLOCK_M, BLOCK_N)
+            dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, q_base, do_base, lse_base, q_stride_s, o_stride_s,
+            lse_stride_s, b, h, row_start, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p, window,
+            HEAD_DIM, BLOCK_D, False, False, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
     for row_start in range(mid_end, hi, BLOCK_M):
         dk, dv = _attention_dkdv_block(
-            dk, dv, k, v, q_ptr, do_ptr, q_desc, do_desc, lse_ptr, delta_ptr, q_base, do_base, lse_base, q_stride_s,
-            o_stride_s, lse_stride_s, b, h, row_start, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p,
-            window, HEAD_DIM, BLOCK_D, True, WINDOW, DROPOUT, INPUT_PRECISION, TMA, BLOCK_M, BLOCK_N)
+            dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, q_base, do_base, lse_base, q_stride_s, o_stride_s,
+            lse_stride_s, b, h, row_start, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p, window,
+            HEAD_DIM, BLOCK_D, True, WINDOW, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
 
     # rows of masked keys: zeroed here, once (each row of dk, dv depends only on its own key's row of P^T)
     out_ptrs = b * o_stride_b + (start + cols[:, None]) * o_stride_s + h * o_stride_h + offs_d[None, :]
@@ -583,8 +591,9 @@ def _attention_bwd_dq_kernel(
     lse2, delta = _row_stats(lse_ptr, delta_ptr, lse_offs, rows, seqlen)
     k_base = b * k_stride_b + start * k_stride_s + h * k_stride_h
     v_base = b * v_stride_b + start * v_stride_s + h * v_stride_h
-    k_desc = _rows_desc(k_ptr, k_base, seqlen, k_stride_s, HEAD_DIM, BLOCK_N, BLOCK_D, TMA)
-    v_desc = _rows_desc(v_ptr, v_base, seqlen, v_stride_s, HEAD_DIM, BLOCK_N, BLOCK_D, TMA)
+    tma: tl.constexpr = (TMA > 0) & (BLOCK_N >= TMA)
+    k_desc = _rows_desc(k_ptr, k_base, seqlen, k_stride_s, HEAD_DIM, BLOCK_N, BLOCK_D, tma)
+    v_desc = _rows_desc(v_ptr, v_base, seqlen, v_stride_s, HEAD_DIM, BLOCK_N, BLOCK_D, tma)
     seed = tl.load(seed_ptr) if DROPOUT else 0
     threshold = _dropout_threshold(dropout_p)
 
@@ -599,17 +608,17 @@ def _attention_bwd_dq_kernel(
         dq = _attention_dq_block(
             dq, q, do, lse2, delta, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
             mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p,
-            window, HEAD_DIM, BLOCK_D, HAS_MASK, True, True, DROPOUT, INPUT_PRECISION, TMA, BLOCK_M, BLOCK_N)
+            window, HEAD_DIM, BLOCK_D, HAS_MASK, True, True, DROPOUT, INPUT_PRECISION, tma, BLOCK_M, BLOCK_N)
     for col_start in range(mid_start, mid_end, BLOCK_N):
         dq = _attention_dq_block(
             dq, q, do, lse2, delta, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
             mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p,
-            window, HEAD_DIM, BLOCK_D, HAS_MASK, False, False, DROPOUT, INPUT_PRECISION, TMA, BLOCK_M, BLOCK_N)
+            window, HEAD_DIM, BLOCK_D, HAS_MASK, False, False, DROPOUT, INPUT_PRECISION, tma, BLOCK_M, BLOCK_N)
     for col_start in range(mid_end, hi, BLOCK_N):
         dq = _attention_dq_block(
             dq, q, do, lse2, delta, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
             mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p,
-            window, HEAD_DIM, BLOCK_D, HAS_MASK, True, WINDOW, DROPOUT, INPUT_PRECISION, TMA, BLOCK_M, BLOCK_N)
+            window, HEAD_DIM, BLOCK_D, HAS_MASK, True, WINDOW, DROPOUT, INPUT_PRECISION, tma, BLOCK_M, BLOCK_N)
 
     dq_ptrs = dq_ptr + b * o_stride_b + (start + rows[:, None]) * o_stride_s + h * o_stride_h + offs_d[None, :]
     tl.store(dq_ptrs, (dq * softmax_scale).to(dq_ptr.dtype.element_ty),
@@ -681,22 +690,32 @@ def _describable(t: torch.Tensor) -> bool:
     return t.data_ptr() % 16 == 0 and all(s * e % 16 == 0 for s in t.stride()[:-1]) and t.shape[-1] * e % 16 == 0
 
 
-def _tma(*tensors: torch.Tensor) -> bool:
-    """TMA of the kernels reading `tensors`: on a TMA GPU, fp16 / bf16 (what the sm_90a report measures), every
-    tensor describable, and triton's scratch allocator available (set here to torch's caching allocator unless the
-    caller set one: each program writes its descriptors to global scratch); else the pointer loads."""
-    if tensors[0].dtype not in (torch.float16, torch.bfloat16) or not _tma_device():
-        return False
-    if not all(_describable(t) for t in tensors):
-        return False
+# The kernels whose unmasked key blocks go through tensor descriptors on sm_90 (TMA): kernel -> (the smallest key block
+# that does, the first triton release that does). Kept where no main loop of the sm_90a report got longer
+# (benchmarks/results/2026-12-07-sm90a-tma/): the forward's 32-key tiles and the dq kernel under triton 3.6 got
+# longer loops with TMA (its barrier instructions cost about what the loads save), and so did dk/dv's query loop on
+# both releases (its q, do tiles are a few of its loads: the per-row lse and delta take most), which has none.
+TMA_KERNELS: dict[str, tuple[int, tuple[int, int]]] = {"fwd": (64, (3, 6)), "dq": (16, (3, 9))}
+
+
+def _tma(kernel: str, *tensors: torch.Tensor) -> int:
+    """The TMA constexpr of `kernel` reading `tensors` (0: pointer loads): TMA_KERNELS' smallest key block on a TMA
+    GPU under a release it lists, for fp16 / bf16 (what the sm_90a report measures), every tensor describable, and
+    triton's scratch allocator available (set here to torch's caching allocator unless the caller set one: each
+    program writes its descriptors to global scratch)."""
+    policy = TMA_KERNELS.get(kernel)
+    if policy is None or ti.release() < policy[1] or tensors[0].dtype not in (torch.float16, torch.bfloat16):
+        return 0
+    if not _tma_device() or not all(_describable(t) for t in tensors):
+        return 0
     if interpreter_on():
-        return True
+        return policy[0]
     if ti.unavailable_reason(ti.TMA):
-        return False
+        return 0
     unset = ti.get("triton.runtime._allocation.NullAllocator")
     if isinstance(ti.get("triton.runtime._allocation._allocator").get(), unset):
         triton.set_allocator(_scratch)
-    return True
+    return policy[0]
 
 
 def _scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
@@ -709,7 +728,7 @@ class _Layout:
     """Grid and the scalar kernel arguments shared by every attention kernel of one call."""
 
     def __init__(self, q: torch.Tensor, key_padding_mask: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
-                 max_seqlen: int, window: int, tma: bool):
+                 max_seqlen: int, window: int):
         self.packed = cu_seqlens is not None
         if self.packed:
             self.batch, self.seqlen = cu_seqlens.shape[0] - 1, int(max_seqlen)
@@ -732,14 +751,14 @@ class _Layout:
         self.window = window if 0 <= window < self.seqlen - 1 else 0
         self.consts = dict(HEAD_DIM=self.head_dim, BLOCK_D=_block_d(self.head_dim), HAS_MASK=mask is not None,
                            PACKED=self.packed, INPUT_PRECISION=_input_precision(q.dtype),
-                           WINDOW=0 <= window < self.seqlen - 1, TMA=tma)
+                           WINDOW=0 <= window < self.seqlen - 1)
 
     def lse_strides(self, lse: torch.Tensor) -> tuple[int, int, int]:
         return (0, lse.stride(0), lse.stride(1)) if self.packed else (lse.stride(0), lse.stride(1), lse.stride(2))
 
-    def tuning_key(self, dropout_p: float) -> tuple:
+    def tuning_key(self, dropout_p: float, tma: int = 0) -> tuple:
         """What decides the autotuners' keys (TUNE_KEY and the arguments' dtypes): see _configs.launch."""
-        return (self.bucket, self.dtype, dropout_p > 0, *self.consts.values())
+        return (self.bucket, self.dtype, dropout_p > 0, tma, *self.consts.values())
 
     def grid(self, block: str):
         return lambda meta: (cdiv(self.seqlen, meta[block]), self.batch, self.heads)
@@ -767,18 +786,19 @@ def _fwd_impl(
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     if softmax_scale < 0:  # the kernel takes the row max of raw scores, so it needs scale > 0: the sign goes on q
         q, softmax_scale = -q, -softmax_scale
-    lay = _Layout(q, key_padding_mask, cu_seqlens, max_seqlen, window, _tma(k, v))
+    lay = _Layout(q, key_padding_mask, cu_seqlens, max_seqlen, window)
     o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(lay.lse_shape, dtype=torch.float32, device=q.device)
     if q.numel() == 0:
         return o, lse
+    tma = _tma("fwd", k, v)
     _configs.launch(
-        _attention_fwd_kernel, lay.grid("BLOCK_M"), lay.tuning_key(dropout_p),
+        _attention_fwd_kernel, lay.grid("BLOCK_M"), lay.tuning_key(dropout_p, tma),
         q, k, v, lay.mask, lay.cu_seqlens, seed if dropout_p > 0 else q, o, lse,
         *_strides(q, lay.packed), *_strides(k, lay.packed), *_strides(v, lay.packed), *_strides(o, lay.packed),
         *lay.mask_strides, *lay.lse_strides(lse),
         lay.seqlen, lay.bucket, softmax_scale * _LOG2E, dropout_p, lay.window,
-        DROPOUT=dropout_p > 0, SCAN=_scan(), **lay.consts,
+        DROPOUT=dropout_p > 0, TMA=tma, SCAN=_scan(), **lay.consts,
     )
     return o, lse
 
@@ -802,7 +822,7 @@ def _bwd_impl(
     _check_seed(dropout_p, seed)
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     do, o = do.contiguous(), o.contiguous()
-    lay = _Layout(q, key_padding_mask, cu_seqlens, max_seqlen, window, _tma(q, k, v, do))
+    lay = _Layout(q, key_padding_mask, cu_seqlens, max_seqlen, window)
     dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
     if q.numel() == 0:
         return dq, dk, dv
@@ -825,10 +845,11 @@ def _bwd_impl(
         q, k, v, do, lse, delta, lay.mask, lay.cu_seqlens, seed_arg, dk, dv, *common,
         DROPOUT=dropout_p > 0, **lay.consts,
     )
+    tma = _tma("dq", k, v)
     _configs.launch(
-        _attention_bwd_dq_kernel, lay.grid("BLOCK_M"), lay.tuning_key(dropout_p),
+        _attention_bwd_dq_kernel, lay.grid("BLOCK_M"), lay.tuning_key(dropout_p, tma),
         q, k, v, do, lse, delta, lay.mask, lay.cu_seqlens, seed_arg, dq, *common,
-        DROPOUT=dropout_p > 0, SCAN=_scan(), **lay.consts,
+        DROPOUT=dropout_p > 0, TMA=tma, SCAN=_scan(), **lay.consts,
     )
     return dq, dk, dv
 

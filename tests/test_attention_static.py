@@ -5,7 +5,9 @@ two of CPU). It fails on what issue 33 rules out for kept configs: wgmma seriali
 (HMMA) on sm_90a, spills; and on main loops over the budgets that hold: forward <= 300 warp-instructions per 1024
 scores, dk/dv + dq <= 664 (Triton's tutorial: 260 and 604); and on the dropout variants over what the dropout scheme
 (Philox4x32-7, 8-bit slices) reached: forward <= 1.9x, dk/dv + dq <= 2.1x those without dropout (about 1.8x and
-1.8-2.1x; issue 33's target, a dropout forward <= 1.5x, is not reached).
+1.8-2.1x; issue 33's target, a dropout forward <= 1.5x, is not reached); and on TMA: the binaries of the kernels, key
+blocks and triton releases that kernels/attention.py's TMA_KERNELS lists load through tensor descriptors (UTMALDG),
+the others do not.
 
 Runs in a subprocess without TRITON_INTERPRET (the compiler, not the interpreter).
 """
@@ -19,6 +21,8 @@ import sys
 
 from fastenc import precompile as P
 from fastenc.kernels import _configs as C
+from fastenc.kernels import _triton_internals as ti
+from fastenc.kernels import attention as A
 from tests.helpers import compiler_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -46,6 +50,9 @@ def test_sm90a_attention_binaries_keep_wgmma_unserialised_and_loops_lean(tmp_pat
         norm[name, r["dropout"], r["config"]] = r["loop_norm"]
         if name != "bwd_preprocess":
             assert r["hgmma"] > 0 and r["hmma"] == 0 and r["loop_instructions"] > 0, r
+        tma = A.TMA_KERNELS.get(name.removeprefix("bwd_"))
+        block_n = int(r["config"].split()[0].split("/")[-1])  # the configs read BLOCK_M/BLOCK_N
+        assert (r["utmaldg"] > 0) == bool(tma and ti.release() >= tma[1] and block_n >= tma[0]), r
     for dropout in (False, True):
         for kernel in C.KERNELS:
             for c in C.candidates(kernel, 64, 90, dropout):

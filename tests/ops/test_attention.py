@@ -438,14 +438,15 @@ def signature(fn, dtype, const):
 
 def build(kernel, dtype, const, arch, warps=4, stages=2):
     fn = kernel.fn if hasattr(kernel, "configs") else kernel  # unwrap the autotuner
-    const = {k: v for k, v in const.items() if k in fn.arg_names}  # SCAN: forward and dq only
+    const = {k: v for k, v in const.items() if k in fn.arg_names}  # SCAN, TMA: forward and dq only
     src = ASTSource(fn, signature(fn, dtype, const), const)
     triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=warps, num_stages=stages))
 
 variants = ((90, "fp16", 64, True, False, True), (80, "bf16", 40, False, True, False))
 for arch, dtype, d, mask, packed, dropout in variants:
     shared = dict(HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), PACKED=packed)
-    const = dict(shared, HAS_MASK=mask, DROPOUT=dropout, INPUT_PRECISION="ieee", BLOCK_M=64, BLOCK_N=64, SCAN=512)
+    const = dict(shared, HAS_MASK=mask, DROPOUT=dropout, INPUT_PRECISION="ieee", BLOCK_M=64, BLOCK_N=64, SCAN=512,
+                 TMA=64 if arch >= 90 else 0)  # fwd and dq: tensor-descriptor loads on sm_90
     for kernel in (A._attention_fwd_kernel, A._attention_bwd_dkdv_kernel, A._attention_bwd_dq_kernel):
         build(kernel, dtype, const, arch)
     build(A._attention_bwd_preprocess_kernel, dtype, dict(shared, BLOCK_M=64), arch)
@@ -711,17 +712,19 @@ def test_window_torch_compile_fullgraph_and_opcheck(backend):
 
 @pytest.fixture
 def tma_launches(monkeypatch):
-    """TMA on for the Triton kernels where it can run (the interpreter, or a GPU with TMA): `.seen` records the TMA
-    constexpr of each fwd / dkdv / dq launch, `.off()` turns the switch off again."""
+    """TMA forced on for the forward and dq kernels (every key block size, every release) where it can run (the
+    interpreter, or a GPU with TMA): `.seen` records the TMA constexpr of each fwd / dkdv / dq launch (None: dk/dv
+    has none), `.off()` turns the switch off again."""
     kernels = importlib.import_module("fastenc.kernels.attention")
     if torch.cuda.is_available() and not kernels._tma_device():
         pytest.skip("needs a GPU with TMA (compute capability 9.0 on) or the interpreter")
     monkeypatch.setattr(kernels, "_tma_device", lambda: True)
-    seen: list[bool] = []
+    monkeypatch.setattr(kernels, "TMA_KERNELS", {"fwd": (16, (0, 0)), "dq": (16, (0, 0))})
+    seen: list[int | None] = []
     real = kernels._configs.launch
 
     def spy(tuner, grid, key, *args, **consts):
-        seen.append(consts["TMA"])
+        seen.append(consts.get("TMA"))
         return real(tuner, grid, key, *args, **consts)
 
     monkeypatch.setattr(kernels._configs, "launch", spy)
@@ -738,14 +741,14 @@ def _run_views(q, k, v, do, **kw):
 
 
 def _run_twice_tma(tma_launches, q, k, v, do, **kw):
-    """The triton backend with TMA (every kernel launch must take it), then without; under the interpreter the
+    """The triton backend with TMA (the fwd and dq launches must take it), then without; under the interpreter the
     two give the same bits (the same values loaded, the same arithmetic)."""
     assert not q.is_contiguous()  # the views of a fused projection, read in place
     res = _run_views(q, k, v, do, **kw)
-    assert tma_launches.seen == [True] * 3, tma_launches.seen  # fwd, dkdv, dq
+    assert tma_launches.seen == [16, None, 16], tma_launches.seen  # fwd, dkdv, dq
     tma_launches.off()
     plain = _run_views(q, k, v, do, **kw)
-    assert tma_launches.seen[3:] == [False] * 3
+    assert tma_launches.seen[3:] == [0, None, 0]
     if not torch.cuda.is_available():
         for a, b in zip([res[0], *res[1]], [plain[0], *plain[1]], strict=True):
             assert torch.equal(a, b)
@@ -828,19 +831,34 @@ def test_tma_falls_back_where_a_descriptor_cannot_describe_the_tensors(tma_launc
     shifted = [torch.randn(2 * 20 * 2 * 32 + 1, dtype=torch.float16, device=dev)[1:].view(2, 20, 2, 32)
                for _ in range(3)]
     narrow = [torch.randn(2, 20, 2, 20, dtype=torch.float16, device=dev)[..., :16] for _ in range(3)]
-    assert kernels._tma(*_fused_qkv((2, 20, 2, 32), torch.float16, dev)) is True  # the control
-    assert kernels._tma(*odd_dim) is False
-    assert kernels._tma(*shifted) is False
-    assert kernels._tma(*narrow) is False
-    assert kernels._tma(*(t.float() for t in odd_dim)) is False
+    assert kernels._tma("fwd", *_fused_qkv((2, 20, 2, 32), torch.float16, dev)) == 16  # the control
+    assert kernels._tma("fwd", *odd_dim) == 0
+    assert kernels._tma("fwd", *shifted) == 0
+    assert kernels._tma("fwd", *narrow) == 0
+    assert kernels._tma("fwd", *(t.float() for t in odd_dim)) == 0
     mask = _key_mask("random", 2, 20, dev)
     for q, k, v in (odd_dim, shifted, narrow):
         do = torch.randn(q.shape, dtype=q.dtype, device=dev)
         tma_launches.seen.clear()
         out, grads = _run_views(q, k, v, do, key_padding_mask=mask)
-        assert tma_launches.seen == [False] * 3
+        assert tma_launches.seen == [0, None, 0]
         out64, grads64 = _ref64(q, k, v, do, key_padding_mask=mask)
         out_t, grads_t = _torch_at_dtype(q, k, v, do, key_padding_mask=mask)
         for name, g, g64, gt in zip(("o", "dq", "dk", "dv"), [out, *grads], [out64, *grads64], [out_t, *grads_t],
                                     strict=True):
             assert_close_to_ref(g, g64, gt, atol=ATOL[q.dtype], name=name)
+
+
+def test_tma_is_kept_where_the_sm90a_loops_got_no_longer(monkeypatch):
+    """TMA_KERNELS as the report found (benchmarks/results/2026-12-07-sm90a-tma/): the forward's key blocks of 64+,
+    dq's from triton 3.9 on, dk/dv never; the kernels' TMA constexpr follows it on a TMA GPU."""
+    kernels = importlib.import_module("fastenc.kernels.attention")
+    from fastenc.kernels import _triton_internals as ti
+
+    monkeypatch.setattr(kernels, "_tma_device", lambda: True)
+    q, k, v = _fused_qkv((2, 20, 2, 64), torch.float16, device_for("triton"))
+    assert kernels._tma("fwd", k, v) == 64
+    assert kernels._tma("dq", k, v) == (16 if ti.release() >= (3, 9) else 0)
+    assert kernels._tma("dkdv", q, k, v) == 0
+    monkeypatch.setattr(kernels, "_tma_device", lambda: False)
+    assert kernels._tma("fwd", k, v) == 0
