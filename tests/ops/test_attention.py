@@ -824,7 +824,7 @@ def test_tma_dropout_and_window_match_ref_with_the_kernel_mask(monkeypatch, tma_
 
 def test_tma_falls_back_where_a_descriptor_cannot_describe_the_tensors(tma_launches):
     """Rows of 72 bytes (head dim 36, fp16), a base 2 bytes off 16-byte alignment, a head stride of 40 bytes, fp32:
-    the launcher picks the pointer loads (TMA False), and the result is still right."""
+    the launcher picks the pointer loads (TMA 0), and the result is still right."""
     kernels = importlib.import_module("fastenc.kernels.attention")
     dev = device_for("triton")
     odd_dim = _fused_qkv((2, 20, 2, 36), torch.float16, dev)
