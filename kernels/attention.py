@@ -25,17 +25,17 @@ BLOCK_D is the next power of two and the extra columns are masked. fp32 inputs u
 torch.backends.cuda.matmul.allow_tf32 is set (as torch's own matmuls do), else exact fp32 ("ieee"); the CPU
 interpreter always uses "ieee".
 
-TMA (sm_90): the forward and dq kernels may read their unmasked key blocks of k and v through tensor descriptors
-made on the device, one per head of each sequence ([length, D] from the sequence's first row, with its row stride;
-rows past the length and columns past D read as 0, so a tile never reaches another sequence's rows), while the
-masked edge blocks keep the masked pointer loads. The launcher picks it per call (the TMA constexpr, _tma): a GPU of
-compute capability 9.0 on, fp16 / bf16, and tensors a descriptor describes exactly (16-byte aligned data and
-strides, rows a multiple of 16 bytes), else the pointer loads (and sm_80 binaries are the same as without it). Which
-kernels, block sizes and triton releases take it is TMA_KERNELS, from the sm_90a binaries' main loops: kept only
-where no loop got longer (dk/dv has none). Trade-off: each program writes its descriptors to global scratch
-(triton's allocator; the launcher sets one on torch's caching allocator when the caller has none) and each tile
-waits on a barrier, in exchange for no per-thread address arithmetic or copy instructions for its tiles: on small
-tiles the barrier costs about what the loads save.
+TMA (sm_90): the forward and dq kernels may read their unmasked key blocks of k and v through tensor descriptors made on
+the device, one per head of each sequence ([length, D] from the sequence's first row, with its row stride; rows past the
+length and columns past D read as 0, so a tile never reaches another sequence's rows), while the masked edge blocks keep
+the masked pointer loads. The launcher picks it per call (the TMA constexpr, _tma): a GPU of compute capability 9.0 on,
+fp16 / bf16, and tensors a descriptor describes exactly (16-byte aligned data and strides, rows a multiple of 16 bytes),
+else the pointer loads (and sm_80 binaries are the same as without it). Which kernels, block sizes and triton releases
+take it is TMA_KERNELS, from the sm_90a binaries' main loops: kept only where no loop got longer and no wgmma got
+serialised (dk/dv has none, nor any kernel with a local window). Trade-off: each program writes its descriptors to
+global scratch (triton's allocator; the launcher sets one on torch's caching allocator when the caller has none) and
+each tile waits on a barrier, in exchange for no per-thread address arithmetic or copy instructions for its tiles: on
+small tiles the barrier costs about what the loads save.
 
 Dropout: probability (b, h, i, j) (sequence, head, query, key; per-sequence coordinates in both layouts) is kept
 iff the 8-bit slice u of key j satisfies u >= t, t = ceil(dropout_p * 2**8): with c = j % 16, u is byte
@@ -691,20 +691,21 @@ def _describable(t: torch.Tensor) -> bool:
 
 
 # The kernels whose unmasked key blocks go through tensor descriptors on sm_90 (TMA): kernel -> (the smallest key block
-# that does, the first triton release that does). Kept where no main loop of the sm_90a report got longer
-# (benchmarks/results/2026-12-07-sm90a-tma/): the forward's 32-key tiles and the dq kernel under triton 3.6 got
-# longer loops with TMA (its barrier instructions cost about what the loads save), and so did dk/dv's query loop on
-# both releases (its q, do tiles are a few of its loads: the per-row lse and delta take most), which has none.
+# that does, the first triton release that does); never with a local window. Kept where no main loop of the sm_90a
+# report got longer (benchmarks/results/2026-12-07-sm90a-tma/): the forward's 32-key tiles and the dq kernel under
+# triton 3.6 got longer loops with TMA (its barrier instructions cost about what the loads save), and so did dk/dv's
+# query loop on both releases (its q, do tiles are a few of its loads: the per-row lse and delta take most), which
+# has none; with a window, triton 3.6 serialised the wgmma of the d128 forward (C7515).
 TMA_KERNELS: dict[str, tuple[int, tuple[int, int]]] = {"fwd": (64, (3, 6)), "dq": (16, (3, 9))}
 
 
-def _tma(kernel: str, *tensors: torch.Tensor) -> int:
+def _tma(kernel: str, window: bool, *tensors: torch.Tensor) -> int:
     """The TMA constexpr of `kernel` reading `tensors` (0: pointer loads): TMA_KERNELS' smallest key block on a TMA
-    GPU under a release it lists, for fp16 / bf16 (what the sm_90a report measures), every tensor describable, and
-    triton's scratch allocator available (set here to torch's caching allocator unless the caller set one: each
-    program writes its descriptors to global scratch)."""
+    GPU under a release it lists, without a local window, for fp16 / bf16 (what the sm_90a report measures), every
+    tensor describable, and triton's scratch allocator available (set here to torch's caching allocator unless the
+    caller set one: each program writes its descriptors to global scratch)."""
     policy = TMA_KERNELS.get(kernel)
-    if policy is None or ti.release() < policy[1] or tensors[0].dtype not in (torch.float16, torch.bfloat16):
+    if policy is None or ti.release() < policy[1] or window or tensors[0].dtype not in (torch.float16, torch.bfloat16):
         return 0
     if not _tma_device() or not all(_describable(t) for t in tensors):
         return 0
@@ -791,7 +792,7 @@ def _fwd_impl(
     lse = torch.empty(lay.lse_shape, dtype=torch.float32, device=q.device)
     if q.numel() == 0:
         return o, lse
-    tma = _tma("fwd", k, v)
+    tma = _tma("fwd", lay.consts["WINDOW"], k, v)
     _configs.launch(
         _attention_fwd_kernel, lay.grid("BLOCK_M"), lay.tuning_key(dropout_p, tma),
         q, k, v, lay.mask, lay.cu_seqlens, seed if dropout_p > 0 else q, o, lse,
@@ -845,7 +846,7 @@ def _bwd_impl(
         q, k, v, do, lse, delta, lay.mask, lay.cu_seqlens, seed_arg, dk, dv, *common,
         DROPOUT=dropout_p > 0, **lay.consts,
     )
-    tma = _tma("dq", k, v)
+    tma = _tma("dq", lay.consts["WINDOW"], k, v)
     _configs.launch(
         _attention_bwd_dq_kernel, lay.grid("BLOCK_M"), lay.tuning_key(dropout_p, tma),
         q, k, v, do, lse, delta, lay.mask, lay.cu_seqlens, seed_arg, dq, *common,

@@ -755,11 +755,17 @@ def _run_twice_tma(tma_launches, q, k, v, do, **kw):
     return res
 
 
-def _check_tma(tma_launches, q, k, v, keep=None, **kw):
-    """TMA against the float64 reference (FlashAttention's rule at q's dtype), replaying the kernel's dropout mask
-    `keep` if given, and bit-equal to the pointer loads under the interpreter."""
+def _check_tma(tma_launches, q, k, v, keep=None, tma=True, **kw):
+    """TMA (or, with tma=False, the pointer loads the launcher must pick) against the float64 reference
+    (FlashAttention's rule at q's dtype), replaying the kernel's dropout mask `keep` if given; with TMA also bit-equal
+    to the pointer loads under the interpreter."""
     do = torch.randn(q.shape, dtype=q.dtype, device=q.device)
-    out, grads = _run_twice_tma(tma_launches, q, k, v, do, **kw)
+    if tma:
+        out, grads = _run_twice_tma(tma_launches, q, k, v, do, **kw)
+    else:
+        tma_launches.seen.clear()
+        out, grads = _run_views(q, k, v, do, **kw)
+        assert tma_launches.seen == [0, None, 0]
     ref_kw = dict(kw, dropout_mask=keep) if keep is not None else kw
     out64, grads64 = _ref64(q, k, v, do, **ref_kw)
     out_t, grads_t = _torch_at_dtype(q, k, v, do, **ref_kw)
@@ -800,9 +806,10 @@ def test_tma_packed_strided_qkv_matches_ref(tma_launches, head_dim):
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-def test_tma_dropout_and_window_match_ref_with_the_kernel_mask(monkeypatch, tma_launches, packed):
-    """Dropout (the mask attention_dropout_mask returns) with TMA, then dropout with a window (its mid loop is the
-    full blocks inside every row's window)."""
+def test_tma_dropout_matches_ref_with_the_kernel_mask_and_a_window_keeps_pointer_loads(monkeypatch, tma_launches,
+                                                                                       packed):
+    """Dropout (the mask attention_dropout_mask returns) with TMA; with a local window too the launcher keeps the
+    pointer loads (TMA_KERNELS), still right."""
     dev = device_for("triton")
     p = 0.25
     seed = torch.tensor([1357], dtype=torch.int64, device=dev)
@@ -817,9 +824,8 @@ def test_tma_dropout_and_window_match_ref_with_the_kernel_mask(monkeypatch, tma_
         kw = dict(key_padding_mask=_key_mask("right", 2, 50, dev))
     keep = _dropout_mask_fn("triton")(seed, 2, 2, 50, p)
     _check_tma(tma_launches, q, k, v, keep, dropout_p=p, **kw)
-    tma_launches.seen.clear()
     monkeypatch.setattr(importlib.import_module("fastenc.kernels.attention"), "_tma_device", lambda: True)  # on again
-    _check_tma(tma_launches, q, k, v, keep, dropout_p=p, window=24, **kw)
+    _check_tma(tma_launches, q, k, v, keep, tma=False, dropout_p=p, window=24, **kw)
 
 
 def test_tma_falls_back_where_a_descriptor_cannot_describe_the_tensors(tma_launches):
@@ -831,34 +837,28 @@ def test_tma_falls_back_where_a_descriptor_cannot_describe_the_tensors(tma_launc
     shifted = [torch.randn(2 * 20 * 2 * 32 + 1, dtype=torch.float16, device=dev)[1:].view(2, 20, 2, 32)
                for _ in range(3)]
     narrow = [torch.randn(2, 20, 2, 20, dtype=torch.float16, device=dev)[..., :16] for _ in range(3)]
-    assert kernels._tma("fwd", *_fused_qkv((2, 20, 2, 32), torch.float16, dev)) == 16  # the control
-    assert kernels._tma("fwd", *odd_dim) == 0
-    assert kernels._tma("fwd", *shifted) == 0
-    assert kernels._tma("fwd", *narrow) == 0
-    assert kernels._tma("fwd", *(t.float() for t in odd_dim)) == 0
+    assert kernels._tma("fwd", False, *_fused_qkv((2, 20, 2, 32), torch.float16, dev)) == 16  # the control
+    assert kernels._tma("fwd", False, *odd_dim) == 0
+    assert kernels._tma("fwd", False, *shifted) == 0
+    assert kernels._tma("fwd", False, *narrow) == 0
+    assert kernels._tma("fwd", False, *(t.float() for t in odd_dim)) == 0
     mask = _key_mask("random", 2, 20, dev)
     for q, k, v in (odd_dim, shifted, narrow):
-        do = torch.randn(q.shape, dtype=q.dtype, device=dev)
-        tma_launches.seen.clear()
-        out, grads = _run_views(q, k, v, do, key_padding_mask=mask)
-        assert tma_launches.seen == [0, None, 0]
-        out64, grads64 = _ref64(q, k, v, do, key_padding_mask=mask)
-        out_t, grads_t = _torch_at_dtype(q, k, v, do, key_padding_mask=mask)
-        for name, g, g64, gt in zip(("o", "dq", "dk", "dv"), [out, *grads], [out64, *grads64], [out_t, *grads_t],
-                                    strict=True):
-            assert_close_to_ref(g, g64, gt, atol=ATOL[q.dtype], name=name)
+        _check_tma(tma_launches, q, k, v, tma=False, key_padding_mask=mask)
 
 
 def test_tma_is_kept_where_the_sm90a_loops_got_no_longer(monkeypatch):
     """TMA_KERNELS as the report found (benchmarks/results/2026-12-07-sm90a-tma/): the forward's key blocks of 64+,
-    dq's from triton 3.9 on, dk/dv never; the kernels' TMA constexpr follows it on a TMA GPU."""
+    dq's from triton 3.9 on, dk/dv never, none with a local window; the kernels' TMA constexpr follows it on a TMA
+    GPU."""
     kernels = importlib.import_module("fastenc.kernels.attention")
     from fastenc.kernels import _triton_internals as ti
 
     monkeypatch.setattr(kernels, "_tma_device", lambda: True)
     q, k, v = _fused_qkv((2, 20, 2, 64), torch.float16, device_for("triton"))
-    assert kernels._tma("fwd", k, v) == 64
-    assert kernels._tma("dq", k, v) == (16 if ti.release() >= (3, 9) else 0)
-    assert kernels._tma("dkdv", q, k, v) == 0
+    assert kernels._tma("fwd", False, k, v) == 64
+    assert kernels._tma("dq", False, k, v) == (16 if ti.release() >= (3, 9) else 0)
+    assert kernels._tma("dkdv", False, q, k, v) == 0
+    assert kernels._tma("fwd", True, k, v) == kernels._tma("dq", True, k, v) == 0
     monkeypatch.setattr(kernels, "_tma_device", lambda: False)
-    assert kernels._tma("fwd", k, v) == 0
+    assert kernels._tma("fwd", False, k, v) == 0
