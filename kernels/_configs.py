@@ -154,13 +154,20 @@ def kept(kernel: str, dtype_bytes: int, block_d: int, seqlen_bucket: int, max_sh
     return (short or [min(fits, key=lambda c: _owned_rows(kernel, c))])[:MAX_KEPT]
 
 
+def arch() -> int:
+    """Compute capability of the current device as Triton numbers it (80, 90, ...)."""
+    from triton.runtime.driver import driver
+
+    return int(driver.active.get_current_target().arch)
+
+
 def _device() -> tuple[int, int]:
     """(compute capability as Triton numbers it, opt-in shared memory per block) of the current device."""
     from triton.runtime.driver import driver
 
     active = driver.active
     props = active.utils.get_device_properties(active.get_current_device())
-    return int(active.get_current_target().arch), int(props["max_shared_mem"])
+    return arch(), int(props["max_shared_mem"])
 
 
 def prune(kernel: str) -> Callable:

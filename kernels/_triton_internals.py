@@ -4,8 +4,9 @@ Triton's runtime internals (JITFunction's and the Autotuner's fields, CompiledKe
 HookChain, the driver's active slot, the interpreter's run, the cache key) are no API: any release may move them.
 fastenc reads them only for optional paths: the fast launch path (LAUNCH, kernels/_launch.py), `fastenc precompile`
 and its stand-in driver (PRECOMPILE, also used by `fastenc bench --host`), the host benchmark's stubbed interpreter
-(HOST), and tests (TESTS). INTERNALS is the one table; each name is resolved at import by its dotted path, without
-evaluating properties (reading `driver.active` would create a driver), fields set per instance on a probe instance.
+(HOST), the attention kernels' TMA loads (TMA: whether a scratch allocator is set), and tests (TESTS). INTERNALS
+is the one table; each name is resolved at import by its dotted path, without evaluating properties (reading
+`driver.active` would create a driver), fields set per instance on a probe instance.
 A name that is absent turns off only the paths that read it, with a reason (`missing()`, `report()`,
 `unavailable_reason(use)`); the kernels themselves need only public triton (jit, autotune, language), and no
 import in fastenc fails. SUPPORTED is the declared range of releases (pyproject.toml's triton requirement);
@@ -34,6 +35,7 @@ import triton
 SUPPORTED = ((3, 6), (3, 9))  # lowest and highest (major, minor) release of the declared range, both ends tested
 
 LAUNCH, PRECOMPILE, HOST, TESTS = "the fast launch path", "fastenc precompile", "fastenc bench --host", "tests"
+TMA = "the attention kernels' TMA loads (tensor descriptors made on the device need triton's scratch allocator)"
 
 
 def release(version: str | None = None) -> tuple[int, int]:
@@ -88,6 +90,8 @@ INTERNALS = (
     Internal("triton.backends.nvidia.compiler.get_ptxas", PRECOMPILE),  # --report: ptxas's warnings (C7515)
     Internal("triton.runtime.interpreter.InterpretedFunction", HOST),
     Internal("triton.runtime.interpreter.InterpretedFunction.run", HOST),
+    Internal("triton.runtime._allocation._allocator", TMA),  # the ContextVar triton.set_allocator sets
+    Internal("triton.runtime._allocation.NullAllocator", TMA),  # its value while no allocator is set
     Internal("triton.compiler.compiler.LazyDict", TESTS),
     Internal("triton.compiler.ASTSource", TESTS),
     Internal("triton.backends.backends", TESTS),  # which backends this triton build has (tests skip without nvidia)
@@ -187,7 +191,7 @@ def release_reason() -> str | None:
 
 
 def unavailable_reason(use: str) -> str | None:
-    """Why `use` (LAUNCH, PRECOMPILE, HOST) cannot run on the installed triton, or None."""
+    """Why `use` (LAUNCH, PRECOMPILE, HOST, TMA) cannot run on the installed triton, or None."""
     gone = missing(use)
     if not gone:
         return None
@@ -197,7 +201,7 @@ def unavailable_reason(use: str) -> str | None:
 def report() -> list[str]:
     """Everything about the installed triton that turns a path of fastenc off, one line each (empty: nothing)."""
     lines = [r for r in [release_reason()] if r]
-    lines += [r for r in map(unavailable_reason, (LAUNCH, PRECOMPILE, HOST)) if r]
+    lines += [r for r in map(unavailable_reason, (LAUNCH, PRECOMPILE, HOST, TMA)) if r]
     return lines
 
 

@@ -25,6 +25,18 @@ BLOCK_D is the next power of two and the extra columns are masked. fp32 inputs u
 torch.backends.cuda.matmul.allow_tf32 is set (as torch's own matmuls do), else exact fp32 ("ieee"); the CPU
 interpreter always uses "ieee".
 
+TMA (sm_90): the forward and dq kernels may read their unmasked key blocks of k and v through tensor descriptors made on
+the device, one per head of each sequence ([length, D] from the sequence's first row, with its row stride; rows past the
+length and columns past D read as 0, so a tile never reaches another sequence's rows), while the masked edge blocks keep
+the masked pointer loads. The launcher picks it per call (the TMA constexpr, _tma): a GPU of compute capability 9.0 on,
+fp16 / bf16, and tensors a descriptor describes exactly (16-byte aligned data and strides, rows a multiple of 16 bytes),
+else the pointer loads (and sm_80 binaries are the same as without it). Which kernels, block sizes and triton releases
+take it is TMA_KERNELS, from the sm_90a binaries' main loops: kept only where no loop got longer and no wgmma got
+serialised (dk/dv has none, nor any kernel with a local window). Trade-off: each program writes its descriptors to
+global scratch (triton's allocator; the launcher sets one on torch's caching allocator when the caller has none) and
+each tile waits on a barrier, in exchange for no per-thread address arithmetic or copy instructions for its tiles: on
+small tiles the barrier costs about what the loads save.
+
 Dropout: probability (b, h, i, j) (sequence, head, query, key; per-sequence coordinates in both layouts) is kept
 iff the 8-bit slice u of key j satisfies u >= t, t = ceil(dropout_p * 2**8): with c = j % 16, u is byte
 (c % 2) + 2 (c // 8) of word (c % 8) // 2 of Philox4x32-7 with key (seed & 0xffffffff, seed >> 32) and counter
@@ -54,6 +66,7 @@ import triton.language as tl
 
 from fastenc.kernels import _configs
 from fastenc.kernels import _fakes as fakes
+from fastenc.kernels import _triton_internals as ti
 from fastenc.kernels._common import FLOAT_DTYPES, cdiv, interpreter_on, launch_reasons, next_pow2, register
 from fastenc.kernels._launch import launch
 
@@ -96,11 +109,29 @@ def _load_full_rows(ptr, base, rows, stride_s, offs_d, HEAD_DIM: tl.constexpr, B
 
 
 @triton.jit
-def _load_block(ptr, base, rows, seqlen, stride_s, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                MASK_ROWS: tl.constexpr):
-    """_load_rows when rows past seqlen may be in the block (MASK_ROWS), else _load_full_rows."""
+def _rows_desc(ptr, base, seqlen, stride_s, HEAD_DIM: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+               TMA: tl.constexpr):
+    """With TMA: a tensor descriptor of one head of one sequence, [seqlen, HEAD_DIM] from ptr + base with row stride
+    stride_s, read in [BLOCK_ROWS, BLOCK_D] tiles (rows past seqlen and columns past HEAD_DIM read as 0); without,
+    ptr itself (unused: _load_block reads through pointers)."""
+    if TMA:  # one return of one type per variant (both branches' returns would have to agree)
+        desc = tl.make_tensor_descriptor(ptr + base, shape=[seqlen, HEAD_DIM], strides=[stride_s, 1],
+                                         block_shape=[BLOCK_ROWS, BLOCK_D])
+    else:
+        desc = ptr
+    return desc
+
+
+@triton.jit
+def _load_block(ptr, desc, base, row_start, seqlen, stride_s, offs_d, HEAD_DIM: tl.constexpr, BLOCK_ROWS: tl.constexpr,
+                BLOCK_D: tl.constexpr, MASK_ROWS: tl.constexpr, TMA: tl.constexpr):
+    """Rows row_start + arange(BLOCK_ROWS): _load_rows when rows past seqlen may be in the block (MASK_ROWS), else
+    one tile load through `desc` (_rows_desc) with TMA, or _load_full_rows without."""
+    rows = row_start + tl.arange(0, BLOCK_ROWS)
     if MASK_ROWS:
         return _load_rows(ptr, base, rows, seqlen, stride_s, offs_d, HEAD_DIM)
+    if TMA:
+        return desc.load([row_start, 0])
     return _load_full_rows(ptr, base, rows, stride_s, offs_d, HEAD_DIM, BLOCK_D)
 
 
@@ -199,18 +230,22 @@ def _dropout_threshold(dropout_p):
 
 
 @triton.jit
-def _attention_fwd_block(acc, l_i, m_i, q, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
-                         mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold,
-                         window, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_MASK: tl.constexpr,
+def _attention_fwd_block(acc, l_i, m_i, q, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s,
+                         mask_ptr, mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed,
+                         threshold, window, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_MASK: tl.constexpr,
                          MASK_KEYS: tl.constexpr, WINDOW_EDGE: tl.constexpr, DROPOUT: tl.constexpr,
-                         INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                         INPUT_PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_N: tl.constexpr):
     """One key block of the forward's online softmax: the updated (acc, l_i, m_i). qk_scale > 0 (the launcher moves
     a negative scale's sign onto q), so the row max of the raw scores gives the scaled one and each probability costs
     one FMA and one exp2. MASK_KEYS: the block may hold keys past seqlen or masked out (see _key_range); without it the
-    block is read with no mask at all. WINDOW_EDGE: the block may hold keys outside some row's window."""
+    block is read with no mask at all (through the descriptors k_desc, v_desc with TMA). WINDOW_EDGE: the block may
+    hold keys outside some row's window."""
     cols = col_start + tl.arange(0, BLOCK_N)
-    k = _load_block(k_ptr, k_base, cols, seqlen, k_stride_s, offs_d, HEAD_DIM, BLOCK_D, MASK_KEYS)
-    v = _load_block(v_ptr, v_base, cols, seqlen, v_stride_s, offs_d, HEAD_DIM, BLOCK_D, MASK_KEYS)
+    k = _load_block(k_ptr, k_desc, k_base, col_start, seqlen, k_stride_s, offs_d, HEAD_DIM, BLOCK_N, BLOCK_D,
+                    MASK_KEYS, TMA)
+    v = _load_block(v_ptr, v_desc, v_base, col_start, seqlen, v_stride_s, offs_d, HEAD_DIM, BLOCK_N, BLOCK_D,
+                    MASK_KEYS, TMA)
     s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)
     if MASK_KEYS:
         allowed = _key_allowed(mask_ptr, b, mask_stride_b, mask_stride_s, cols, seqlen, HAS_MASK)
@@ -263,6 +298,7 @@ def _attention_fwd_kernel(
     DROPOUT: tl.constexpr,
     WINDOW: tl.constexpr,  # a local window: each program visits only the key blocks its rows' windows reach
     INPUT_PRECISION: tl.constexpr,  # "ieee" or "tf32" for fp32 dots
+    TMA: tl.constexpr,  # 0, or: the unmasked key blocks through tensor descriptors if BLOCK_N >= TMA (sm_90, _tma)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     SCAN: tl.constexpr,  # mask entries per step of the key-range scan (HAS_MASK)
@@ -280,6 +316,9 @@ def _attention_fwd_kernel(
                    HEAD_DIM)
     k_base = b * k_stride_b + start * k_stride_s + h * k_stride_h
     v_base = b * v_stride_b + start * v_stride_s + h * v_stride_h
+    tma: tl.constexpr = (TMA > 0) & (BLOCK_N >= TMA)
+    k_desc = _rows_desc(k_ptr, k_base, seqlen, k_stride_s, HEAD_DIM, BLOCK_N, BLOCK_D, tma)
+    v_desc = _rows_desc(v_ptr, v_base, seqlen, v_stride_s, HEAD_DIM, BLOCK_N, BLOCK_D, tma)
     seed = tl.load(seed_ptr) if DROPOUT else 0
     threshold = _dropout_threshold(dropout_p)
     full_end, kv_end = _key_range(mask_ptr, b, mask_stride_b, mask_stride_s, seqlen, HAS_MASK, BLOCK_N, SCAN)
@@ -294,19 +333,19 @@ def _attention_fwd_kernel(
         lo, mid_start, mid_end, hi = _window_range(pid_m * BLOCK_M, window, full_end, kv_end, BLOCK_M, BLOCK_N)
     for col_start in range(lo, mid_start, BLOCK_N):
         acc, l_i, m_i = _attention_fwd_block(
-            acc, l_i, m_i, q, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr, mask_stride_b,
-            mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, window, HEAD_DIM,
-            BLOCK_D, HAS_MASK, True, True, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+            acc, l_i, m_i, q, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
+            mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, window,
+            HEAD_DIM, BLOCK_D, HAS_MASK, True, True, DROPOUT, INPUT_PRECISION, tma, BLOCK_M, BLOCK_N)
     for col_start in range(mid_start, mid_end, BLOCK_N):
         acc, l_i, m_i = _attention_fwd_block(
-            acc, l_i, m_i, q, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr, mask_stride_b,
-            mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, window, HEAD_DIM,
-            BLOCK_D, HAS_MASK, False, False, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+            acc, l_i, m_i, q, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
+            mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, window,
+            HEAD_DIM, BLOCK_D, HAS_MASK, False, False, DROPOUT, INPUT_PRECISION, tma, BLOCK_M, BLOCK_N)
     for col_start in range(mid_end, hi, BLOCK_N):
         acc, l_i, m_i = _attention_fwd_block(
-            acc, l_i, m_i, q, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr, mask_stride_b,
-            mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, window, HEAD_DIM,
-            BLOCK_D, HAS_MASK, True, WINDOW, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+            acc, l_i, m_i, q, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
+            mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, window,
+            HEAD_DIM, BLOCK_D, HAS_MASK, True, WINDOW, DROPOUT, INPUT_PRECISION, tma, BLOCK_M, BLOCK_N)
 
     empty = l_i == 0.0
     o_scale = 1.0 / tl.where(empty, 1.0, l_i)
@@ -359,16 +398,19 @@ def _row_stats(lse_ptr, delta_ptr, offs, rows, seqlen):
 
 
 @triton.jit
-def _attention_dq_block(dq, q, do, lse2, delta, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
-                        mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold,
-                        dropout_p, window, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_MASK: tl.constexpr,
-                        MASK_KEYS: tl.constexpr, WINDOW_EDGE: tl.constexpr, DROPOUT: tl.constexpr,
-                        INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _attention_dq_block(dq, q, do, lse2, delta, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s,
+                        mask_ptr, mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed,
+                        threshold, dropout_p, window, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                        HAS_MASK: tl.constexpr, MASK_KEYS: tl.constexpr, WINDOW_EDGE: tl.constexpr,
+                        DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr,
+                        BLOCK_N: tl.constexpr):
     """dq += dS K over one key block, with P recomputed from lse (one FMA and one exp2 per probability).
-    MASK_KEYS, WINDOW_EDGE: see _attention_fwd_block."""
+    MASK_KEYS, WINDOW_EDGE, TMA: see _attention_fwd_block."""
     cols = col_start + tl.arange(0, BLOCK_N)
-    k = _load_block(k_ptr, k_base, cols, seqlen, k_stride_s, offs_d, HEAD_DIM, BLOCK_D, MASK_KEYS)
-    v = _load_block(v_ptr, v_base, cols, seqlen, v_stride_s, offs_d, HEAD_DIM, BLOCK_D, MASK_KEYS)
+    k = _load_block(k_ptr, k_desc, k_base, col_start, seqlen, k_stride_s, offs_d, HEAD_DIM, BLOCK_N, BLOCK_D,
+                    MASK_KEYS, TMA)
+    v = _load_block(v_ptr, v_desc, v_base, col_start, seqlen, v_stride_s, offs_d, HEAD_DIM, BLOCK_N, BLOCK_D,
+                    MASK_KEYS, TMA)
     p = tl.exp2(tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale - lse2[:, None])
     if MASK_KEYS:
         allowed = _key_allowed(mask_ptr, b, mask_stride_b, mask_stride_s, cols, seqlen, HAS_MASK)
@@ -527,6 +569,7 @@ def _attention_bwd_dq_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_MASK: tl.constexpr, PACKED: tl.constexpr,
     DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     WINDOW: tl.constexpr,  # like in the forward kernel
+    TMA: tl.constexpr,  # like in the forward kernel
     BLOCK_M: tl.constexpr,  # query rows owned by the program
     BLOCK_N: tl.constexpr,  # key rows per inner step
     SCAN: tl.constexpr,  # mask entries per step of the key-range scan (HAS_MASK)
@@ -548,6 +591,9 @@ def _attention_bwd_dq_kernel(
     lse2, delta = _row_stats(lse_ptr, delta_ptr, lse_offs, rows, seqlen)
     k_base = b * k_stride_b + start * k_stride_s + h * k_stride_h
     v_base = b * v_stride_b + start * v_stride_s + h * v_stride_h
+    tma: tl.constexpr = (TMA > 0) & (BLOCK_N >= TMA)
+    k_desc = _rows_desc(k_ptr, k_base, seqlen, k_stride_s, HEAD_DIM, BLOCK_N, BLOCK_D, tma)
+    v_desc = _rows_desc(v_ptr, v_base, seqlen, v_stride_s, HEAD_DIM, BLOCK_N, BLOCK_D, tma)
     seed = tl.load(seed_ptr) if DROPOUT else 0
     threshold = _dropout_threshold(dropout_p)
 
@@ -560,19 +606,19 @@ def _attention_bwd_dq_kernel(
         lo, mid_start, mid_end, hi = _window_range(pid_m * BLOCK_M, window, full_end, kv_end, BLOCK_M, BLOCK_N)
     for col_start in range(lo, mid_start, BLOCK_N):
         dq = _attention_dq_block(
-            dq, q, do, lse2, delta, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr, mask_stride_b,
-            mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p, window,
-            HEAD_DIM, BLOCK_D, HAS_MASK, True, True, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+            dq, q, do, lse2, delta, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
+            mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p,
+            window, HEAD_DIM, BLOCK_D, HAS_MASK, True, True, DROPOUT, INPUT_PRECISION, tma, BLOCK_M, BLOCK_N)
     for col_start in range(mid_start, mid_end, BLOCK_N):
         dq = _attention_dq_block(
-            dq, q, do, lse2, delta, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr, mask_stride_b,
-            mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p, window,
-            HEAD_DIM, BLOCK_D, HAS_MASK, False, False, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+            dq, q, do, lse2, delta, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
+            mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p,
+            window, HEAD_DIM, BLOCK_D, HAS_MASK, False, False, DROPOUT, INPUT_PRECISION, tma, BLOCK_M, BLOCK_N)
     for col_start in range(mid_end, hi, BLOCK_N):
         dq = _attention_dq_block(
-            dq, q, do, lse2, delta, k_ptr, v_ptr, k_base, v_base, k_stride_s, v_stride_s, mask_ptr, mask_stride_b,
-            mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p, window,
-            HEAD_DIM, BLOCK_D, HAS_MASK, True, WINDOW, DROPOUT, INPUT_PRECISION, BLOCK_M, BLOCK_N)
+            dq, q, do, lse2, delta, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
+            mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p,
+            window, HEAD_DIM, BLOCK_D, HAS_MASK, True, WINDOW, DROPOUT, INPUT_PRECISION, tma, BLOCK_M, BLOCK_N)
 
     dq_ptrs = dq_ptr + b * o_stride_b + (start + rows[:, None]) * o_stride_s + h * o_stride_h + offs_d[None, :]
     tl.store(dq_ptrs, (dq * softmax_scale).to(dq_ptr.dtype.element_ty),
@@ -630,6 +676,55 @@ def _unit_last(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def _tma_device() -> bool:
+    """Whether the kernels run on a GPU with TMA (compute capability 9.0 on): never under the interpreter (its
+    tests force the TMA variants on by replacing this function)."""
+    return not interpreter_on() and _configs.arch() >= 90
+
+
+def _describable(t: torch.Tensor) -> bool:
+    """Whether a tensor descriptor reads every head of every sequence of `t` ([B, S, H, D] or [T, H, D], unit last
+    stride) exactly: TMA needs a 16-byte aligned base and strides, and each program's base adds batch, token and head
+    strides to the data pointer; rows of a multiple of 16 bytes (so at least 16)."""
+    e = t.element_size()
+    return t.data_ptr() % 16 == 0 and all(s * e % 16 == 0 for s in t.stride()[:-1]) and t.shape[-1] * e % 16 == 0
+
+
+# The kernels whose unmasked key blocks go through tensor descriptors on sm_90 (TMA): kernel -> (the smallest key block
+# that does, the first triton release that does); never with a local window. Kept where no main loop of the sm_90a
+# report got longer (benchmarks/results/2026-12-07-sm90a-tma/): the forward's 32-key tiles and the dq kernel under
+# triton 3.6 got longer loops with TMA (its barrier instructions cost about what the loads save), and so did dk/dv's
+# query loop on both releases (its q, do tiles are a few of its loads: the per-row lse and delta take most), which
+# has none; with a window, triton 3.6 serialised the wgmma of the d128 forward (C7515).
+TMA_KERNELS: dict[str, tuple[int, tuple[int, int]]] = {"fwd": (64, (3, 6)), "dq": (16, (3, 9))}
+
+
+def _tma(kernel: str, window: bool, *tensors: torch.Tensor) -> int:
+    """The TMA constexpr of `kernel` reading `tensors` (0: pointer loads): TMA_KERNELS' smallest key block on a TMA
+    GPU under a release it lists, without a local window, for fp16 / bf16 (what the sm_90a report measures), every
+    tensor describable, and triton's scratch allocator available (set here to torch's caching allocator unless the
+    caller set one: each program writes its descriptors to global scratch)."""
+    policy = TMA_KERNELS.get(kernel)
+    if policy is None or ti.release() < policy[1] or window or tensors[0].dtype not in (torch.float16, torch.bfloat16):
+        return 0
+    if not _tma_device() or not all(_describable(t) for t in tensors):
+        return 0
+    if interpreter_on():
+        return policy[0]
+    if ti.unavailable_reason(ti.TMA):
+        return 0
+    unset = ti.get("triton.runtime._allocation.NullAllocator")
+    if isinstance(ti.get("triton.runtime._allocation._allocator").get(), unset):
+        triton.set_allocator(_scratch)
+    return policy[0]
+
+
+def _scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
+    """Triton's global scratch for one launch (the allocator of triton.set_allocator): torch's caching allocator on
+    the current device (its blocks are 512-byte aligned)."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
 class _Layout:
     """Grid and the scalar kernel arguments shared by every attention kernel of one call."""
 
@@ -662,9 +757,9 @@ class _Layout:
     def lse_strides(self, lse: torch.Tensor) -> tuple[int, int, int]:
         return (0, lse.stride(0), lse.stride(1)) if self.packed else (lse.stride(0), lse.stride(1), lse.stride(2))
 
-    def tuning_key(self, dropout_p: float) -> tuple:
+    def tuning_key(self, dropout_p: float, tma: int = 0) -> tuple:
         """What decides the autotuners' keys (TUNE_KEY and the arguments' dtypes): see _configs.launch."""
-        return (self.bucket, self.dtype, dropout_p > 0, *self.consts.values())
+        return (self.bucket, self.dtype, dropout_p > 0, tma, *self.consts.values())
 
     def grid(self, block: str):
         return lambda meta: (cdiv(self.seqlen, meta[block]), self.batch, self.heads)
@@ -697,13 +792,14 @@ def _fwd_impl(
     lse = torch.empty(lay.lse_shape, dtype=torch.float32, device=q.device)
     if q.numel() == 0:
         return o, lse
+    tma = _tma("fwd", lay.consts["WINDOW"], k, v)
     _configs.launch(
-        _attention_fwd_kernel, lay.grid("BLOCK_M"), lay.tuning_key(dropout_p),
+        _attention_fwd_kernel, lay.grid("BLOCK_M"), lay.tuning_key(dropout_p, tma),
         q, k, v, lay.mask, lay.cu_seqlens, seed if dropout_p > 0 else q, o, lse,
         *_strides(q, lay.packed), *_strides(k, lay.packed), *_strides(v, lay.packed), *_strides(o, lay.packed),
         *lay.mask_strides, *lay.lse_strides(lse),
         lay.seqlen, lay.bucket, softmax_scale * _LOG2E, dropout_p, lay.window,
-        DROPOUT=dropout_p > 0, SCAN=_scan(), **lay.consts,
+        DROPOUT=dropout_p > 0, TMA=tma, SCAN=_scan(), **lay.consts,
     )
     return o, lse
 
@@ -750,10 +846,11 @@ def _bwd_impl(
         q, k, v, do, lse, delta, lay.mask, lay.cu_seqlens, seed_arg, dk, dv, *common,
         DROPOUT=dropout_p > 0, **lay.consts,
     )
+    tma = _tma("dq", lay.consts["WINDOW"], k, v)
     _configs.launch(
-        _attention_bwd_dq_kernel, lay.grid("BLOCK_M"), lay.tuning_key(dropout_p),
+        _attention_bwd_dq_kernel, lay.grid("BLOCK_M"), lay.tuning_key(dropout_p, tma),
         q, k, v, do, lse, delta, lay.mask, lay.cu_seqlens, seed_arg, dq, *common,
-        DROPOUT=dropout_p > 0, SCAN=_scan(), **lay.consts,
+        DROPOUT=dropout_p > 0, TMA=tma, SCAN=_scan(), **lay.consts,
     )
     return dq, dk, dv
 

@@ -4,8 +4,11 @@ right-padding key mask, with and without dropout, every config the autotuner kee
 two of CPU). It fails on what issue 33 rules out for kept configs: wgmma serialised by ptxas (C7515), mma.sync
 (HMMA) on sm_90a, spills; and on main loops over the budgets that hold: forward <= 300 warp-instructions per 1024
 scores, dk/dv + dq <= 664 (Triton's tutorial: 260 and 604); and on the dropout variants over what the dropout scheme
-(Philox4x32-7, 8-bit slices) reached: forward <= 1.9x, dk/dv + dq <= 2.1x those without dropout (about 1.8x and
-1.8-2.1x; issue 33's target, a dropout forward <= 1.5x, is not reached).
+(Philox4x32-7, 8-bit slices) reached: forward <= 1.95x, dk/dv + dq <= 2.1x those without dropout (about 1.9x and
+1.8-2.1x; the forward's was 1.8x until TMA shortened the loop without dropout more than the one with; issue 33's
+target, a dropout forward <= 1.5x, is not reached); and on TMA: the binaries of the kernels, key
+blocks and triton releases that kernels/attention.py's TMA_KERNELS lists load through tensor descriptors (UTMALDG),
+the others do not.
 
 Runs in a subprocess without TRITON_INTERPRET (the compiler, not the interpreter).
 """
@@ -19,6 +22,8 @@ import sys
 
 from fastenc import precompile as P
 from fastenc.kernels import _configs as C
+from fastenc.kernels import _triton_internals as ti
+from fastenc.kernels import attention as A
 from tests.helpers import compiler_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -46,6 +51,9 @@ def test_sm90a_attention_binaries_keep_wgmma_unserialised_and_loops_lean(tmp_pat
         norm[name, r["dropout"], r["config"]] = r["loop_norm"]
         if name != "bwd_preprocess":
             assert r["hgmma"] > 0 and r["hmma"] == 0 and r["loop_instructions"] > 0, r
+        tma = A.TMA_KERNELS.get(name.removeprefix("bwd_"))
+        block_n = int(r["config"].split()[0].split("/")[-1])  # the configs read BLOCK_M/BLOCK_N
+        assert (r["utmaldg"] > 0) == bool(tma and ti.release() >= tma[1] and block_n >= tma[0]), r
     for dropout in (False, True):
         for kernel in C.KERNELS:
             for c in C.candidates(kernel, 64, 90, dropout):
@@ -57,5 +65,5 @@ def test_sm90a_attention_binaries_keep_wgmma_unserialised_and_loops_lean(tmp_pat
 
     assert first("fwd", False) <= 300, norm
     assert first("dkdv", False) + first("dq", False) <= 664, norm
-    assert first("fwd", True) <= 1.9 * first("fwd", False), norm
+    assert first("fwd", True) <= 1.95 * first("fwd", False), norm
     assert first("dkdv", True) + first("dq", True) <= 2.1 * (first("dkdv", False) + first("dq", False)), norm

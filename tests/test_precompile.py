@@ -90,13 +90,13 @@ def test_precompile_refuses_bad_arguments_and_the_interpreter(capsys):
 def test_report_writes_the_table_and_fails_on_what_issue_33_rules_out(tmp_path, monkeypatch, capsys):
     row = dict(kernel="_attention_fwd_kernel", layout="padded", dropout=False, dtype="fp16", d=64,
                config="128/64 w4 s3", regs=200, spill_bytes=0, shared=65536, target="sm_90a", seqlen=512,
-               instructions=2000, hgmma=32, hmma=0, c7515=False, loop_instructions=560, loop_norm=280.0)
+               instructions=2000, hgmma=32, hmma=0, utmaldg=4, c7515=False, loop_instructions=560, loop_norm=280.0)
     rows = [row]
     monkeypatch.setattr(P, "attention_report", lambda target, dtypes, head_dims, seqlen: [dict(r) for r in rows])
     out = tmp_path / "r.md"
     assert P.main(["--target", "sm_90a", "--report", str(out)]) == 0
     text = out.read_text()
-    assert "| fwd | padded | no | fp16 | 64 | 128/64 w4 s3 | 200 | 0 | 65536 | 2000 | 32 | 0 | no | 560 | 280.0 |" \
+    assert "| fwd | padded | no | fp16 | 64 | 128/64 w4 s3 | 200 | 0 | 65536 | 2000 | 32 | 0 | 4 | no | 560 | 280.0 |" \
         in text
     assert "triton" in text.splitlines()[0]
     assert json.loads((tmp_path / "r.md.json").read_text()) == rows
@@ -119,6 +119,7 @@ def test_sass_stats_finds_the_first_innermost_tensor_core_loop(monkeypatch):
         /*0070*/               @P1 BRA 0x40 ;
         /*0080*/                   HMMA.16816.F32 R4, R8, R12, R4 ;
         /*0090*/               @P1 BRA 0x80 ;
+        /*0098*/                   UTMALDG.2D [UR4], [UR6] ;
         /*00a0*/                   EXIT ;
     """
 
@@ -131,5 +132,5 @@ def test_sass_stats_finds_the_first_innermost_tensor_core_loop(monkeypatch):
     monkeypatch.setattr(subprocess, "run", fake_run)
     monkeypatch.setattr(P.binaries, "_tool", lambda name: name)
     st = P.sass_stats(b"cubin", "ptx", 90, 4, 128 * 64)
-    assert (st.instructions, st.hgmma, st.hmma, st.c7515) == (10, 2, 1, True)
+    assert (st.instructions, st.hgmma, st.hmma, st.utmaldg, st.c7515) == (11, 2, 1, 1, True)
     assert st.loop_instructions == 4 and st.loop_norm == 4 * 4 * 1024 / (128 * 64)

@@ -195,9 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="also write the report(s) as JSON here")
     p.add_argument("--report", type=Path,
                    help="instead of a model: compile the attention kernels (padded and packed, with and without "
-                        "dropout, every kept config) and write their registers, spills, SASS counts, C7515 and "
-                        "main-loop norms as a markdown table to this file (and FILE.json); exit 1 on C7515, HMMA on "
-                        "sm_90a or spills")
+                        "dropout, every kept config) and write their registers, spills, SASS counts (HGMMA, HMMA, "
+                        "UTMALDG), C7515 and main-loop norms as a markdown table to this file (and FILE.json); "
+                        "exit 1 on C7515, HMMA on sm_90a or spills")
     p.add_argument("--head-dims", type=_csv, default=["64"], help="head dims of --report (default 64)")
     p.add_argument("--seqlen", type=int, default=512, help="sequence length of --report (default 512)")
     args = p.parse_args(argv)

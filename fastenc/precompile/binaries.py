@@ -25,17 +25,18 @@ from fastenc.kernels import _triton_internals as ti  # every private triton name
 @dataclass
 class SassStats:
     """What a binary's SASS and a second ptxas pass over its PTX say: instruction count (NOPs left out), tensor-core
-    instructions (HGMMA: Hopper's wgmma; HMMA: mma.sync), whether ptxas serialised the wgmma (warning C7515), and the
+    instructions (HGMMA: Hopper's wgmma; HMMA: mma.sync), tensor-memory-accelerator loads (UTMALDG: TMA tile loads
+    through a tensor descriptor), whether ptxas serialised the wgmma (warning C7515), and the
     main loop, the first innermost loop that holds a tensor-core instruction: its instructions, and its norm, the
     warp-instructions it issues per 1024 (query, key) scores (instructions x warps x 1024 / the tile's scores)."""
 
     instructions: int
     hgmma: int
     hmma: int
+    utmaldg: int
     c7515: bool
     loop_instructions: int
     loop_norm: float
-
 
 
 @functools.cache
@@ -94,7 +95,8 @@ def sass_stats(cubin: bytes, ptx: str, arch: int, num_warps: int, tile_scores: i
             body = len(inside)
             break
     return SassStats(len(ops), sum(op.startswith("HGMMA") for _, op in ops),
-                     sum(op.startswith("HMMA") for _, op in ops), "C7515" in log, body,
+                     sum(op.startswith("HMMA") for _, op in ops), sum(op.startswith("UTMALDG") for _, op in ops),
+                     "C7515" in log, body,
                      round(body * num_warps * 1024 / tile_scores, 1) if tile_scores else 0.0)
 
 

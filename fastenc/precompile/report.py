@@ -48,7 +48,7 @@ def compile_attention(target_name: str, dtype: str, head_dim: int, dropout: bool
 # The attention variants of `--report`: (layout, dropout); padded = right-padded with a key padding mask.
 REPORT_CASES = (("padded", False), ("padded", True), ("packed", False), ("packed", True))
 _REPORT_COLUMNS = ("kernel", "layout", "dropout", "dtype", "d", "config", "regs", "spill B", "shared B", "SASS",
-                   "HGMMA", "HMMA", "C7515", "loop", "norm")
+                   "HGMMA", "HMMA", "UTMALDG", "C7515", "loop", "norm")
 
 
 def attention_report(target_name: str, dtypes: Sequence[str] = ("fp16",), head_dims: Sequence[int] = (64,),
@@ -86,8 +86,8 @@ def report_markdown(rows: Sequence[dict], header: str) -> str:
         vals = (r["kernel"].removeprefix("_attention_").removesuffix("_kernel"), r["layout"],
                 "yes" if r["dropout"] else "no", r["dtype"], r["d"], r["config"], r["regs"], r["spill_bytes"],
                 r["shared"], r.get("instructions", "-"), r.get("hgmma", "-"), r.get("hmma", "-"),
-                ("**yes**" if r.get("c7515") else "no") if "c7515" in r else "-", r.get("loop_instructions", "-"),
-                r.get("loop_norm", "-"))
+                r.get("utmaldg", "-"), ("**yes**" if r.get("c7515") else "no") if "c7515" in r else "-",
+                r.get("loop_instructions", "-"), r.get("loop_norm", "-"))
         lines.append("| " + " | ".join(str(v) for v in vals) + " |")
     return "\n".join(lines) + "\n"
 

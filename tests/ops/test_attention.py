@@ -12,6 +12,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -437,14 +438,15 @@ def signature(fn, dtype, const):
 
 def build(kernel, dtype, const, arch, warps=4, stages=2):
     fn = kernel.fn if hasattr(kernel, "configs") else kernel  # unwrap the autotuner
-    const = {k: v for k, v in const.items() if k in fn.arg_names}  # SCAN: forward and dq only
+    const = {k: v for k, v in const.items() if k in fn.arg_names}  # SCAN, TMA: forward and dq only
     src = ASTSource(fn, signature(fn, dtype, const), const)
     triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=warps, num_stages=stages))
 
 variants = ((90, "fp16", 64, True, False, True), (80, "bf16", 40, False, True, False))
 for arch, dtype, d, mask, packed, dropout in variants:
     shared = dict(HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), PACKED=packed)
-    const = dict(shared, HAS_MASK=mask, DROPOUT=dropout, INPUT_PRECISION="ieee", BLOCK_M=64, BLOCK_N=64, SCAN=512)
+    const = dict(shared, HAS_MASK=mask, DROPOUT=dropout, INPUT_PRECISION="ieee", BLOCK_M=64, BLOCK_N=64, SCAN=512,
+                 TMA=64 if arch >= 90 else 0)  # fwd and dq: tensor-descriptor loads on sm_90
     for kernel in (A._attention_fwd_kernel, A._attention_bwd_dkdv_kernel, A._attention_bwd_dq_kernel):
         build(kernel, dtype, const, arch)
     build(A._attention_bwd_preprocess_kernel, dtype, dict(shared, BLOCK_M=64), arch)
@@ -702,3 +704,161 @@ def test_window_torch_compile_fullgraph_and_opcheck(backend):
         o, lse = impl.attention_fwd(q, k, v, *args)
         torch.library.opcheck(impl.attention_fwd.op, (q, k, v, *args))
         torch.library.opcheck(impl.attention_bwd.op, (torch.randn_like(o), q, k, v, o, lse, *args))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TMA (tensor-descriptor loads of the full blocks, sm_90+; forced on under the interpreter)
+
+
+@pytest.fixture
+def tma_launches(monkeypatch):
+    """TMA forced on for the forward and dq kernels (every key block size, every release) where it can run (the
+    interpreter, or a GPU with TMA): `.seen` records the TMA constexpr of each fwd / dkdv / dq launch (None: dk/dv
+    has none), `.off()` turns the switch off again."""
+    kernels = importlib.import_module("fastenc.kernels.attention")
+    if torch.cuda.is_available() and not kernels._tma_device():
+        pytest.skip("needs a GPU with TMA (compute capability 9.0 on) or the interpreter")
+    monkeypatch.setattr(kernels, "_tma_device", lambda: True)
+    monkeypatch.setattr(kernels, "TMA_KERNELS", {"fwd": (16, (0, 0)), "dq": (16, (0, 0))})
+    seen: list[int | None] = []
+    real = kernels._configs.launch
+
+    def spy(tuner, grid, key, *args, **consts):
+        seen.append(consts.get("TMA"))
+        return real(tuner, grid, key, *args, **consts)
+
+    monkeypatch.setattr(kernels._configs, "launch", spy)
+    return types.SimpleNamespace(seen=seen, off=lambda: monkeypatch.setattr(kernels, "_tma_device", lambda: False))
+
+
+def _run_views(q, k, v, do, **kw):
+    """The triton backend on q, k, v as they are (strided views reach the kernels in place: clone() would make them
+    contiguous), with the gradients w.r.t. them."""
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    out = attention(*leaves, backend="triton", **kw)
+    out.backward(do)
+    return out.detach(), [t.grad for t in leaves]
+
+
+def _run_twice_tma(tma_launches, q, k, v, do, **kw):
+    """The triton backend with TMA (the fwd and dq launches must take it), then without; under the interpreter the
+    two give the same bits (the same values loaded, the same arithmetic)."""
+    assert not q.is_contiguous()  # the views of a fused projection, read in place
+    res = _run_views(q, k, v, do, **kw)
+    assert tma_launches.seen == [16, None, 16], tma_launches.seen  # fwd, dkdv, dq
+    tma_launches.off()
+    plain = _run_views(q, k, v, do, **kw)
+    assert tma_launches.seen[3:] == [0, None, 0]
+    if not torch.cuda.is_available():
+        for a, b in zip([res[0], *res[1]], [plain[0], *plain[1]], strict=True):
+            assert torch.equal(a, b)
+    return res
+
+
+def _check_tma(tma_launches, q, k, v, keep=None, tma=True, **kw):
+    """TMA (or, with tma=False, the pointer loads the launcher must pick) against the float64 reference
+    (FlashAttention's rule at q's dtype), replaying the kernel's dropout mask `keep` if given; with TMA also bit-equal
+    to the pointer loads under the interpreter."""
+    do = torch.randn(q.shape, dtype=q.dtype, device=q.device)
+    if tma:
+        out, grads = _run_twice_tma(tma_launches, q, k, v, do, **kw)
+    else:
+        tma_launches.seen.clear()
+        out, grads = _run_views(q, k, v, do, **kw)
+        assert tma_launches.seen == [0, None, 0]
+    ref_kw = dict(kw, dropout_mask=keep) if keep is not None else kw
+    out64, grads64 = _ref64(q, k, v, do, **ref_kw)
+    out_t, grads_t = _torch_at_dtype(q, k, v, do, **ref_kw)
+    for name, g, g64, gt in zip(("o", "dq", "dk", "dv"), [out, *grads], [out64, *grads64], [out_t, *grads_t],
+                                strict=True):
+        assert_close_to_ref(g, g64, gt, atol=ATOL[q.dtype], name=name)
+
+
+TMA_PADDED_CASES = [
+    # dtype, head_dim, mask kind; seqlen 50 = 3 full key blocks of the interpreter's 16 and a partial one
+    # (fp16 only: the interpreter's bf16 arithmetic is wrong on both releases, with or without TMA)
+    (torch.float16, 64, "right"),
+    (torch.float16, 40, "right"),  # BLOCK_D 64: the descriptor's columns past 40 read as 0
+    (torch.float16, 40, "random"),
+    (torch.float16, 64, "empty_row"),
+]
+
+
+@pytest.mark.parametrize(("dtype", "head_dim", "mask_kind"), TMA_PADDED_CASES,
+                         ids=[f"{str(c[0])[6:]}-d{c[1]}-{c[2]}" for c in TMA_PADDED_CASES])
+def test_tma_padded_strided_qkv_matches_ref(tma_launches, dtype, head_dim, mask_kind):
+    """Views of a fused [B, S, 3, H, D] output, right padding and arbitrary masks: the full blocks read through the
+    descriptors never reach another sequence's rows or the padding past a right-padded length."""
+    dev = device_for("triton")
+    q, k, v = _fused_qkv((3, 50, 2, head_dim), dtype, dev)
+    _check_tma(tma_launches, q, k, v, key_padding_mask=_key_mask(mask_kind, 3, 50, dev))
+
+
+@pytest.mark.parametrize("head_dim", [64, 40])
+def test_tma_packed_strided_qkv_matches_ref(tma_launches, head_dim):
+    """Views of a fused packed [T, 3, H, D] output; sequences that start mid-block, one of a single full block, an
+    empty one."""
+    dev = device_for("triton")
+    lens = [37, 16, 0, 50, 5]
+    cu = torch.tensor([0, *np.cumsum(lens)], dtype=torch.int32, device=dev)
+    q, k, v = _fused_qkv((sum(lens), 2, head_dim), torch.float16, dev)
+    _check_tma(tma_launches, q, k, v, cu_seqlens=cu, max_seqlen=max(lens))
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_tma_dropout_matches_ref_with_the_kernel_mask_and_a_window_keeps_pointer_loads(monkeypatch, tma_launches,
+                                                                                       packed):
+    """Dropout (the mask attention_dropout_mask returns) with TMA; with a local window too the launcher keeps the
+    pointer loads (TMA_KERNELS), still right."""
+    dev = device_for("triton")
+    p = 0.25
+    seed = torch.tensor([1357], dtype=torch.int64, device=dev)
+    monkeypatch.setattr(importlib.import_module("fastenc.ops.attention"), "dropout_seed", lambda device: seed)
+    if packed:
+        lens = [50, 21]
+        cu = torch.tensor([0, *np.cumsum(lens)], dtype=torch.int32, device=dev)
+        q, k, v = _fused_qkv((sum(lens), 2, 64), torch.float16, dev)
+        kw = dict(cu_seqlens=cu, max_seqlen=50)
+    else:
+        q, k, v = _fused_qkv((2, 50, 2, 64), torch.float16, dev)
+        kw = dict(key_padding_mask=_key_mask("right", 2, 50, dev))
+    keep = _dropout_mask_fn("triton")(seed, 2, 2, 50, p)
+    _check_tma(tma_launches, q, k, v, keep, dropout_p=p, **kw)
+    monkeypatch.setattr(importlib.import_module("fastenc.kernels.attention"), "_tma_device", lambda: True)  # on again
+    _check_tma(tma_launches, q, k, v, keep, tma=False, dropout_p=p, window=24, **kw)
+
+
+def test_tma_falls_back_where_a_descriptor_cannot_describe_the_tensors(tma_launches):
+    """Rows of 72 bytes (head dim 36, fp16), a base 2 bytes off 16-byte alignment, a head stride of 40 bytes, fp32:
+    the launcher picks the pointer loads (TMA 0), and the result is still right."""
+    kernels = importlib.import_module("fastenc.kernels.attention")
+    dev = device_for("triton")
+    odd_dim = _fused_qkv((2, 20, 2, 36), torch.float16, dev)
+    shifted = [torch.randn(2 * 20 * 2 * 32 + 1, dtype=torch.float16, device=dev)[1:].view(2, 20, 2, 32)
+               for _ in range(3)]
+    narrow = [torch.randn(2, 20, 2, 20, dtype=torch.float16, device=dev)[..., :16] for _ in range(3)]
+    assert kernels._tma("fwd", False, *_fused_qkv((2, 20, 2, 32), torch.float16, dev)) == 16  # the control
+    assert kernels._tma("fwd", False, *odd_dim) == 0
+    assert kernels._tma("fwd", False, *shifted) == 0
+    assert kernels._tma("fwd", False, *narrow) == 0
+    assert kernels._tma("fwd", False, *(t.float() for t in odd_dim)) == 0
+    mask = _key_mask("random", 2, 20, dev)
+    for q, k, v in (odd_dim, shifted, narrow):
+        _check_tma(tma_launches, q, k, v, tma=False, key_padding_mask=mask)
+
+
+def test_tma_is_kept_where_the_sm90a_loops_got_no_longer(monkeypatch):
+    """TMA_KERNELS as the report found (benchmarks/results/2026-12-07-sm90a-tma/): the forward's key blocks of 64+,
+    dq's from triton 3.9 on, dk/dv never, none with a local window; the kernels' TMA constexpr follows it on a TMA
+    GPU."""
+    kernels = importlib.import_module("fastenc.kernels.attention")
+    from fastenc.kernels import _triton_internals as ti
+
+    monkeypatch.setattr(kernels, "_tma_device", lambda: True)
+    q, k, v = _fused_qkv((2, 20, 2, 64), torch.float16, device_for("triton"))
+    assert kernels._tma("fwd", False, k, v) == 64
+    assert kernels._tma("dq", False, k, v) == (16 if ti.release() >= (3, 9) else 0)
+    assert kernels._tma("dkdv", False, q, k, v) == 0
+    assert kernels._tma("fwd", True, k, v) == kernels._tma("dq", True, k, v) == 0
+    monkeypatch.setattr(kernels, "_tma_device", lambda: False)
+    assert kernels._tma("fwd", False, k, v) == 0
