@@ -28,7 +28,7 @@ from fastenc.kernels._launch import launch as launch_jit
 MAX_KEPT = 3
 KERNELS = ("fwd", "dkdv", "dq")
 TUNE_KEY = ["seqlen_bucket", "BLOCK_D", "HAS_MASK", "PACKED", "DROPOUT", "INPUT_PRECISION", "WINDOW"]
-INTERPRETER_CONFIG = (16, 16, 1, 1)
+INTERPRETER_CONFIG = (16, 32, 1, 1)
 
 # fp16 / bf16 candidates by BLOCK_D (<= 64, 128) for sm_90 (wgmma); AMPERE replaces some for sm_80 / sm_86 / sm_89
 # (mma.sync), where ptxas spills tiles that Hopper's wgmma layouts hold in registers, and DROPOUT replaces some for
