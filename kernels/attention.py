@@ -233,12 +233,11 @@ def _dropout_keep(seed, b, h, row_start, col_start, threshold, BLOCK_M: tl.const
 
 
 @triton.jit
-def _dropout_apply(x, seed, b, h, row_start, col_start, threshold, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """x [BLOCK_M, BLOCK_N] with _dropout_keep's dropped entries set to 0. The zero is a run-time product (t * 0.0,
-    which the compiler may not fold), so the select stays on x and is not moved past a following cast to 16 bits,
-    where it would cost a split and a repack of each half pair."""
-    zero = threshold.to(tl.float32) * 0.0
-    return tl.where(_dropout_keep(seed, b, h, row_start, col_start, threshold, BLOCK_M, BLOCK_N), x, zero)
+def _drop(x, keep, threshold):
+    """x with the entries that `keep` (_dropout_keep) drops set to 0. The zero is a run-time product (t * 0.0, which
+    the compiler may not fold), so the select stays on x and is not moved past a following cast to 16 bits, where it
+    would cost a split and a repack of each pair of halves."""
+    return tl.where(keep, x, threshold.to(tl.float32) * 0.0)
 
 
 @triton.jit
@@ -260,6 +259,8 @@ def _attention_fwd_block(acc, l_i, m_i, q, k_ptr, v_ptr, k_base, v_base, k_strid
     cols = col_start + tl.arange(0, BLOCK_N)
     k = _load_block(k_ptr, k_base, cols, seqlen, k_stride_s, offs_d, HEAD_DIM, BLOCK_D, MASK_KEYS)
     v = _load_block(v_ptr, v_base, cols, seqlen, v_stride_s, offs_d, HEAD_DIM, BLOCK_D, MASK_KEYS)
+    if DROPOUT:  # drawn before the dots, whose tensor-core time the integer work can fill
+        keep = _dropout_keep(seed, b, h, row_start, col_start, threshold, BLOCK_M, BLOCK_N)
     s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)
     if MASK_KEYS:
         allowed = _key_allowed(mask_ptr, b, mask_stride_b, mask_stride_s, cols, seqlen, HAS_MASK)
@@ -273,7 +274,7 @@ def _attention_fwd_block(acc, l_i, m_i, q, k_ptr, v_ptr, k_base, v_base, k_strid
     p = tl.exp2(s * qk_scale - m_use[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     if DROPOUT:
-        p = _dropout_apply(p, seed, b, h, row_start, col_start, threshold, BLOCK_M, BLOCK_N)
+        p = _drop(p, keep, threshold)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
     return acc, l_i, m_new
 
@@ -430,7 +431,7 @@ def _attention_dq_block(dq, q, do, lse2, delta, k_ptr, v_ptr, k_base, v_base, k_
             p = tl.where(allowed[None, :], p, 0.0)
     dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
     if DROPOUT:  # dP of the dropped probabilities, scaled by 1 / (1 - p) in the FMA that subtracts delta
-        dp = _dropout_apply(dp, seed, b, h, row_start, col_start, threshold, BLOCK_M, BLOCK_N)
+        dp = _drop(dp, _dropout_keep(seed, b, h, row_start, col_start, threshold, BLOCK_M, BLOCK_N), threshold)
         ds = p * (dp * (1.0 / (1.0 - dropout_p)) - delta[:, None])
     else:
         ds = p * (dp - delta[:, None])
@@ -456,15 +457,16 @@ def _attention_dkdv_block(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, q_bas
         do = _load_full_rows(do_ptr, do_base, rows, o_stride_s, offs_d, HEAD_DIM, BLOCK_D)
         lse2 = tl.load(lse_ptr + lse_base + rows * lse_stride_s) * 1.4426950408889634
         delta = tl.load(delta_ptr + lse_base + rows * lse_stride_s)
+    if DROPOUT:  # drawn before the dots, whose tensor-core time the integer work can fill
+        keep = tl.trans(_dropout_keep(seed, b, h, row_start, col_start, threshold, BLOCK_M, BLOCK_N))
     pt = tl.exp2(tl.dot(k, tl.trans(q), input_precision=INPUT_PRECISION) * qk_scale - lse2[None, :])
     if WINDOW_EDGE:
         pt = tl.where(_in_window(col_start + tl.arange(0, BLOCK_N), rows, window), pt, 0.0)
     dpt = tl.dot(v, tl.trans(do), input_precision=INPUT_PRECISION)
     if DROPOUT:
-        keep = tl.trans(_dropout_keep(seed, b, h, row_start, col_start, threshold, BLOCK_M, BLOCK_N))
         # dP of the dropped probabilities, scaled by 1 / (1 - p) in the same FMA that subtracts delta; P^T kept is
         # scaled once, on dv at the end
-        dv += tl.dot(tl.where(keep, pt, 0.0).to(do.dtype), do, input_precision=INPUT_PRECISION)
+        dv += tl.dot(_drop(pt, keep, threshold).to(do.dtype), do, input_precision=INPUT_PRECISION)
         dst = pt * (tl.where(keep, dpt, 0.0) * (1.0 / (1.0 - dropout_p)) - delta[None, :])
     else:
         dv += tl.dot(pt.to(do.dtype), do, input_precision=INPUT_PRECISION)
