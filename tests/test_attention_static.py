@@ -3,9 +3,9 @@ own report (`fastenc precompile --report`, fastenc/precompile/report.py) over fp
 right-padding key mask, with and without dropout, every config the autotuner keeps (about 14 binaries; a minute or
 two of CPU). It fails on what issue 33 rules out for kept configs: wgmma serialised by ptxas (C7515), mma.sync
 (HMMA) on sm_90a, spills; and on main loops over the budgets that hold: forward <= 300 warp-instructions per 1024
-scores, dk/dv + dq <= 664 (Triton's tutorial: 260 and 604); and on the dropout variants over what the dropout scheme
-(Philox4x32-7, 8-bit slices) reached: forward <= 1.9x, dk/dv + dq <= 2.1x those without dropout (about 1.8x and
-1.8-2.1x; issue 33's target, a dropout forward <= 1.5x, is not reached).
+scores, dk/dv + dq <= 664 (Triton's tutorial: 260 and 604); and on dropout variants over issue 33's budget: a forward
+<= 1.5x the forward without dropout, and dk/dv + dq <= 1.65x (Philox4x32-7 calls that cover what one thread holds,
+decisions four to a word: about 1.48x and 1.55-1.6x on triton 3.9 and 3.6).
 
 Runs in a subprocess without TRITON_INTERPRET (the compiler, not the interpreter).
 """
@@ -57,5 +57,5 @@ def test_sm90a_attention_binaries_keep_wgmma_unserialised_and_loops_lean(tmp_pat
 
     assert first("fwd", False) <= 300, norm
     assert first("dkdv", False) + first("dq", False) <= 664, norm
-    assert first("fwd", True) <= 1.9 * first("fwd", False), norm
-    assert first("dkdv", True) + first("dq", True) <= 2.1 * (first("dkdv", False) + first("dq", False)), norm
+    assert first("fwd", True) <= 1.5 * first("fwd", False), norm
+    assert first("dkdv", True) + first("dq", True) <= 1.65 * (first("dkdv", False) + first("dq", False)), norm
