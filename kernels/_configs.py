@@ -54,8 +54,9 @@ DROPOUT: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
     "dkdv": {64: [(32, 128, 8, 2), (16, 64, 4, 2)]},
 }
 # Dropout d64 on the padded layout without a window: the forward's 4-warp 128 x 64 tile and dk/dv's 64 x 128 hold
-# Philox's registers there, not on the packed layout (the forward spills 40 B/thread) nor with a window; figures in
-# benchmarks/results/2026-12-07-sm90a-static-dropout/.
+# Philox's registers there, not on the packed layout (the forward spills 48 B/thread under triton 3.9) nor with a
+# window; figures in benchmarks/results/2026-12-07-sm90a-static-dropout-patches/. Every tile is a whole number of the
+# dropout scheme's 16-row x 32-key patches (kernels/attention.py).
 DROPOUT_PADDED: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
     "fwd": {64: [(128, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 2)]},
     "dkdv": {64: [(64, 128, 8, 2), (16, 64, 4, 2)]},

@@ -193,6 +193,7 @@ def _dropout_words(seed, b, h, row_start, col_start, BLOCK_M: tl.constexpr, BLOC
     and 32): each [BLOCK_M // 16, 8, BLOCK_N // 32, 4] uint32, call (16-row group, row % 8, 32-key block, q) with
     counter (b, 4 (key block) + q, h, 8 (row group) + row % 8) (module doc). Sequence and head are the counter words
     the first round multiplies, so that round and the next two take their products on the rows or the keys alone."""
+    tl.static_assert(BLOCK_M % 16 == 0 and BLOCK_N % 32 == 0, "dropout tiles are whole 16 x 32 patches")
     rows = (row_start // 16 + tl.arange(0, BLOCK_M // 16))[:, None] * 8 + tl.arange(0, 8)[None, :]
     calls = (col_start // 32 + tl.arange(0, BLOCK_N // 32))[:, None] * 4 + tl.arange(0, 4)[None, :]
     seed = seed.to(tl.uint64)
