@@ -22,12 +22,12 @@
 // dK and dV take 160-250 registers already). dQ warps own two 16-row query tiles at d32 only (229 registers; per
 // mma 0.58 -> 0.33 ldmatrix): at d64 two spill on sm_90a (255 registers, 4 bytes), at d128 their 102 KiB of
 // shared memory would leave one block per A100 SM. Shared memory: dK / dV 30 / 54 / 68 KiB, dQ 40 / 54 / 68 KiB.
-// Dropout follows the Philox scheme of fastenc.kernels.attention (Philox4x32-7, counter {j / 16, i, b, h}, 8-bit
-// slices, kept iff slice >= ceil(p * 2^8)), so the mask depends on the element only: backward regenerates forward's
-// mask exactly, and attention_dropout_mask returns it for tests. The 16 keys of one call lie in the 4 lanes of a quad
-// (forward, dQ: rows are queries) or the 8 lanes of a column (dK / dV: rows are keys): each lane draws one call in
-// 4 (8) and the lanes trade words with shuffles, so a warp draws each call once; dK / dV build the mask once per
-// tile as a bit set and apply it to P and dP.
+// Dropout follows the Philox scheme of fastenc.kernels.attention (Philox4x32-7, counter
+// {b, 4 (j / 32) + (j % 8) / 2, h, 8 (i / 16) + i % 8}, 8-bit slices, kept iff slice >= ceil(p * 2^8)), so the mask
+// depends on the element only: backward regenerates forward's mask exactly, and attention_dropout_mask returns it for
+// tests. One call covers what one lane holds of a 16-row, 32-key query-row patch (forward, dQ: each lane draws its
+// own calls); in dK / dV (rows are keys) a warp uses half of each call, and the two lanes of a key pair draw one call
+// each and trade words with a shuffle (csrc/attention_dropout.cuh); dK / dV apply the mask to P and dP.
 // A local window (|i - j| <= window, ModernBERT's local layers) is a template flag of the three main kernels, so the
 // kernels without one stay as they were: a block steps only over the tiles of the other side that its rows reach
 // (fewer steps, not fewer blocks) and tests each element only in the tiles that straddle the window's edge. The
@@ -148,7 +148,7 @@ cudaError_t attention_dropout_mask(const int64_t* seed, uint8_t* out, int batch,
                                    cudaStream_t stream) {
   if (seed == nullptr || batch < 0 || heads < 0 || seqlen < 0 || dropout_p < 0.f || dropout_p >= 1.f)
     return cudaErrorInvalidValue;
-  const int64_t groups = static_cast<int64_t>(batch) * heads * seqlen * ((seqlen + 15) / 16);
+  const int64_t groups = static_cast<int64_t>(batch) * heads * seqlen * ((seqlen + 31) / 32 * 4);
   if (groups == 0) return cudaSuccess;
   const int64_t blocks = (groups + 255) / 256;
   attention_dropout_mask_kernel<<<static_cast<unsigned>(blocks < 65536 ? blocks : 65536), 256, 0, stream>>>(

@@ -3,9 +3,9 @@
 //
 // Trade-off: one Philox4x32-7 call gives 16 keep decisions (8-bit slices): 7 rounds (the fewest that pass BigCrush)
 // and 8-bit slices cost a keep probability rounded to 2^-8 but draw 2.9x fewer rounds per decision than 10 rounds
-// and 16-bit slices. The lanes holding a call's 16 elements draw one call each and trade words with shuffles, so a
-// warp draws every call once. Each shuffle round costs a few selects and shifts, far less than the Philox calls it
-// saves.
+// and 16-bit slices. A call covers what one lane holds of a query-row tile, so the forward and dQ draw each call once
+// with no exchange; the dK / dV tiles (key rows) use half of each call's bytes per warp (the other half are the
+// next 16 keys, another warp's), so there a call is drawn once per warp and shared by a lane pair with one shuffle.
 #pragma once
 
 #include "common.cuh"
@@ -13,12 +13,13 @@
 namespace fastenc {
 
 // Dropout keeps element (i, j) of sequence b, head h iff its 8-bit slice of Philox4x32-7(key = seed, counter =
-// {j / 16, i, b, h}) is >= threshold = ceil(p * 2^8): with c = j % 16, byte (c % 2) + 2 (c / 8) of word (c % 8) / 2,
-// so word w holds keys 2w, 2w + 1, 2w + 8, 2w + 9 (the columns of lane w of a quad in two m16n8 tiles). The scheme
-// fastenc.kernels.attention documents, so both backends draw the same mask, in each sequence's own coordinates.
+// {b, 4 (j / 32) + (j % 8) / 2, h, 8 (i / 16) + i % 8}) is >= threshold = ceil(p * 2^8): byte j % 2 + 2 ((i % 16) / 8)
+// of word (j % 32) / 8. A call covers the rows i, i + 8 of a 16-row group and the keys 2q, 2q + 1 of each 8 of a
+// 32-key block: what one lane holds of four m16n8 tiles. The scheme fastenc.kernels.attention documents, so both
+// backends draw the same mask, in each sequence's own coordinates.
 __device__ __forceinline__ U32x4 dropout_words(uint32_t key0, uint32_t key1, int b, int h, int i, int j) {
-  return philox4x32<7>(U32x4{static_cast<uint32_t>(j >> 4), static_cast<uint32_t>(i), static_cast<uint32_t>(b),
-                            static_cast<uint32_t>(h)},
+  return philox4x32<7>(U32x4{static_cast<uint32_t>(b), static_cast<uint32_t>(4 * (j >> 5) + ((j & 7) >> 1)),
+                            static_cast<uint32_t>(h), static_cast<uint32_t>(8 * (i >> 4) + (i & 7))},
                       key0, key1);
 }
 
@@ -41,90 +42,52 @@ __device__ __forceinline__ DropoutState dropout_state(const AttnParams& p) {
   return s;
 }
 
-// out[s] = v[(s + r) % 4] for a run-time r: two stages of selects.
-__device__ __forceinline__ void rotate4(uint32_t (&v)[4], int r) {
-  uint32_t a[4];
-#pragma unroll
-  for (int s = 0; s < 4; ++s) a[s] = (r & 1) ? v[(s + 1) & 3] : v[s];
-#pragma unroll
-  for (int s = 0; s < 4; ++s) v[s] = (r & 2) ? a[(s + 2) & 3] : a[s];
-}
-
-// out[s] = v[s ^ x] for a run-time x in 0..7: three stages of selects.
-__device__ __forceinline__ void xor_permute8(uint32_t (&v)[8], int x) {
-#pragma unroll
-  for (int bit = 1; bit < 8; bit <<= 1) {
-    uint32_t a[8];
-#pragma unroll
-    for (int s = 0; s < 8; ++s) a[s] = (x & bit) ? v[s ^ bit] : v[s];
-#pragma unroll
-    for (int s = 0; s < 8; ++s) v[s] = a[s];
-  }
-}
-
 // The 8-bit slices of a tile whose rows are queries (i) and columns keys (j): slice[nt][e] for acc[nt][e] =
-// (i0 + 8 * (e >> 1), n0 + 8 * nt + 2 * tq + (e & 1)), i0 this lane's row, n0 a multiple of 16. Call c = r * NT / 2 +
-// u (counter {n0 / 16 + u, i0 + 8 r}) covers tiles 2u, 2u + 1 of row i0 + 8 r and serves the quad's 4 lanes, lane tq
-// taking word tq (bytes: acc[2u][2r], acc[2u][2r + 1], acc[2u + 1][2r], acc[2u + 1][2r + 1]). Lane tq draws the
-// calls with c % 4 == tq; in round s it sends word (tq - s) % 4 of its call and reads word tq of call 4k + (tq + s) %
-// 4 from quad lane (tq + s) % 4. Rotations by -tq put the words to send, and the words read, in round / call order.
+// (i0 + 8 * (e >> 1), n0 + 8 * nt + 2 * tq + (e & 1)), i0 this lane's row (i0 % 16 < 8), n0 a multiple of 32. The call
+// of the lane's rows and key block u holds its four tiles 4u .. 4u + 3: acc[4u + w][e] is byte e of word w. No
+// exchange between lanes.
 template <int NT>
 __device__ __forceinline__ void dropout_slices_query_rows(const DropoutState& d, int b, int h, int i0, int n0,
                                                           int lane, uint32_t (&slice)[NT][4]) {
   static_assert(NT % 4 == 0, "tile shape");
-  constexpr int kU = NT / 2;  // calls per row
-  const int tq = lane & 3, quad = lane & ~3, back = (4 - tq) & 3;
+  const int tq = lane & 3;
 #pragma unroll
-  for (int k = 0; k < NT / 4; ++k) {
-    const int own = 4 * k + tq;
-    const U32x4 w = dropout_words(d.key0, d.key1, b, h, i0 + 8 * (own / kU), n0 + 16 * (own % kU));
-    uint32_t words[4] = {w.x, w.w, w.z, w.y};  // words[s] = word (-s) % 4
-    rotate4(words, back);                       // words[s] = word (tq - s) % 4
+  for (int u = 0; u < NT / 4; ++u) {
+    const U32x4 w = dropout_words(d.key0, d.key1, b, h, i0, n0 + 32 * u + 2 * tq);
+    const uint32_t ws[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
-    for (int s = 1; s < 4; ++s) words[s] = __shfl_sync(0xffffffffu, words[s], quad | ((tq + s) & 3));
-    rotate4(words, back);  // words[m] = word tq of call 4k + m
+    for (int k = 0; k < 4; ++k) {
 #pragma unroll
-    for (int m = 0; m < 4; ++m) {
-      const int c = 4 * k + m, r = c / kU, u = c % kU;
-      slice[2 * u][2 * r] = words[m] & 0xffu;
-      slice[2 * u][2 * r + 1] = (words[m] >> 8) & 0xffu;
-      slice[2 * u + 1][2 * r] = (words[m] >> 16) & 0xffu;
-      slice[2 * u + 1][2 * r + 1] = words[m] >> 24;
+      for (int e = 0; e < 4; ++e) slice[4 * u + k][e] = (ws[k] >> (8 * e)) & 0xffu;
     }
   }
 }
 
 // The same for a transposed tile: rows are keys (j), columns queries (i): slice[nt][e] for acc[nt][e] =
-// (j0 + 8 * (e >> 1), m0 + 8 * nt + 2 * tq + (e & 1)), this lane's key j0 = 16 * (group) + g, m0 a multiple of 8.
-// Call q = 2 nt + (e & 1) (counter {j0 / 16, column of acc[nt][e]}) serves the 8 lanes g = 0..7 of column tq, lane g
-// taking piece g: the bytes of keys g (low) and g + 8 (high), bytes g % 2 and g % 2 + 2 of word g / 2. Lane g draws
-// the calls with q % 8 == g; in round s it sends piece g ^ s of its call and reads piece g of call 8k + (g ^ s) from
-// lane g ^ s (lane index ^ 4 s). Permutations by ^ g order both.
+// (j0 + 8 * (e >> 1), m0 + 8 * nt + 2 * tq + (e & 1)), this lane's key j0 = 16 * (tile) + g, m0 a multiple of 16. The
+// lane's keys j0, j0 + 8 are words w, w + 1 (w = (j0 % 32) / 8) of the calls of key pair q = g / 2, the same calls
+// for lanes g and g ^ 1, which take bytes g % 2 (+ 2 for the second 8 queries). Columns i and i + 8 (tiles 2v, 2v + 1)
+// share a call; of the two calls per tile pair (e & 1 = 0, 1) each lane of the pair draws the one with e & 1 = g & 1
+// and they swap words w, w + 1 with one shuffle each.
 template <int NT>
 __device__ __forceinline__ void dropout_slices_key_rows(const DropoutState& d, int b, int h, int j0, int m0, int lane,
                                                         uint32_t (&slice)[NT][4]) {
-  static_assert(NT % 4 == 0, "tile shape");
-  const int g = lane >> 2, tq = lane & 3, j16 = j0 - g;
+  static_assert(NT % 2 == 0, "tile shape");
+  const int g = lane >> 2, tq = lane & 3, own = g & 1, w = (j0 & 31) >> 3;
 #pragma unroll
-  for (int k = 0; k < 2 * NT / 8; ++k) {
-    const int own = 8 * k + g, nt = own >> 1, e = own & 1;
-    const U32x4 w = dropout_words(d.key0, d.key1, b, h, m0 + 8 * nt + 2 * tq + e, j16);
-    const uint32_t ws[4] = {w.x, w.y, w.z, w.w};
-    uint32_t pieces[8];
+  for (int v = 0; v < NT / 2; ++v) {
+    const U32x4 r = dropout_words(d.key0, d.key1, b, h, m0 + 16 * v + 2 * tq + own, j0);
+    const uint32_t mine[2] = {pick(r, w), pick(r, w + 1)};
+    const uint32_t theirs[2] = {__shfl_xor_sync(0xffffffffu, mine[0], 4), __shfl_xor_sync(0xffffffffu, mine[1], 4)};
 #pragma unroll
-    for (int s = 0; s < 8; ++s) {
-      const uint32_t x = ws[s >> 1] >> (8 * (s & 1));
-      pieces[s] = (x & 0xffu) | ((x >> 8) & 0xff00u);
-    }
-    xor_permute8(pieces, g);  // pieces[s] = piece g ^ s
+    for (int c = 0; c < 2; ++c) {  // column parity e & 1
+      const uint32_t* ws = c == own ? mine : theirs;
 #pragma unroll
-    for (int s = 1; s < 8; ++s) pieces[s] = __shfl_xor_sync(0xffffffffu, pieces[s], 4 * s);
-    xor_permute8(pieces, g);  // pieces[m] = piece g of call 8k + m
-#pragma unroll
-    for (int m = 0; m < 8; ++m) {
-      const int q = 8 * k + m;
-      slice[q >> 1][q & 1] = pieces[m] & 0xffu;
-      slice[q >> 1][2 + (q & 1)] = pieces[m] >> 8;
+      for (int half = 0; half < 2; ++half) {  // tile 2v + half: queries + 8 half, byte g % 2 + 2 half
+        const int shift = 8 * (own + 2 * half);
+        slice[2 * v + half][c] = (ws[0] >> shift) & 0xffu;
+        slice[2 * v + half][2 + c] = (ws[1] >> shift) & 0xffu;
+      }
     }
   }
 }

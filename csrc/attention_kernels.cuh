@@ -575,17 +575,21 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const AttnPa
 __global__ void attention_dropout_mask_kernel(const int64_t* __restrict__ seed_ptr,  // [1] int64
                                               uint8_t* __restrict__ out_ptr,         // [B, H, S, S] keep flags
                                               int heads, int seqlen, uint32_t threshold, int64_t groups) {
-  const int64_t groups_per_row = (seqlen + 15) / 16;
+  const int64_t groups_per_row = (seqlen + 31) / 32 * 4;  // one Philox call per (row, 32-key block, q)
   DropoutState d{true, 0u, 0u, threshold, 1.f};
   read_seed(seed_ptr, d.key0, d.key1);
-  for (int64_t q = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; q < groups;
-       q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t row = q / groups_per_row;  // (b * heads + h) * seqlen + i
-    const int j0 = static_cast<int>(q % groups_per_row) * 16, i = static_cast<int>(row % seqlen);
+  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < groups;
+       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t row = c / groups_per_row;  // (b * heads + h) * seqlen + i
+    const int call = static_cast<int>(c % groups_per_row), i = static_cast<int>(row % seqlen);
+    const int j0 = 32 * (call >> 2) + 2 * (call & 3);  // keys j0 + 8 k + e, k < 4, e < 2
     const int64_t bh = row / seqlen;
     const U32x4 w = dropout_words(d.key0, d.key1, static_cast<int>(bh / heads), static_cast<int>(bh % heads), i, j0);
-    for (int k = 0; k < 16 && j0 + k < seqlen; ++k) {  // key j0 + k: byte k % 2 + 2 (k / 8) of word (k % 8) / 2
-      out_ptr[row * seqlen + j0 + k] = ((pick(w, (k & 7) >> 1) >> (8 * ((k & 1) + 2 * (k >> 3)))) & 0xffu) >= threshold;
+    for (int k = 0; k < 4; ++k) {
+      for (int e = 0; e < 2; ++e) {  // key j0 + 8 k + e: byte e + 2 ((i % 16) / 8) of word k
+        const int j = j0 + 8 * k + e;
+        if (j < seqlen) out_ptr[row * seqlen + j] = ((pick(w, k) >> (8 * (e + 2 * ((i & 15) >> 3)))) & 0xffu) >= threshold;
+      }
     }
   }
 }

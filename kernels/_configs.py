@@ -28,7 +28,7 @@ from fastenc.kernels._launch import launch as launch_jit
 MAX_KEPT = 3
 KERNELS = ("fwd", "dkdv", "dq")
 TUNE_KEY = ["seqlen_bucket", "BLOCK_D", "HAS_MASK", "PACKED", "DROPOUT", "INPUT_PRECISION", "WINDOW"]
-INTERPRETER_CONFIG = (16, 16, 1, 1)
+INTERPRETER_CONFIG = (16, 32, 1, 1)
 
 # fp16 / bf16 candidates by BLOCK_D (<= 64, 128) for sm_90 (wgmma); AMPERE replaces some for sm_80 / sm_86 / sm_89
 # (mma.sync), where ptxas spills tiles that Hopper's wgmma layouts hold in registers, and DROPOUT replaces some for
@@ -54,8 +54,9 @@ DROPOUT: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
     "dkdv": {64: [(32, 128, 8, 2), (16, 64, 4, 2)]},
 }
 # Dropout d64 on the padded layout without a window: the forward's 4-warp 128 x 64 tile and dk/dv's 64 x 128 hold
-# Philox's registers there, not on the packed layout (the forward spills 40 B/thread) nor with a window; figures in
-# benchmarks/results/2026-12-07-sm90a-static-dropout/.
+# Philox's registers there, not on the packed layout (the forward spills 48 B/thread under triton 3.9) nor with a
+# window; figures in benchmarks/results/2026-12-07-sm90a-static-dropout-patches/. Every tile is a whole number of the
+# dropout scheme's 16-row x 32-key patches (kernels/attention.py).
 DROPOUT_PADDED: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
     "fwd": {64: [(128, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 2)]},
     "dkdv": {64: [(64, 128, 8, 2), (16, 64, 4, 2)]},

@@ -38,16 +38,20 @@ each tile waits on a barrier, in exchange for no per-thread address arithmetic o
 small tiles the barrier costs about what the loads save.
 
 Dropout: probability (b, h, i, j) (sequence, head, query, key; per-sequence coordinates in both layouts) is kept
-iff the 8-bit slice u of key j satisfies u >= t, t = ceil(dropout_p * 2**8): with c = j % 16, u is byte
-(c % 2) + 2 (c // 8) of word (c % 8) // 2 of Philox4x32-7 with key (seed & 0xffffffff, seed >> 32) and counter
-(j // 16, i, b, h): one Philox call gives the decisions of 16 neighbouring keys, word w those of keys 2w, 2w + 1,
-2w + 8, 2w + 9 (what one thread holds of two 8-column mma tiles). The exact keep probability is 1 - t / 2**8 (within
-2**-8 of 1 - dropout_p, exact for multiples of 2**-8 such as 0.5, 0.25, 0.125); kept probabilities are scaled by
-1 / (1 - dropout_p), like torch's dropout, so the output's expectation is off by at most 2**-8 / (1 - dropout_p)
-relative where dropout_p * 2**8 is not an integer. Trade-off: 7 rounds (the fewest with which Philox4x32 passes
-BigCrush, Salmon et al. 2011) and 8-bit slices draw 2.9x fewer rounds per decision than Philox4x32-10 with 16-bit
-slices, for that coarser keep probability. The scheme does not depend on the block sizes (any multiple of 16 keys),
-so the backward kernels regenerate the forward mask exactly, the CUDA kernels (csrc/attention.cu) draw the same
+iff the 8-bit slice u of (i, j) satisfies u >= t, t = ceil(dropout_p * 2**8): u is byte j % 2 + 2 ((i % 16) // 8) of
+word (j % 32) // 8 of Philox4x32-7 with key (seed & 0xffffffff, seed >> 32) and counter
+(b, 4 (j // 32) + (j % 8) // 2, h, 8 (i // 16) + i % 8). One call gives the decisions of the rows i, i + 8 of a 16-row
+group at the keys 2q, 2q + 1, 2q + 8, ..., 2q + 25 of a 32-key block (q = (j % 8) // 2): what one thread holds of a
+16 x 32 patch of an mma tile (wgmma or mma.sync), so each thread draws the calls of its own scores and no words move
+between threads. Sequence and head are the counter words Philox's first round multiplies, so the first three rounds
+take their products on the rows or the key blocks alone, shared by every call of a row or key block. The exact keep
+probability is 1 - t / 2**8 (within 2**-8 of 1 - dropout_p, exact for multiples of 2**-8 such as 0.5, 0.25, 0.125);
+kept probabilities are scaled by 1 / (1 - dropout_p), like torch's dropout, so the output's expectation is off by at
+most 2**-8 / (1 - dropout_p) relative where dropout_p * 2**8 is not an integer. Trade-off: 7 rounds (the fewest with
+which Philox4x32 passes BigCrush, Salmon et al. 2011) and 8-bit slices draw 2.9x fewer rounds per decision than
+Philox4x32-10 with 16-bit slices, for that coarser keep probability; a call's 16 decisions span two rows and 32 keys,
+so every tile is a multiple of 16 rows and 32 keys (all configs are). The scheme depends on no block size beyond
+that, so the backward kernels regenerate the forward mask exactly, the CUDA kernels (csrc/attention.cu) draw the same
 mask, and `attention_dropout_mask` returns it as a tensor for tests.
 
 Rows with no key to attend to give o = 0 and lse = +inf, so every recomputed probability of that row is 0 and its
@@ -193,34 +197,79 @@ _DROPOUT_ROUNDS: tl.constexpr = tl.constexpr(7)
 
 
 @triton.jit
-def _dropout_bytes(seed, b, h, rows, col_start, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """[BLOCK_M, BLOCK_N] int32: the 8-bit slice of each (query row `rows`, key col_start + arange(BLOCK_N)), col_start
-    a multiple of 16: one Philox4x32-7 call per 16 keys (module doc); key 16 g + 8 half + 2 w + e gets byte
-    e + 2 half of word w of call g. The words are broadcast over (half, e) and shifted into place, so each dims
-    order flattens into key order."""
-    groups = col_start // 16 + tl.arange(0, BLOCK_N // 16)
-    c0 = tl.zeros([BLOCK_M, BLOCK_N // 16], dtype=tl.int32) + groups[None, :]
-    c1 = tl.zeros([BLOCK_M, BLOCK_N // 16], dtype=tl.int32) + rows[:, None]
-    c2 = tl.zeros([BLOCK_M, BLOCK_N // 16], dtype=tl.int32) + b.to(tl.int32)
-    c3 = tl.zeros([BLOCK_M, BLOCK_N // 16], dtype=tl.int32) + h.to(tl.int32)
-    r0, r1, r2, r3 = tl.philox(seed, c0, c1, c2, c3, _DROPOUT_ROUNDS)
-    words = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), [BLOCK_M, BLOCK_N // 16, 1, 4, 1])
-    shift = tl.arange(0, 2)[:, None, None] * 16 + tl.arange(0, 2)[None, None, :] * 8  # [2 (half), 1, 2 (e)]
-    u = (words >> shift[None, None, :, :, :].to(tl.uint32)) & 0xFF
-    return tl.reshape(u.to(tl.int32), [BLOCK_M, BLOCK_N])
+def _philox4x32(k0, k1, c0, c1, c2, c3, ROUNDS: tl.constexpr):
+    """Philox4x32 (Random123's round; Salmon et al. 2011) with key (k0, k1) and uint32 counter words, which may be
+    tensors of different (broadcastable) shapes: each round's products are taken on the shapes their inputs have, so
+    counter words that vary along different dims mix only where a round first combines them. From the fourth round
+    on, each product is one 32 x 32 -> 64-bit multiply (its high and low words)."""
+    for r in tl.static_range(ROUNDS):
+        if r < 3:
+            c0, c1, c2, c3 = (tl.math.umulhi(c2, tl.full([], 0xCD9E8D57, tl.uint32)) ^ c1 ^ k0,
+                              c2 * tl.full([], 0xCD9E8D57, tl.uint32),
+                              tl.math.umulhi(c0, tl.full([], 0xD2511F53, tl.uint32)) ^ c3 ^ k1,
+                              c0 * tl.full([], 0xD2511F53, tl.uint32))
+        else:
+            p0 = c0.to(tl.uint64) * 0xD2511F53
+            p2 = c2.to(tl.uint64) * 0xCD9E8D57
+            c0, c1, c2, c3 = ((p2 >> 32).to(tl.uint32) ^ c1 ^ k0, p2.to(tl.uint32), (p0 >> 32).to(tl.uint32) ^ c3 ^ k1,
+                              p0.to(tl.uint32))
+        k0 = k0 + 0x9E3779B9
+        k1 = k1 + 0xBB67AE85
+    return c0, c1, c2, c3
 
 
 @triton.jit
-def _dropout_keep(seed, b, h, rows, col_start, threshold, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """[BLOCK_M, BLOCK_N] bool keep-mask of _dropout_bytes' keys against the integer `threshold` of
-    _dropout_threshold."""
-    return _dropout_bytes(seed, b, h, rows, col_start, BLOCK_M, BLOCK_N) >= threshold
+def _dropout_words(seed, b, h, row_start, col_start, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The four words of every Philox call of the [BLOCK_M, BLOCK_N] tile at (row_start, col_start) (multiples of 16
+    and 32): each [BLOCK_M // 16, 8, BLOCK_N // 32, 4] uint32, call (16-row group, row % 8, 32-key block, q) with
+    counter (b, 4 (key block) + q, h, 8 (row group) + row % 8) (module doc). Sequence and head are the counter words
+    the first round multiplies, so that round and the next two take their products on the rows or the keys alone."""
+    tl.static_assert(BLOCK_M % 16 == 0 and BLOCK_N % 32 == 0, "dropout tiles are whole 16 x 32 patches")
+    rows = (row_start // 16 + tl.arange(0, BLOCK_M // 16))[:, None] * 8 + tl.arange(0, 8)[None, :]
+    calls = (col_start // 32 + tl.arange(0, BLOCK_N // 32))[:, None] * 4 + tl.arange(0, 4)[None, :]
+    seed = seed.to(tl.uint64)
+    return _philox4x32((seed & 0xFFFFFFFF).to(tl.uint32), (seed >> 32).to(tl.uint32), b.to(tl.uint32),
+                       calls[None, None, :, :].to(tl.uint32), h.to(tl.uint32), rows[:, :, None, None].to(tl.uint32),
+                       _DROPOUT_ROUNDS)
 
 
 @triton.jit
-def _dropout_apply(x, seed, b, h, rows, col_start, threshold, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """x [BLOCK_M, BLOCK_N] with _dropout_keep's dropped entries set to 0."""
-    return tl.where(_dropout_keep(seed, b, h, rows, col_start, threshold, BLOCK_M, BLOCK_N), x, 0.0)
+def _bytes_ge(w, threshold):
+    """The four 8-bit slices u of each uint32 w against the integer threshold t (0 <= t <= 256) at once: the top bit
+    of each byte of the result is set iff u >= t. d = (w | 0x80808080) - t7 per byte (no borrow crosses a byte)
+    has its top bit set iff u's low 7 bits >= t7; below 128 (t7 = t) u passes if its top bit or d's is set, from 128
+    on (t7 = t - 128, so t = 256 passes nothing) if both are: the majority of (w, d, low)."""
+    low = (threshold - 128) >> 31  # all ones below 128, else 0
+    d = (w | 0x80808080) - (threshold - (128 & ~low)).to(tl.uint32) * 0x01010101
+    low = low.to(tl.uint32)
+    return (w & d) | (w & low) | (d & low)
+
+
+@triton.jit
+def _dropout_keep(seed, b, h, row_start, col_start, threshold, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[BLOCK_M, BLOCK_N] bool keep-mask of (query row_start + arange(BLOCK_M), key col_start + arange(BLOCK_N))
+    against the integer `threshold` of _dropout_threshold (module doc): the call of row i and key j gives j the byte
+    j % 2 + 2 ((i % 16) // 8) of word (j % 32) // 8. The four decisions of a word are taken together (_bytes_ge), then
+    each score tests its bit. The dims are arranged so that the words land in the registers of the threads whose
+    scores they decide (an mma tile's thread holds rows i, i + 8 and keys 2q, 2q + 1 of each 8), with no exchange."""
+    r0, r1, r2, r3 = _dropout_words(seed, b, h, row_start, col_start, BLOCK_M, BLOCK_N)
+    # [row group, row % 8, key block, q, word]: word w = 2 x + y of join(join(f0, f2), join(f1, f3))[..., x, y]
+    flags = tl.join(tl.join(_bytes_ge(r0, threshold), _bytes_ge(r2, threshold)),
+                    tl.join(_bytes_ge(r1, threshold), _bytes_ge(r3, threshold)))
+    flags = tl.permute(tl.reshape(flags, [BLOCK_M // 16, 8, BLOCK_N // 32, 4, 4]), (0, 1, 2, 4, 3))
+    # [row group, (i % 16) // 8, row % 8, key block, word, q, key % 2]: byte (key % 2) + 2 ((i % 16) // 8)
+    flags = tl.reshape(flags, [BLOCK_M // 16, 1, 8, BLOCK_N // 32, 4, 4, 1])
+    byte = tl.arange(0, 2)[:, None, None, None, None, None] * 2 + tl.arange(0, 2)[None, None, None, None, None, :]
+    bit = tl.full(byte.shape, 0x80, tl.uint32) << (byte * 8).to(tl.uint32)
+    return tl.reshape((flags & bit[None, :, :, :, :, :, :]) != 0, [BLOCK_M, BLOCK_N])
+
+
+@triton.jit
+def _drop(x, keep, threshold):
+    """x with the entries that `keep` (_dropout_keep) drops set to 0. The zero is a run-time product (t * 0.0, which
+    the compiler may not fold), so the select stays on x and is not moved past a following cast to 16 bits, where it
+    would cost a split and a repack of each pair of halves."""
+    return tl.where(keep, x, threshold.to(tl.float32) * 0.0)
 
 
 @triton.jit
@@ -231,8 +280,9 @@ def _dropout_threshold(dropout_p):
 
 @triton.jit
 def _attention_fwd_block(acc, l_i, m_i, q, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s,
-                         mask_ptr, mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed,
-                         threshold, window, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_MASK: tl.constexpr,
+                         mask_ptr, mask_stride_b, mask_stride_s, b, h, row_start, rows, col_start, seqlen, offs_d,
+                         qk_scale, seed, threshold, window, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                         HAS_MASK: tl.constexpr,
                          MASK_KEYS: tl.constexpr, WINDOW_EDGE: tl.constexpr, DROPOUT: tl.constexpr,
                          INPUT_PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr,
                          BLOCK_N: tl.constexpr):
@@ -246,6 +296,8 @@ def _attention_fwd_block(acc, l_i, m_i, q, k_ptr, v_ptr, k_desc, v_desc, k_base,
                     MASK_KEYS, TMA)
     v = _load_block(v_ptr, v_desc, v_base, col_start, seqlen, v_stride_s, offs_d, HEAD_DIM, BLOCK_N, BLOCK_D,
                     MASK_KEYS, TMA)
+    if DROPOUT:  # drawn before the dots, whose tensor-core time the integer work can fill
+        keep = _dropout_keep(seed, b, h, row_start, col_start, threshold, BLOCK_M, BLOCK_N)
     s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)
     if MASK_KEYS:
         allowed = _key_allowed(mask_ptr, b, mask_stride_b, mask_stride_s, cols, seqlen, HAS_MASK)
@@ -259,7 +311,7 @@ def _attention_fwd_block(acc, l_i, m_i, q, k_ptr, v_ptr, k_desc, v_desc, k_base,
     p = tl.exp2(s * qk_scale - m_use[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     if DROPOUT:
-        p = _dropout_apply(p, seed, b, h, rows, col_start, threshold, BLOCK_M, BLOCK_N)
+        p = _drop(p, keep, threshold)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
     return acc, l_i, m_new
 
@@ -310,7 +362,8 @@ def _attention_fwd_kernel(
     if pid_m * BLOCK_M >= seqlen:
         return
     tl.assume(seqlen > 0)  # else ptxas sees a path with no key block and serialises the wgmma (C7515)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_start = pid_m * BLOCK_M
+    rows = row_start + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     q = _load_rows(q_ptr, b * q_stride_b + start * q_stride_s + h * q_stride_h, rows, seqlen, q_stride_s, offs_d,
                    HEAD_DIM)
@@ -334,18 +387,18 @@ def _attention_fwd_kernel(
     for col_start in range(lo, mid_start, BLOCK_N):
         acc, l_i, m_i = _attention_fwd_block(
             acc, l_i, m_i, q, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
-            mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, window,
-            HEAD_DIM, BLOCK_D, HAS_MASK, True, True, DROPOUT, INPUT_PRECISION, tma, BLOCK_M, BLOCK_N)
+            mask_stride_b, mask_stride_s, b, h, row_start, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold,
+            window, HEAD_DIM, BLOCK_D, HAS_MASK, True, True, DROPOUT, INPUT_PRECISION, tma, BLOCK_M, BLOCK_N)
     for col_start in range(mid_start, mid_end, BLOCK_N):
         acc, l_i, m_i = _attention_fwd_block(
             acc, l_i, m_i, q, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
-            mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, window,
-            HEAD_DIM, BLOCK_D, HAS_MASK, False, False, DROPOUT, INPUT_PRECISION, tma, BLOCK_M, BLOCK_N)
+            mask_stride_b, mask_stride_s, b, h, row_start, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold,
+            window, HEAD_DIM, BLOCK_D, HAS_MASK, False, False, DROPOUT, INPUT_PRECISION, tma, BLOCK_M, BLOCK_N)
     for col_start in range(mid_end, hi, BLOCK_N):
         acc, l_i, m_i = _attention_fwd_block(
             acc, l_i, m_i, q, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
-            mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, window,
-            HEAD_DIM, BLOCK_D, HAS_MASK, True, WINDOW, DROPOUT, INPUT_PRECISION, tma, BLOCK_M, BLOCK_N)
+            mask_stride_b, mask_stride_s, b, h, row_start, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold,
+            window, HEAD_DIM, BLOCK_D, HAS_MASK, True, WINDOW, DROPOUT, INPUT_PRECISION, tma, BLOCK_M, BLOCK_N)
 
     empty = l_i == 0.0
     o_scale = 1.0 / tl.where(empty, 1.0, l_i)
@@ -378,7 +431,8 @@ def _attention_bwd_preprocess_kernel(
     start, seqlen = _sequence(cu_seqlens_ptr, b, seqlen_padded, PACKED)
     if pid_m * BLOCK_M >= seqlen:
         return
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_start = pid_m * BLOCK_M
+    rows = row_start + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     base = b * o_stride_b + start * o_stride_s + h * o_stride_h
     # rows past seqlen read the last row (their delta is not stored): no row mask on the loads (with one, triton 3.6's
@@ -399,8 +453,8 @@ def _row_stats(lse_ptr, delta_ptr, offs, rows, seqlen):
 
 @triton.jit
 def _attention_dq_block(dq, q, do, lse2, delta, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s,
-                        mask_ptr, mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed,
-                        threshold, dropout_p, window, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                        mask_ptr, mask_stride_b, mask_stride_s, b, h, row_start, rows, col_start, seqlen, offs_d,
+                        qk_scale, seed, threshold, dropout_p, window, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                         HAS_MASK: tl.constexpr, MASK_KEYS: tl.constexpr, WINDOW_EDGE: tl.constexpr,
                         DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr,
                         BLOCK_N: tl.constexpr):
@@ -420,7 +474,7 @@ def _attention_dq_block(dq, q, do, lse2, delta, k_ptr, v_ptr, k_desc, v_desc, k_
             p = tl.where(allowed[None, :], p, 0.0)
     dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
     if DROPOUT:  # dP of the dropped probabilities, scaled by 1 / (1 - p) in the FMA that subtracts delta
-        dp = _dropout_apply(dp, seed, b, h, rows, col_start, threshold, BLOCK_M, BLOCK_N)
+        dp = _drop(dp, _dropout_keep(seed, b, h, row_start, col_start, threshold, BLOCK_M, BLOCK_N), threshold)
         ds = p * (dp * (1.0 / (1.0 - dropout_p)) - delta[:, None])
     else:
         ds = p * (dp - delta[:, None])
@@ -446,15 +500,16 @@ def _attention_dkdv_block(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, q_bas
         do = _load_full_rows(do_ptr, do_base, rows, o_stride_s, offs_d, HEAD_DIM, BLOCK_D)
         lse2 = tl.load(lse_ptr + lse_base + rows * lse_stride_s) * 1.4426950408889634
         delta = tl.load(delta_ptr + lse_base + rows * lse_stride_s)
+    if DROPOUT:  # drawn before the dots, whose tensor-core time the integer work can fill
+        keep = tl.trans(_dropout_keep(seed, b, h, row_start, col_start, threshold, BLOCK_M, BLOCK_N))
     pt = tl.exp2(tl.dot(k, tl.trans(q), input_precision=INPUT_PRECISION) * qk_scale - lse2[None, :])
     if WINDOW_EDGE:
         pt = tl.where(_in_window(col_start + tl.arange(0, BLOCK_N), rows, window), pt, 0.0)
     dpt = tl.dot(v, tl.trans(do), input_precision=INPUT_PRECISION)
     if DROPOUT:
-        keep = tl.trans(_dropout_keep(seed, b, h, rows, col_start, threshold, BLOCK_M, BLOCK_N))
         # dP of the dropped probabilities, scaled by 1 / (1 - p) in the same FMA that subtracts delta; P^T kept is
         # scaled once, on dv at the end
-        dv += tl.dot(tl.where(keep, pt, 0.0).to(do.dtype), do, input_precision=INPUT_PRECISION)
+        dv += tl.dot(_drop(pt, keep, threshold).to(do.dtype), do, input_precision=INPUT_PRECISION)
         dst = pt * (tl.where(keep, dpt, 0.0) * (1.0 / (1.0 - dropout_p)) - delta[None, :])
     else:
         dv += tl.dot(pt.to(do.dtype), do, input_precision=INPUT_PRECISION)
@@ -581,7 +636,8 @@ def _attention_bwd_dq_kernel(
     if pid_m * BLOCK_M >= seqlen:
         return
     tl.assume(seqlen > 0)  # else ptxas sees a path with no key block and serialises the wgmma (C7515)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_start = pid_m * BLOCK_M
+    rows = row_start + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     q = _load_rows(q_ptr, b * q_stride_b + start * q_stride_s + h * q_stride_h, rows, seqlen, q_stride_s, offs_d,
                    HEAD_DIM)
@@ -607,18 +663,21 @@ def _attention_bwd_dq_kernel(
     for col_start in range(lo, mid_start, BLOCK_N):
         dq = _attention_dq_block(
             dq, q, do, lse2, delta, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
-            mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p,
-            window, HEAD_DIM, BLOCK_D, HAS_MASK, True, True, DROPOUT, INPUT_PRECISION, tma, BLOCK_M, BLOCK_N)
+            mask_stride_b, mask_stride_s, b, h, row_start, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold,
+            dropout_p, window, HEAD_DIM, BLOCK_D, HAS_MASK, True, True, DROPOUT, INPUT_PRECISION, tma, BLOCK_M,
+            BLOCK_N)
     for col_start in range(mid_start, mid_end, BLOCK_N):
         dq = _attention_dq_block(
             dq, q, do, lse2, delta, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
-            mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p,
-            window, HEAD_DIM, BLOCK_D, HAS_MASK, False, False, DROPOUT, INPUT_PRECISION, tma, BLOCK_M, BLOCK_N)
+            mask_stride_b, mask_stride_s, b, h, row_start, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold,
+            dropout_p, window, HEAD_DIM, BLOCK_D, HAS_MASK, False, False, DROPOUT, INPUT_PRECISION, tma, BLOCK_M,
+            BLOCK_N)
     for col_start in range(mid_end, hi, BLOCK_N):
         dq = _attention_dq_block(
             dq, q, do, lse2, delta, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
-            mask_stride_b, mask_stride_s, b, h, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold, dropout_p,
-            window, HEAD_DIM, BLOCK_D, HAS_MASK, True, WINDOW, DROPOUT, INPUT_PRECISION, tma, BLOCK_M, BLOCK_N)
+            mask_stride_b, mask_stride_s, b, h, row_start, rows, col_start, seqlen, offs_d, qk_scale, seed, threshold,
+            dropout_p, window, HEAD_DIM, BLOCK_D, HAS_MASK, True, WINDOW, DROPOUT, INPUT_PRECISION, tma, BLOCK_M,
+            BLOCK_N)
 
     dq_ptrs = dq_ptr + b * o_stride_b + (start + rows[:, None]) * o_stride_s + h * o_stride_h + offs_d[None, :]
     tl.store(dq_ptrs, (dq * softmax_scale).to(dq_ptr.dtype.element_ty),
@@ -642,8 +701,8 @@ def _attention_dropout_mask_kernel(
     h = bh % num_heads
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    keep = _dropout_keep(tl.load(seed_ptr), b, h, rows, pid_n * BLOCK_N, _dropout_threshold(dropout_p), BLOCK_M,
-                         BLOCK_N)
+    keep = _dropout_keep(tl.load(seed_ptr), b, h, pid_m * BLOCK_M, pid_n * BLOCK_N, _dropout_threshold(dropout_p),
+                         BLOCK_M, BLOCK_N)
     ptrs = out_ptr + (bh * seqlen + rows[:, None]) * seqlen + cols[None, :]
     tl.store(ptrs, keep.to(tl.uint8), mask=(rows[:, None] < seqlen) & (cols[None, :] < seqlen))
 
@@ -867,7 +926,7 @@ def attention_dropout_mask(seed: torch.Tensor, batch: int, heads: int, seqlen: i
     seqlen = max_seqlen. Feed it to attention_ref(..., dropout_mask=mask) to replay the kernel's dropout."""
     _check_seed(max(dropout_p, 1e-9), seed)
     out = torch.empty(batch, heads, seqlen, seqlen, dtype=torch.uint8, device=seed.device)
-    block = 16 if interpreter_on() else 64
+    block = 32 if interpreter_on() else 64
     grid = (cdiv(seqlen, block), cdiv(seqlen, block), batch * heads)
     launch(_attention_dropout_mask_kernel, grid, seed, out, heads, seqlen, dropout_p, BLOCK_M=block, BLOCK_N=block)
     return out.bool()

@@ -3,12 +3,10 @@ own report (`fastenc precompile --report`, fastenc/precompile/report.py) over fp
 right-padding key mask, with and without dropout, every config the autotuner keeps (about 14 binaries; a minute or
 two of CPU). It fails on what issue 33 rules out for kept configs: wgmma serialised by ptxas (C7515), mma.sync
 (HMMA) on sm_90a, spills; and on main loops over the budgets that hold: forward <= 300 warp-instructions per 1024
-scores, dk/dv + dq <= 664 (Triton's tutorial: 260 and 604); and on the dropout variants over what the dropout scheme
-(Philox4x32-7, 8-bit slices) reached: forward <= 1.95x, dk/dv + dq <= 2.1x those without dropout (about 1.9x and
-1.8-2.1x; the forward's was 1.8x until TMA shortened the loop without dropout more than the one with; issue 33's
-target, a dropout forward <= 1.5x, is not reached); and on TMA: the binaries of the kernels, key
-blocks and triton releases that kernels/attention.py's TMA_KERNELS lists load through tensor descriptors (UTMALDG),
-the others do not.
+scores, dk/dv + dq <= 664 (Triton's tutorial: 260 and 604); and on dropout variants over issue 33's budget: a forward
+<= 1.5x the forward without dropout, and dk/dv + dq <= 1.65x (Philox4x32-7 calls that cover what one thread holds,
+decisions four to a word); and on TMA: the binaries of the kernels, key blocks and triton releases that
+kernels/attention.py's TMA_KERNELS lists load through tensor descriptors (UTMALDG), the others do not.
 
 Runs in a subprocess without TRITON_INTERPRET (the compiler, not the interpreter).
 """
@@ -65,5 +63,5 @@ def test_sm90a_attention_binaries_keep_wgmma_unserialised_and_loops_lean(tmp_pat
 
     assert first("fwd", False) <= 300, norm
     assert first("dkdv", False) + first("dq", False) <= 664, norm
-    assert first("fwd", True) <= 1.95 * first("fwd", False), norm
-    assert first("dkdv", True) + first("dq", True) <= 2.1 * (first("dkdv", False) + first("dq", False)), norm
+    assert first("fwd", True) <= 1.5 * first("fwd", False), norm
+    assert first("dkdv", True) + first("dq", True) <= 1.65 * (first("dkdv", False) + first("dq", False)), norm

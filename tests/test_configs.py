@@ -65,6 +65,17 @@ def test_ampere_and_hopper_lists_differ_where_ptxas_differs():
     assert C.candidates("fwd", 128, 89) == C.candidates("fwd", 128, 80) != C.candidates("fwd", 128, 90)
 
 
+def test_every_config_holds_whole_dropout_patches():
+    """The attention dropout scheme (kernels/attention.py) draws one Philox call per 16 query rows x 32 keys patch:
+    every config of every list, the fp32 ones and the interpreter's included, is made of whole patches."""
+    configs = [C._as_tuple(c) for c in C.configs("fwd") + C.configs("dkdv") + C.configs("dq")]
+    configs += [*C.FP32.values(), C.INTERPRETER_CONFIG]
+    tables = (C.CANDIDATES, C.DROPOUT, C.DROPOUT_PADDED, C.WINDOW, C.WINDOW_DROPOUT, C.AMPERE, C.AMPERE_DROPOUT)
+    configs += [c for t in tables for lists in t.values() for cs in lists.values() for c in cs]
+    for m, n, _, _ in configs:
+        assert m % 16 == 0 and n % 32 == 0, (m, n)
+
+
 @pytest.mark.parametrize("arch", [80, 90])
 @pytest.mark.parametrize("kernel", C.KERNELS)
 def test_candidates_give_each_warp_its_own_rows(kernel, arch):

@@ -155,15 +155,15 @@ def test_packed_matches_ref(backend, dtype, head_dim, lens):
 def test_masks_past_full_key_blocks_and_every_pattern_in_one_batch(monkeypatch, backend, dropout_p):
     """The key loops run mask-free up to the first masked key of each row and masked up to its last allowed key
     (kernels/attention.py): rows whose first zero lies several blocks in, holes after it, right and left padding, a
-    row with no key, all in one batch (the interpreter's blocks are 16 keys, its mask scan 16 entries a step)."""
+    row with no key, all in one batch (the interpreter's blocks are 32 keys, its mask scan 16 entries a step)."""
     dev = device_for(backend)
-    seqlen = 50
+    seqlen = 82
     q, k, v = _fused_qkv((5, seqlen, 1, 32), torch.float16, dev)
     _skip_if_cuda_cannot(backend, q, k, v, dropout_p)
     mask = torch.ones(5, seqlen, dtype=torch.bool)
-    mask[0, 37] = False  # first zero in the third block, allowed keys after it
-    mask[0, 45:] = False
-    mask[1, 32:] = False  # right padding at a block boundary
+    mask[0, 69] = False  # first zero in the third block, allowed keys after it
+    mask[0, 77:] = False
+    mask[1, 64:] = False  # right padding at a block boundary
     mask[2, :23] = False  # left padding
     mask[3] = False  # no key
     mask[4, 5::7] = False  # holes everywhere
@@ -275,9 +275,9 @@ def _run_with_seed(monkeypatch, backend, seed, q, k, v, do, **kw):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-def test_dropout_matches_ref_with_the_kernel_mask(monkeypatch, backend, packed):
+@pytest.mark.parametrize("p", [0.25, 0.625])  # kernels compiled for thresholds below 128, and the general compare
+def test_dropout_matches_ref_with_the_kernel_mask(monkeypatch, backend, packed, p):
     dev = device_for(backend)
-    p = 0.25
     seed = torch.tensor([987654321], dtype=torch.int64, device=dev)
     if packed:
         lens = [7, 18, 3]
@@ -324,13 +324,13 @@ def _philox4x32_10(seed: int, counters: np.ndarray, rounds: int = 10) -> np.ndar
 
 def _attention_keep(seed: int, p: float, b, h, i, j) -> np.ndarray:
     """The attention dropout scheme (fastenc.kernels.attention's module doc), written out: (b, h, i, j) is kept iff
-    byte (c % 2) + 2 (c // 8) of word (c % 8) // 2 of Philox4x32-7(seed; j // 16, i, b, h), c = j % 16, is
-    >= ceil(p * 2**8)."""
+    byte j % 2 + 2 ((i % 16) // 8) of word (j % 32) // 8 of Philox4x32-7(seed; b, 4 (j // 32) + (j % 8) // 2, h,
+    8 (i // 16) + i % 8) is >= ceil(p * 2**8)."""
     b, h, i, j = np.broadcast_arrays(b, h, i, j)
-    words = _philox4x32_10(seed, np.stack([j // 16, i, b, h], -1).astype(np.uint32), rounds=7)
-    c = j % 16
-    word = np.take_along_axis(words, ((c % 8) // 2)[..., None], -1)[..., 0]
-    u = (word >> (np.uint64(8) * (c % 2 + 2 * (c // 8)).astype(np.uint64))) & np.uint64(0xFF)
+    counters = np.stack([b, 4 * (j // 32) + (j % 8) // 2, h, 8 * (i // 16) + i % 8], -1).astype(np.uint32)
+    words = _philox4x32_10(seed, counters, rounds=7)
+    word = np.take_along_axis(words, ((j % 32) // 8)[..., None], -1)[..., 0]
+    u = (word >> (np.uint64(8) * (j % 2 + 2 * ((i % 16) // 8)).astype(np.uint64))) & np.uint64(0xFF)
     return u >= math.ceil(np.float32(p) * 256)
 
 
@@ -340,7 +340,8 @@ def test_dropout_mask_follows_the_documented_philox_scheme(backend):
     length (and so of the layout and the kernels' block sizes); the keep probability is 1 - ceil(p * 2**8) / 2**8."""
     dev = device_for(backend)
     seed_value = 2**33 + 77
-    for p in (0.4, 0.1 + 2**-10):  # p * 2**8 not an integer: the threshold rounds up
+    # p * 2**8 not an integer (the threshold rounds up), thresholds below and from 128 on, and 256 (nothing kept)
+    for p in (0.4, 0.1 + 2**-10, 0.5, 0.7 + 2**-10, 0.999):
         seed = torch.tensor([seed_value], dtype=torch.int64, device=dev)
         keep = _dropout_mask_fn(backend)(seed, 2, 3, 37, p).cpu()
         b, h, i, j = np.meshgrid(*(np.arange(n) for n in keep.shape), indexing="ij")

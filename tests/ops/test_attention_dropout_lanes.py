@@ -41,7 +41,8 @@ def test_every_lane_gets_the_documented_mask(harness):
     seed = 2**33 + 91
     cases = [(kind, nt, b, h, row0, col0, seed, p)
              for kind in ("q", "k") for nt in (4, 8) for (b, h, row0, col0, p) in
-             ((0, 0, 0, 0, 0.1), (3, 5, 48, 144, 0.3 + 2**-12), (1, 11, 2064, 16 if kind == "q" else 8, 0.5))]
+             ((0, 0, 0, 0, 0.1), (3, 5, 48, 160 if kind == "q" else 144, 0.3 + 2**-12),
+              (1, 11, 2064, 32 if kind == "q" else 16, 0.5))]
     stdin = "".join(" ".join(map(str, c)) + "\n" for c in cases)
     run = subprocess.run([str(harness)], input=stdin, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
