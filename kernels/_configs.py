@@ -41,24 +41,24 @@ INTERPRETER_CONFIG = (16, 32, 1, 1)
 # dropout variants: Philox takes registers) a smaller one streams instead. The figures behind each choice (norms,
 # spills, by commit and triton release): benchmarks/results/figures.md and benchmarks/results/2026-12-06-sm90a-static/.
 CANDIDATES: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
-    "fwd": {64: [(128, 64, 4, 3), (64, 32, 4, 2)],
+    "fwd": {64: [(128, 128, 8, 2), (128, 64, 4, 3), (64, 32, 4, 2)],
             128: [(128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)]},
     "dkdv": {64: [(64, 128, 8, 2), (16, 64, 4, 2)],
              128: [(16, 128, 8, 2), (16, 64, 4, 2)]},
-    "dq": {64: [(128, 64, 8, 2), (64, 32, 4, 3)],
+    "dq": {64: [(128, 128, 8, 2), (128, 64, 8, 2), (64, 32, 4, 3)],
            128: [(64, 32, 4, 2)]},
 }
 DROPOUT: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
-    "fwd": {64: [(128, 64, 8, 3), (64, 32, 4, 2)],
+    "fwd": {64: [(128, 128, 8, 2), (128, 64, 8, 3), (64, 32, 4, 2)],
             128: [(128, 32, 8, 2), (64, 32, 4, 2)]},
     "dkdv": {64: [(32, 128, 8, 2), (16, 64, 4, 2)]},
 }
-# Dropout d64 on the padded layout without a window: the forward's 4-warp 128 x 64 tile and dk/dv's 64 x 128 hold
-# Philox's registers there, not on the packed layout (the forward spills 48 B/thread under triton 3.9) nor with a
-# window; figures in benchmarks/results/2026-12-07-sm90a-static-dropout-patches/. Every tile is a whole number of the
-# dropout scheme's 16-row x 32-key patches (kernels/attention.py).
+# Dropout d64 on the padded layout without a window: dk/dv's 64 x 128 tile holds Philox's registers there, not on the
+# packed layout nor with a window (the forward's 4-warp 128 x 64 tile, kept here before the 8-warp 128 x 128 one
+# became first, spills 24 B/thread with TMA under triton 3.9); figures in
+# benchmarks/results/2026-12-07-sm90a-static-dropout-patches/. Every tile is a whole number of the dropout scheme's
+# 16-row x 32-key patches (kernels/attention.py).
 DROPOUT_PADDED: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
-    "fwd": {64: [(128, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 2)]},
     "dkdv": {64: [(64, 128, 8, 2), (16, 64, 4, 2)]},
 }
 # sm_80 / sm_86 / sm_89 (mma.sync): shorter tiles where a Hopper tile spills; figures: benchmarks/results/figures.md.
@@ -76,16 +76,21 @@ AMPERE_DROPOUT: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
 }
 # With a local window (WINDOW) on sm_90a the forward's three key loops hold more registers: its 4-warp 128 x 64
 # (d64) and 64 x 64 (d128) configs spill on the packed layout (benchmarks/results/2026-12-07-sm90a-window-static/);
-# these lists leave them out.
+# these lists leave them out. dq's three loops keep the 128 x 64 tile (its 128 x 128 one, first without a window,
+# spills with a window and dropout: benchmarks/results/2026-12-07-sm90a-static-dropout-patches/).
 WINDOW: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
     "fwd": {64: [(128, 64, 8, 3), (64, 32, 4, 2)],
             128: [(128, 64, 8, 2), (64, 32, 4, 2)]},
+    "dq": {64: [(128, 64, 8, 2), (64, 32, 4, 3)]},
 }
 # With a window and dropout on sm_90a, d128: the 4-warp forward (64, 32) and dk/dv (16, 64) reach 255 registers and
 # spill 8 B/thread (forward packed under triton 3.9, dk/dv padded under 3.6;
-# benchmarks/results/2026-12-07-sm90a-static-dropout/); d64 keeps the DROPOUT lists.
+# benchmarks/results/2026-12-07-sm90a-static-dropout/); at d64 the forward's and dq's 128 x 128 tiles spill (up to
+# 120 B/thread; benchmarks/results/2026-12-07-sm90a-static-dropout-patches/), so they keep 128 x 64.
 WINDOW_DROPOUT: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
-    "fwd": {128: [(128, 32, 8, 2)]},
+    "fwd": {64: [(128, 64, 8, 3), (64, 32, 4, 2)],
+            128: [(128, 32, 8, 2)]},
+    "dq": {64: [(128, 64, 8, 2), (64, 32, 4, 3)]},
     "dkdv": {128: [(16, 128, 8, 2)]},
 }
 FP32: dict[str, tuple[int, int, int, int]] = {"fwd": (32, 32, 4, 2), "dkdv": (16, 32, 4, 2), "dq": (32, 32, 4, 2)}

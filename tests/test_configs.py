@@ -107,8 +107,9 @@ def test_dropout_variants_get_their_own_lists():
             if d not in C.AMPERE_DROPOUT.get(kernel, {}):
                 assert C.candidates(kernel, d, 80, dropout=True) == C.candidates(kernel, d, 80)
     limit = TARGETS["sm_90a"].max_shared
-    assert C.kept("fwd", 2, 64, 512, limit, 90, dropout=True)[0] == C.DROPOUT_PADDED["fwd"][64][0]
-    assert C.kept("fwd", 2, 64, 512, limit, 90, dropout=True, packed=True)[0] == C.DROPOUT["fwd"][64][0]
+    assert C.kept("dkdv", 2, 64, 512, limit, 90, dropout=True)[0] == C.DROPOUT_PADDED["dkdv"][64][0]
+    assert C.kept("dkdv", 2, 64, 512, limit, 90, dropout=True, packed=True)[0] == C.DROPOUT["dkdv"][64][0]
+    assert C.kept("fwd", 2, 64, 512, limit, 90, dropout=True)[0] == C.DROPOUT["fwd"][64][0]
     named = {"q_ptr": torch.empty(1, dtype=torch.float16), "seqlen_bucket": 512}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(C, "_device", lambda: (90, limit))
@@ -124,13 +125,14 @@ def test_window_variants_get_their_own_lists_on_sm90():
     """The windowed forward on sm_90 takes the WINDOW list (its own candidates, through prune too); with dropout the
     dropout list; other kernels and sm_80 keep theirs."""
     assert C.candidates("fwd", 64, 90, window=True) == C.WINDOW["fwd"][64] != C.candidates("fwd", 64, 90)
-    assert C.candidates("fwd", 64, 90, dropout=True, window=True) == C.DROPOUT["fwd"][64]
+    assert C.candidates("fwd", 64, 90, dropout=True, window=True) == C.WINDOW_DROPOUT["fwd"][64]
     for kernel, by_d in C.WINDOW_DROPOUT.items():
         for d, cands in by_d.items():
             assert C.candidates(kernel, d, 90, dropout=True, window=True) == cands
             assert C.candidates(kernel, d, 90, dropout=True, window=True, packed=True) == cands
             assert set(cands) < set(C.candidates(kernel, d, 90, dropout=True))
-    assert C.candidates("dq", 64, 90, window=True) == C.candidates("dq", 64, 90)
+    assert C.candidates("dq", 64, 90, window=True) == C.WINDOW["dq"][64] != C.candidates("dq", 64, 90)
+    assert C.candidates("dkdv", 64, 90, window=True) == C.candidates("dkdv", 64, 90)
     assert C.candidates("fwd", 64, 80, window=True) == C.candidates("fwd", 64, 80)
     for c in C.WINDOW["fwd"][64]:
         assert c[2] % 4 == 0 and C._owned_rows("fwd", c) >= 64 * (c[2] // 4), c
