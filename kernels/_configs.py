@@ -39,7 +39,8 @@ INTERPRETER_CONFIG = (16, 32, 1, 1)
 # program cannot issue wgmma and falls back to mma.sync). Each list is the shortest main loop per 1024 scores that
 # neither spills nor serialises its wgmma (C7515) in `fastenc precompile --report`; where a larger tile spills (the
 # dropout variants: Philox takes registers) a smaller one streams instead. The figures behind each choice (norms,
-# spills, by commit and triton release): benchmarks/results/figures.md and benchmarks/results/2026-12-06-sm90a-static/.
+# spills, by commit and triton release): benchmarks/results/figures.md, benchmarks/results/2026-12-06-sm90a-static/
+# and, for the 8-warp 128 x 128 forward and dq tiles, benchmarks/results/2026-12-07-sm90a-static-dropout-patches/.
 CANDIDATES: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {
     "fwd": {64: [(128, 128, 8, 2), (128, 64, 4, 3), (64, 32, 4, 2)],
             128: [(128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)]},
