@@ -77,16 +77,16 @@ __device__ __forceinline__ void dropout_slices_key_rows(const DropoutState& d, i
 #pragma unroll
   for (int v = 0; v < NT / 2; ++v) {
     const U32x4 r = dropout_words(d.key0, d.key1, b, h, m0 + 16 * v + 2 * tq + own, j0);
-    const uint32_t mine[2] = {pick(r, w), pick(r, w + 1)};
-    const uint32_t theirs[2] = {__shfl_xor_sync(0xffffffffu, mine[0], 4), __shfl_xor_sync(0xffffffffu, mine[1], 4)};
+    const uint32_t mine0 = pick(r, w), mine1 = pick(r, w + 1);
+    const uint32_t theirs0 = __shfl_xor_sync(0xffffffffu, mine0, 4), theirs1 = __shfl_xor_sync(0xffffffffu, mine1, 4);
 #pragma unroll
     for (int c = 0; c < 2; ++c) {  // column parity e & 1
-      const uint32_t* ws = c == own ? mine : theirs;
+      const uint32_t w0 = c == own ? mine0 : theirs0, w1 = c == own ? mine1 : theirs1;
 #pragma unroll
       for (int half = 0; half < 2; ++half) {  // tile 2v + half: queries + 8 half, byte g % 2 + 2 half
         const int shift = 8 * (own + 2 * half);
-        slice[2 * v + half][c] = (ws[0] >> shift) & 0xffu;
-        slice[2 * v + half][2 + c] = (ws[1] >> shift) & 0xffu;
+        slice[2 * v + half][c] = (w0 >> shift) & 0xffu;
+        slice[2 * v + half][2 + c] = (w1 >> shift) & 0xffu;
       }
     }
   }
