@@ -52,7 +52,10 @@ which Philox4x32 passes BigCrush, Salmon et al. 2011) and 8-bit slices draw 2.9x
 Philox4x32-10 with 16-bit slices, for that coarser keep probability; a call's 16 decisions span two rows and 32 keys,
 so every tile is a multiple of 16 rows and 32 keys (all configs are). The scheme depends on no block size beyond
 that, so the backward kernels regenerate the forward mask exactly, the CUDA kernels (csrc/attention.cu) draw the same
-mask, and `attention_dropout_mask` returns it as a tensor for tests.
+mask, and `attention_dropout_mask` returns it as a tensor for tests. Compiled code takes two steps in inline PTX (_PTX;
+the interpreter runs the same arithmetic in Triton, and tests/ops/test_attention_ptx.py runs the PTX on the CPU): each
+Philox product is one 32 x 32 -> 64-bit multiply, and the forward drops its 16-bit probabilities two at a time (one
+PRMT and one AND per register pair, where a bit test and a select per score cost twice that).
 
 Rows with no key to attend to give o = 0 and lse = +inf, so every recomputed probability of that row is 0 and its
 gradients are 0.
@@ -194,43 +197,67 @@ def _in_window(rows, cols, window):
 
 
 _DROPOUT_ROUNDS: tl.constexpr = tl.constexpr(7)
+# compiled code takes a few steps in inline PTX (_mul_hi_lo, _drop_pairs); the interpreter runs no PTX
+_PTX: tl.constexpr = tl.constexpr(not interpreter_on())
+# (asm, constraints) of each; tests/ptx_emulation.py runs them on the CPU
+MUL_HI_LO_PTX: tl.constexpr = tl.constexpr((
+    "{\n.reg .b64 fe_p;\nmul.wide.u32 fe_p, $2, $3;\nmov.b64 {$1, $0}, fe_p;\n}",
+    "=r,=r,r,r"))  # $0, $1 = high, low of $2 * $3
+DROP_PAIR_PTX: tl.constexpr = tl.constexpr((
+    "{\n.reg .b32 fe_sel, fe_keep;\nprmt.b32 fe_sel, $4, $5, 0x50;\nprmt.b32 fe_keep, $2, $3, fe_sel;\n"
+    "and.b32 $0, $1, fe_keep;\n}", "=r,r,r,r,r,r"))  # $0 = pair $1 masked by words $2, $3 and selectors $4, $5
 
 
 @triton.jit
-def _philox4x32(k0, k1, c0, c1, c2, c3, ROUNDS: tl.constexpr):
+def _mul_hi_lo(a, m: tl.constexpr, WIDE: tl.constexpr, PTX_MUL: tl.constexpr):
+    """(high, low) words of a * m (uint32 a, constant m): with WIDE one 32 x 32 -> 64-bit multiply, in PTX if PTX_MUL
+    and compiled (an elementwise op to Triton's layout passes) or else as a 64-bit multiply in Triton (which those
+    passes may place in a layout of its own, the words then crossing to their threads through shared memory);
+    without WIDE umulhi and a multiply."""
+    if PTX_MUL and _PTX:
+        return tl.inline_asm_elementwise(MUL_HI_LO_PTX[0], MUL_HI_LO_PTX[1], [a, tl.full([], m, tl.uint32)],
+                                         dtype=(tl.uint32, tl.uint32), is_pure=True, pack=1)
+    elif WIDE:
+        p = a.to(tl.uint64) * m
+        return (p >> 32).to(tl.uint32), p.to(tl.uint32)
+    else:
+        return tl.math.umulhi(a, tl.full([], m, tl.uint32)), a * tl.full([], m, tl.uint32)
+
+
+@triton.jit
+def _philox4x32(k0, k1, c0, c1, c2, c3, ROUNDS: tl.constexpr, PTX_MUL: tl.constexpr):
     """Philox4x32 (Random123's round; Salmon et al. 2011) with key (k0, k1) and uint32 counter words, which may be
     tensors of different (broadcastable) shapes: each round's products are taken on the shapes their inputs have, so
-    counter words that vary along different dims mix only where a round first combines them. From the fourth round
-    on, each product is one 32 x 32 -> 64-bit multiply (its high and low words)."""
+    counter words that vary along different dims mix only where a round first combines them. Products: every round's
+    in PTX if PTX_MUL (compiled), else the first three rounds' as umulhi and a multiply, the others' as 64-bit
+    multiplies (_mul_hi_lo)."""
     for r in tl.static_range(ROUNDS):
-        if r < 3:
-            c0, c1, c2, c3 = (tl.math.umulhi(c2, tl.full([], 0xCD9E8D57, tl.uint32)) ^ c1 ^ k0,
-                              c2 * tl.full([], 0xCD9E8D57, tl.uint32),
-                              tl.math.umulhi(c0, tl.full([], 0xD2511F53, tl.uint32)) ^ c3 ^ k1,
-                              c0 * tl.full([], 0xD2511F53, tl.uint32))
-        else:
-            p0 = c0.to(tl.uint64) * 0xD2511F53
-            p2 = c2.to(tl.uint64) * 0xCD9E8D57
-            c0, c1, c2, c3 = ((p2 >> 32).to(tl.uint32) ^ c1 ^ k0, p2.to(tl.uint32), (p0 >> 32).to(tl.uint32) ^ c3 ^ k1,
-                              p0.to(tl.uint32))
+        h0, l0 = _mul_hi_lo(c0, 0xD2511F53, r >= 3, PTX_MUL)
+        h2, l2 = _mul_hi_lo(c2, 0xCD9E8D57, r >= 3, PTX_MUL)
+        c0, c1, c2, c3 = h2 ^ c1 ^ k0, l2, h0 ^ c3 ^ k1, l0
         k0 = k0 + 0x9E3779B9
         k1 = k1 + 0xBB67AE85
     return c0, c1, c2, c3
 
 
 @triton.jit
-def _dropout_words(seed, b, h, row_start, col_start, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _dropout_words(seed, b, h, row_start, col_start, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   PTX_MUL: tl.constexpr):
     """The four words of every Philox call of the [BLOCK_M, BLOCK_N] tile at (row_start, col_start) (multiples of 16
     and 32): each [BLOCK_M // 16, 8, BLOCK_N // 32, 4] uint32, call (16-row group, row % 8, 32-key block, q) with
     counter (b, 4 (key block) + q, h, 8 (row group) + row % 8) (module doc). Sequence and head are the counter words
-    the first round multiplies, so that round and the next two take their products on the rows or the keys alone."""
+    the first round multiplies, so that round and the next two take their products on the rows or the keys alone.
+    PTX_MUL (_philox4x32): the forward's draw (_dropout_selectors) only: from the binaries (fastenc precompile
+    --report), it shortened the forward's loops and lengthened some backward ones (sm_80 d128 dk/dv by 19% on
+    triton 3.6), whose transposed or later draws the layout passes then place in the mma layout, several threads
+    computing each call."""
     tl.static_assert(BLOCK_M % 16 == 0 and BLOCK_N % 32 == 0, "dropout tiles are whole 16 x 32 patches")
     rows = (row_start // 16 + tl.arange(0, BLOCK_M // 16))[:, None] * 8 + tl.arange(0, 8)[None, :]
     calls = (col_start // 32 + tl.arange(0, BLOCK_N // 32))[:, None] * 4 + tl.arange(0, 4)[None, :]
     seed = seed.to(tl.uint64)
     return _philox4x32((seed & 0xFFFFFFFF).to(tl.uint32), (seed >> 32).to(tl.uint32), b.to(tl.uint32),
                        calls[None, None, :, :].to(tl.uint32), h.to(tl.uint32), rows[:, :, None, None].to(tl.uint32),
-                       _DROPOUT_ROUNDS)
+                       _DROPOUT_ROUNDS, PTX_MUL)
 
 
 @triton.jit
@@ -246,22 +273,33 @@ def _bytes_ge(w, threshold):
 
 
 @triton.jit
-def _dropout_keep(seed, b, h, row_start, col_start, threshold, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """[BLOCK_M, BLOCK_N] bool keep-mask of (query row_start + arange(BLOCK_M), key col_start + arange(BLOCK_N))
-    against the integer `threshold` of _dropout_threshold (module doc): the call of row i and key j gives j the byte
-    j % 2 + 2 ((i % 16) // 8) of word (j % 32) // 8. The four decisions of a word are taken together (_bytes_ge), then
-    each score tests its bit. The dims are arranged so that the words land in the registers of the threads whose
-    scores they decide (an mma tile's thread holds rows i, i + 8 and keys 2q, 2q + 1 of each 8), with no exchange."""
-    r0, r1, r2, r3 = _dropout_words(seed, b, h, row_start, col_start, BLOCK_M, BLOCK_N)
+def _dropout_flags(seed, b, h, row_start, col_start, threshold, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   PTX_MUL: tl.constexpr):
+    """The keep decisions of the [BLOCK_M, BLOCK_N] tile at (row_start, col_start) against the integer `threshold` of
+    _dropout_threshold (module doc), as (flags, byte): flags [BLOCK_M // 16, 1, 8, BLOCK_N // 32, 4, 4, 1] uint32,
+    each call's words with the top bit of each byte set iff kept (_bytes_ge: four decisions at once), and byte
+    [1, 2, 1, 1, 1, 1, 2] int32, the byte of its word that decides each score. Broadcast together they are the tile
+    as [row group, (i % 16) // 8, row % 8, key block, word, q, key % 2], which reshapes to [BLOCK_M, BLOCK_N]: the
+    call of row i and key j gives j the byte j % 2 + 2 ((i % 16) // 8) of word (j % 32) // 8. The dims are arranged
+    so that the words land in the registers of the threads whose scores they decide (an mma tile's thread holds rows
+    i, i + 8 and keys 2q, 2q + 1 of each 8)."""
+    r0, r1, r2, r3 = _dropout_words(seed, b, h, row_start, col_start, BLOCK_M, BLOCK_N, PTX_MUL)
     # [row group, row % 8, key block, q, word]: word w = 2 x + y of join(join(f0, f2), join(f1, f3))[..., x, y]
     flags = tl.join(tl.join(_bytes_ge(r0, threshold), _bytes_ge(r2, threshold)),
                     tl.join(_bytes_ge(r1, threshold), _bytes_ge(r3, threshold)))
     flags = tl.permute(tl.reshape(flags, [BLOCK_M // 16, 8, BLOCK_N // 32, 4, 4]), (0, 1, 2, 4, 3))
-    # [row group, (i % 16) // 8, row % 8, key block, word, q, key % 2]: byte (key % 2) + 2 ((i % 16) // 8)
     flags = tl.reshape(flags, [BLOCK_M // 16, 1, 8, BLOCK_N // 32, 4, 4, 1])
     byte = tl.arange(0, 2)[:, None, None, None, None, None] * 2 + tl.arange(0, 2)[None, None, None, None, None, :]
+    return flags, byte[None, :, :, :, :, :, :]
+
+
+@triton.jit
+def _dropout_keep(seed, b, h, row_start, col_start, threshold, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[BLOCK_M, BLOCK_N] bool keep-mask of (query row_start + arange(BLOCK_M), key col_start + arange(BLOCK_N))
+    (_dropout_flags): each score tests its bit."""
+    flags, byte = _dropout_flags(seed, b, h, row_start, col_start, threshold, BLOCK_M, BLOCK_N, False)
     bit = tl.full(byte.shape, 0x80, tl.uint32) << (byte * 8).to(tl.uint32)
-    return tl.reshape((flags & bit[None, :, :, :, :, :, :]) != 0, [BLOCK_M, BLOCK_N])
+    return tl.reshape((flags & bit) != 0, [BLOCK_M, BLOCK_N])
 
 
 @triton.jit
@@ -270,6 +308,30 @@ def _drop(x, keep, threshold):
     the compiler may not fold), so the select stays on x and is not moved past a following cast to 16 bits, where it
     would cost a split and a repack of each pair of halves."""
     return tl.where(keep, x, threshold.to(tl.float32) * 0.0)
+
+
+@triton.jit
+def _dropout_selectors(seed, b, h, row_start, col_start, threshold, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The keep decisions of the tile as _drop_pairs takes them: (words, sel), [BLOCK_M, BLOCK_N] uint32 each, every
+    score's word of flags (_dropout_flags) and a selector of its deciding byte in two forms: bits 0-7 the two PRMT
+    nibbles 8 | byte (that byte of the first source operand, its top bit replicated), bits 8-15 the nibbles
+    8 | (4 + byte) (the same byte of the second operand). Constant along the key loop but for the words."""
+    flags, byte = _dropout_flags(seed, b, h, row_start, col_start, threshold, BLOCK_M, BLOCK_N, True)
+    shape: tl.constexpr = [BLOCK_M // 16, 2, 8, BLOCK_N // 32, 4, 4, 2]
+    sel = ((8 | byte) * 0x11 | (12 | byte) * 0x1100).to(tl.uint32)
+    return (tl.reshape(tl.broadcast_to(flags, shape), [BLOCK_M, BLOCK_N]),
+            tl.reshape(tl.broadcast_to(sel, shape), [BLOCK_M, BLOCK_N]))
+
+
+@triton.jit
+def _drop_pairs(x, words, sel):
+    """x (16-bit floats) with the entries that (words, sel) of _dropout_selectors drop set to +0, two at a time:
+    whichever two scores the compiler packs into one 32-bit register (x0 in the low half), a PRMT replicates the
+    top bit of x0's deciding byte over the low half and x1's over the high half (selector: x0's bits 0-7, x1's bits
+    8-15), and an AND applies that to the pair: 2 instructions per 2 scores, where a select on each score after a
+    bit test costs 4. Compiled code only (the interpreter runs no PTX: _PTX)."""
+    return tl.inline_asm_elementwise(DROP_PAIR_PTX[0], DROP_PAIR_PTX[1], [x, words, sel], dtype=x.dtype, is_pure=True,
+                                     pack=2)
 
 
 @triton.jit
@@ -296,7 +358,10 @@ def _attention_fwd_block(acc, l_i, m_i, q, k_ptr, v_ptr, k_desc, v_desc, k_base,
                     MASK_KEYS, TMA)
     v = _load_block(v_ptr, v_desc, v_base, col_start, seqlen, v_stride_s, offs_d, HEAD_DIM, BLOCK_N, BLOCK_D,
                     MASK_KEYS, TMA)
-    if DROPOUT:  # drawn before the dots, whose tensor-core time the integer work can fill
+    pairs: tl.constexpr = DROPOUT and _PTX and v.dtype.primitive_bitwidth == 16
+    if pairs:  # drawn before the dots, whose tensor-core time the integer work can fill
+        words, sel = _dropout_selectors(seed, b, h, row_start, col_start, threshold, BLOCK_M, BLOCK_N)
+    elif DROPOUT:
         keep = _dropout_keep(seed, b, h, row_start, col_start, threshold, BLOCK_M, BLOCK_N)
     s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)
     if MASK_KEYS:
@@ -310,7 +375,9 @@ def _attention_fwd_block(acc, l_i, m_i, q, k_ptr, v_ptr, k_desc, v_desc, k_base,
     alpha = tl.exp2(m_i - m_use)
     p = tl.exp2(s * qk_scale - m_use[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    if DROPOUT:
+    if pairs:
+        p = _drop_pairs(p.to(v.dtype), words, sel)
+    elif DROPOUT:
         p = _drop(p, keep, threshold)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
     return acc, l_i, m_new

@@ -2,13 +2,12 @@
 own report (`fastenc precompile --report`, fastenc/precompile/report.py) over fp16, head dim 64, seq 512, padded with a
 right-padding key mask, with and without dropout, every config the autotuner keeps (about 14 binaries; a minute or
 two of CPU). It fails on what issue 33 rules out for kept configs: wgmma serialised by ptxas (C7515), mma.sync
-(HMMA) on sm_90a, spills; and on main loops over the budgets that hold: forward <= 300 warp-instructions per 1024
-scores, dk/dv + dq <= 664 (Triton's tutorial: 260 and 604); and on dropout variants over a forward 1.65x and dk/dv
-+ dq 1.75x those without dropout (about 1.59x and 1.62-1.69x on triton 3.9 and 3.6; issue 33 asks 1.5x of the forward:
-the dropout forward's extra loop is about 4 instructions per score per thread, Philox4x32-7 calls that cover what one
-thread holds and decisions four to a word, while the forward without dropout fell to about 225-230); and on TMA:
-the binaries of the kernels, key blocks and triton releases that kernels/attention.py's TMA_KERNELS lists load
-through tensor descriptors (UTMALDG), the others do not.
+(HMMA) on sm_90a, spills; on main loops over the budgets: forward <= 300 warp-instructions per 1024 scores, dk/dv +
+dq <= 664 (Triton's tutorial: 260 and 604); on dropout variants over a forward 1.5x (issue 33's target) and dk/dv +
+dq 1.75x those without dropout (about 1.46x and 1.57-1.69x on triton 3.9 and 3.6: Philox4x32-7 calls that cover what
+one thread holds, decisions four to a word, and the forward's probabilities dropped two to a register in inline PTX);
+and on TMA: the binaries of the kernels, key blocks and triton releases that kernels/attention.py's TMA_KERNELS lists
+load through tensor descriptors (UTMALDG), the others do not.
 
 Runs in a subprocess without TRITON_INTERPRET (the compiler, not the interpreter).
 """
@@ -65,5 +64,5 @@ def test_sm90a_attention_binaries_keep_wgmma_unserialised_and_loops_lean(tmp_pat
 
     assert first("fwd", False) <= 300, norm
     assert first("dkdv", False) + first("dq", False) <= 664, norm
-    assert first("fwd", True) <= 1.65 * first("fwd", False), norm
+    assert first("fwd", True) <= 1.5 * first("fwd", False), norm
     assert first("dkdv", True) + first("dq", True) <= 1.75 * (first("dkdv", False) + first("dq", False)), norm
