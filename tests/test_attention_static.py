@@ -4,10 +4,10 @@ right-padding key mask, with and without dropout, every config the autotuner kee
 two of CPU). It fails on what issue 33 rules out for kept configs: wgmma serialised by ptxas (C7515), mma.sync
 (HMMA) on sm_90a, spills; on main loops over the budgets: forward <= 300 warp-instructions per 1024 scores, dk/dv +
 dq <= 664 (Triton's tutorial: 260 and 604); on dropout variants over a forward 1.5x (issue 33's target) and dk/dv +
-dq 1.75x those without dropout (about 1.46x and 1.57-1.69x on triton 3.9 and 3.6: Philox4x32-7 calls that cover what
-one thread holds, decisions four to a word, and the forward's probabilities dropped two to a register in inline PTX);
-and on TMA: the binaries of the kernels, key blocks and triton releases that kernels/attention.py's TMA_KERNELS lists
-load through tensor descriptors (UTMALDG), the others do not.
+dq 1.75x those without dropout (about 1.46-1.47x and 1.62-1.69x on triton 3.9 and 3.6: Philox4x32-7 calls that
+cover what one thread holds, decisions four to a word, and the forward's probabilities dropped two to a register in
+inline PTX); and on TMA: the binaries of the kernels, key blocks and triton releases that kernels/attention.py's
+TMA_KERNELS lists load through tensor descriptors (UTMALDG), the others do not.
 
 Runs in a subprocess without TRITON_INTERPRET (the compiler, not the interpreter).
 """
