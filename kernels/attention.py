@@ -450,7 +450,7 @@ def _attention_fwd_kernel(
     # without a window the first loop is empty (constant bounds) and the others are the mask-free and masked parts
     lo, mid_start, mid_end, hi = 0, 0, full_end, kv_end
     if WINDOW:
-        lo, mid_start, mid_end, hi = _window_range(pid_m * BLOCK_M, window, full_end, kv_end, BLOCK_M, BLOCK_N)
+        lo, mid_start, mid_end, hi = _window_range(row_start, window, full_end, kv_end, BLOCK_M, BLOCK_N)
     for col_start in range(lo, mid_start, BLOCK_N):
         acc, l_i, m_i = _attention_fwd_block(
             acc, l_i, m_i, q, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,
@@ -498,8 +498,7 @@ def _attention_bwd_preprocess_kernel(
     start, seqlen = _sequence(cu_seqlens_ptr, b, seqlen_padded, PACKED)
     if pid_m * BLOCK_M >= seqlen:
         return
-    row_start = pid_m * BLOCK_M
-    rows = row_start + tl.arange(0, BLOCK_M)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     base = b * o_stride_b + start * o_stride_s + h * o_stride_h
     # rows past seqlen read the last row (their delta is not stored): no row mask on the loads (with one, triton 3.6's
@@ -726,7 +725,7 @@ def _attention_bwd_dq_kernel(
     # key blocks as in the forward kernel
     lo, mid_start, mid_end, hi = 0, 0, full_end, kv_end
     if WINDOW:
-        lo, mid_start, mid_end, hi = _window_range(pid_m * BLOCK_M, window, full_end, kv_end, BLOCK_M, BLOCK_N)
+        lo, mid_start, mid_end, hi = _window_range(row_start, window, full_end, kv_end, BLOCK_M, BLOCK_N)
     for col_start in range(lo, mid_start, BLOCK_N):
         dq = _attention_dq_block(
             dq, q, do, lse2, delta, k_ptr, v_ptr, k_desc, v_desc, k_base, v_base, k_stride_s, v_stride_s, mask_ptr,

@@ -776,7 +776,7 @@ def _check_tma(tma_launches, q, k, v, keep=None, tma=True, **kw):
 
 
 TMA_PADDED_CASES = [
-    # dtype, head_dim, mask kind; seqlen 50 = 3 full key blocks of the interpreter's 16 and a partial one
+    # dtype, head_dim, mask kind; seqlen 50 = a full key block of the interpreter's 32 and a partial one
     # (fp16 only: the interpreter's bf16 arithmetic is wrong on both releases, with or without TMA)
     (torch.float16, 64, "right"),
     (torch.float16, 40, "right"),  # BLOCK_D 64: the descriptor's columns past 40 read as 0
